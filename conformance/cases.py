@@ -1,0 +1,98 @@
+"""Named input families. Each case is *defined by* a short plain-torch recipe, which the kit
+executes to build the tensors, so the reproduction snippet printed on failure is exactly what
+the check ran.
+
+A recipe defines ``logits`` (already rounded to the case's dtype), ``target`` and ``weight``
+(``None`` unless set), on the cpu; the case moves them to its device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["Case", "from_recipe", "dtype_name", "well_conditioned", "document_example", "upstream_recipe",
+           "UPSTREAM_KINDS"]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem: its family, the recipe that built it, and the tensors on their device."""
+
+    family: str
+    recipe: str
+    device: str
+    logits: Tensor
+    target: Tensor
+    weight: Optional[Tensor]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.logits.dtype
+
+    def describe(self) -> str:
+        shape = "x".join(str(s) for s in self.logits.shape) or "scalar"
+        return f"case={self.family} shape={shape} dtype={dtype_name(self.dtype)} device={self.device}"
+
+
+def from_recipe(family: str, recipe: str, device: str) -> Case:
+    """Execute ``recipe`` and wrap what it defined."""
+    namespace: dict = {"torch": torch, "weight": None}
+    exec(recipe, namespace)
+    weight = namespace["weight"]
+    return Case(family=family, recipe=recipe.strip(), device=device,
+                logits=namespace["logits"].to(device), target=namespace["target"].to(device),
+                weight=None if weight is None else weight.to(device))
+
+
+def well_conditioned(n: int, c: int, dtype: torch.dtype, device: str, *, seed: int = 0, scale: float = 1.0) -> Case:
+    """Standard-normal logits; each target drawn among its row's classes with logit <= 0.
+
+    The filter keeps the loss at least as large as the logsumexp, so the subtraction
+    ``lse - z_y`` is well conditioned (see ``tolerance``): accuracy on ill-conditioned, confident
+    rows is checked by its own family, not hidden in a looser bound here.
+    """
+    recipe = f"""
+torch.manual_seed({seed})
+logits = (torch.randn({n}, {c}, dtype=torch.float64) * {scale}).to(torch.{dtype_name(dtype)})
+target = torch.where(logits <= 0, torch.rand({n}, {c}), -1.0).argmax(1)
+"""
+    return from_recipe("well_conditioned", recipe, device)
+
+
+def document_example(dtype: torch.dtype, device: str) -> Case:
+    """The seed document's second example: a linear model's logits, batch 64, 8 inputs, 4 classes."""
+    recipe = f"""
+x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+target = torch.randint(4, size=(64,), generator=torch.Generator().manual_seed(2))
+torch.manual_seed(0)
+model = torch.nn.Linear(8, 4)
+logits = model(x).detach().to(torch.{dtype_name(dtype)})
+"""
+    return from_recipe("document_example", recipe, device)
+
+
+UPSTREAM_KINDS = ("random", "scalar", "expanded")
+
+
+def upstream_recipe(kind: str, reduction: str, shape: tuple, dtype: torch.dtype) -> str:
+    """Code for the upstream gradient ``grad`` that the gradient checks feed to backward.
+
+    ``random``: non-uniform per position (reduction none) or a scalar != 1; ``scalar``: a
+    scalar != 1 broadcast to every position; ``expanded``: the stride-0 tensor that
+    ``loss.sum().backward()`` produces.
+    """
+    name = dtype_name(dtype)
+    if kind == "expanded" or (kind == "scalar" and reduction == "none"):
+        value = "1.0" if kind == "expanded" else "1.75"
+        return f"grad = torch.tensor({value}, dtype=torch.{name}).expand({tuple(shape)})"
+    if reduction != "none":
+        return f"grad = torch.tensor(1.75, dtype=torch.{name})"
+    return (f"grad = (torch.rand({tuple(shape)}, dtype=torch.float64, "
+            f"generator=torch.Generator().manual_seed(7)) * 2 + 0.25).to(torch.{name})")

@@ -1,0 +1,125 @@
+"""Compare an implementation's result to the reference under a bound, and explain a failure.
+
+A failure names the identity, the parameters, the worst element (index, actual, expected), the
+error and the bound, and prints a snippet that reproduces the case with plain torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .cases import Case
+from .impl import Implementation, LossOptions
+
+__all__ = ["Comparison", "compare", "repro_snippet", "Judge"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The worst element of one comparison. ``ratio`` is error / bound (inf for a NaN/inf mismatch)."""
+
+    identity: str
+    ratio: float
+    index: tuple
+    actual: float
+    expected: float
+    error: float
+    bound: float
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio <= 1.0
+
+    def describe(self) -> str:
+        where = "element " + str(self.index) if self.index else "value"
+        return (f"worst {where}: actual={self.actual!r} expected={self.expected!r} "
+                f"error={self.error:.3g} bound={self.bound:.3g} (error/bound={self.ratio:.3g})")
+
+
+def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor) -> Comparison:
+    """Elementwise ``|actual - expected| <= bound`` in float64; non-finite expectations must match exactly."""
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    b = bound.detach().to("cpu", torch.float64).expand(e.shape)
+    if a.shape != e.shape:
+        raise AssertionError(f"[{identity}] shape {tuple(a.shape)} != expected {tuple(e.shape)}")
+    if e.numel() == 0:
+        return Comparison(identity, 0.0, (), float("nan"), float("nan"), 0.0, 0.0)
+    finite = torch.isfinite(e)
+    same_nonfinite = (a == e) | (torch.isnan(a) & torch.isnan(e))
+    error = torch.where(finite, (a - e).abs(), torch.where(same_nonfinite, 0.0, torch.inf))
+    error = torch.where(torch.isnan(error), torch.inf, error)
+    ratio = torch.where(error == 0, 0.0, error / b)
+    flat = int(ratio.reshape(-1).argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), e.shape)) if e.dim() else ()
+    return Comparison(identity, float(ratio.reshape(-1)[flat]), index, float(a.reshape(-1)[flat]),
+                      float(e.reshape(-1)[flat]), float(error.reshape(-1)[flat]), float(b.reshape(-1)[flat]))
+
+
+def _call_line(impl: Implementation, options: LossOptions) -> list[str]:
+    lines = [f"impl = load_implementation({impl.spec!r})",
+             "x, t = impl.feed(logits, target)"]
+    kw = options.kwargs()
+    kw.pop("weight")
+    args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    lines.append(f"loss = impl.call(x, t, weight=weight, {args})")
+    return lines
+
+
+def repro_snippet(case: Case, impl: Implementation, options: LossOptions, *, upstream: Optional[str] = None,
+                  index: tuple = ()) -> str:
+    """Plain-torch code that rebuilds the case, calls the implementation and the float64 truth."""
+    lines = ["import torch", "from conformance.impl import load_implementation",
+             "from conformance.reference import evaluate", case.recipe]
+    if case.device != "cpu":
+        lines.append(f"logits, target = logits.to({case.device!r}), target.to({case.device!r})")
+    lines += _call_line(impl, options)
+    truth = (f"truth = evaluate(x, t, weight=weight, ignore_index={options.ignore_index!r}, "
+             f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, "
+             f"input_kind={impl.input_kind!r})")
+    lines.append(truth)
+    at = f"[{', '.join(map(str, index))}]" if index else ""
+    if upstream is None:
+        lines.append(f"print('actual', loss{at}.item(), 'expected', truth.loss{at}.item())")
+    else:
+        lines += ["x.requires_grad_()", _call_line(impl, options)[-1], upstream, "loss.backward(grad)",
+                  f"print('actual', x.grad{at}.item(), 'expected', truth.grad(grad){at}.item())"]
+    return "\n".join(lines)
+
+
+class Judge:
+    """Per-test helper: compares, records the margin on the test item, and fails with a full message."""
+
+    def __init__(self, item, impl: Implementation) -> None:
+        self.item = item
+        self.impl = impl
+
+    def record(self, comparison: Comparison) -> None:
+        self.item.user_properties.append(("conformance", {"identity": comparison.identity,
+                                                          "ratio": comparison.ratio}))
+
+    def close(self, identity: str, actual: Tensor, expected: Tensor, bound: Tensor, *, case: Case,
+              options: LossOptions, upstream: Optional[str] = None, note: str = "") -> Comparison:
+        __tracebackhide__ = True
+        comparison = compare(identity, actual, expected, bound)
+        self.record(comparison)
+        if not comparison.passed:
+            snippet = repro_snippet(case, self.impl, options, upstream=upstream, index=comparison.index)
+            raise AssertionError(
+                f"[{identity}] {self.impl.spec} differs from the float64 reference beyond the bound\n"
+                f"  params: {case.describe()}, {options.describe()}{note}\n"
+                f"  {comparison.describe()}\n"
+                f"  reproduce:\n" + "\n".join("    " + line for line in snippet.splitlines()))
+        return comparison
+
+    def fail(self, identity: str, message: str, *, case: Case, options: LossOptions) -> None:
+        """A failure that is not a numeric comparison (shape, dtype, modified input...)."""
+        __tracebackhide__ = True
+        self.item.user_properties.append(("conformance", {"identity": identity, "ratio": float("inf")}))
+        snippet = repro_snippet(case, self.impl, options)
+        raise AssertionError(f"[{identity}] {self.impl.spec}: {message}\n"
+                             f"  params: {case.describe()}, {options.describe()}\n"
+                             f"  reproduce:\n" + "\n".join("    " + line for line in snippet.splitlines()))

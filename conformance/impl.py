@@ -1,0 +1,175 @@
+"""Load the implementation under test and adapt it to one calling convention.
+
+The object may be a function with ``torch.nn.functional.cross_entropy``'s signature, an
+``nn.Module`` subclass constructed with ``nn.CrossEntropyLoss``'s keywords, or an instance of
+one (the kit builds a fresh instance of its class for each set of options). Optional
+attributes on the object declare what it is:
+
+``unsupported``  a set of names from ``FEATURES``: those checks are reported as unsupported.
+``input_kind``   ``"logits"`` (default), ``"log_probs"`` or ``"probs"``.
+``target_kind``  ``"index"`` (default) or ``"onehot"`` (float one-hot rows shaped like the input).
+``deviations``   a set of names from ``DEVIATIONS``: documented departures from torch's
+                 semantics, reported as declared instead of failing.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .reference import INPUT_KINDS
+
+__all__ = ["FEATURES", "DEVIATIONS", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
+           "load_implementation", "adapt"]
+
+DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
+
+FEATURES = {
+    "float64": "float64 inputs",
+    "float32": "float32 inputs",
+    "float16": "float16 inputs",
+    "bfloat16": "bfloat16 inputs",
+    "reduction_none": "reduction='none'",
+    "reduction_sum": "reduction='sum'",
+    "weight": "class weights",
+    "ignore_index": "ignore_index",
+    "label_smoothing": "label smoothing",
+    "probability_target": "probability (soft) targets",
+    "kdim": "K-dimensional input (N, C, d1, ...)",
+    "unbatched": "unbatched input (C,)",
+    "backward": "first-order gradients",
+    "double_backward": "second-order gradients",
+    "forward_ad": "forward-mode AD (torch.func.jvp)",
+    "vmap": "torch.func.vmap",
+    "noncontiguous": "non-contiguous input views",
+    "input_validation": "raising on invalid targets and shapes",
+}
+
+DEVIATIONS = {
+    "all_ignored_mean_zero": "reduction='mean' over no kept position returns 0 instead of NaN (Liger#153)",
+}
+
+TARGET_KINDS = ("index", "onehot")
+
+
+class ImplementationError(Exception):
+    """The implementation could not be loaded or declares something the kit does not know."""
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The keywords of one call, as ``torch.nn.functional.cross_entropy`` takes them."""
+
+    weight: Optional[Tensor] = None
+    ignore_index: int = -100
+    reduction: str = "mean"
+    label_smoothing: float = 0.0
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"weight": self.weight, "ignore_index": self.ignore_index, "reduction": self.reduction,
+                "label_smoothing": self.label_smoothing}
+
+    def describe(self) -> str:
+        parts = [f"reduction={self.reduction!r}"]
+        if self.weight is not None:
+            parts.append("weight=<%d classes>" % self.weight.numel())
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """The implementation under test, called as ``impl(input, target, options)``."""
+
+    spec: str
+    call: Callable[..., Tensor]
+    unsupported: frozenset = field(default_factory=frozenset)
+    input_kind: str = "logits"
+    target_kind: str = "index"
+    deviations: frozenset = field(default_factory=frozenset)
+
+    def __call__(self, input: Tensor, target: Tensor, options: LossOptions = LossOptions()) -> Tensor:
+        return self.call(input, target, **options.kwargs())
+
+    def feed(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Turn a case's logits and index target into what this implementation takes.
+
+        Conversions run in float64 and round once to the case's dtype, so the reference is
+        evaluated on exactly the values fed.
+        """
+        x = logits
+        if self.input_kind != "logits":
+            wide = logits.to(torch.float64).log_softmax(1 if logits.dim() > 1 else 0)
+            x = (wide if self.input_kind == "log_probs" else wide.exp()).to(logits.dtype)
+        t = target
+        if self.target_kind == "onehot" and not target.is_floating_point():
+            class_dim = 1 if logits.dim() > 1 else 0
+            t = torch.nn.functional.one_hot(target, logits.shape[class_dim]).movedim(-1, class_dim).to(logits.dtype)
+        return x, t
+
+
+def _wrap_module_class(cls: type) -> Callable[..., Tensor]:
+    def call(input, target, **options):
+        return cls(**options)(input, target)
+    return call
+
+
+def adapt(obj: Any, spec: str) -> Implementation:
+    """Turn a user's function, module class or module instance into an ``Implementation``."""
+    if inspect.isclass(obj):
+        if not issubclass(obj, torch.nn.Module):
+            raise ImplementationError(f"{spec}: class {obj.__name__} is not a torch.nn.Module subclass")
+        call = _wrap_module_class(obj)
+    elif isinstance(obj, torch.nn.Module):
+        call = _wrap_module_class(type(obj))
+    elif callable(obj):
+        call = obj
+    else:
+        raise ImplementationError(f"{spec}: {type(obj).__name__} object is not callable")
+    unsupported = frozenset(getattr(obj, "unsupported", ()) or ())
+    unknown = unsupported - FEATURES.keys()
+    if unknown:
+        raise ImplementationError(f"{spec}: unsupported names unknown features {sorted(unknown)}; "
+                                  f"known: {sorted(FEATURES)}")
+    deviations = frozenset(getattr(obj, "deviations", ()) or ())
+    if deviations - DEVIATIONS.keys():
+        raise ImplementationError(f"{spec}: deviations names unknown {sorted(deviations - DEVIATIONS.keys())}; "
+                                  f"known: {sorted(DEVIATIONS)}")
+    input_kind = getattr(obj, "input_kind", "logits")
+    if input_kind not in INPUT_KINDS:
+        raise ImplementationError(f"{spec}: input_kind={input_kind!r}; expected one of {INPUT_KINDS}")
+    target_kind = getattr(obj, "target_kind", "index")
+    if target_kind not in TARGET_KINDS:
+        raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
+    if target_kind == "onehot":
+        unsupported |= {"ignore_index"}
+    return Implementation(spec=spec, call=call, unsupported=unsupported, input_kind=input_kind,
+                          target_kind=target_kind, deviations=deviations)
+
+
+def load_implementation(spec: Optional[str] = None) -> Implementation:
+    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"``."""
+    spec = spec or DEFAULT_SPEC
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "cross_entropy"
+    if not module_name:
+        raise ImplementationError(f"--impl={spec!r}: expected 'package.module' or 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ImplementationError(f"--impl={spec!r}: cannot import module {module_name!r}: {exc}") from None
+    except Exception as exc:  # the user's module raised while importing
+        raise ImplementationError(f"--impl={spec!r}: importing {module_name!r} raised "
+                                  f"{type(exc).__name__}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ImplementationError(f"--impl={spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+    return adapt(obj, f"{module_name}:{attr}")

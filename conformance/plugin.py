@@ -1,0 +1,177 @@
+"""The pytest plugin: options, the implementation under test, parametrization, the summary."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from . import hookspecs
+from .checks import Judge
+from .impl import FEATURES, Implementation, ImplementationError, adapt, load_implementation
+from .cases import dtype_name
+
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+IMPL_KEY = pytest.StashKey[Implementation]()
+RESULTS_KEY = pytest.StashKey["RunResults"]()
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _device_option(value: str) -> str:
+    if value not in ("cpu", "cuda", "mps"):
+        raise pytest.UsageError(f"--device={value!r}: expected cpu, cuda or mps")
+    return value
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "cross-entropy conformance kit")
+    group.addoption("--impl", default=None, metavar="MODULE[:ATTR]",
+                    help="implementation to judge: a module (attribute cross_entropy) or module:attribute; "
+                         "default: the pytest_conformance_impl hook, else torch.nn.functional.cross_entropy")
+    group.addoption("--device", action="append", type=_device_option, default=None, metavar="DEVICE",
+                    help="device to test on (repeatable); default: every available device")
+    group.addoption("--conformance-seed", type=int, default=0, metavar="SEED",
+                    help="offset added to every case's seed, for exact reruns with other data (default 0)")
+
+
+def pytest_addhooks(pluginmanager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _resolve(config: pytest.Config) -> Implementation:
+    spec = config.getoption("impl")
+    if spec:
+        return load_implementation(spec)
+    obj = config.hook.pytest_conformance_impl(config=config)
+    if obj is None:
+        return load_implementation()
+    return adapt(obj, f"pytest_conformance_impl:{getattr(obj, '__qualname__', type(obj).__name__)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "feature(name): the checks need this feature of the implementation")
+    try:
+        config.stash[IMPL_KEY] = _resolve(config)
+    except ImplementationError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    devices = config.getoption("device") or available_devices()
+    missing = [d for d in devices if d not in available_devices()]
+    if missing:
+        raise pytest.UsageError(f"--device {', '.join(missing)}: not available here (available: "
+                                f"{', '.join(available_devices())})")
+    config.stash[RESULTS_KEY] = RunResults(impl=config.stash[IMPL_KEY], devices=devices)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    results = metafunc.config.stash[RESULTS_KEY]
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", results.devices)
+    if "dtype" in metafunc.fixturenames and not _parametrized(metafunc, "dtype"):
+        metafunc.parametrize("dtype", DTYPES, ids=dtype_name)
+
+
+def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
+    return any(name in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+
+
+def item_features(item: pytest.Item) -> list[str]:
+    """The feature names a test needs: its ``feature`` markers, its dtype and its reduction."""
+    names = [name for marker in item.iter_markers("feature") for name in marker.args]
+    params = getattr(item, "callspec", None)
+    params = params.params if params else {}
+    if isinstance(params.get("dtype"), torch.dtype):
+        names.append(dtype_name(params["dtype"]))
+    if params.get("reduction") in ("none", "sum"):
+        names.append(f"reduction_{params['reduction']}")
+    return names
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    impl = item.config.stash[IMPL_KEY]
+    missing = [name for name in item_features(item) if name in impl.unsupported]
+    if missing:
+        pytest.skip(f"unsupported: {', '.join(missing)} (declared by {impl.spec})")
+
+
+@pytest.fixture(scope="session")
+def impl(request) -> Implementation:
+    """The implementation under test."""
+    return request.config.stash[IMPL_KEY]
+
+
+@pytest.fixture
+def judge(request, impl) -> Judge:
+    return Judge(request.node, impl)
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """The case seed: the run's ``--conformance-seed`` offset."""
+    return request.config.getoption("conformance_seed")
+
+
+@dataclass
+class RunResults:
+    """What the run found, per test: kept for the summary and the report."""
+
+    impl: Implementation
+    devices: list
+    outcomes: dict = field(default_factory=dict)      # nodeid -> (feature, dtype, outcome)
+    worst: tuple = (0.0, "")                            # (error/bound, nodeid) among passed checks
+    unsupported: dict = field(default_factory=lambda: defaultdict(int))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    report = yield
+    if report.when == "call" or report.outcome == "skipped" or report.failed:
+        results = item.config.stash[RESULTS_KEY]
+        feature = item.module.__name__.rpartition(".")[2].removeprefix("test_")
+        dtype = next((f for f in item_features(item) if f in ("float64", "float32", "float16", "bfloat16")), "-")
+        if report.skipped and isinstance(report.longrepr, tuple) and "unsupported:" in report.longrepr[2]:
+            outcome = "unsupported"
+            for name in item_features(item):
+                if name in results.impl.unsupported:
+                    results.unsupported[name] += 1
+        elif hasattr(report, "wasxfail"):
+            outcome = "xfailed" if report.skipped else "xpassed"
+        else:
+            outcome = report.outcome
+        if report.passed:
+            for key, value in report.user_properties:
+                if key == "conformance" and value["ratio"] > results.worst[0]:
+                    results.worst = (value["ratio"], f"{item.nodeid} [{value['identity']}]")
+        if report.when == "call" or outcome in ("unsupported", "failed", "skipped"):
+            results.outcomes[item.nodeid] = (feature, dtype, outcome)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    results = config.stash.get(RESULTS_KEY, None)
+    if results is None or not results.outcomes:
+        return
+    tr = terminalreporter
+    tr.section("conformance verdict")
+    tr.write_line(f"implementation: {results.impl.spec} (input {results.impl.input_kind}, "
+                  f"target {results.impl.target_kind}); devices: {', '.join(results.devices)}")
+    table = defaultdict(lambda: defaultdict(int))
+    for feature, dtype, outcome in results.outcomes.values():
+        table[(feature, dtype)][outcome] += 1
+    for (feature, dtype), counts in sorted(table.items()):
+        verdict = "FAIL" if counts.get("failed") else ("unsupported" if set(counts) == {"unsupported"} else "ok")
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        tr.write_line(f"  {feature:<14} {dtype:<9} {verdict:<11} ({detail})")
+    if results.unsupported:
+        tr.write_line("unsupported (declared): " + ", ".join(
+            f"{name} ({FEATURES[name]}): {n} checks" for name, n in sorted(results.unsupported.items())))
+    if results.worst[1]:
+        tr.write_line(f"closest pass: error/bound = {results.worst[0]:.3g} at {results.worst[1]}")

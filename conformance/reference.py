@@ -1,0 +1,195 @@
+"""Float64 truth for cross entropy, written from the mathematics rather than torch's code path.
+
+It also answers the seed document's complaint that torch's loss cannot say what its input and
+target are. Conventions:
+
+* ``input_kind``: ``"logits"`` (log-probabilities are ``z - logsumexp(z)``), ``"log_probs"``
+  (used as given) or ``"probs"`` (their log is taken; ``log 0 = -inf``).
+* ``target_kind``: ``"index"`` (an integer class per position; ``ignore_index`` honoured) or
+  ``"probs"`` (a distribution over the classes per position; one-hot is the special case).
+  ``None`` picks ``"index"`` for integer targets and ``"probs"`` for floating ones, as torch does.
+* Class weights ``w`` and label smoothing ``eps`` (target becomes ``(1-eps)*t + eps/C`` over all
+  ``C`` classes, pytorch#104776: the weights scale the smoothing term too).
+* The class dimension is 1 (``(N, C, d1, ...)``); an unbatched input is ``(C,)``.
+
+Every combination reduces to one *weighted target* ``a`` per position::
+
+    index:  a_c = (1-eps) * w[y] * [c == y] + (eps/C) * w_c,  zero on ignored positions
+    probs:  a_c = w_c * ((1-eps) * t_c + (eps/C))
+
+    loss = -sum_c a_c * log p_c          dloss/dz = A * softmax(z) - a,  A = sum_c a_c
+
+``mean`` divides by the sum of ``w[y]`` over kept positions for index targets and by the number
+of positions for probability targets (pytorch#107680). ``0 * log 0`` counts as 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["INPUT_KINDS", "TARGET_KINDS", "Evaluation", "evaluate", "cross_entropy", "to_rows", "from_rows"]
+
+INPUT_KINDS = ("logits", "log_probs", "probs")
+TARGET_KINDS = ("index", "probs")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def to_rows(x: Tensor, *, class_dim: bool) -> Tensor:
+    """Move the class dimension last and flatten the positions: ``(N, C, d...)`` to ``(M, C)``."""
+    if class_dim:
+        if x.dim() == 1:
+            return x.reshape(1, -1)
+        return x.movedim(1, -1).reshape(-1, x.shape[1])
+    return x.reshape(-1)
+
+
+def from_rows(rows: Tensor, target_shape: torch.Size) -> Tensor:
+    """Per-position values back into the target's (position) shape."""
+    return rows.reshape(target_shape)
+
+
+def _rows_like(grad_rows: Tensor, input_shape: torch.Size) -> Tensor:
+    if len(input_shape) == 1:
+        return grad_rows.reshape(input_shape)
+    moved = (input_shape[0], *input_shape[2:], input_shape[1])
+    return grad_rows.reshape(moved).movedim(-1, 1)
+
+
+def _safe_product(a: Tensor, log_p: Tensor) -> Tensor:
+    """``a * log_p`` with ``0 * log 0`` taken as 0."""
+    return torch.where(a == 0, torch.zeros_like(log_p), a * log_p)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything the reference knows about one problem, in float64 rows ``(M, C)``.
+
+    The tolerance policy reads the row statistics (``log_probs``, ``logsumexp``, ``spread``,
+    ``weighted_target``) to size its bounds.
+    """
+
+    input_kind: str
+    reduction: str
+    input_shape: torch.Size
+    position_shape: torch.Size
+    inputs: Tensor            # (M, C) float64 copy of the input as fed
+    log_probs: Tensor         # (M, C)
+    logsumexp: Optional[Tensor]  # (M,) for logits, else None
+    spread: Tensor            # (M,) sum_j p_j |z_j - max z| (logits), else 0
+    weighted_target: Tensor   # (M, C) the ``a`` above
+    row_loss: Tensor          # (M,)
+    denominator: Tensor       # () the mean's divisor (1 for none/sum)
+
+    @property
+    def num_classes(self) -> int:
+        return self.log_probs.shape[1]
+
+    @property
+    def loss(self) -> Tensor:
+        """The reduced loss, shaped as torch returns it."""
+        if self.reduction == "none":
+            return from_rows(self.row_loss, self.position_shape)
+        total = self.row_loss.sum()
+        return total / self.denominator if self.reduction == "mean" else total
+
+    def upstream_rows(self, grad_output: Tensor) -> Tensor:
+        """The upstream gradient per position, divided by the mean's denominator."""
+        g = grad_output.to(torch.float64)
+        if self.reduction == "none":
+            per_row = to_rows(g.expand(self.position_shape), class_dim=False)
+        else:
+            per_row = g.reshape(()).expand(self.row_loss.shape[0])
+        return per_row / self.denominator
+
+    def grad(self, grad_output: Tensor) -> Tensor:
+        """d(loss)/d(input) for the given upstream gradient, shaped like the input."""
+        s = self.upstream_rows(grad_output)[:, None]
+        a = self.weighted_target
+        if self.input_kind == "logits":
+            p = self.log_probs.exp()
+            rows = s * (a.sum(1, keepdim=True) * p - a)
+        elif self.input_kind == "log_probs":
+            rows = -s * a
+        else:
+            rows = torch.where(a == 0, torch.zeros_like(a), -s * a / self.inputs)
+        return _rows_like(rows, self.input_shape)
+
+
+def _log_probs(rows: Tensor, input_kind: str) -> tuple[Tensor, Optional[Tensor], Tensor]:
+    if input_kind == "log_probs":
+        return rows, None, torch.zeros(rows.shape[0], dtype=rows.dtype)
+    if input_kind == "probs":
+        return rows.log(), None, torch.zeros(rows.shape[0], dtype=rows.dtype)
+    if rows.shape[1] == 0:
+        raise ValueError("input has no classes")
+    row_max = rows.amax(1, keepdim=True) if rows.numel() else rows.sum(1, keepdim=True)
+    # A row whose max is -inf has no finite logit: log-probabilities are undefined (NaN).
+    shifted = rows - torch.where(torch.isneginf(row_max), torch.nan, row_max)
+    lse_tail = shifted.exp().sum(1, keepdim=True).log()
+    log_probs = shifted - lse_tail
+    p = log_probs.exp()
+    spread = torch.where(p == 0, torch.zeros_like(p), p * shifted.abs()).sum(1)
+    return log_probs, (row_max + lse_tail)[:, 0], spread
+
+
+def _weighted_target(target_rows: Tensor, target_kind: str, num_classes: int, weight: Optional[Tensor],
+                     ignore_index: int, label_smoothing: float) -> tuple[Tensor, Tensor]:
+    w = torch.ones(num_classes, dtype=torch.float64) if weight is None else weight.to(torch.float64).cpu()
+    eps = float(label_smoothing)
+    if target_kind == "probs":
+        a = w * ((1 - eps) * target_rows + eps / num_classes)
+        return a, torch.tensor(float(target_rows.shape[0]), dtype=torch.float64)
+    kept = target_rows != ignore_index
+    safe = torch.where(kept, target_rows, torch.zeros_like(target_rows))
+    if bool(((safe < 0) | (safe >= num_classes)).any()):
+        bad = target_rows[kept & ((safe < 0) | (safe >= num_classes))][0].item()
+        raise IndexError(f"target {bad} is out of bounds for {num_classes} classes")
+    onehot = torch.nn.functional.one_hot(safe, num_classes).to(torch.float64)
+    w_target = w[safe] * kept
+    a = (1 - eps) * w_target[:, None] * onehot + (eps / num_classes) * w * kept[:, None]
+    return a, w_target.sum()
+
+
+def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, ignore_index: int = -100,
+             reduction: str = "mean", label_smoothing: float = 0.0, input_kind: str = "logits",
+             target_kind: Optional[str] = None) -> Evaluation:
+    """Evaluate the loss in float64 on exactly the values given (already rounded to their dtype)."""
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind={input_kind!r}; expected one of {INPUT_KINDS}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; expected one of {REDUCTIONS}")
+    if target_kind is None:
+        target_kind = "probs" if target.is_floating_point() else "index"
+    if target_kind not in TARGET_KINDS:
+        raise ValueError(f"target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
+    x = input.detach().to("cpu", torch.float64)
+    t = target.detach().cpu()
+    num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
+    rows = to_rows(x, class_dim=True)
+    if target_kind == "probs":
+        if t.shape != x.shape:
+            raise ValueError(f"probability target shape {tuple(t.shape)} != input shape {tuple(x.shape)}")
+        target_rows = to_rows(t.to(torch.float64), class_dim=True)
+        position_shape = x.shape[:1] + x.shape[2:] if x.dim() > 1 else torch.Size([])
+    else:
+        expected_shape = x.shape[:1] + x.shape[2:] if x.dim() > 1 else torch.Size([])
+        if t.shape != expected_shape:
+            raise ValueError(f"index target shape {tuple(t.shape)} != {tuple(expected_shape)}")
+        target_rows = to_rows(t.long(), class_dim=False)
+        position_shape = expected_shape
+    log_probs, lse, spread = _log_probs(rows, input_kind)
+    a, denominator = _weighted_target(target_rows, target_kind, num_classes, weight, ignore_index, label_smoothing)
+    row_loss = -_safe_product(a, log_probs).sum(1)
+    return Evaluation(
+        input_kind=input_kind, reduction=reduction, input_shape=x.shape, position_shape=position_shape,
+        inputs=rows, log_probs=log_probs, logsumexp=lse, spread=spread, weighted_target=a, row_loss=row_loss,
+        denominator=denominator if reduction == "mean" else torch.tensor(1.0, dtype=torch.float64),
+    )
+
+
+def cross_entropy(input: Tensor, target: Tensor, **options) -> Tensor:
+    """The float64 loss, with ``torch.nn.functional.cross_entropy``'s keywords plus the kinds."""
+    return evaluate(input, target, **options).loss
