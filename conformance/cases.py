@@ -51,19 +51,31 @@ def from_recipe(family: str, recipe: str, device: str) -> Case:
                 weight=None if weight is None else weight.to(device))
 
 
-def well_conditioned(n: int, c: int, dtype: torch.dtype, device: str, *, seed: int = 0, scale: float = 1.0) -> Case:
-    """Standard-normal logits; each target drawn among its row's classes with logit <= 0.
+def well_conditioned(n: int, c: int, dtype: torch.dtype, device: str, *, seed: int = 0, scale: float = 1.0,
+                     extra_dims: tuple = (), weight: bool = False, ignore_index: Optional[int] = None,
+                     soft_target: bool = False, family: str = "well_conditioned") -> Case:
+    """Standard-normal logits shaped ``(n, c, *extra_dims)``; each index target drawn among its
+    row's classes with logit <= 0.
 
     The filter keeps the loss at least as large as the logsumexp, so the subtraction
     ``lse - z_y`` is well conditioned (see ``tolerance``): accuracy on ill-conditioned, confident
-    rows is checked by its own family, not hidden in a looser bound here.
+    rows is checked by its own family, not hidden in a looser bound here. Options: class weights
+    in [0.25, 1.25), every third position's target set to ``ignore_index``, or a probability
+    target (a softmax of scaled noise) instead of indices.
     """
-    recipe = f"""
-torch.manual_seed({seed})
-logits = (torch.randn({n}, {c}, dtype=torch.float64) * {scale}).to(torch.{dtype_name(dtype)})
-target = torch.where(logits <= 0, torch.rand({n}, {c}), -1.0).argmax(1)
-"""
-    return from_recipe("well_conditioned", recipe, device)
+    name = dtype_name(dtype)
+    shape = (n, c, *extra_dims)
+    lines = [f"torch.manual_seed({seed})",
+             f"logits = (torch.randn({shape}, dtype=torch.float64) * {scale}).to(torch.{name})"]
+    if soft_target:
+        lines.append(f"target = torch.softmax(torch.randn({shape}, dtype=torch.float64) * 2, 1).to(torch.{name})")
+    else:
+        lines.append(f"target = torch.where(logits <= 0, torch.rand({shape}), -1.0).argmax(1)")
+    if ignore_index is not None:
+        lines.append(f"target.view(-1)[::3] = {ignore_index}")
+    if weight:
+        lines.append(f"weight = (torch.rand({c}, dtype=torch.float64) + 0.25).to(torch.{name})")
+    return from_recipe(family, "\n".join(lines), device)
 
 
 def document_example(dtype: torch.dtype, device: str) -> Case:

@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .cases import Case
+from . import run, tolerance
+from .cases import Case, upstream_recipe
 from .impl import Implementation, LossOptions
 
 __all__ = ["Comparison", "compare", "repro_snippet", "Judge"]
@@ -123,3 +124,23 @@ class Judge:
         raise AssertionError(f"[{identity}] {self.impl.spec}: {message}\n"
                              f"  params: {case.describe()}, {options.describe()}\n"
                              f"  reproduce:\n" + "\n".join("    " + line for line in snippet.splitlines()))
+
+    def conforms(self, case: Case, options: LossOptions, *, upstream: str = "random", note: str = "") -> run.Outcome:
+        """The loss and (unless backward is unsupported) its gradient against the float64 truth."""
+        __tracebackhide__ = True
+        if "backward" in self.impl.unsupported:
+            out = run.forward(self.impl, case, options)
+            ev = run.truth(self.impl, out, case, options)
+            self.close("value", out.loss, ev.loss, tolerance.value_bound(ev, case.dtype), case=case,
+                       options=options, note=note)
+            return out
+        shape = case.logits.shape
+        positions = tuple(shape[:1] + shape[2:]) if len(shape) > 1 else ()
+        grad_code = upstream_recipe(upstream, options.reduction, positions, case.dtype)
+        out = run.forward_backward(self.impl, case, options, grad_code)
+        ev = run.truth(self.impl, out, case, options)
+        self.close("value", out.loss, ev.loss, tolerance.value_bound(ev, case.dtype), case=case, options=options,
+                   note=note)
+        self.close("gradient", out.grad, ev.grad(out.upstream), tolerance.grad_bound(ev, out.upstream, case.dtype),
+                   case=case, options=options, upstream=grad_code, note=note)
+        return out

@@ -8,19 +8,25 @@ the implementation saw, so input rounding never enters a bound.
 Contract ``strict`` (the default):
   * float64 and float32 implementations compute in their own dtype (``u = u_o``);
   * float16 and bfloat16 implementations must be *as accurate as computing in float32 and
-    rounding the result faithfully to the dtype* (``u = u(float32)``; result error below one ulp,
-    ``2 * u_o * |result|``). A kernel that rounds a per-row statistic such as the logsumexp to
-    the dtype breaks this for confident rows (FIELD.md: torch's CPU bf16 loss returns -0.0 where
-    the true loss is 4e-4).
+    rounding to the dtype* (``u = u(float32)``), where the rounding may happen up to
+    ``HALF_PRECISION_ROUNDINGS`` times, each to a quantity no larger than the result: the
+    op-by-op composition torch's CPU kernels use for smoothing and weights (nll, smoothing term,
+    their scaling and sum, each rounded) costs ``u_o |result|`` per step. Rounding anything
+    *larger* than the result, such as the logsumexp of a confident row, is not allowed: that is
+    the cancellation that makes torch's CPU bf16 loss return -0.0 where the true loss is 4e-4
+    (FIELD.md), and no count of roundings of the result's size covers it.
 
 Forward error of one position, logits input (loss = sum_c a_c (lse - z_c)):
-  * ``lse = m + log(sum_j exp(z_j - m))``: each ``z_j - m`` rounds (error ``u|z_j - m|``, which
+  * ``log s = log(sum_j exp(z_j - m))``: each ``z_j - m`` rounds (error ``u|z_j - m|``, which
     enters ``log s`` weighted by ``p_j``: ``u * spread``); the sum of ``n`` positive terms is
     relatively accurate to ``(n - 1) u`` in the worst case of any summation order (Higham,
-    *Accuracy and Stability*, 4.2); ``exp`` and ``log`` to a few ulp (we allow 4 u); the final
-    add rounds ``u|lse|``. Hence ``d_lse = u (|lse| + spread + n + 4)``.
-  * each term ``a_c (lse - z_c)`` rounds twice and the ``n`` terms are summed: the error is at
-    most ``A d_lse + (n + 2) u sum_c |a_c log p_c|`` with ``A = sum_c a_c``.
+    *Accuracy and Stability*, 4.2); ``exp`` and ``log`` to a few ulp (we allow 4 u) and the log
+    rounds ``u log s``. Hence ``d = u (log s + spread + n + 4)``.
+  * each term ``a_c ((m - z_c) + log s)`` rounds twice and the ``n`` terms are summed: the error
+    is at most ``A d + (n + 2) u sum_c |a_c log p_c|`` with ``A = sum_c a_c``.
+  The bound is shift-invariant on purpose: it has no ``|m|`` or ``|lse|`` term, so a kernel that
+  forms ``lse = m + log s`` and subtracts ``z_y`` afterwards (losing ``log s`` under a large
+  common shift, or rounding ``lse`` to a half dtype) fails on shifted and confident rows.
   log-probability input: ``(n + 1) u sum_c |a_c log p_c|``; probability input: the log adds
   ``u`` absolute per unit weight, ``(n + 2) u sum_c |a_c log p_c| + 2 u A``.
 
@@ -29,13 +35,17 @@ a sum (relative error ``(N + 1) u``) and the division rounds once more.
 
 Gradient, logits input (g_j = s (A p_j - a_j), ``s`` the upstream gradient over the divisor):
   ``p_j = exp((z_j - m) - log s)`` is relatively accurate to
-  ``d_lse + u(|z_j - m| + |log p_j|) + 4u``; forming ``A p_j - a_j`` and scaling rounds three
-  more times. For float16/bfloat16 the result rounds faithfully (``2 u_o |g_j|``) and, because
-  the gradient is a vector whose small components are numerically dominated by its largest one
-  (every kernel computes ``p_j`` from a shared row statistic), each component may also be off by
-  one rounding at the scale of the row's largest component: ``u_o max_k |g_k|``. That term still
-  catches cancellation in the target component of a confident row (Liger#1268), because there
-  the largest component is the tiny ``1 - p_y`` itself.
+  ``d + u(|z_j - m| + |log p_j|) + 4u``; forming ``A p_j - a_j`` and scaling rounds three
+  more times. For float16/bfloat16 the result may round ``HALF_PRECISION_ROUNDINGS`` times as
+  above (``u_o |g_j|`` each), and two more sources are allowed because every correct half kernel
+  has them:
+  * the log-probabilities saved in the dtype for backward (torch's log_softmax output): that
+    perturbs ``p_j`` by ``u_o |log p_j|`` relative, i.e. ``u_o s A p_j |log p_j|``;
+  * target coefficients ``a_j`` that the dtype cannot represent (smoothing ``eps/C``, soft
+    targets times weights), formed in the dtype like the weights they multiply:
+    ``u_o |a_j|`` per rounding. An index target without smoothing has ``a_y = w[y]``, exact.
+  Neither covers rounding ``p_y`` near 1 before subtracting the one-hot target: in a confident
+  row ``|log p_y|`` is tiny, so the target component's cancellation (Liger#1268) still fails.
 
 Every bound adds an underflow floor: the dtype's smallest subnormal plus float32's smallest
 normal (kernels may flush subnormals in float32), times the magnitude of the scale.
@@ -62,6 +72,9 @@ PARITY_FACTOR = 2.0
 
 _EXP_LOG_ULPS = 4
 
+# Roundings to a half dtype of quantities no larger than the result (see the contract above).
+HALF_PRECISION_ROUNDINGS = 4
+
 
 def unit_roundoff(dtype: torch.dtype) -> float:
     """Half the distance from 1 to the next representable number (``eps / 2``)."""
@@ -84,7 +97,9 @@ def _abs_sum(a: Tensor, log_probs: Tensor) -> Tensor:
 
 
 def _lse_error(ev: Evaluation, u: float) -> Tensor:
-    return u * (ev.logsumexp.abs() + ev.spread + ev.num_classes + _EXP_LOG_ULPS)
+    """Error of ``log p_j = (z_j - m) - log s`` apart from its own last rounding (shift-invariant)."""
+    log_s = (ev.logsumexp - ev.inputs.amax(1)).nan_to_num(0.0, 0.0, 0.0) if ev.num_classes else ev.logsumexp
+    return u * (log_s + ev.spread + ev.num_classes + _EXP_LOG_ULPS)
 
 
 def _row_value_error(ev: Evaluation, u: float) -> Tensor:
@@ -110,8 +125,8 @@ def value_bound(ev: Evaluation, dtype: torch.dtype) -> Tensor:
         compute = row_err.sum() + (n_rows + 1) * u * ev.row_loss.abs().sum()
         if ev.reduction == "mean":
             compute = compute / ev.denominator.abs() + (n_rows + 2) * u * expected
-    faithful = 2 * u_o * expected if u_o > u else torch.zeros_like(expected)
-    return compute + faithful + underflow_floor(dtype)
+    rounding = HALF_PRECISION_ROUNDINGS * u_o * expected if u_o > u else torch.zeros_like(expected)
+    return compute + rounding + underflow_floor(dtype)
 
 
 def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype) -> Tensor:
@@ -134,8 +149,12 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype) -> Tenso
         compute = 4 * u * g_rows.abs()
     compute = compute + (2 * u + divisor_err) * g_rows.abs()
     if u_o > u:
-        row_scale = g_rows.abs().amax(1, keepdim=True) if g_rows.numel() else g_rows.abs()
-        compute = compute + 2 * u_o * g_rows.abs() + u_o * row_scale
+        compute = compute + HALF_PRECISION_ROUNDINGS * u_o * g_rows.abs()
+        unrepresentable = a.to(dtype).to(torch.float64) != a
+        compute = compute + HALF_PRECISION_ROUNDINGS * u_o * s * torch.where(unrepresentable, a.abs(), 0.0)
+        if ev.input_kind == "logits":
+            saved = s * a.sum(1, keepdim=True) * p * ev.log_probs.abs()
+            compute = compute + u_o * torch.where(p == 0, torch.zeros_like(p), saved)
     bound = compute + underflow_floor(dtype) * torch.clamp(s, min=1.0)
     if g.dim() > 1:
         return bound.reshape(g.movedim(1, -1).shape).movedim(-1, 1)
