@@ -94,9 +94,33 @@ def repro_snippet(case: Case, impl: Implementation, options: LossOptions, *, ups
 class Judge:
     """Per-test helper: compares, records the margin on the test item, and fails with a full message."""
 
-    def __init__(self, item, impl: Implementation) -> None:
+    def __init__(self, item, impl: Implementation, *, contract: str = "strict") -> None:
         self.item = item
         self.impl = impl
+        self.contract = contract
+
+    def bounds(self, ev, out: run.Outcome, case: Case, options: LossOptions) -> tuple:
+        """(value bound, gradient bound or None) under the run's contract.
+
+        ``parity`` applies to float16/bfloat16 logits: the bound is ``PARITY_FACTOR`` times torch's
+        own error on the same device and dtype, plus the rounding of the result.
+        """
+        value = tolerance.value_bound(ev, case.dtype)
+        grad = None if out.grad is None else tolerance.grad_bound(ev, out.upstream, case.dtype)
+        if self.contract != "parity" or tolerance.compute_dtype(case.dtype) == case.dtype \
+                or self.impl.input_kind != "logits":
+            return value, grad
+        x = out.input.detach().requires_grad_()
+        loss = torch.nn.functional.cross_entropy(x, out.target, **run.options_for(case, options).kwargs())
+        u_o, floor = tolerance.unit_roundoff(case.dtype), tolerance.underflow_floor(case.dtype)
+        value = tolerance.PARITY_FACTOR * (loss.detach().double().cpu() - ev.loss).abs() \
+            + tolerance.HALF_PRECISION_ROUNDINGS * u_o * ev.loss.abs() + floor
+        if out.grad is not None:
+            loss.backward(out.upstream)
+            expected = ev.grad(out.upstream)
+            grad = tolerance.PARITY_FACTOR * (x.grad.double().cpu() - expected).abs() \
+                + tolerance.HALF_PRECISION_ROUNDINGS * u_o * expected.abs() + floor
+        return value, grad
 
     def record(self, comparison: Comparison) -> None:
         self.item.user_properties.append(("conformance", {"identity": comparison.identity,
@@ -131,7 +155,7 @@ class Judge:
         if "backward" in self.impl.unsupported:
             out = run.forward(self.impl, case, options)
             ev = run.truth(self.impl, out, case, options)
-            self.close("value", out.loss, ev.loss, tolerance.value_bound(ev, case.dtype), case=case,
+            self.close("value", out.loss, ev.loss, self.bounds(ev, out, case, options)[0], case=case,
                        options=options, note=note)
             return out
         shape = case.logits.shape
@@ -139,8 +163,8 @@ class Judge:
         grad_code = upstream_recipe(upstream, options.reduction, positions, case.dtype)
         out = run.forward_backward(self.impl, case, options, grad_code)
         ev = run.truth(self.impl, out, case, options)
-        self.close("value", out.loss, ev.loss, tolerance.value_bound(ev, case.dtype), case=case, options=options,
-                   note=note)
-        self.close("gradient", out.grad, ev.grad(out.upstream), tolerance.grad_bound(ev, out.upstream, case.dtype),
-                   case=case, options=options, upstream=grad_code, note=note)
+        value_bound, grad_bound = self.bounds(ev, out, case, options)
+        self.close("value", out.loss, ev.loss, value_bound, case=case, options=options, note=note)
+        self.close("gradient", out.grad, ev.grad(out.upstream), grad_bound, case=case, options=options,
+                   upstream=grad_code, note=note)
         return out

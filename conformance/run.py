@@ -11,7 +11,7 @@ from .cases import Case
 from .impl import Implementation, LossOptions
 from .reference import Evaluation, evaluate
 
-__all__ = ["Outcome", "forward", "forward_backward", "truth"]
+__all__ = ["Outcome", "forward", "forward_backward", "truth", "options_for"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ def truth(impl: Implementation, outcome: Outcome, case: Case, options: LossOptio
                     input_kind=impl.input_kind)
 
 
-def _options(case: Case, options: LossOptions) -> LossOptions:
+def options_for(case: Case, options: LossOptions) -> LossOptions:
+    """The call's options with the case's class weights."""
     return LossOptions(weight=case.weight, ignore_index=options.ignore_index, reduction=options.reduction,
                        label_smoothing=options.label_smoothing)
 
@@ -40,7 +41,7 @@ def _options(case: Case, options: LossOptions) -> LossOptions:
 def forward(impl: Implementation, case: Case, options: LossOptions) -> Outcome:
     x, t = impl.feed(case.logits, case.target)
     with torch.no_grad():
-        loss = impl(x, t, _options(case, options))
+        loss = impl(x, t, options_for(case, options))
     return Outcome(input=x, target=t, loss=loss)
 
 
@@ -48,7 +49,7 @@ def forward_backward(impl: Implementation, case: Case, options: LossOptions, ups
     """Forward with ``requires_grad``, then ``loss.backward(grad)`` with ``grad`` built by ``upstream``."""
     x, t = impl.feed(case.logits, case.target)
     x = x.detach().requires_grad_()
-    loss = impl(x, t, _options(case, options))
+    loss = impl(x, t, options_for(case, options))
     namespace: dict = {"torch": torch}
     exec(upstream, namespace)
     grad = namespace["grad"].to(case.device)

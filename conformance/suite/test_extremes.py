@@ -1,0 +1,156 @@
+"""Extreme logits: huge, shifted, masked with -inf, +inf and NaN, confident and peaked rows, and
+class counts that leave tiling remainders. Values and gradients, every dtype where representable."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformance import cases, run, tolerance
+from conformance.impl import LossOptions
+
+REDUCTIONS = ["none", "mean"]
+
+
+def _case(family: str, dtype: torch.dtype, device: str, body: str, *, n: int = 6, c: int = 10, seed: int = 0):
+    """Standard-normal float64 ``z`` and a random target, transformed by ``body`` into ``logits``."""
+    recipe = f"""
+torch.manual_seed({seed})
+z = torch.randn({n}, {c}, dtype=torch.float64)
+target = torch.randint({c}, ({n},))
+{body.strip()}
+logits = logits.to(torch.{cases.dtype_name(dtype)})
+"""
+    return cases.from_recipe(family, recipe, device)
+
+
+def _limit(dtype: torch.dtype, c: int) -> float:
+    """A magnitude whose loss (at most twice it) stays finite in the dtype."""
+    return float(torch.finfo(dtype).max) / (4 * c)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_huge_logits(judge, device, dtype, reduction, seed):
+    m = _limit(dtype, 10)
+    case = _case("huge", dtype, device, f"logits = (z * 1e4).clamp(-{m!r}, {m!r})", seed=seed)
+    judge.conforms(case, LossOptions(reduction=reduction))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_logits_near_largest_finite(judge, device, dtype, reduction, seed):
+    case = _case("near_max", dtype, device, f"logits = z.sign() * {_limit(dtype, 10)!r}", seed=seed)
+    judge.conforms(case, LossOptions(reduction=reduction))
+
+
+SHIFTS = [(dt, s) for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16) for s in (1e3,)] + \
+    [(torch.float64, 1e30), (torch.float32, 1e30)]
+
+
+@pytest.mark.parametrize("dtype,shift", SHIFTS, ids=lambda v: cases.dtype_name(v) if isinstance(v, torch.dtype) else f"{v:g}")
+def test_large_common_shift(judge, device, dtype, shift, seed):
+    """Adding a constant to a row changes nothing: a kernel that forms lse = m + log s and then
+    subtracts the target logit loses log s under a large shift."""
+    case = _case("shifted", dtype, device, f"logits = z + {shift!r}", seed=seed)
+    judge.conforms(case, LossOptions(reduction="none"))
+
+
+def test_rows_of_very_different_scales(judge, device, dtype, seed):
+    """Per-row, not per-batch, max subtraction: rows scaled from 1e-2 to 1e3 in one batch."""
+    body = "logits = z * torch.logspace(-2, 3, z.shape[0], dtype=torch.float64)[:, None]"
+    judge.conforms(_case("mixed_scales", dtype, device, body, n=8, seed=seed), LossOptions(reduction="none"))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_masked_vocabulary(judge, device, dtype, reduction, seed):
+    """-inf on non-target classes: finite loss, exactly zero gradient there."""
+    body = """
+mask = torch.rand(z.shape, generator=torch.Generator().manual_seed(5)) < 0.5
+mask[torch.arange(z.shape[0]), target] = False
+logits = z.masked_fill(mask, float('-inf'))
+"""
+    case = _case("masked", dtype, device, body, seed=seed)
+    out = judge.conforms(case, LossOptions(reduction=reduction))
+    masked = torch.isneginf(case.logits)
+    if out.grad is not None and bool((out.grad[masked] != 0).any()):
+        judge.fail("masked classes have zero gradient", f"gradient {out.grad[masked].abs().max().item()!r} on a "
+                   "-inf logit", case=case, options=LossOptions(reduction=reduction))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_leading_blocks_masked(judge, device, dtype, reduction, seed):
+    """The first 256 of 300 classes -inf in every row: online-softmax kernels that rescale by
+    exp(-inf - -inf) produce NaN (flash-attention#1930)."""
+    body = """
+target = 256 + target % 44
+logits = z.clone()
+logits[:, :256] = float('-inf')
+"""
+    judge.conforms(_case("leading_masked", dtype, device, body, c=300, seed=seed), LossOptions(reduction=reduction))
+
+
+def test_nonfinite_logits_stay_in_their_row(impl, judge, device, dtype, seed):
+    """-inf target logit gives +inf; +inf or NaN in a row gives NaN in that row only."""
+    body = """
+logits = z.clone()
+logits[1, target[1]] = float('-inf')
+logits[2, (target[2] + 1) % z.shape[1]] = float('inf')
+logits[4, 0] = float('nan')
+"""
+    case = _case("nonfinite", dtype, device, body, seed=seed)
+    options = LossOptions(reduction="none")
+    out = run.forward(impl, case, options)
+    ev = run.truth(impl, out, case, options)
+    judge.close("non-finite logits stay in their row", out.loss, ev.loss, tolerance.value_bound(ev, dtype),
+                case=case, options=options)
+
+
+CONFIDENCE = [10, 20]
+
+
+def _confident(dtype, device, margin, seed):
+    """The target logit is ``margin`` above the row's max: the loss is tiny (about C e^-margin) but
+    representable, and the target component of the gradient is its negative."""
+    body = f"logits = z.clone(); logits[torch.arange(z.shape[0]), target] = z.amax(1) + {margin}"
+    return _case(f"confident+{margin}", dtype, device, body, seed=seed)
+
+
+@pytest.mark.parametrize("margin", CONFIDENCE)
+def test_confident_rows_value(impl, judge, device, dtype, margin, seed):
+    case = _confident(dtype, device, margin, seed)
+    options = LossOptions(reduction="none")
+    out = run.forward(impl, case, options)
+    ev = run.truth(impl, out, case, options)
+    judge.close("confident rows: value", out.loss, ev.loss, judge.bounds(ev, out, case, options)[0], case=case,
+                options=options)
+
+
+@pytest.mark.feature("backward")
+@pytest.mark.parametrize("margin", CONFIDENCE)
+def test_confident_rows_gradient(impl, judge, device, dtype, margin, seed):
+    """The target component 1 - p_y must keep its relative accuracy (Liger#1268)."""
+    case = _confident(dtype, device, margin, seed)
+    options = LossOptions(reduction="none")
+    grad_code = cases.upstream_recipe("expanded", "none", (6,), dtype)
+    out = run.forward_backward(impl, case, options, grad_code)
+    ev = run.truth(impl, out, case, options)
+    judge.close("confident rows: gradient", out.grad, ev.grad(out.upstream), judge.bounds(ev, out, case, options)[1],
+                case=case, options=options, upstream=grad_code)
+
+
+def test_peaked_rows_where_softmax_underflows(impl, judge, device, dtype, seed):
+    """The target's logit 1000 below the max: its probability underflows to 0 in every dtype, so
+    the document's third path, log(softmax), returns inf; the implementation must stay finite."""
+    body = "logits = z.clone(); logits[torch.arange(z.shape[0]), target] = z.amax(1) - 1000"
+    case = _case("peaked", dtype, device, body, seed=seed)
+    options = LossOptions(reduction="none")
+    document_third_path = F.nll_loss(torch.log(F.softmax(case.logits, 1)), case.target, reduction="none")
+    assert bool(torch.isinf(document_third_path).all()), "log(softmax) was expected to overflow to inf here"
+    judge.conforms(case, options)
+
+
+LARGE_CLASS_COUNTS = [32000, 50257, 2 ** 17 + 1]
+
+
+@pytest.mark.parametrize("num_classes", LARGE_CLASS_COUNTS)
+def test_large_class_counts(judge, device, dtype, num_classes, seed):
+    """Vocabulary sizes that are not powers of two, batch 3: tiling remainders in both dimensions."""
+    case = cases.well_conditioned(3, num_classes, dtype, device, seed=seed, family="large_vocabulary")
+    judge.conforms(case, LossOptions(reduction="mean"))
