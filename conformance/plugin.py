@@ -1,18 +1,22 @@
 """The pytest plugin: options, the implementation under test, parametrization, the summary."""
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
+import platform
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 
-from . import hookspecs
+from . import bench, hookspecs
 from .checks import Judge
 from .impl import FEATURES, Implementation, ImplementationError, adapt, load_implementation
 from .known_failures import pinned_failures
 from .tolerance import CONTRACTS
 from .cases import dtype_name
+from .report import Benchmark, Check, Run, save as save_run
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 IMPL_KEY = pytest.StashKey[Implementation]()
@@ -34,6 +38,19 @@ def _device_option(value: str) -> str:
     return value
 
 
+def _shape_option(value: str) -> tuple:
+    n, sep, c = value.lower().partition("x")
+    if not (sep and n.isdigit() and c.isdigit() and int(n) > 0 and int(c) > 0):
+        raise pytest.UsageError(f"--conformance-bench-shape={value!r}: expected NxC, e.g. 4096x32000")
+    return int(n), int(c)
+
+
+def _rounds_option(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"--conformance-bench-rounds={value!r}: expected a positive integer")
+    return int(value)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "cross-entropy conformance kit")
     group.addoption("--impl", default=None, metavar="MODULE[:ATTR]",
@@ -46,6 +63,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "parity: no worse than torch on the same device and dtype")
     group.addoption("--conformance-seed", type=int, default=0, metavar="SEED",
                     help="offset added to every case's seed, for exact reruns with other data (default 0)")
+    group.addoption("--conformance-report", default=None, metavar="PATH.json",
+                    help="write every check of the run (and its benchmarks) as JSON, for "
+                         "'python -m conformance report'")
+    group.addoption("--conformance-bench", action="store_true",
+                    help="also run the benchmarks beside torch (they run only with this or --benchmark-only)")
+    group.addoption("--conformance-bench-shape", action="append", type=_shape_option, default=None, metavar="NxC",
+                    help="benchmark logits shape (repeatable); default 4096x32000 and 1024x128256, "
+                         "plus 8192x128256 on cuda")
+    group.addoption("--conformance-bench-rounds", type=_rounds_option, default=5, metavar="N",
+                    help="timed rounds per benchmark, after one untimed warm-up (default 5)")
 
 
 def pytest_addhooks(pluginmanager) -> None:
@@ -64,6 +91,8 @@ def _resolve(config: pytest.Config) -> Implementation:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "feature(name): the checks need this feature of the implementation")
+    config.addinivalue_line("markers", "conformance_bench: a benchmark beside torch; runs only with "
+                                       "--benchmark-only or --conformance-bench")
     try:
         config.stash[IMPL_KEY] = _resolve(config)
     except ImplementationError as exc:
@@ -141,11 +170,31 @@ class RunResults:
     outcomes: dict = field(default_factory=dict)      # nodeid -> (feature, dtype, outcome)
     worst: tuple = (0.0, "")                            # (error/bound, nodeid) among passed checks
     unsupported: dict = field(default_factory=lambda: defaultdict(int))
+    details: dict = field(default_factory=dict)        # nodeid -> device, comparisons, benchmark, reason, duration
+
+    def note(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """Keep what the run report needs beyond the outcome, from each phase's report."""
+        params = getattr(item, "callspec", None)
+        detail = self.details.setdefault(item.nodeid, {
+            "device": params.params.get("device", "-") if params else "-", "duration": 0.0})
+        detail["duration"] += report.duration
+        if report.when == "call":
+            detail["comparisons"] = [value for key, value in report.user_properties if key == "conformance"]
+            detail["benchmark"] = next((value for key, value in report.user_properties if key == "benchmark"), None)
+        if hasattr(report, "wasxfail"):
+            detail.setdefault("reason", report.wasxfail)
+        elif report.skipped and isinstance(report.longrepr, tuple):
+            detail.setdefault("reason", report.longrepr[2].removeprefix("Skipped: "))
+        elif report.failed:
+            crash = getattr(report.longrepr, "reprcrash", None)
+            detail.setdefault("reason", crash.message if crash else str(report.longrepr).strip().splitlines()[-1])
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     report = yield
+    if not item.module.__name__.startswith("conformance.suite."):
+        return report
     if report.when == "call" or report.outcome == "skipped" or report.failed:
         results = item.config.stash[RESULTS_KEY]
         feature = item.module.__name__.rpartition(".")[2].removeprefix("test_")
@@ -188,3 +237,73 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             f"{name} ({FEATURES[name]}): {n} checks" for name, n in sorted(results.unsupported.items())))
     if results.worst[1]:
         tr.write_line(f"closest pass: error/bound = {results.worst[0]:.3g} at {results.worst[1]}")
+
+
+@pytest.hookimpl(specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_benchmarks(config: pytest.Config, items: list) -> None:
+    """Benchmarks run only when asked; ``--benchmark-only`` deselects the checks instead of
+    skipping each one, so the verdict and the report hold only what ran."""
+    only = config.getoption("benchmark_only", False)
+    wanted = only or config.getoption("conformance_bench")
+    keep, drop = [], []
+    for item in items:
+        is_bench = item.get_closest_marker("conformance_bench") is not None
+        unwanted = (is_bench and not wanted) or (only and "benchmark" not in getattr(item, "fixturenames", ()))
+        (drop if unwanted else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_note(item: pytest.Item, call):
+    """Feed each phase's report of a kit test to ``RunResults.note``, for the run report."""
+    report = yield
+    if item.module.__name__.startswith("conformance.suite."):
+        item.config.stash[RESULTS_KEY].note(item, report)
+    return report
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """Record in pytest-benchmark's JSON what changes the numbers: threads, allocator settings."""
+    machine_info["conformance"] = bench.machine_info()
+
+
+def _kit_version() -> str:
+    try:
+        return importlib.metadata.version("ce-conformance")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def run_data(config: pytest.Config) -> Run:
+    """The run as data: every check with its status and worst error over bound, the benchmarks,
+    and the environment they ran in."""
+    results = config.stash[RESULTS_KEY]
+    impl = results.impl
+    checks, benchmarks = [], []
+    for nodeid, (feature, dtype, outcome) in results.outcomes.items():
+        detail = results.details.get(nodeid, {})
+        worst = max(detail.get("comparisons", []), key=lambda c: c["ratio"], default={})
+        checks.append(Check(
+            id=nodeid, implementation=impl.spec, feature=feature, dtype=dtype, device=detail.get("device", "-"),
+            status=outcome, identity=worst.get("identity", ""), ratio=worst.get("ratio"), error=worst.get("error"),
+            bound=worst.get("bound"), reason=detail.get("reason", ""), duration=detail.get("duration", 0.0)))
+        if detail.get("benchmark"):
+            benchmarks.append(Benchmark.from_dict(dict(detail["benchmark"], id=nodeid)))
+    environment = {
+        "implementation": impl.spec, "input_kind": impl.input_kind, "target_kind": impl.target_kind,
+        "unsupported": sorted(impl.unsupported), "deviations": sorted(impl.deviations),
+        "torch": torch.__version__, "kit": _kit_version(), "devices": results.devices,
+        "seed": config.getoption("conformance_seed"), "threads": torch.get_num_threads(),
+        "python": platform.python_version(), "platform": platform.platform(), "machine": bench.machine_info(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return Run(environment=environment, checks=checks, benchmarks=benchmarks)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    path = session.config.getoption("conformance_report")
+    if path and RESULTS_KEY in session.config.stash:
+        save_run(run_data(session.config), path)

@@ -1,0 +1,91 @@
+"""The plugin machinery: --impl resolution, usage errors, the hook, unsupported features."""
+import pytest
+
+SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q")
+
+
+def _run(pytester, *args):
+    return pytester.runpytest_inprocess(*SUITE, *args)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("no_such_module_xyz", "cannot import module 'no_such_module_xyz'"),
+    ("conformance.reference:nothing_here", "has no attribute 'nothing_here'"),
+    ("conformance.reference:INPUT_KINDS", "tuple object is not callable"),
+    ("broken_import_mod", "raised ZeroDivisionError"),
+])
+def test_bad_impl_is_a_usage_error(pytester, spec, message):
+    pytester.makepyfile(broken_import_mod="1 / 0")
+    pytester.syspathinsert()
+    result = _run(pytester, f"--impl={spec}", "-k", "test_value")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+    assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
+
+
+def test_unknown_unsupported_feature_is_a_usage_error(pytester):
+    pytester.makepyfile(typo_impl="""
+import torch
+def cross_entropy(*a, **k):
+    return torch.nn.functional.cross_entropy(*a, **k)
+cross_entropy.unsupported = {"label_smothing"}
+""")
+    pytester.syspathinsert()
+    result = _run(pytester, "--impl=typo_impl", "-k", "test_value")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown features*label_smothing*"])
+
+
+def test_hook_in_conftest_supplies_the_implementation(pytester):
+    pytester.makeconftest("""
+import torch
+def pytest_conformance_impl(config):
+    def doubled(input, target, **options):
+        return 2 * torch.nn.functional.cross_entropy(input, target, **options)
+    return doubled
+""")
+    result = _run(pytester, "-k", "test_value_matches_truth and float64")
+    result.stdout.fnmatch_lines(["*implementation: pytest_conformance_impl:*doubled*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_unsupported_features_are_reported_not_passed(pytester):
+    pytester.makepyfile(partial_impl="""
+import torch
+def cross_entropy(input, target, **options):
+    if input.dtype == torch.float16:
+        raise NotImplementedError("no float16")
+    return torch.nn.functional.cross_entropy(input, target, **options)
+cross_entropy.unsupported = {"float16"}
+""")
+    pytester.syspathinsert()
+    result = _run(pytester, "--impl=partial_impl", "-k", "test_value_matches_truth", "-rs")
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] == 27 and outcomes["skipped"] == 9
+    result.stdout.fnmatch_lines(["*unsupported: float16*", "*unsupported (declared): float16 (float16 inputs): 9 checks*"])
+
+
+def test_failure_message_names_identity_worst_element_and_repro(pytester):
+    pytester.makepyfile(biased_impl="""
+import torch
+def cross_entropy(input, target, **options):
+    return torch.nn.functional.cross_entropy(input, target, **options) * (1 + 1e-3)
+""")
+    pytester.syspathinsert()
+    result = _run(pytester, "--impl=biased_impl", "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "*[[]value[]] biased_impl:cross_entropy differs from the float64 reference beyond the bound*",
+        "*params: case=well_conditioned shape=7x3 dtype=float64 device=cpu, reduction='none'*",
+        "*worst element (*,): actual=* expected=* error=* bound=* (error/bound=*)*",
+        "*reproduce:*",
+        "*impl = load_implementation('biased_impl:cross_entropy')*",
+    ])
+
+
+def test_default_run_pins_torch_failures_as_strict_xfail(pytester):
+    result = _run(pytester, "-k", "test_confident_rows", "-rx")
+    outcomes = result.parseoutcomes()
+    assert result.ret == pytest.ExitCode.OK
+    assert outcomes["xfailed"] == 4
+    result.stdout.fnmatch_lines(["*XFAIL*confident_rows_value*bfloat16-10*logsumexp rounded to the dtype*"])
