@@ -59,8 +59,12 @@ def test_label_smoothing(judge, device, dtype, reduction, variant, seed):
     judge.conforms(case, options)
 
 
+SMOOTHED = pytest.mark.feature("label_smoothing")
+
+
 @pytest.mark.feature("probability_target")
-@pytest.mark.parametrize("variant", ["plain", "weighted", "smoothed", "weighted+smoothed"])
+@pytest.mark.parametrize("variant", ["plain", "weighted", pytest.param("smoothed", marks=SMOOTHED),
+                                     pytest.param("weighted+smoothed", marks=SMOOTHED)])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_probability_targets(judge, device, dtype, reduction, variant, seed):
     """Soft targets: mean divides by the number of positions, never by a weight sum (pytorch#107680)."""
@@ -96,7 +100,7 @@ def test_k_dimensional(judge, device, dtype, reduction, extra_dims, seed):
     judge.conforms(case, LossOptions(reduction=reduction, ignore_index=0))
 
 
-@pytest.mark.feature("kdim", "probability_target")
+@pytest.mark.feature("kdim", "probability_target", "label_smoothing")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_k_dimensional_probability_target(judge, device, dtype, reduction, seed):
     case = cases.well_conditioned(3, 5, dtype, device, seed=seed, extra_dims=(2, 3), soft_target=True)
@@ -126,8 +130,12 @@ target = torch.empty(0, dtype=torch.long)
     case = cases.from_recipe("empty", recipe, device)
     options = LossOptions(reduction=reduction)
     out = run.forward(impl, case, options)
-    expected = {"none": torch.empty(0), "mean": torch.tensor(math.nan), "sum": torch.tensor(0.0)}[reduction]
+    declared = reduction == "mean" and "all_ignored_mean_zero" in impl.deviations
+    expected = {"none": torch.empty(0), "mean": torch.tensor(0.0 if declared else math.nan),
+                "sum": torch.tensor(0.0)}[reduction]
     judge.close("empty batch", out.loss, expected, torch.zeros(()), case=case, options=options)
+    if declared:
+        pytest.xfail("declared deviation all_ignored_mean_zero: mean over no position is 0, torch gives NaN")
 
 
 @pytest.mark.feature("ignore_index")
