@@ -1,0 +1,97 @@
+"""``python -m conformance report RUN.json [--baseline OLD.json] [--benchmarks BENCH.json] --format md|html -o OUT``
+
+Renders a run (``--conformance-report``) and, with a baseline run, its regressions. The exit
+status gates CI: 1 when there are regressions, 0 otherwise, 2 for unreadable input.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Optional
+
+from . import report
+
+__all__ = ["main"]
+
+
+def _factor(value: str) -> float:
+    try:
+        factor = float(value)
+    except ValueError:
+        factor = float("nan")
+    if not factor >= 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number >= 1")
+    return factor
+
+
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = float("nan")
+    if not fraction >= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number >= 0 (0.25 means 25% slower)")
+    return fraction
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m conformance", description="The conformance kit's tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser("report", help="render a run, and its regressions against a baseline run",
+                              description=__doc__.split("\n\n", 1)[1])
+    cmd.add_argument("run", type=Path, metavar="RUN.json", help="written by pytest --conformance-report=RUN.json")
+    cmd.add_argument("--baseline", type=Path, metavar="OLD.json", help="an earlier run to find regressions against")
+    cmd.add_argument("--benchmarks", type=Path, metavar="BENCH.json",
+                     help="pytest-benchmark JSON (--benchmark-json) with this run's timings, "
+                          "instead of those embedded in RUN.json")
+    cmd.add_argument("--baseline-benchmarks", type=Path, metavar="OLD_BENCH.json",
+                     help="pytest-benchmark JSON with the baseline's timings")
+    cmd.add_argument("--format", choices=("md", "html"), default=None,
+                     help="default: html when OUT ends in .html, else md")
+    cmd.add_argument("-o", "--output", type=Path, metavar="OUT", help="default: standard output")
+    cmd.add_argument("--max-accuracy-loss", type=_factor, default=2.0, metavar="FACTOR",
+                     help="a check whose error/bound grew by more than FACTOR regressed (default 2; errors under "
+                          f"{report.ACCURACY_FLOOR:g} of their bound never count)")
+    cmd.add_argument("--max-slowdown", type=_fraction, default=0.25, metavar="FRACTION",
+                     help="a timing more than FRACTION slower regressed (default 0.25)")
+    return parser
+
+
+def _with_benchmarks(run: report.Run, path: Optional[Path]) -> report.Run:
+    return dataclasses.replace(run, benchmarks=report.load_benchmarks(path)) if path else run
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        run = _with_benchmarks(report.load(args.run), args.benchmarks)
+        baseline = _with_benchmarks(report.load(args.baseline), args.baseline_benchmarks) if args.baseline else None
+    except report.ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    found = report.regressions(run, baseline, accuracy_factor=args.max_accuracy_loss,
+                               slowdown=args.max_slowdown) if baseline else []
+    fmt = args.format or ("html" if args.output and args.output.suffix in (".html", ".htm") else "md")
+    plot_name = None
+    if fmt == "md" and args.output and run.benchmarks:
+        plot = report.ratio_plot(run.benchmarks, baseline.benchmarks if baseline else None)
+        if plot:
+            plot_path = args.output.with_suffix(".svg")
+            plot_path.write_text(plot)
+            plot_name = plot_path.name
+    text = report.render(run, fmt, baseline=baseline, found=found, plot_name=plot_name)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    for r in found:
+        print(f"regression: {r.kind}: {r.id} ({r.before} -> {r.after})", file=sys.stderr)
+    if baseline:
+        print(f"{len(found)} regressions against {args.baseline}", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""Results as data first: a run's checks and benchmarks as JSON, the regressions against a
+baseline run, and both rendered as Markdown or as one self-contained HTML page.
+
+A run file is what ``--conformance-report=PATH.json`` writes; benchmarks come embedded in it
+(when the run benchmarked) or from pytest-benchmark's ``--benchmark-json`` file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+__all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ReportError", "Check", "Benchmark", "Run", "Regression",
+           "save", "load", "load_benchmarks", "regressions", "ratio_plot", "render"]
+
+SCHEMA = "ce-conformance-run/1"
+STATUSES = ("passed", "failed", "unsupported", "xfailed", "xpassed", "skipped")
+
+# A check whose error stays under a tenth of its bound is not an accuracy regression however far
+# it moved: the bound, not the last run, is the contract, and tiny errors move with the data.
+ACCURACY_FLOOR = 0.1
+
+
+class ReportError(Exception):
+    """A run or benchmark file that cannot be read as one."""
+
+
+def _number(value) -> Optional[float]:
+    """JSON has no inf or nan: they travel as strings."""
+    return float(value) if isinstance(value, str) else value
+
+
+def _json_number(value: Optional[float]):
+    return str(value) if value is not None and not math.isfinite(value) else value
+
+
+@dataclass(frozen=True)
+class Check:
+    """One test of the run. ``ratio`` is the worst measured error over its bound (``identity`` names
+    that comparison); ``None`` where the test compared nothing."""
+
+    id: str
+    implementation: str
+    feature: str
+    dtype: str
+    device: str
+    status: str
+    identity: str = ""
+    ratio: Optional[float] = None
+    error: Optional[float] = None
+    bound: Optional[float] = None
+    reason: str = ""
+    duration: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ReportError(f"check {self.id!r}: status={self.status!r}; expected one of {STATUSES}")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One timed side of a group (``side`` is ``torch`` or ``impl``); times in seconds, ratios
+    and rates from the best round (``min``)."""
+
+    id: str
+    group: str
+    side: str
+    implementation: str
+    op: str
+    dtype: str
+    device: str
+    shape: str
+    median: Optional[float] = None
+    min: Optional[float] = None
+    rounds: Optional[int] = None
+    ratio_to_torch: Optional[float] = None
+    traffic_bytes: Optional[int] = None
+    bytes_per_second: Optional[float] = None
+    copy_bytes_per_second: Optional[float] = None
+    roofline_percent: Optional[float] = None
+    peak_extra_bytes: Optional[int] = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Benchmark":
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise ReportError(f"benchmark {data.get('id', '?')!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything one run found, and where it ran."""
+
+    environment: dict
+    checks: list = field(default_factory=list)
+    benchmarks: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        checks = [dict(dataclasses.asdict(c), ratio=_json_number(c.ratio), error=_json_number(c.error),
+                       bound=_json_number(c.bound)) for c in self.checks]
+        return {"schema": SCHEMA, "environment": self.environment, "checks": checks,
+                "benchmarks": [dataclasses.asdict(b) for b in self.benchmarks]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Run":
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ReportError(f"not a conformance run (schema {SCHEMA!r} expected, "
+                              f"found {data.get('schema') if isinstance(data, dict) else type(data).__name__!r})")
+        try:
+            checks = [Check(**dict(c, ratio=_number(c.get("ratio")), error=_number(c.get("error")),
+                                   bound=_number(c.get("bound")))) for c in data["checks"]]
+        except TypeError as exc:
+            raise ReportError(f"malformed check: {exc}") from None
+        return cls(environment=data.get("environment", {}), checks=checks,
+                   benchmarks=[Benchmark.from_dict(b) for b in data.get("benchmarks", [])])
+
+
+def save(run: Run, path: Union[str, Path]) -> None:
+    Path(path).write_text(json.dumps(run.to_json(), indent=1) + "\n")
+
+
+def _read_json(path: Union[str, Path]):
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ReportError(f"{path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ReportError(f"{path}: not JSON ({exc})") from None
+
+
+def load(path: Union[str, Path]) -> Run:
+    """Read a run file written by ``--conformance-report``."""
+    try:
+        return Run.from_json(_read_json(path))
+    except ReportError as exc:
+        raise ReportError(f"{path}: {exc}") from None
+
+
+def load_benchmarks(path: Union[str, Path]) -> list:
+    """The kit's benchmarks from a pytest-benchmark JSON file (``--benchmark-json``, autosave)."""
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise ReportError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
+    return [Benchmark.from_dict(dict(b["extra_info"], id=b["fullname"], group=b["group"], median=b["stats"]["median"],
+                                     min=b["stats"]["min"], rounds=b["stats"]["rounds"]))
+            for b in data["benchmarks"] if "side" in b.get("extra_info", {})]
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions against a baseline
+
+
+@dataclass(frozen=True)
+class Regression:
+    """Something a baseline run did better: ``kind`` is newly failing, less accurate or slower."""
+
+    kind: str
+    id: str
+    feature: str
+    dtype: str
+    before: str
+    after: str
+
+
+def _key(test_id: str) -> str:
+    """A test id without its file's path, which depends on where pytest was started (the kit's
+    test names are unique across its modules)."""
+    return test_id.partition("::")[2] or test_id
+
+
+def regressions(run: Run, baseline: Run, *, accuracy_factor: float = 2.0, slowdown: float = 0.25) -> list:
+    """Checks that newly fail (a declared failure, xfailed, was failing already), errors that
+    grew by more than ``accuracy_factor`` (and exceed ``ACCURACY_FLOOR`` of their bound), and
+    implementation timings slower by more than ``slowdown`` (a fraction) than in ``baseline``.
+
+    A timing compares the implementation's time over torch's in the same run, which does not
+    depend on the machine's speed, when both runs have it; else the absolute best time.
+    """
+    if not accuracy_factor >= 1:
+        raise ValueError(f"accuracy_factor={accuracy_factor!r}: must be >= 1")
+    if not slowdown >= 0:
+        raise ValueError(f"slowdown={slowdown!r}: must be >= 0")
+    found = []
+    before = {_key(c.id): c for c in baseline.checks}
+    for check in run.checks:
+        old = before.get(_key(check.id))
+        if check.status == "failed" and (old is None or old.status not in ("failed", "xfailed")):
+            found.append(Regression("newly failing", check.id, check.feature, check.dtype,
+                                    old.status if old else "absent", "failed"))
+        elif (old is not None and check.ratio is not None and old.ratio is not None and math.isfinite(check.ratio)
+              and check.ratio > ACCURACY_FLOOR and check.ratio > accuracy_factor * old.ratio):
+            found.append(Regression("less accurate", check.id, check.feature, check.dtype,
+                                    f"error/bound {old.ratio:.3g}", f"error/bound {check.ratio:.3g}"))
+    old_times = {_key(b.id): b for b in baseline.benchmarks if b.side == "impl"}
+    for bench in run.benchmarks:
+        old = old_times.get(_key(bench.id))
+        if bench.side != "impl" or old is None:
+            continue
+        relative = bench.ratio_to_torch is not None and old.ratio_to_torch is not None
+        now, then = (bench.ratio_to_torch, old.ratio_to_torch) if relative else (bench.min, old.min)
+        if now is not None and then is not None and now > then * (1 + slowdown):
+            show = (lambda v: f"{v:.2f}x torch") if relative else (lambda v: f"{v * 1e3:.3g} ms")
+            found.append(Regression("slower", bench.id, "benchmark", bench.dtype, show(then), show(now)))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: one description, rendered to Markdown or HTML
+
+Cell = Union[str, tuple]  # text, or (text, tone) with tone ok, warn, fail or muted
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    note: str
+    columns: list
+    rows: list
+
+
+def _verdict(counts: dict) -> tuple:
+    total = sum(counts.values())
+    if counts.get("failed"):
+        return f"FAIL {counts['failed']}/{total}", "fail"
+    if not counts.get("passed") and not counts.get("xfailed") and not counts.get("xpassed"):
+        return ("unsupported" if counts.get("unsupported") else "skipped"), "muted"
+    extras = [f"{counts[s]} {'declared' if s == 'xfailed' else s}" for s in ("xfailed", "xpassed", "unsupported",
+                                                                              "skipped") if counts.get(s)]
+    text = " · ".join([f"pass {counts.get('passed', 0)}"] + extras)
+    return text, ("warn" if counts.get("xfailed") or counts.get("xpassed") else "ok")
+
+
+DTYPE_ORDER = ("float64", "float32", "float16", "bfloat16")
+
+
+def _column_order(column: tuple) -> tuple:
+    dtype, device = column
+    return (DTYPE_ORDER.index(dtype) if dtype in DTYPE_ORDER else len(DTYPE_ORDER), dtype, device)
+
+
+def _matrix(run: Run) -> tuple[list, list, list, dict]:
+    """Features, (dtype, device) columns and their headers, and the checks of each cell."""
+    cells = defaultdict(list)
+    for check in run.checks:
+        cells[(check.feature, check.dtype, check.device)].append(check)
+    features = sorted({k[0] for k in cells})
+    columns = sorted({k[1:] for k in cells}, key=_column_order)
+    headers = [" ".join(["any dtype" if d == "-" else d] + ([] if v == "-" else [v])) for d, v in columns]
+    return features, columns, headers, cells
+
+
+def _verdict_table(run: Run) -> Table:
+    features, columns, headers, cells = _matrix(run)
+    rows = []
+    for feature in features:
+        row = [feature]
+        for column in columns:
+            checks = cells.get((feature, *column), [])
+            counts = defaultdict(int)
+            for c in checks:
+                counts[c.status] += 1
+            row.append(_verdict(counts) if checks else ("", "muted"))
+        rows.append(row)
+    return Table("Verdict", "Checks per feature, dtype and device; 'declared' counts documented deviations "
+                 "(expected failures).", ["feature"] + headers, rows)
+
+
+def _ratio_cell(ratio: Optional[float]) -> Cell:
+    if ratio is None:
+        return ("", "muted")
+    return (f"{ratio:.3g}", "fail" if ratio > 1 else "warn" if ratio > 0.5 else "ok")
+
+
+def _accuracy_tables(run: Run) -> list:
+    features, columns, headers, cells = _matrix(run)
+    rows = []
+    for feature in features:
+        worst = [max((c.ratio for c in cells.get((feature, *column), []) if c.ratio is not None), default=None)
+                 for column in columns]
+        if any(w is not None for w in worst):
+            rows.append([feature] + [_ratio_cell(w) for w in worst])
+    passes = [c for c in run.checks if c.status in ("passed", "xpassed") and c.ratio]
+    closest = [[c.id, c.identity, _format(c.error), _format(c.bound), _ratio_cell(c.ratio)]
+               for c in sorted(passes, key=lambda c: -c.ratio)[:10]]
+    return [Table("Accuracy", "The worst error as a fraction of its bound (1 = at the bound).", ["feature"] + headers,
+                  rows),
+            Table("Closest passes", "The passing checks nearest their bound.",
+                  ["test", "identity", "error", "bound", "error/bound"], closest)]
+
+
+def _format(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def _problems_table(run: Run) -> Table:
+    rows = [[c.id, (c.status, "fail" if c.status == "failed" else "muted"), "\n".join(c.reason.splitlines()[:3])]
+            for c in run.checks if c.status in ("failed", "xpassed")]
+    return Table("Failures", "The first lines of each message; the run file holds all of it, with the snippet that "
+                 "reproduces the case.", ["test", "status", "message"], rows)
+
+
+def _groups(benchmarks: list) -> dict:
+    """The sides of each (device, shape, dtype, op), in the order the run measured them."""
+    groups = defaultdict(dict)
+    for b in benchmarks:
+        groups[(b.device, b.shape, b.dtype, b.op)][b.side] = b
+    return groups
+
+
+def _ms(b: Optional[Benchmark]) -> str:
+    return "" if b is None or b.min is None else f"{b.min * 1e3:.4g}"
+
+
+def _benchmark_table(run: Run, baseline: Optional[Run]) -> Table:
+    old = {_key(b.id): b for b in baseline.benchmarks} if baseline else {}
+    rows = []
+    for (device, shape, dtype, op), sides in _groups(run.benchmarks).items():
+        mine, ref = sides.get("impl"), sides.get("torch")
+        ratio = mine.ratio_to_torch if mine else None
+        before = old.get(_key(mine.id)) if mine else None
+        row = [op, dtype, shape, device, _ms(ref), _ms(mine),
+               ("" if ratio is None else f"{ratio:.2f}x", "muted" if ratio is None else
+                "ok" if ratio <= 1.05 else "warn" if ratio <= 1.25 else "fail")]
+        if baseline:
+            row.append("" if before is None or before.ratio_to_torch is None else f"{before.ratio_to_torch:.2f}x")
+        for b in (mine, ref):
+            row.append("" if b is None or b.bytes_per_second is None else
+                       f"{b.bytes_per_second / 1e9:.3g} ({b.roofline_percent:.0f}%)")
+        for b in (mine, ref):
+            row.append("" if b is None or b.peak_extra_bytes is None else f"{b.peak_extra_bytes / 2**20:.0f}")
+        rows.append(row)
+    columns = ["op", "dtype", "shape", "device", "torch ms", "impl ms", "impl/torch"]
+    columns += ["baseline impl/torch"] * bool(baseline)
+    columns += ["impl GB/s (roofline)", "torch GB/s (roofline)", "impl extra MiB", "torch extra MiB"]
+    copy = sorted({f"{b.device} {b.copy_bytes_per_second / 1e9:.3g} GB/s" for b in run.benchmarks
+                   if b.copy_bytes_per_second})
+    return Table("Benchmarks beside torch", "Best time of each side's rounds; bytes per second count the logits "
+                 "read once and the gradient written once, against the copy bandwidth measured in the same run (" +
+                 ", ".join(copy) + "); extra memory is the peak beyond the inputs.", columns, rows)
+
+
+def _regression_tables(found: list) -> list:
+    groups = defaultdict(list)
+    for r in found:
+        groups[(r.kind, r.feature)].append(r.dtype)
+    summary = [[(kind, "fail"), feature, str(len(dtypes)), ", ".join(sorted(set(dtypes)))]
+               for (kind, feature), dtypes in groups.items()]
+    return [Table("Regressions against the baseline", "", ["kind", "feature", "checks", "dtypes"], summary),
+            Table("Each regression", "", ["kind", "test", "baseline", "this run"],
+                  [[(r.kind, "fail"), r.id, r.before, r.after] for r in found])]
+
+
+def _environment(run: Run) -> list:
+    env = run.environment
+    counts = defaultdict(int)
+    for c in run.checks:
+        counts[c.status] += 1
+    lines = [f"implementation: {env.get('implementation', '?')} (input {env.get('input_kind', '?')}, "
+             f"target {env.get('target_kind', '?')})",
+             f"torch {env.get('torch', '?')}, kit {env.get('kit', '?')}, devices {', '.join(env.get('devices', []))}, "
+             f"seed {env.get('seed', '?')}, {env.get('threads', '?')} threads",
+             "checks: " + (", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) or "none")]
+    settings = env.get("machine", {}).get("environment")
+    if settings:
+        lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot: the implementation's time over torch's, one bar per group, as inline SVG
+
+
+def ratio_plot(benchmarks: list, baseline: Optional[list] = None) -> str:
+    """A horizontal bar per benchmark group (impl/torch), a line at 1, baseline ratios as ticks."""
+    old = {_key(b.id): b.ratio_to_torch for b in baseline or [] if b.ratio_to_torch is not None}
+    bars = [(f"{op} {dtype} {shape} {device}", sides["impl"].ratio_to_torch, old.get(_key(sides["impl"].id)))
+            for (device, shape, dtype, op), sides in _groups(benchmarks).items()
+            if "impl" in sides and sides["impl"].ratio_to_torch is not None]
+    if not bars:
+        return ""
+    label_w, bar_w, row_h, top = 300, 420, 24, 30
+    xmax = max([2.0] + [1.1 * r for _, r, _ in bars] + [1.1 * o for *_, o in bars if o])
+    x = lambda ratio: label_w + bar_w * ratio / xmax  # noqa: E731
+    height = top + row_h * len(bars) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 90}" height="{height}" '
+             f'font-family="sans-serif" font-size="12" role="img" aria-label="implementation time over torch time">',
+             f'<text x="{label_w}" y="16" font-weight="bold">implementation time / torch time '
+             f'(shorter is faster{"; ticks: baseline" if old else ""})</text>']
+    step = 0.5 if xmax <= 4 else math.ceil(xmax / 8)
+    for i in range(int(xmax / step) + 1):
+        tick = i * step
+        parts.append(f'<line x1="{x(tick):.1f}" y1="{top - 4}" x2="{x(tick):.1f}" y2="{height - 26}" stroke="#ddd"/>'
+                     f'<text x="{x(tick):.1f}" y="{height - 12}" text-anchor="middle" fill="#555">{tick:g}</text>')
+    for i, (label, ratio, before) in enumerate(bars):
+        y = top + i * row_h
+        colour = "#3a9a5b" if ratio <= 1.05 else "#d99a1e" if ratio <= 1.25 else "#c8423b"
+        parts.append(f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{html.escape(label)}</text>'
+                     f'<rect x="{label_w}" y="{y + 4}" width="{x(ratio) - label_w:.1f}" height="{row_h - 8}" '
+                     f'fill="{colour}"/><text x="{x(ratio) + 4:.1f}" y="{y + 15}">{ratio:.2f}x</text>')
+        if before is not None:
+            parts.append(f'<line x1="{x(before):.1f}" y1="{y + 1}" x2="{x(before):.1f}" y2="{y + row_h - 1}" '
+                         f'stroke="#000" stroke-width="2"/>')
+    parts.append(f'<line x1="{x(1):.1f}" y1="{top - 4}" x2="{x(1):.1f}" y2="{height - 26}" stroke="#333" '
+                 f'stroke-dasharray="4 3"/></svg>')
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _tables(run: Run, baseline: Optional[Run], found: list) -> list:
+    tables = [_verdict_table(run)] + (_regression_tables(found) if found else []) + _accuracy_tables(run)
+    problems = _problems_table(run)
+    if problems.rows:
+        tables.append(problems)
+    if run.benchmarks:
+        tables.append(_benchmark_table(run, baseline))
+    return tables
+
+
+def _headline(run: Run, baseline: Optional[Run], found: list) -> tuple:
+    failed = sum(c.status == "failed" for c in run.checks)
+    verdict = f"{failed} failing check{'s' * (failed != 1)}" if failed else "all checks pass or are declared"
+    if baseline is None:
+        return verdict, "fail" if failed else "ok"
+    if found:
+        kinds = defaultdict(int)
+        for r in found:
+            kinds[r.kind] += 1
+        detail = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        return f"{len(found)} regression{'s' * (len(found) != 1)} against the baseline ({detail}); {verdict}", "fail"
+    return f"no regressions against the baseline; {verdict}", "fail" if failed else "ok"
+
+
+def _md_cell(cell: Cell) -> str:
+    text = cell[0] if isinstance(cell, tuple) else cell
+    return str(text).replace("|", "\\|").replace("\n", " / ")
+
+
+def _markdown(run: Run, baseline: Optional[Run], found: list, plot_name: Optional[str]) -> str:
+    headline, _ = _headline(run, baseline, found)
+    out = ["# Conformance report", "", f"**{headline}**", ""] + [f"- {line}" for line in _environment(run)]
+    for table in _tables(run, baseline, found):
+        out += ["", f"## {table.title}", ""] + ([table.note, ""] if table.note else [])
+        if not table.rows:
+            out.append("none")
+            continue
+        out.append("| " + " | ".join(_md_cell(c) for c in table.columns) + " |")
+        out.append("|" + "---|" * len(table.columns))
+        out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+        if table.title.startswith("Benchmarks") and plot_name:
+            out += ["", f"![implementation time over torch time]({plot_name})"]
+    return "\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;white-space:pre-line}
+th{background:#f0f0f0}td.ok{background:#dff3e4}td.warn{background:#fcefd2}td.fail{background:#f8d7d5;font-weight:bold}
+td.muted{color:#888;background:#f7f7f7}p.note{color:#555;font-size:13px;margin:.2em 0}
+.headline{padding:.6em 1em;font-size:16px;font-weight:bold;display:inline-block}
+.headline.ok{background:#dff3e4}.headline.fail{background:#f8d7d5}ul{font-size:13px}
+summary{cursor:pointer;color:#245;margin:.3em 0}"""
+
+
+LONG_TABLE = 25  # rows; a longer table starts folded in HTML, so the page opens on the verdict
+
+
+def _html_cell(cell: Cell, tag: str = "td") -> str:
+    text, tone = cell if isinstance(cell, tuple) else (cell, "")
+    attr = f' class="{tone}"' if tone else ""
+    return f"<{tag}{attr}>{html.escape(str(text))}</{tag}>"
+
+
+def _html(run: Run, baseline: Optional[Run], found: list) -> str:
+    headline, tone = _headline(run, baseline, found)
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Conformance report</title>",
+           f"<style>{_CSS}</style></head><body><h1>Conformance report</h1>",
+           f"<div class='headline {tone}'>{html.escape(headline)}</div><ul>"]
+    out += [f"<li>{html.escape(line)}</li>" for line in _environment(run)] + ["</ul>"]
+    for table in _tables(run, baseline, found):
+        out.append(f"<h2>{html.escape(table.title)}</h2>")
+        if table.note:
+            out.append(f"<p class='note'>{html.escape(table.note)}</p>")
+        if not table.rows:
+            out.append("<p>none</p>")
+            continue
+        if table.title.startswith("Benchmarks"):
+            out.append(ratio_plot(run.benchmarks, baseline.benchmarks if baseline else None))
+        long = len(table.rows) > LONG_TABLE
+        if long:
+            out.append(f"<details><summary>all {len(table.rows)} rows</summary>")
+        out.append("<table><tr>" + "".join(_html_cell(c, "th") for c in table.columns) + "</tr>")
+        out += ["<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in table.rows]
+        out.append("</table></details>" if long else "</table>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def render(run: Run, fmt: str, *, baseline: Optional[Run] = None, found: Optional[list] = None,
+           plot_name: Optional[str] = None) -> str:
+    """The report as ``md`` or ``html``; ``found`` are the regressions against ``baseline``.
+
+    Markdown links the plot as ``plot_name`` (an SVG file written beside it); HTML embeds it.
+    """
+    if fmt not in ("md", "html"):
+        raise ValueError(f"fmt={fmt!r}: expected 'md' or 'html'")
+    found = found or []
+    return _markdown(run, baseline, found, plot_name) if fmt == "md" else _html(run, baseline, found)

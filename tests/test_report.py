@@ -1,0 +1,160 @@
+"""The run report: JSON round trip, the baseline diff, rendering, the CLI's exit status, and the
+proof end to end: a slower implementation and one with a planted accuracy bug each show their
+regressions and fail the report; identical runs pass it."""
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conformance import report
+from conformance.__main__ import main
+from conformance.report import Benchmark, Check, Run
+
+SLOW_IMPL = """
+import time
+import torch
+
+def cross_entropy(input, target, **options):
+    time.sleep(0.05)
+    return torch.nn.functional.cross_entropy(input, target, **options)
+"""
+
+# Every loss 2^-22 too large: far beyond float64's bound, inside float32's but several times
+# torch's error there, and lost to rounding in float16 and bfloat16.
+BUGGY_IMPL = """
+import torch
+
+def cross_entropy(input, target, **options):
+    return torch.nn.functional.cross_entropy(input, target, **options) * (1 + 2.0 ** -22)
+"""
+
+CHECKS = ("--pyargs", "conformance.suite.test_value", "-p", "no:cacheprovider", "-q")
+WITH_BENCH = ("conformance.suite.test_benchmark", "--conformance-bench", "--conformance-bench-shape", "8x300",
+              "--conformance-bench-rounds", "2", "-k", "test_value_matches_truth or float32")
+
+
+def _check(name, status="passed", ratio=0.1, **kw):
+    return Check(id=f"suite/test_value.py::{name}", implementation="impl", feature="value", dtype="float32",
+                 device="cpu", status=status, identity="value", ratio=ratio, **kw)
+
+
+def _bench(side, ratio, best):
+    return Benchmark(id=f"suite/test_benchmark.py::t[8x300-cpu-float32-forward-{side}]", group="forward float32",
+                     side=side, implementation="impl", op="forward", dtype="float32", device="cpu", shape="8x300",
+                     median=best, min=best, rounds=3, ratio_to_torch=ratio if side == "impl" else None,
+                     bytes_per_second=1e9, roofline_percent=10.0, peak_extra_bytes=2**20)
+
+
+def _run(checks=(), benchmarks=()):
+    return Run(environment={"implementation": "impl", "devices": ["cpu"]}, checks=list(checks),
+               benchmarks=list(benchmarks))
+
+
+def test_run_round_trips_through_json(tmp_path):
+    run = _run([_check("a"), _check("b", status="failed", ratio=float("inf"), reason="boom"),
+                _check("c", status="unsupported", ratio=None)],
+               [_bench("torch", None, 1e-3), _bench("impl", 1.1, 1.1e-3)])
+    report.save(run, tmp_path / "run.json")
+    assert "Infinity" not in (tmp_path / "run.json").read_text()
+    assert report.load(tmp_path / "run.json") == run
+
+
+def test_unreadable_files_say_why(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps({"benchmarks": []}))
+    with pytest.raises(report.ReportError, match="bench.json: not a conformance run"):
+        report.load(tmp_path / "bench.json")
+    with pytest.raises(report.ReportError, match="status='passd'"):
+        _check("a", status="passd")
+
+
+def test_pytest_benchmark_json_is_read(tmp_path):
+    entry = {"fullname": "x.py::t[impl]", "group": "g", "stats": {"median": 2.0, "min": 1.0, "rounds": 5},
+             "extra_info": {"side": "impl", "implementation": "i", "op": "forward", "dtype": "float32",
+                            "device": "cpu", "shape": "8x300", "ratio_to_torch": 1.5}}
+    other = {"fullname": "y.py::unrelated", "group": None, "stats": {}, "extra_info": {}}
+    (tmp_path / "bench.json").write_text(json.dumps({"benchmarks": [entry, other]}))
+    (b,) = report.load_benchmarks(tmp_path / "bench.json")
+    assert (b.id, b.min, b.ratio_to_torch) == ("x.py::t[impl]", 1.0, 1.5)
+
+
+def test_regressions_newly_failing_less_accurate_slower():
+    before = _run([_check("a"), _check("b", ratio=0.2), _check("c", ratio=0.01), _check("d", ratio=0.3),
+                   _check("e", status="failed", ratio=3.0)], [_bench("torch", None, 1e-3), _bench("impl", 1.0, 1e-3)])
+    after = _run([_check("a", status="failed", ratio=2.0), _check("b", ratio=0.5), _check("c", ratio=0.09),
+                  _check("d", ratio=0.5), _check("e", status="failed", ratio=9.0)],
+                 [_bench("torch", None, 1e-4), _bench("impl", 1.3, 1.3e-4)])
+    found = {(r.kind, r.id.rpartition(":")[2]) for r in report.regressions(after, before)}
+    # c stays under the floor, d grew less than twice; e failed already but is three times worse;
+    # the slowdown is relative to torch although the machine got ten times faster.
+    assert found == {("newly failing", "a"), ("less accurate", "b"), ("less accurate", "e"),
+                     ("slower", "t[8x300-cpu-float32-forward-impl]")}
+    assert report.regressions(before, before) == []
+    assert report.regressions(after, before, slowdown=0.5, accuracy_factor=3) == [
+        report.Regression("newly failing", "suite/test_value.py::a", "value", "float32", "passed", "failed")]
+    with pytest.raises(ValueError, match="slowdown=-1"):
+        report.regressions(after, before, slowdown=-1)
+
+
+def test_markdown_and_html_show_matrix_accuracy_and_benchmarks():
+    run = _run([_check("a", ratio=0.7), _check("b", status="xfailed", ratio=None, reason="declared"),
+                _check("c", status="unsupported", ratio=None)],
+               [_bench("torch", None, 1e-3), _bench("impl", 1.4, 1.4e-3)])
+    md = report.render(run, "md", plot_name="r.svg")
+    assert "| value | pass 1 · 1 declared · 1 unsupported |" in md
+    assert "| value | 0.7 |" in md and "1.40x" in md and "![implementation time over torch time](r.svg)" in md
+    page = report.render(run, "html", baseline=run, found=[])
+    assert "<svg" in page and "no regressions against the baseline" in page
+    with pytest.raises(ValueError, match="fmt='pdf'"):
+        report.render(run, "pdf")
+
+
+def test_cli_exit_status(tmp_path, capsys):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    report.save(_run([_check("a")]), good)
+    report.save(_run([_check("a", status="failed", ratio=2.0)]), bad)
+    assert main(["report", str(good), "--baseline", str(good), "-o", str(tmp_path / "r.html")]) == 0
+    assert "<table>" in (tmp_path / "r.html").read_text()
+    assert main(["report", str(bad), "--baseline", str(good), "--format", "md"]) == 1
+    out, err = capsys.readouterr()
+    assert "# Conformance report" in out and "regression: newly failing: suite/test_value.py::a" in err
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+    with pytest.raises(SystemExit):
+        main(["report", str(good), "--max-slowdown", "-0.1"])
+
+
+def _pytest_run(pytester, name, *args):
+    result = pytester.runpytest_inprocess(*CHECKS, *args, f"--conformance-report={name}")
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    return str(pytester.path / name)
+
+
+def test_report_gates_ci_on_real_runs(pytester, capsys):
+    pytester.makepyfile(slow_impl=SLOW_IMPL, buggy_impl=BUGGY_IMPL)
+    pytester.syspathinsert()
+    base = _pytest_run(pytester, "base.json", *WITH_BENCH)
+    slow = _pytest_run(pytester, "slow.json", *WITH_BENCH, "--impl=slow_impl")
+    buggy = _pytest_run(pytester, "buggy.json", "--impl=buggy_impl")
+    again = _pytest_run(pytester, "again.json")
+    assert report.load(base).checks[0].device == "cpu"
+
+    assert main(["report", slow, "--baseline", base, "-o", str(pytester.path / "slow.html")]) == 1
+    slow_found = {r.kind for r in report.regressions(report.load(slow), report.load(base))}
+    assert slow_found == {"slower"}
+    assert "<svg" in (pytester.path / "slow.html").read_text()
+
+    assert main(["report", buggy, "--baseline", base, "-o", str(pytester.path / "buggy.md")]) == 1
+    kinds = [r.kind for r in report.regressions(report.load(buggy), report.load(base))]
+    assert kinds.count("newly failing") == 9 and kinds.count("less accurate") >= 3
+    text = (pytester.path / "buggy.md").read_text()
+    assert "| value | FAIL 9/9 | pass 9 | pass 9 | pass 9 |" in text and "differs from the float64 reference" in text
+
+    assert main(["report", base, "--baseline", base]) == 0
+    assert main(["report", again, "--baseline", base]) == 0
+    capsys.readouterr()
+
+
+def test_junit_xml_carries_readable_ids(pytester):
+    result = pytester.runpytest_inprocess(*CHECKS, "-k", "test_value_matches_truth and float32", "--junitxml=j.xml")
+    result.assert_outcomes(passed=9)
+    names = [case.get("name") for case in ET.parse(pytester.path / "j.xml").iter("testcase")]
+    assert "test_value_matches_truth[cpu-float32-mean-7x3]" in names
