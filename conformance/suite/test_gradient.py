@@ -22,7 +22,7 @@ REDUCTION_UPSTREAMS = [(r, u) for r in REDUCTIONS for u in UPSTREAM_KINDS if u !
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
-@pytest.mark.parametrize("reduction,upstream", REDUCTION_UPSTREAMS, ids="-".join)
+@pytest.mark.parametrize("reduction,upstream", REDUCTION_UPSTREAMS, ids=[f"{r}-{u}" for r, u in REDUCTION_UPSTREAMS])
 def test_gradient_is_softmax_minus_target(impl, judge, device, dtype, reduction, upstream, shape, seed):
     case = cases.well_conditioned(*shape, dtype, device, seed=seed)
     options = LossOptions(reduction=reduction)
