@@ -1,0 +1,19 @@
+"""The self-tests run the suite in-process with pytester, which restores ``sys.modules`` after
+each run. torch registers its C++ operator libraries once per process when a lazily imported
+module first loads (``torch.func`` and ``torch.optim`` pull in dynamo and sympy); a second load after pytester
+dropped the module fails with "Only a single TORCH_LIBRARY can be used". Loading them here,
+before any snapshot is taken, keeps them loaded for every in-process run."""
+import torch
+import torch.nn.functional as F
+
+
+def _load_lazy_torch_modules() -> None:
+    logits, target = torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long)
+    torch.func.vmap(F.cross_entropy)(logits, target)
+    torch.func.jvp(lambda z: F.cross_entropy(z, target[0]), (logits[0],), (logits[0],))
+    weight = torch.zeros(1, requires_grad=True)
+    (2 * weight).sum().backward()
+    torch.optim.SGD([weight], lr=0.1).step()
+
+
+_load_lazy_torch_modules()

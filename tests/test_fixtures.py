@@ -1,0 +1,88 @@
+"""Proof that the kit works: each correct fixture passes the suite, and each broken one is caught
+by the check aimed at its mechanism (fixtures/README.md lists them with their sources)."""
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q", "--ignore-glob=*test_benchmark.py")
+
+FIXTURES = ROOT / "fixtures"
+
+# correct fixture -> extra options it needs (a known, tracked failure list for the composition)
+CORRECT = {
+    "torch_default": (),
+    "float64_inside": (),
+    "online_logsumexp": (),
+    "logsoftmax_nll": (f"--conformance-xfail={FIXTURES / 'correct' / 'logsoftmax_nll.xfail'}",),
+    "module_class": (),
+    "nll_log_probs": (),
+    "probs_input": (),
+    "all_ignored_zero": (),
+    "declares_unsupported": (),
+}
+
+# broken fixture -> the suite test that must catch it
+CAUGHT_BY = {
+    "accepts_out_of_range_target": "test_invalid_input_raises",
+    "all_ignored_mean_zero": "test_all_targets_ignored",
+    "batch_tail_dropped": "test_value_matches_truth",
+    "class_tail_dropped": "test_value_matches_truth",
+    "empty_batch_crash": "test_empty_batch",
+    "float_cast_alias_modified": "test_inputs_never_modified",
+    "global_max": "test_rows_of_very_different_scales",
+    "grad_into_input": "test_inputs_never_modified",
+    "grad_missing_softmax_denominator": "test_gradient_is_softmax_minus_target",
+    "grad_not_scaled_by_mean": "test_gradient_is_softmax_minus_target",
+    "grad_wrong_sign": "test_gradient_is_softmax_minus_target",
+    "ignore_by_sign": "test_ignore_index",
+    "ignored_rows_nonzero_grad": "test_ignore_index",
+    "inf_leaks_to_other_rows": "test_nonfinite_logits_stay_in_their_row",
+    "kdim_wrong_class_dim": "test_k_dimensional",
+    "log_of_softmax": "test_peaked_rows_where_softmax_underflows",
+    "lse_rounded_to_dtype": "test_confident_rows_value",
+    "mean_ignores_ignore_index": "test_ignore_index",
+    "mean_ignores_weights": "test_class_weights",
+    "modifies_target": "test_inputs_never_modified",
+    "neg_inf_nan": "test_leading_blocks_masked",
+    "no_max_subtraction": "test_huge_logits",
+    "prob_target_mean_by_weight": "test_probability_targets",
+    "small_bias": "test_value_matches_truth",
+    "smoothing_c_minus_1": "test_label_smoothing",
+    "smoothing_ignores_weight": "test_label_smoothing",
+    "smoothing_not_excluding_ignored": "test_label_smoothing",
+    "stride0_upstream_broken": "test_gradient_is_softmax_minus_target",
+    "sum_via_mean": "test_class_weights",
+    "target_cancellation_bf16": "test_confident_rows_gradient",
+    "unbatched_broken": "test_unbatched",
+    "upstream_ignored": "test_gradient_is_softmax_minus_target",
+    "upstream_scalar_read": "test_gradient_is_softmax_minus_target",
+    "weight_index_wraps": "test_ignore_index",
+    "wrong_dtype": "test_output_shape_and_dtype",
+    "wrong_shape_none": "test_output_shape_and_dtype",
+    "zero_times_neg_inf": "test_masked_vocabulary",
+    "noncontiguous_wrong": "test_noncontiguous_logits",
+    "labels_offset_ignored": "test_target_view_at_storage_offset",
+    "double_backward_wrong": "test_hessian_vector_product",
+}
+
+
+@pytest.fixture
+def suite(pytester):
+    pytester.syspathinsert(ROOT)
+    return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
+
+
+@pytest.mark.parametrize("name", CORRECT)
+def test_correct_fixture_passes(suite, name):
+    result = suite(f"--impl=fixtures.correct.{name}", *CORRECT[name])
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    assert result.parseoutcomes()["passed"] > 500
+
+
+@pytest.mark.parametrize("name,check", sorted(CAUGHT_BY.items()))
+def test_broken_fixture_is_caught_by_its_check(suite, name, check):
+    result = suite(f"--impl=fixtures.broken.{name}", "-k", check, "-rf")
+    failed = [line for line in result.outlines if line.startswith("FAILED")]
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    assert any(f"::{check}[" in line for line in failed), failed
