@@ -102,7 +102,9 @@ class Evaluation:
             per_row = to_rows(g.expand(self.position_shape), class_dim=False)
         else:
             per_row = g.reshape(()).expand(self.row_loss.shape[0])
-        return per_row / self.denominator
+        # No kept position (all ignored, or an empty batch): nothing depends on the input, the
+        # gradient is 0 even though the mean itself is 0/0.
+        return per_row / self.denominator if bool(self.denominator != 0) else per_row * 0
 
     def grad(self, grad_output: Tensor) -> Tensor:
         """d(loss)/d(input) for the given upstream gradient, shaped like the input."""

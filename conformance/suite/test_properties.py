@@ -51,11 +51,11 @@ def no_dominant_class(ev: Evaluation) -> bool:
 
 
 def all_positions_ignored_under_mean(problem: strategies.Problem, ev: Evaluation) -> bool:
-    """``mean`` over no kept index target: torch's loss is NaN by design (pytorch#116349) and its
-    gradient zero, a deviation may return 0 (Liger#153); test_features.test_all_targets_ignored
-    judges that case, where the reference's gradient formula (0 / 0) does not apply."""
-    return (problem.options.reduction == "mean" and problem.target_kind == "index"
-            and ev.row_loss.numel() > 0 and float(ev.denominator) == 0.0)
+    """``mean`` over no kept position (every index target ignored, or an empty batch): torch's
+    loss is NaN by design (pytorch#116349) and its gradient zero, and a declared deviation may
+    return 0 (Liger#153); test_features.test_all_targets_ignored and test_empty_batch judge these
+    cases, honouring the declaration."""
+    return problem.options.reduction == "mean" and float(ev.denominator) == 0.0
 
 
 def sums_representable(problem: strategies.Problem, ev: Evaluation, dtype: torch.dtype) -> bool:

@@ -121,3 +121,16 @@ def test_argmax_of_logits_is_argmax_of_softmax(impl, judge, device, dtype, seed)
         judge.fail("argmax of logits is argmax of softmax",
                    f"row {row}: argmax softmax (from the gradient) = {int(softmax[row].argmax())}, "
                    f"argmax logits = {int(case.logits[row].argmax())}", case=case, options=options)
+
+
+def test_outputs_are_not_reused_between_calls(impl, judge, device, dtype, seed):
+    """A second call must not overwrite the first call's result (aliased output buffers, Liger#507)."""
+    first_case = cases.well_conditioned(8, 5, dtype, device, seed=seed)
+    second_case = cases.well_conditioned(8, 5, dtype, device, seed=seed + 1)
+    options = LossOptions(reduction="none")
+    first = run.forward(impl, first_case, options).loss
+    kept = _bits(first)
+    second = run.forward(impl, second_case, options).loss
+    if first.data_ptr() == second.data_ptr() or not torch.equal(_bits(first), kept):
+        judge.fail("outputs are not reused between calls",
+                   "the second call's result overwrote the first call's", case=second_case, options=options)
