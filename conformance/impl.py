@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from .guards import GlobalState, ImplementationFault
 from .reference import INPUT_KINDS
 
 __all__ = ["FEATURES", "DEVIATIONS", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
@@ -96,7 +97,26 @@ class Implementation:
     deviations: frozenset = field(default_factory=frozenset)
 
     def __call__(self, input: Tensor, target: Tensor, options: LossOptions = LossOptions()) -> Tensor:
-        return self.call(input, target, **options.kwargs())
+        """Call the implementation, holding it to its conduct: it returns a tensor on the input's
+        device and leaves global torch state as it found it (see ``guards``)."""
+        state = GlobalState()
+        called = (f"{self.spec} on input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} "
+                  f"{target.dtype}, {options.describe()}")
+        try:
+            result = self.call(input, target, **options.kwargs())
+        except Exception as exc:
+            state.restore_changes()
+            exc.add_note(f"[conformance] raised by the implementation under test: {called}")
+            raise
+        state.check(f"during the call ({called})")
+        if not isinstance(result, Tensor):
+            raise ImplementationFault(f"the implementation returned {type(result).__module__}."
+                                      f"{type(result).__qualname__} {str(result)[:80]}, expected a torch.Tensor "
+                                      f"({called})")
+        if result.device != input.device:
+            raise ImplementationFault(f"the implementation returned a tensor on {result.device} for an input on "
+                                      f"{input.device} ({called})")
+        return result
 
     def feed(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Turn a case's logits and index target into what this implementation takes.

@@ -6,13 +6,17 @@ import importlib.metadata
 import platform
 import warnings
 from collections import defaultdict
+import os
+import sys
 from dataclasses import dataclass, field
+from typing import Optional
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck, seed as hypothesis_seed, settings as hypothesis_settings
 
 from . import bench, hookspecs
+from .guards import CheckTimeout, GlobalState, time_limit, truncate_sections
 from .checks import Judge
 from .impl import FEATURES, Implementation, ImplementationError, adapt, load_implementation
 from .known_failures import pinned_failures, read_xfail_file
@@ -23,6 +27,17 @@ from .report import Benchmark, Check, Run, save as save_run
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 IMPL_KEY = pytest.StashKey[Implementation]()
 RESULTS_KEY = pytest.StashKey["RunResults"]()
+TIMEOUTS_KEY = pytest.StashKey[list]()
+STACK_DUMP_FD_KEY = pytest.StashKey[Optional[int]]()
+ITEM_PROPERTY = "conformance_item"
+
+# A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core
+# machine. A check function whose runs time out MAX_TIMEOUTS_PER_CHECK times is taken to hang
+# on its cases, and its remaining runs fail at once; after MAX_TIMEOUTS timeouts in all, every
+# remaining check does. So a hanging implementation costs at most MAX_TIMEOUTS * the limit.
+DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUTS_PER_CHECK = 2
+MAX_TIMEOUTS = 10
 
 # Hypothesis profiles of the property-based suite (test_properties.py). "conformance-ci" is loaded
 # by default (see pytest_configure): a fixed, replayable set of examples that keeps the run short;
@@ -59,6 +74,16 @@ def _shape_option(value: str) -> tuple:
     return int(n), int(c)
 
 
+def _seconds_option(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise pytest.UsageError(f"--conformance-timeout={value!r}: expected seconds >= 0")
+    return seconds
+
+
 def _rounds_option(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise pytest.UsageError(f"--conformance-bench-rounds={value!r}: expected a positive integer")
@@ -82,6 +107,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "parity: no worse than torch on the same device and dtype")
     group.addoption("--conformance-seed", type=int, default=0, metavar="SEED",
                     help="offset added to every case's seed, for exact reruns with other data (default 0)")
+    group.addoption("--conformance-timeout", type=_seconds_option, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                    help=f"time limit per check (default {DEFAULT_TIMEOUT:g}; 0: none). After "
+                         f"{MAX_TIMEOUTS} timeouts the remaining checks fail at once")
     group.addoption("--conformance-report", default=None, metavar="PATH.json",
                     help="write every check of the run (and its benchmarks) as JSON, for "
                          "'python -m conformance report'")
@@ -134,6 +162,27 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--device {', '.join(missing)}: not available here (available: "
                                 f"{', '.join(available_devices())})")
     config.stash[RESULTS_KEY] = RunResults(impl=config.stash[IMPL_KEY], devices=devices)
+    config.pluginmanager.register(config.stash[RESULTS_KEY], "conformance-results")
+    config.stash[TIMEOUTS_KEY] = []
+    config.stash[STACK_DUMP_FD_KEY] = _stack_dump_fd(config)
+
+
+def _stack_dump_fd(config: pytest.Config) -> Optional[int]:
+    """A copy of the real stderr for the stacks of a hang in native code (see ``guards.time_limit``),
+    taken now, before pytest captures fd 2 around each test; ``None`` where pytest's own
+    ``faulthandler_timeout`` owns faulthandler's single timer."""
+    if float(config.getini("faulthandler_timeout") or 0) > 0:
+        return None
+    try:
+        return os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor
+        return None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    fd = config.stash.get(STACK_DUMP_FD_KEY, None)
+    if fd is not None:
+        os.close(fd)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -160,25 +209,57 @@ def item_features(item: pytest.Item) -> list[str]:
     return names
 
 
+def _is_check(item: pytest.Item) -> bool:
+    return item.module.__name__.startswith("conformance.suite.")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Describe the check in its reports (they reach the summary and the run report, also from
+    pytest-xdist workers), then skip it if it needs an unsupported feature."""
+    if not _is_check(item):
+        return
+    features = item_features(item)
+    params = getattr(item, "callspec", None)
+    item.user_properties.append((ITEM_PROPERTY, {
+        "feature": item.module.__name__.rpartition(".")[2].removeprefix("test_"),
+        "dtype": next((f for f in features if f in [dtype_name(d) for d in DTYPES]), "-"),
+        "device": params.params.get("device", "-") if params else "-",
+        "features": features}))
     impl = item.config.stash[IMPL_KEY]
-    missing = [name for name in item_features(item) if name in impl.unsupported]
+    missing = [name for name in features if name in impl.unsupported]
     if missing:
         pytest.skip(f"unsupported: {', '.join(missing)} (declared by {impl.spec})")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    """Checks run single-threaded: their problems are small, and handing them to a thread pool
-    costs more than it saves (on a loaded 2-core CI machine, 30x per check). Benchmarks keep the
-    configured threads."""
-    if item.get_closest_marker("conformance_bench") or not item.module.__name__.startswith("conformance.suite."):
+    """Run a check under the guards against hostile implementations (``guards``): a time limit,
+    and global state that must be as the check found it. Checks run single-threaded: their
+    problems are small, and handing them to a thread pool costs more than it saves (on a loaded
+    2-core CI machine, 30x per check). Benchmarks keep the configured threads and no limit."""
+    if item.get_closest_marker("conformance_bench") or not _is_check(item):
         return (yield)
+    timeouts = item.config.stash[TIMEOUTS_KEY]
+    same_check = [nodeid for nodeid in timeouts if nodeid.partition("[")[0] == item.nodeid.partition("[")[0]]
+    for earlier, limit, which in ((same_check, MAX_TIMEOUTS_PER_CHECK, "runs of this check"),
+                                  (timeouts, MAX_TIMEOUTS, "checks")):
+        if len(earlier) >= limit:
+            pytest.fail(f"not run: the implementation already ran past the time limit in {len(earlier)} {which} "
+                        f"(first: {earlier[0]}); it is taken to hang", pytrace=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    state = GlobalState(include_random=False)  # the checks' own recipes seed the generator
     try:
-        return (yield)
+        with time_limit(item.config.getoption("conformance_timeout"), item.config.stash[STACK_DUMP_FD_KEY]):
+            result = yield
+        state.check("during the check (its backward, or outside the guarded calls)")
+        return result
+    except CheckTimeout:
+        timeouts.append(item.nodeid)
+        raise
     finally:
+        state.restore_changes()
         torch.set_num_threads(threads)
 
 
@@ -207,6 +288,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             item.add_marker(pytest.mark.xfail(reason=pins[test_id], strict=True))
     for test_id in sorted(set(listed) - matched):
         warnings.warn(pytest.PytestWarning(f"--conformance-xfail {xfail_file}: {test_id!r} matches no test"))
+    _seed_property_tests(items, config.getoption("conformance_seed"))
+
+
+def _seed_property_tests(items: list, offset: int) -> None:
+    """``--conformance-seed`` also chooses the property tests' examples: hypothesis' ``seed``
+    decorator takes precedence over the profile's ``derandomize``, so seed 0 keeps the profile's
+    fixed examples and every other seed replays its own set exactly."""
+    if offset:
+        for function in {item.obj for item in items if getattr(item.obj, "is_hypothesis_test", False)}:
+            hypothesis_seed(offset)(function)
 
 
 def _item_dtype(item: pytest.Item):
@@ -226,9 +317,11 @@ def seed(request) -> int:
     return request.config.getoption("conformance_seed")
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: pluggy registers it as a plugin
 class RunResults:
-    """What the run found, per test: kept for the summary and the report."""
+    """What the run found, per check: kept for the summary and the report. Registered as a plugin,
+    it reads every check's reports in ``pytest_runtest_logreport``, which sees all of them in a
+    plain run and, under pytest-xdist, on the controller, where the workers' reports arrive."""
 
     impl: Implementation
     devices: list
@@ -237,11 +330,34 @@ class RunResults:
     unsupported: dict = field(default_factory=lambda: defaultdict(int))
     details: dict = field(default_factory=dict)        # nodeid -> device, comparisons, benchmark, reason, duration
 
-    def note(self, item: pytest.Item, report: pytest.TestReport) -> None:
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        info = next((value for key, value in report.user_properties if key == ITEM_PROPERTY), None)
+        if info is None:  # not a check of the suite, or skipped before the kit described it
+            return
+        self._note(report, info)
+        if report.when == "call" or report.outcome == "skipped" or report.failed:
+            self._judge(report, info)
+
+    def _judge(self, report: pytest.TestReport, info: dict) -> None:
+        if report.skipped and isinstance(report.longrepr, tuple) and "unsupported:" in report.longrepr[2]:
+            outcome = "unsupported"
+            for name in info["features"]:
+                if name in self.impl.unsupported:
+                    self.unsupported[name] += 1
+        elif hasattr(report, "wasxfail"):
+            outcome = "xfailed" if report.skipped else "xpassed"
+        else:
+            outcome = report.outcome
+        if report.passed:
+            for key, value in report.user_properties:
+                if key == "conformance" and value["ratio"] > self.worst[0]:
+                    self.worst = (value["ratio"], f"{report.nodeid} [{value['identity']}]")
+        if report.when == "call" or outcome in ("unsupported", "failed", "skipped"):
+            self.outcomes[report.nodeid] = (info["feature"], info["dtype"], outcome)
+
+    def _note(self, report: pytest.TestReport, info: dict) -> None:
         """Keep what the run report needs beyond the outcome, from each phase's report."""
-        params = getattr(item, "callspec", None)
-        detail = self.details.setdefault(item.nodeid, {
-            "device": params.params.get("device", "-") if params else "-", "duration": 0.0})
+        detail = self.details.setdefault(report.nodeid, {"device": info["device"], "duration": 0.0})
         detail["duration"] += report.duration
         if report.when == "call":
             detail["comparisons"] = [value for key, value in report.user_properties if key == "conformance"]
@@ -257,28 +373,10 @@ class RunResults:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
+    """Captured output of a check is cut short: a loss that prints megabytes must not flood the report."""
     report = yield
-    if not item.module.__name__.startswith("conformance.suite."):
-        return report
-    if report.when == "call" or report.outcome == "skipped" or report.failed:
-        results = item.config.stash[RESULTS_KEY]
-        feature = item.module.__name__.rpartition(".")[2].removeprefix("test_")
-        dtype = next((f for f in item_features(item) if f in ("float64", "float32", "float16", "bfloat16")), "-")
-        if report.skipped and isinstance(report.longrepr, tuple) and "unsupported:" in report.longrepr[2]:
-            outcome = "unsupported"
-            for name in item_features(item):
-                if name in results.impl.unsupported:
-                    results.unsupported[name] += 1
-        elif hasattr(report, "wasxfail"):
-            outcome = "xfailed" if report.skipped else "xpassed"
-        else:
-            outcome = report.outcome
-        if report.passed:
-            for key, value in report.user_properties:
-                if key == "conformance" and value["ratio"] > results.worst[0]:
-                    results.worst = (value["ratio"], f"{item.nodeid} [{value['identity']}]")
-        if report.when == "call" or outcome in ("unsupported", "failed", "skipped"):
-            results.outcomes[item.nodeid] = (feature, dtype, outcome)
+    if _is_check(item):
+        report.sections = truncate_sections(report.sections)
     return report
 
 
@@ -320,15 +418,6 @@ def pytest_collection_modifyitems_benchmarks(config: pytest.Config, items: list)
         items[:] = keep
 
 
-@pytest.hookimpl(wrapper=True, specname="pytest_runtest_makereport")
-def pytest_runtest_makereport_note(item: pytest.Item, call):
-    """Feed each phase's report of a kit test to ``RunResults.note``, for the run report."""
-    report = yield
-    if item.module.__name__.startswith("conformance.suite."):
-        item.config.stash[RESULTS_KEY].note(item, report)
-    return report
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """Record in pytest-benchmark's JSON what changes the numbers: threads, allocator settings."""
@@ -368,7 +457,12 @@ def run_data(config: pytest.Config) -> Run:
     return Run(environment=environment, checks=checks, benchmarks=benchmarks)
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    """Write the run report (under pytest-xdist, once, on the controller, from every worker's checks)."""
     path = session.config.getoption("conformance_report")
-    if path and RESULTS_KEY in session.config.stash:
+    if path and RESULTS_KEY in session.config.stash and not _is_xdist_worker(session.config):
         save_run(run_data(session.config), path)

@@ -91,7 +91,7 @@ def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, 
     if side == "torch":
         loss_fn, (x, t) = F.cross_entropy, (logits, target)
     else:
-        loss_fn, (x, t) = impl, impl.feed(logits, target)
+        loss_fn, (x, t) = impl.call, impl.feed(logits, target)
     x = x.detach().requires_grad_()
     if device not in copy_bandwidths:
         copy_bandwidths[device] = bench.copy_bandwidth(device)

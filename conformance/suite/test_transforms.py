@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conformance import cases, checks, run, tolerance
+from conformance.guards import ImplementationFault
 from conformance.impl import LossOptions
 from conformance.reference import to_rows
 
@@ -104,6 +105,8 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
     try:
         g, = torch.autograd.grad(impl(x, t, call), x, grad_output, create_graph=True)
         hv = torch.autograd.grad(g, x, v)[0] if g.requires_grad else None
+    except ImplementationFault:
+        raise
     except Exception as exc:  # the implementation's backward is not differentiable
         judge.fail("double backward", f"differentiating the gradient raised {type(exc).__name__}: {exc}. {declare}",
                    case=case, options=options)
@@ -162,6 +165,8 @@ def test_forward_mode_directional_derivative(impl, judge, device, dtype, reducti
     call = run.options_for(case, options)
     try:
         loss, jvp = torch.func.jvp(lambda z: impl(z, t, call), (x,), (tangent,))
+    except ImplementationFault:
+        raise
     except Exception as exc:
         judge.fail("forward-mode AD", f"torch.func.jvp raised {type(exc).__name__}: {exc}. Declare 'forward_ad' "
                    "in the implementation's `unsupported` set if forward mode is not supported.",
@@ -231,6 +236,8 @@ def test_vmap_over_independent_problems(impl, judge, request, device, dtype, red
         losses = torch.func.vmap(lambda x, t: impl(x, t, call))(xs, ts)
         if backward:
             _, grads = torch.func.vmap(loss_and_gradient)(xs, ts)
+    except ImplementationFault:
+        raise
     except Exception as exc:
         judge.fail("vmap", f"{vmapped} raised {type(exc).__name__}: {exc}. Declare 'vmap' in the "
                    "implementation's `unsupported` set if torch.func.vmap is not supported.",

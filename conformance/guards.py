@@ -1,0 +1,127 @@
+"""Keep a hostile implementation from taking the run down with it.
+
+A loss under test may change process-wide torch state (default dtype, grad mode, the random
+generator, deterministic algorithms), hang, or print without end. Each of those would corrupt or
+stall every later check, so the kit watches for them around each call and each check: a change
+of global state fails the check that caused it and is undone; a check that runs past the time
+limit is interrupted and fails; after a few timeouts the remaining checks fail at once instead
+of waiting for each; captured output is cut short in failure reports.
+"""
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import signal
+import threading
+from typing import Callable, Iterator, Optional
+
+import torch
+
+__all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections"]
+
+
+class ImplementationFault(AssertionError):
+    """The implementation broke the calling contract itself: not a numerical error, a conduct one
+    (returned a non-tensor, changed global state). Checks that expect the implementation to raise
+    must not mistake this for the implementation's own exception."""
+
+
+class CheckTimeout(BaseException):
+    """Raised into a check that ran past ``--conformance-timeout``. A ``BaseException``, so that no
+    ``except Exception`` in the check and no hypothesis shrinking re-runs the hanging call."""
+
+
+def _deterministic() -> tuple[bool, bool]:
+    return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+
+
+def _set_deterministic(value: tuple[bool, bool]) -> None:
+    torch.use_deterministic_algorithms(value[0], warn_only=value[1])
+
+
+# name -> (read, restore, compare). The random state is read as a tensor and compared by value.
+_STATE: dict[str, tuple[Callable, Callable, Callable]] = {
+    "default dtype": (torch.get_default_dtype, torch.set_default_dtype, None),
+    "default device": (torch.get_default_device, torch.set_default_device, None),
+    "grad mode": (torch.is_grad_enabled, torch.set_grad_enabled, None),
+    "anomaly detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled, None),
+    "deterministic algorithms (enabled, warn_only)": (_deterministic, _set_deterministic, None),
+    "float32 matmul precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, None),
+    "intra-op threads": (torch.get_num_threads, torch.set_num_threads, None),
+    "random generator state (torch.manual_seed or random draws)":
+        (torch.random.get_rng_state, torch.random.set_rng_state, torch.equal),
+}
+if torch.cuda.is_available():
+    _STATE["cuda random generator state"] = (torch.cuda.get_rng_state_all, torch.cuda.set_rng_state_all,
+                                             lambda a, b: all(map(torch.equal, a, b)))
+
+
+class GlobalState:
+    """A snapshot of the process-wide torch state a loss has no business changing."""
+
+    def __init__(self, include_random: bool = True) -> None:
+        self.values = {name: read() for name, (read, _, _) in _STATE.items()
+                       if include_random or "random" not in name}
+
+    def restore_changes(self) -> list[str]:
+        """Undo every change since the snapshot; describe each one."""
+        changes = []
+        for name, before in self.values.items():
+            read, restore, same = _STATE[name]
+            after = read()
+            if not (same(before, after) if same else before == after):
+                changes.append(name if same else f"{name}: {before!r} -> {after!r}")
+                restore(before)
+        return changes
+
+    def check(self, during: str) -> None:
+        """Raise ``ImplementationFault`` naming what changed (after undoing it)."""
+        changes = self.restore_changes()
+        if changes:
+            raise ImplementationFault("the implementation changed global state: " + "; ".join(changes)
+                                      + f" (restored by the kit), {during}")
+
+
+def _interrupt(limit: float) -> Callable:
+    def handler(signum, frame):
+        raise CheckTimeout(f"the check ran past the {limit:g} s time limit (--conformance-timeout); "
+                           "the implementation hangs or is far too slow on this case")
+    return handler
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, stack_dump_fd: Optional[int]) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` with ``CheckTimeout`` (SIGALRM, main thread). A hang
+    in native code never returns to the interpreter to see the signal: then, after twice the limit
+    plus 10 s, faulthandler writes every thread's stack to ``stack_dump_fd`` (a copy of the real
+    stderr: pytest captures fd 2) and ends the process with exit code 1, so the run's time stays
+    bounded (under pytest-xdist only that worker ends, and is replaced). ``None`` leaves the
+    faulthandler timer to its owner (pytest's own ``faulthandler_timeout``)."""
+    if seconds <= 0:
+        yield
+        return
+    soft = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if soft:
+        previous = signal.signal(signal.SIGALRM, _interrupt(seconds))
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    if stack_dump_fd is not None:
+        faulthandler.dump_traceback_later(2 * seconds + 10, exit=True, file=stack_dump_fd)
+    try:
+        yield
+    finally:
+        if stack_dump_fd is not None:
+            faulthandler.cancel_dump_traceback_later()
+        if soft:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+SECTION_LIMIT = 4000
+
+
+def truncate_sections(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Captured output cut to its first ``SECTION_LIMIT`` characters: an implementation that
+    prints megabytes per call must not flood the failure report."""
+    return [(title, content if len(content) <= SECTION_LIMIT else
+             content[:SECTION_LIMIT] + f"\n[... {len(content) - SECTION_LIMIT} more characters cut by the "
+                                       "conformance kit]\n") for title, content in sections]

@@ -1,0 +1,111 @@
+"""The kit keeps its head on hostile implementations (fixtures/hostile): the affected checks fail
+with a message that says what happened, every other check runs and passes as it would, the run
+ends with exit code 1 (never an INTERNALERROR) and in bounded time."""
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q", "--ignore-glob=*test_benchmark.py")
+
+# fixture -> (what every failure says, a check that must fail, a check that must pass)
+HOSTILE = {
+    "raises_on_some_inputs": (r"exceed the block size limit", "test_value_matches_truth[cpu-float32-mean-67x130]",
+                              "test_value_matches_truth[cpu-float32-mean-7x3]"),
+    "returns_python_float": (r"returned builtins\.float|\.item\(\)", "test_value_matches_truth[cpu-float32-mean-7x3]",
+                             "test_value_matches_truth[cpu-float32-none-7x3]"),
+    "returns_numpy_array": (r"returned numpy\.ndarray|doesn't have storage",
+                            "test_value_matches_truth[cpu-float32-none-7x3]",
+                            "test_value_matches_truth[cpu-float32-mean-7x3]"),
+    "wrong_device": (r"on meta for an input on cpu", "test_value_matches_truth[cpu-float64-mean-7x3]",
+                     "test_value_matches_truth[cpu-float32-mean-7x3]"),
+    "nan_everywhere": (r"differs from the float64 reference|error/bound=inf|nan",
+                       "test_gradient_is_softmax_minus_target[cpu-float32-mean-random-7x3]",
+                       "test_inputs_never_modified[cpu-float32-mean]"),
+    "prints_heavily": (r"wrote \d+ characters to stdout, starting: debug: row 0",
+                       "test_implementation_writes_nothing[cpu-float32]",
+                       "test_value_matches_truth[cpu-float32-mean-7x3]"),
+    "changes_global_state": (r"changed global state: .*\(restored by the kit\)",
+                             "test_value_matches_truth[cpu-float32-sum-7x3]",
+                             "test_value_matches_truth[cpu-float32-none-7x3]"),
+}
+
+
+@pytest.fixture
+def suite(pytester):
+    """Run the suite in-process; return the pytest result and the run report's checks by test id."""
+    pytester.syspathinsert(ROOT)
+
+    def run(*args):
+        report = pytester.path / "run.json"
+        result = pytester.runpytest_inprocess(*SUITE, f"--conformance-report={report}", *args)
+        checks = {check["id"].partition("::")[2]: check for check in json.loads(report.read_text())["checks"]}
+        return result, checks
+    return run
+
+
+def _assert_kept_its_head(result, checks, message):
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+    assert "INTERNALERROR" not in output
+    failed = {test_id: check["reason"] for test_id, check in checks.items() if check["status"] == "failed"}
+    unexplained = {test_id: reason[:300] for test_id, reason in failed.items() if not re.search(message, reason)}
+    assert not unexplained, unexplained
+    return failed
+
+
+# A cross-section of the suite (about 230 checks): numbers, gradients, structure, features.
+CROSS_SECTION = "test_value or test_gradient or test_structure or test_document_example or test_class_weights"
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_implementation_fails_only_the_affected_checks(suite, name):
+    message, must_fail, must_pass = HOSTILE[name]
+    result, checks = suite(f"--impl=fixtures.hostile.{name}", "-k", CROSS_SECTION)
+    failed = _assert_kept_its_head(result, checks, message)
+    assert must_fail in failed
+    assert checks[must_pass]["status"] == "passed", checks[must_pass]
+    assert sum(check["status"] == "passed" for check in checks.values()) >= 40
+
+
+def test_every_kind_of_global_state_change_is_named_and_undone(suite):
+    result, checks = suite("--impl=fixtures.hostile.changes_global_state", "-k", "test_value_matches_truth or "
+                           "test_class_weights or test_label_smoothing or test_ignore_index")
+    reasons = " ".join(_assert_kept_its_head(result, checks, r"changed global state").values())
+    for change in ("default dtype: torch.float32 -> torch.float64", "random generator state",
+                   "deterministic algorithms (enabled, warn_only): (False, False) -> (True, False)",
+                   "grad mode: True -> False"):
+        assert change in reasons
+    # restored: the plain checks that run after a change still pass
+    assert all(checks[f"test_value_matches_truth[cpu-{d}-{r}-67x130]"]["status"] == "passed"
+               for d in ("float64", "float32", "float16", "bfloat16") for r in ("mean", "none"))
+
+
+def test_a_hanging_check_times_out_and_its_later_runs_fail_at_once(suite):
+    started = time.monotonic()
+    result, checks = suite("--impl=fixtures.hostile.hangs", "--conformance-timeout=2", "-k",
+                           "test_k_dimensional or test_value_matches_truth")
+    failed = _assert_kept_its_head(result, checks, r"ran past the 2 s time limit|ran past the time limit in 2 runs")
+    timed_out = [test_id.partition("[")[0] for test_id, reason in failed.items() if "CheckTimeout" in reason]
+    assert sorted(timed_out) == ["test_k_dimensional"] * 2 + ["test_k_dimensional_probability_target"] * 2
+    assert {test_id.partition("[")[0] for test_id in failed} == set(timed_out)
+    assert all(check["status"] == "passed" for test_id, check in checks.items()
+               if test_id.startswith("test_value_matches_truth"))
+    assert time.monotonic() - started < 60
+
+
+def test_a_hang_in_native_code_ends_the_run_in_bounded_time(pytester, monkeypatch):
+    """SIGALRM blocked, as in a kernel spinning in native code: faulthandler ends the process after
+    2 * 1 s + 10 s with every thread's stack on stderr, exit code 1."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess(*SUITE, "--impl=fixtures.hostile.hangs_in_native_code",
+                                           "--conformance-timeout=1", "-k", "test_k_dimensional", timeout=120)
+    assert result.ret == 1
+    assert "Timeout (0:00:12)!" in result.stderr.str()
+    assert "hangs_in_native_code.py" in result.stderr.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert time.monotonic() - started < 60

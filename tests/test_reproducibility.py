@@ -1,0 +1,48 @@
+"""Exact reruns and parallel runs: the same seed gives the same verdicts and the same reported
+errors; pytest-xdist's ``-n 2`` gives the verdicts and errors of a serial run, merged into one
+report and one summary on the controller."""
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q", "--ignore-glob=*test_benchmark.py")
+# Cases drawn from the seed (value, gradient) and examples drawn by hypothesis (properties).
+SEEDED = ("-k", "test_value_matches_truth or test_gradient_is_softmax_minus_target or test_properties")
+
+
+def _measured(report: Path) -> dict:
+    """Each check's verdict and reported error, keyed by test id (durations and dates left out)."""
+    checks = json.loads(report.read_text())["checks"]
+    return {c["id"]: (c["status"], c["identity"], c["ratio"], c["error"], c["bound"]) for c in checks}
+
+
+def _run(pytester, name: str, *args) -> dict:
+    report = pytester.path / f"{name}.json"
+    result = pytester.runpytest_inprocess(*SUITE, f"--conformance-report={report}", *args)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    return _measured(report)
+
+
+def test_same_seed_same_verdicts_and_errors(pytester):
+    first = _run(pytester, "first", "--conformance-seed=7", *SEEDED)
+    again = _run(pytester, "again", "--conformance-seed=7", *SEEDED)
+    other = _run(pytester, "other", "--conformance-seed=8", *SEEDED)
+    assert first == again
+    assert first.keys() == other.keys()
+    changed = [test_id for test_id in first if first[test_id][3] != other[test_id][3]]
+    assert len(changed) > len(first) // 2  # another seed is other data, properties included
+    assert any("test_properties" in test_id for test_id in changed)
+
+
+def test_xdist_gives_the_serial_verdicts_in_one_report(pytester, monkeypatch):
+    serial = _run(pytester, "serial", "-k", "test_value or test_structure or test_properties")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    report = pytester.path / "parallel.json"
+    result = pytester.runpytest_subprocess(*SUITE, "-n", "2", f"--conformance-report={report}",
+                                           "-k", "test_value or test_structure or test_properties", timeout=300)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    assert _measured(report) == serial
+    result.stdout.fnmatch_lines(["*conformance verdict*", "*structure*float32*ok*", "*closest pass: error/bound*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
