@@ -65,7 +65,10 @@ def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor) -> C
 
 
 def _call_line(impl: Implementation, options: LossOptions) -> list[str]:
-    lines = [f"impl = load_implementation({impl.spec!r})",
+    load = f"load_implementation({impl.spec!r})"
+    if impl.framework != "torch":
+        load = f"load_implementation({impl.spec!r}, wrap=lambda obj: wrap(obj, {impl.framework!r}))"
+    lines = [*["from conformance.adapters import wrap"] * (impl.framework != "torch"), f"impl = {load}",
              "x, t = impl.feed(logits, target)"]
     kw = options.kwargs()
     kw.pop("weight")

@@ -95,6 +95,7 @@ class Implementation:
     input_kind: str = "logits"
     target_kind: str = "index"
     deviations: frozenset = field(default_factory=frozenset)
+    framework: str = "torch"  # the framework of a loss adapted by conformance.adapters
 
     def __call__(self, input: Tensor, target: Tensor, options: LossOptions = LossOptions()) -> Tensor:
         """Call the implementation, holding it to its conduct: it returns a tensor on the input's
@@ -171,11 +172,14 @@ def adapt(obj: Any, spec: str) -> Implementation:
     if target_kind == "onehot":
         unsupported |= {"ignore_index"}
     return Implementation(spec=spec, call=call, unsupported=unsupported, input_kind=input_kind,
-                          target_kind=target_kind, deviations=deviations)
+                          target_kind=target_kind, deviations=deviations,
+                          framework=getattr(obj, "framework", "torch"))
 
 
-def load_implementation(spec: Optional[str] = None) -> Implementation:
-    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"``."""
+def load_implementation(spec: Optional[str] = None,
+                        wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
+    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"``; ``wrap``
+    adapts the object first (a loss from another framework, ``conformance.adapters``)."""
     spec = spec or DEFAULT_SPEC
     module_name, _, attr = spec.partition(":")
     attr = attr or "cross_entropy"
@@ -192,4 +196,4 @@ def load_implementation(spec: Optional[str] = None) -> Implementation:
         obj = getattr(module, attr)
     except AttributeError:
         raise ImplementationError(f"--impl={spec!r}: module {module_name!r} has no attribute {attr!r}") from None
-    return adapt(obj, f"{module_name}:{attr}")
+    return adapt(wrap(obj), f"{module_name}:{attr}")

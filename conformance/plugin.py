@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, seed as hypothesis_seed, settings as hypothesis_settings
 
-from . import bench, hookspecs
+from . import adapters, bench, hookspecs
 from .guards import CheckTimeout, GlobalState, time_limit, truncate_sections
 from .checks import Judge
 from .impl import FEATURES, Implementation, ImplementationError, adapt, load_implementation
@@ -95,6 +95,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--impl", default=None, metavar="MODULE[:ATTR]",
                     help="implementation to judge: a module (attribute cross_entropy) or module:attribute; "
                          "default: the pytest_conformance_impl hook, else torch.nn.functional.cross_entropy")
+    group.addoption("--impl-framework", choices=adapters.FRAMEWORKS, default="torch",
+                    help="the framework the implementation is written in: torch (default), numpy or jax "
+                         "(conformance.adapters: torch's keywords, or a per-example loss like optax's)")
     group.addoption("--device", action="append", type=_device_option, default=None, metavar="DEVICE",
                     help="device to test on (repeatable); default: every available device")
     group.addoption("--dtype", action="append", choices=[dtype_name(d) for d in DTYPES], default=None,
@@ -127,13 +130,15 @@ def pytest_addhooks(pluginmanager) -> None:
 
 
 def _resolve(config: pytest.Config) -> Implementation:
+    framework = config.getoption("impl_framework")
     spec = config.getoption("impl")
     if spec:
-        return load_implementation(spec)
+        return load_implementation(spec, wrap=lambda obj: adapters.wrap(obj, framework))
     obj = config.hook.pytest_conformance_impl(config=config)
     if obj is None:
         return load_implementation()
-    return adapt(obj, f"pytest_conformance_impl:{getattr(obj, '__qualname__', type(obj).__name__)}")
+    return adapt(adapters.wrap(obj, framework),
+                 f"pytest_conformance_impl:{getattr(obj, '__qualname__', type(obj).__name__)}")
 
 
 def _load_hypothesis_profile(config: pytest.Config) -> None:
@@ -285,7 +290,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         test_id = next((test_id for test_id in pins if item.nodeid.endswith(test_id)), None)
         if test_id:
             matched.add(test_id)
-            item.add_marker(pytest.mark.xfail(reason=pins[test_id], strict=True))
+            reason, strict = pins[test_id]
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=strict))
     for test_id in sorted(set(listed) - matched):
         warnings.warn(pytest.PytestWarning(f"--conformance-xfail {xfail_file}: {test_id!r} matches no test"))
     _seed_property_tests(items, config.getoption("conformance_seed"))

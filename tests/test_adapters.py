@@ -1,0 +1,277 @@
+"""The adapters that let a NumPy or JAX loss be judged by the suite: the crossing itself (values,
+dtypes, gradients, declarations, the two calling conventions), then the suite on the framework
+fixtures, in-process as in test_fixtures.py."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformance import adapters
+from conformance.impl import FEATURES, ImplementationError, adapt
+from fixtures.frameworks import numpy_ce
+
+# Imported at collection, before pytester snapshots sys.modules: pytester drops what a run
+# imported, and importing jax a second time in one process aborts it (SIGABRT, measured), as
+# tests/conftest.py explains for torch's lazy modules.
+try:
+    import jax
+    import jax.numpy as jnp
+    import optax
+except ImportError:
+    jax = jnp = optax = None
+
+needs_jax = pytest.mark.skipif(optax is None, reason="jax and optax are not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q", "--ignore-glob=*test_benchmark.py")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _problem(shape=(5, 4), dtype=torch.float32, seed=0):
+    """Logits shaped (N, C, d1, ...) or (C,) and their index target."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+    classes, positions = (shape[1], shape[:1] + shape[2:]) if len(shape) > 1 else (shape[0], ())
+    return logits, torch.randint(classes, positions, generator=generator)
+
+
+def _upstream(loss):
+    return torch.linspace(0.5, 2.0, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
+
+
+def _grad(fn, logits, target, **options):
+    x = logits.detach().requires_grad_()
+    loss = fn(x, target, **options)
+    loss.backward(_upstream(loss))
+    return loss.detach(), x.grad
+
+
+def numpy_per_example(logits, labels):
+    """A per-example loss in NumPy: classes last, one loss per position."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return -np.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+
+
+def numpy_per_example_backward(logits, labels, grad_losses):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+    onehot = labels[..., None] == np.arange(logits.shape[-1])
+    return (grad_losses[..., None] * (p - onehot)).astype(logits.dtype)
+
+
+# -- values and dtypes cross unchanged -------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_numpy_result_keeps_numpys_dtype(dtype):
+    """The suite sees what NumPy returned: the right dtype, and a wrong one left wrong."""
+    logits, target = _problem(dtype=dtype)
+    loss = adapters.numpy_loss(numpy_ce.forward)(logits, target, reduction="none")
+    assert loss.dtype == dtype and loss.device == logits.device
+    torch.testing.assert_close(loss, F.cross_entropy(logits.double(), target, reduction="none").to(dtype))
+
+    def widening(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        return numpy_ce.forward(input, target, weight, ignore_index, reduction, label_smoothing).astype(np.float64)
+    assert adapters.numpy_loss(widening)(logits, target).dtype == torch.float64
+
+
+@needs_jax
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_jax_result_keeps_jaxs_dtype(dtype):
+    logits, target = _problem(dtype=dtype)
+    loss = adapters.jax_loss(optax.softmax_cross_entropy_with_integer_labels)(logits, target, reduction="none")
+    assert loss.dtype == dtype and loss.device == logits.device
+    expected = F.cross_entropy(logits.double(), target, reduction="none")
+    torch.testing.assert_close(loss.double(), expected, rtol=0.02, atol=0.02)
+
+    def widening(logits, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).astype(jnp.float32)
+    assert adapters.jax_loss(widening)(logits, target).dtype == torch.float32
+
+
+def test_numpy_shares_the_callers_memory():
+    """An in-place write by the loss reaches the caller's tensor, so the suite can see it."""
+    def scribbles(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        input[0, 0] = 99.0
+        return numpy_ce.forward(input, target, weight, ignore_index, reduction, label_smoothing)
+    logits, target = _problem()
+    adapters.numpy_loss(scribbles)(logits, target)
+    assert logits[0, 0] == 99.0
+
+
+# -- gradients ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_numpy_backward_gives_torchs_gradient(reduction):
+    logits, target = _problem((6, 5, 3), torch.float64)
+    weight = torch.linspace(0.5, 1.5, 5, dtype=torch.float64)
+    options = dict(weight=weight, ignore_index=1, reduction=reduction, label_smoothing=0.1)
+    loss, grad = _grad(numpy_ce.cross_entropy, logits, target, **options)
+    expected_loss, expected_grad = _grad(F.cross_entropy, logits, target, **options)
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@needs_jax
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_jax_vjp_gives_torchs_gradient(reduction):
+    logits, target = _problem((6, 5, 3))
+    loss, grad = _grad(adapters.jax_loss(optax.softmax_cross_entropy_with_integer_labels), logits, target,
+                       reduction=reduction)
+    expected_loss, expected_grad = _grad(F.cross_entropy, logits, target, reduction=reduction)
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def jax_soft_target_sum(input, target, weight=None, ignore_index=-100, reduction="sum", label_smoothing=0.0):
+    """A JAX loss with torch's keywords (probability targets, 'sum' only)."""
+    return -(target * jax.nn.log_softmax(input, axis=1)).sum()
+
+
+@needs_jax
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_jax_gradient_reaches_a_probability_target(jit):
+    logits, _ = _problem()
+    soft = torch.softmax(torch.randn(logits.shape, generator=torch.Generator().manual_seed(3)), 1)
+    x, t = logits.clone().requires_grad_(), soft.clone().requires_grad_()
+    adapters.jax_loss(jax_soft_target_sum, jit=jit)(x, t, reduction="sum").backward()
+    x_ref, t_ref = logits.clone().requires_grad_(), soft.clone().requires_grad_()
+    F.cross_entropy(x_ref, t_ref, reduction="sum").backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(t.grad, t_ref.grad)
+
+
+def test_numpy_without_backward_raises_on_backward():
+    logits, target = _problem()
+    loss = adapters.numpy_loss(numpy_ce.forward)(logits.requires_grad_(), target)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        loss.backward()
+
+
+# -- the two calling conventions ---------------------------------------------------------------
+
+def test_convention_is_read_from_the_signature():
+    assert adapters.takes_torch_keywords(numpy_ce.forward)
+    assert not adapters.takes_torch_keywords(numpy_per_example)
+    if optax is not None:
+        assert not adapters.takes_torch_keywords(optax.softmax_cross_entropy_with_integer_labels)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(7,), (5, 4), (3, 4, 2, 2)], ids=["unbatched", "NxC", "kdim"])
+def test_per_example_moves_classes_last_and_reduces(shape, reduction):
+    logits, target = _problem(shape, torch.float64)
+    loss = adapters.numpy_loss(numpy_per_example, numpy_per_example_backward)
+    got_loss, got_grad = _grad(loss, logits, target, reduction=reduction)
+    expected_loss, expected_grad = _grad(F.cross_entropy, logits, target, reduction=reduction)
+    torch.testing.assert_close(got_loss, expected_loss)
+    torch.testing.assert_close(got_grad, expected_grad)
+
+
+@pytest.mark.parametrize("option", [{"weight": torch.ones(4)}, {"ignore_index": 0}, {"label_smoothing": 0.1}],
+                         ids=["weight", "ignore_index", "label_smoothing"])
+def test_per_example_refuses_options_it_has_no_parameter_for(option):
+    logits, target = _problem()
+    with pytest.raises(NotImplementedError, match=next(iter(option))):
+        adapters.numpy_loss(numpy_per_example)(logits, target, **option)
+
+
+def test_framework_exceptions_propagate():
+    logits, target = _problem()
+    with pytest.raises(IndexError):
+        numpy_ce.cross_entropy(logits, torch.full_like(target, 4))
+    if optax is not None:
+        with pytest.raises(TypeError):
+            adapters.jax_loss(optax.softmax_cross_entropy_with_integer_labels)(logits, target.double())
+
+
+# -- declarations ------------------------------------------------------------------------------
+
+def test_declared_unsupported_sets():
+    outside = {"double_backward", "forward_ad", "vmap"}
+    per_example = {"weight", "ignore_index", "label_smoothing", "probability_target"}
+    assert numpy_ce.cross_entropy.unsupported == outside | {"bfloat16"}
+    assert adapters.numpy_loss(numpy_ce.forward).unsupported == outside | {"bfloat16", "backward"}
+    assert adapters.numpy_loss(numpy_per_example).unsupported == outside | per_example | {"bfloat16", "backward"}
+    if optax is not None:
+        assert adapters.jax_loss(optax.softmax_cross_entropy_with_integer_labels).unsupported - {"float64"} \
+            == outside | per_example
+
+
+@needs_jax
+@pytest.mark.parametrize("x64", [False, True], ids=["x64-off", "x64-on"])
+def test_jax_float64_needs_x64(x64):
+    """Without x64 a float64 tensor arrives in JAX as float32: float64 is then unsupported."""
+    loss = adapters.jax_loss(optax.softmax_cross_entropy_with_integer_labels)
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", x64)
+    try:
+        unsupported, result = loss.unsupported, loss(*_problem(dtype=torch.float64))
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    assert ("float64" in unsupported) is not x64
+    assert result.dtype == (torch.float64 if x64 else torch.float32)
+
+
+def test_adapt_takes_an_adapter_and_its_carried_declarations():
+    def forward(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        return numpy_ce.forward(input, target, weight, ignore_index, reduction, label_smoothing)
+    forward.unsupported = {"kdim"}
+    forward.deviations = {"all_ignored_mean_zero"}
+    impl = adapt(adapters.numpy_loss(forward, numpy_ce.backward), "probe")
+    assert impl.unsupported == {"kdim", "bfloat16", "double_backward", "forward_ad", "vmap"}
+    assert impl.unsupported <= FEATURES.keys()
+    assert impl.deviations == {"all_ignored_mean_zero"}
+
+
+def test_wrap_for_impl_framework():
+    assert adapters.wrap(F.cross_entropy, "torch") is F.cross_entropy
+    assert adapters.wrap(numpy_ce.cross_entropy, "numpy") is numpy_ce.cross_entropy
+
+    def forward(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        return numpy_ce.forward(input, target, weight, ignore_index, reduction, label_smoothing)
+    forward.backward = numpy_ce.backward
+    wrapped = adapters.wrap(forward, "numpy")
+    assert isinstance(wrapped, adapters.NumpyLoss) and "backward" not in wrapped.unsupported
+    with pytest.raises(ImplementationError, match="expected one of torch, numpy, jax"):
+        adapters.wrap(numpy_ce.forward, "tensorflow")
+    with pytest.raises(ImplementationError, match="already adapted from numpy"):
+        adapters.wrap(numpy_ce.cross_entropy, "jax")
+    if optax is not None:
+        assert isinstance(adapters.wrap(optax.softmax_cross_entropy_with_integer_labels, "jax"), adapters.JaxLoss)
+
+
+# -- the suite on the framework fixtures -------------------------------------------------------
+
+@pytest.fixture
+def suite(pytester):
+    pytester.syspathinsert(ROOT)
+    return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
+
+
+def test_numpy_ce_passes(suite):
+    result = suite("--impl=fixtures.frameworks.numpy_ce")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    assert result.parseoutcomes()["passed"] > 500
+
+
+def test_numpy_grad_ignores_upstream_is_caught(suite):
+    check = "test_gradient_is_softmax_minus_target"
+    result = suite("--impl=fixtures.frameworks.numpy_grad_ignores_upstream", "-k", check, "-rf")
+    failed = [line for line in result.outlines if line.startswith("FAILED")]
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    assert any(f"::{check}[" in line for line in failed), failed
+
+
+def test_optax_ce_passes_with_its_findings_tracked(suite):
+    """Green but for the findings listed in optax_ce.xfail. The property test is left out: under
+    JAX every drawn shape compiles anew (about 50 s), and what it finds is the logsumexp rounding
+    the extremes already pin."""
+    pytest.importorskip("optax")
+    xfail = ROOT / "fixtures" / "frameworks" / "optax_ce.xfail"
+    result = suite("--impl=fixtures.frameworks.optax_ce", f"--conformance-xfail={xfail}",
+                   "-k", "not test_implementation_matches_reference", "-W", "error::pytest.PytestWarning")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    assert result.parseoutcomes()["passed"] > 300
