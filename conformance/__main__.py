@@ -9,31 +9,24 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from . import report
 
 __all__ = ["main"]
 
 
-def _factor(value: str) -> float:
-    try:
-        factor = float(value)
-    except ValueError:
-        factor = float("nan")
-    if not factor >= 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a number >= 1")
-    return factor
-
-
-def _fraction(value: str) -> float:
-    try:
-        fraction = float(value)
-    except ValueError:
-        fraction = float("nan")
-    if not fraction >= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a number >= 0 (0.25 means 25% slower)")
-    return fraction
+def _number_at_least(minimum: float, hint: str = "") -> Callable[[str], float]:
+    """An argparse type: a number no smaller than ``minimum`` (NaN and words refused)."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not number >= minimum:
+            raise argparse.ArgumentTypeError(f"{value!r}: expected a number >= {minimum:g}{hint}")
+        return number
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,10 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--format", choices=("md", "html"), default=None,
                      help="default: html when OUT ends in .html, else md")
     cmd.add_argument("-o", "--output", type=Path, metavar="OUT", help="default: standard output")
-    cmd.add_argument("--max-accuracy-loss", type=_factor, default=2.0, metavar="FACTOR",
+    cmd.add_argument("--max-accuracy-loss", type=_number_at_least(1), default=2.0, metavar="FACTOR",
                      help="a check whose error/bound grew by more than FACTOR regressed (default 2; errors under "
                           f"{report.ACCURACY_FLOOR:g} of their bound never count)")
-    cmd.add_argument("--max-slowdown", type=_fraction, default=0.25, metavar="FRACTION",
+    cmd.add_argument("--max-slowdown", type=_number_at_least(0, " (0.25 means 25% slower)"), default=0.25,
+                     metavar="FRACTION",
                      help="a timing more than FRACTION slower regressed (default 0.25)")
     return parser
 

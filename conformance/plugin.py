@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
+import sys
 import warnings
 from collections import defaultdict
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -104,7 +104,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="dtype to test (repeatable); default: float64, float32, float16 and bfloat16")
     group.addoption("--conformance-xfail", default=None, metavar="FILE",
                     help="known, tracked failures: a file of test ids (suffixes), one per line, "
-                         "'# reason' after the id; they become strict xfails, unmatched ids warn")
+                         "'# reason' after the id; they become strict xfails ('~' before the id: not "
+                         "strict, for failures that show on some seeds' data only); unmatched ids warn")
     group.addoption("--conformance-contract", choices=CONTRACTS, default="strict",
                     help="strict (default): float16/bfloat16 as accurate as float32 inside; "
                          "parity: no worse than torch on the same device and dtype")
@@ -228,7 +229,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     params = getattr(item, "callspec", None)
     item.user_properties.append((ITEM_PROPERTY, {
         "feature": item.module.__name__.rpartition(".")[2].removeprefix("test_"),
-        "dtype": next((f for f in features if f in [dtype_name(d) for d in DTYPES]), "-"),
+        "dtype": _item_dtype(item) or "-",
         "device": params.params.get("device", "-") if params else "-",
         "features": features}))
     impl = item.config.stash[IMPL_KEY]
@@ -275,13 +276,13 @@ def impl(request) -> Implementation:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """Deselect dtypes not asked for; mark pinned and user-listed known failures as strict xfails."""
+    """Deselect dtypes not asked for; mark pinned and user-listed known failures as xfails."""
     wanted = config.getoption("dtype")
     if wanted:
         kept = [item for item in items if _item_dtype(item) in (None, *wanted)]
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
-    pins = dict(pinned_failures(config.stash[IMPL_KEY].call, config.getoption("conformance_contract")))
+    pins = pinned_failures(config.stash[IMPL_KEY].call, config.getoption("conformance_contract"))
     xfail_file = config.getoption("conformance_xfail")
     listed = read_xfail_file(xfail_file) if xfail_file else {}
     pins.update(listed)

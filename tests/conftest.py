@@ -3,8 +3,11 @@ each run. torch registers its C++ operator libraries once per process when a laz
 module first loads (``torch.func`` and ``torch.optim`` pull in dynamo and sympy); a second load after pytester
 dropped the module fails with "Only a single TORCH_LIBRARY can be used". Loading them here,
 before any snapshot is taken, keeps them loaded for every in-process run."""
+import pytest
 import torch
 import torch.nn.functional as F
+
+from suite_run import ROOT, SUITE
 
 
 def _load_lazy_torch_modules() -> None:
@@ -17,3 +20,10 @@ def _load_lazy_torch_modules() -> None:
 
 
 _load_lazy_torch_modules()
+
+
+@pytest.fixture
+def suite(pytester):
+    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args."""
+    pytester.syspathinsert(ROOT)
+    return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)

@@ -1,8 +1,6 @@
 """The adapters that let a NumPy or JAX loss be judged by the suite: the crossing itself (values,
 dtypes, gradients, declarations, the two calling conventions), then the suite on the framework
 fixtures, in-process as in test_fixtures.py."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,7 @@ import torch.nn.functional as F
 from conformance import adapters
 from conformance.impl import FEATURES, ImplementationError, adapt
 from fixtures.frameworks import numpy_ce
+from suite_run import ROOT
 
 # Imported at collection, before pytester snapshots sys.modules: pytester drops what a run
 # imported, and importing jax a second time in one process aborts it (SIGABRT, measured), as
@@ -24,8 +23,6 @@ except ImportError:
 
 needs_jax = pytest.mark.skipif(optax is None, reason="jax and optax are not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
-SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q", "--ignore-glob=*test_benchmark.py")
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -244,12 +241,6 @@ def test_wrap_for_impl_framework():
 
 
 # -- the suite on the framework fixtures -------------------------------------------------------
-
-@pytest.fixture
-def suite(pytester):
-    pytester.syspathinsert(ROOT)
-    return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
-
 
 def test_numpy_ce_passes(suite):
     result = suite("--impl=fixtures.frameworks.numpy_ce")

@@ -1,11 +1,9 @@
 """Proof that the kit works: each correct fixture passes the suite, and each broken one is caught
 by the check aimed at its mechanism (fixtures/README.md lists them with their sources)."""
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q", "--ignore-glob=*test_benchmark.py")
+from suite_run import ROOT
+
 
 FIXTURES = ROOT / "fixtures"
 
@@ -67,12 +65,6 @@ CAUGHT_BY = {
     "half_accumulation": "test_large_class_counts",
     "output_buffer_reused": "test_outputs_are_not_reused_between_calls",
 }
-
-
-@pytest.fixture
-def suite(pytester):
-    pytester.syspathinsert(ROOT)
-    return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
 
 
 @pytest.mark.parametrize("name", CORRECT)

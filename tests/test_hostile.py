@@ -4,12 +4,11 @@ ends with exit code 1 (never an INTERNALERROR) and in bounded time."""
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q", "--ignore-glob=*test_benchmark.py")
+from suite_run import ROOT, SUITE
+
 
 # fixture -> (what every failure says, a check that must fail, a check that must pass)
 HOSTILE = {
@@ -35,13 +34,11 @@ HOSTILE = {
 
 
 @pytest.fixture
-def suite(pytester):
+def suite_with_report(suite, pytester):
     """Run the suite in-process; return the pytest result and the run report's checks by test id."""
-    pytester.syspathinsert(ROOT)
-
     def run(*args):
         report = pytester.path / "run.json"
-        result = pytester.runpytest_inprocess(*SUITE, f"--conformance-report={report}", *args)
+        result = suite(f"--conformance-report={report}", *args)
         checks = {check["id"].partition("::")[2]: check for check in json.loads(report.read_text())["checks"]}
         return result, checks
     return run
@@ -62,18 +59,19 @@ CROSS_SECTION = "test_value or test_gradient or test_structure or test_document_
 
 
 @pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_implementation_fails_only_the_affected_checks(suite, name):
+def test_hostile_implementation_fails_only_the_affected_checks(suite_with_report, name):
     message, must_fail, must_pass = HOSTILE[name]
-    result, checks = suite(f"--impl=fixtures.hostile.{name}", "-k", CROSS_SECTION)
+    result, checks = suite_with_report(f"--impl=fixtures.hostile.{name}", "-k", CROSS_SECTION)
     failed = _assert_kept_its_head(result, checks, message)
     assert must_fail in failed
     assert checks[must_pass]["status"] == "passed", checks[must_pass]
     assert sum(check["status"] == "passed" for check in checks.values()) >= 40
 
 
-def test_every_kind_of_global_state_change_is_named_and_undone(suite):
-    result, checks = suite("--impl=fixtures.hostile.changes_global_state", "-k", "test_value_matches_truth or "
-                           "test_class_weights or test_label_smoothing or test_ignore_index")
+def test_every_kind_of_global_state_change_is_named_and_undone(suite_with_report):
+    result, checks = suite_with_report("--impl=fixtures.hostile.changes_global_state", "-k",
+                                       "test_value_matches_truth or test_class_weights or test_label_smoothing "
+                                       "or test_ignore_index")
     reasons = " ".join(_assert_kept_its_head(result, checks, r"changed global state").values())
     for change in ("default dtype: torch.float32 -> torch.float64", "random generator state",
                    "deterministic algorithms (enabled, warn_only): (False, False) -> (True, False)",
@@ -84,10 +82,10 @@ def test_every_kind_of_global_state_change_is_named_and_undone(suite):
                for d in ("float64", "float32", "float16", "bfloat16") for r in ("mean", "none"))
 
 
-def test_a_hanging_check_times_out_and_its_later_runs_fail_at_once(suite):
+def test_a_hanging_check_times_out_and_its_later_runs_fail_at_once(suite_with_report):
     started = time.monotonic()
-    result, checks = suite("--impl=fixtures.hostile.hangs", "--conformance-timeout=2", "-k",
-                           "test_k_dimensional or test_value_matches_truth")
+    result, checks = suite_with_report("--impl=fixtures.hostile.hangs", "--conformance-timeout=2", "-k",
+                                       "test_k_dimensional or test_value_matches_truth")
     failed = _assert_kept_its_head(result, checks, r"ran past the 2 s time limit|ran past the time limit in 2 runs")
     timed_out = [test_id.partition("[")[0] for test_id, reason in failed.items() if "CheckTimeout" in reason]
     assert sorted(timed_out) == ["test_k_dimensional"] * 2 + ["test_k_dimensional_probability_target"] * 2

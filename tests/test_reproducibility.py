@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q", "--ignore-glob=*test_benchmark.py")
+from suite_run import ROOT, SUITE
+
 # Cases drawn from the seed (value, gradient) and examples drawn by hypothesis (properties).
 SEEDED = ("-k", "test_value_matches_truth or test_gradient_is_softmax_minus_target or test_properties")
 
@@ -18,17 +18,17 @@ def _measured(report: Path) -> dict:
     return {c["id"]: (c["status"], c["identity"], c["ratio"], c["error"], c["bound"]) for c in checks}
 
 
-def _run(pytester, name: str, *args) -> dict:
+def _run(suite, pytester, name: str, *args) -> dict:
     report = pytester.path / f"{name}.json"
-    result = pytester.runpytest_inprocess(*SUITE, f"--conformance-report={report}", *args)
+    result = suite(f"--conformance-report={report}", *args)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
     return _measured(report)
 
 
-def test_same_seed_same_verdicts_and_errors(pytester):
-    first = _run(pytester, "first", "--conformance-seed=7", *SEEDED)
-    again = _run(pytester, "again", "--conformance-seed=7", *SEEDED)
-    other = _run(pytester, "other", "--conformance-seed=8", *SEEDED)
+def test_same_seed_same_verdicts_and_errors(suite, pytester):
+    first = _run(suite, pytester, "first", "--conformance-seed=7", *SEEDED)
+    again = _run(suite, pytester, "again", "--conformance-seed=7", *SEEDED)
+    other = _run(suite, pytester, "other", "--conformance-seed=8", *SEEDED)
     assert first == again
     assert first.keys() == other.keys()
     changed = [test_id for test_id in first if first[test_id][3] != other[test_id][3]]
@@ -36,8 +36,8 @@ def test_same_seed_same_verdicts_and_errors(pytester):
     assert any("test_properties" in test_id for test_id in changed)
 
 
-def test_xdist_gives_the_serial_verdicts_in_one_report(pytester, monkeypatch):
-    serial = _run(pytester, "serial", "-k", "test_value or test_structure or test_properties")
+def test_xdist_gives_the_serial_verdicts_in_one_report(suite, pytester, monkeypatch):
+    serial = _run(suite, pytester, "serial", "-k", "test_value or test_structure or test_properties")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     report = pytester.path / "parallel.json"
     result = pytester.runpytest_subprocess(*SUITE, "-n", "2", f"--conformance-report={report}",
