@@ -7,14 +7,17 @@ A recipe defines ``logits`` (already rounded to the case's dtype), ``target`` an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
+import pytest
 import torch
 from torch import Tensor
 
-__all__ = ["Case", "from_recipe", "dtype_name", "well_conditioned", "document_example", "upstream_recipe",
-           "UPSTREAM_KINDS"]
+from .impl import LossOptions
+
+__all__ = ["Case", "Problem", "problem", "from_recipe", "dtype_name", "well_conditioned", "document_example",
+           "upstream_recipe", "UPSTREAM_KINDS"]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -39,6 +42,80 @@ class Case:
     def describe(self) -> str:
         shape = "x".join(str(s) for s in self.logits.shape) or "scalar"
         return f"case={self.family} shape={shape} dtype={dtype_name(self.dtype)} device={self.device}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One call, whole (torch OpInfo's ``SampleInput``): the case's tensors, the loss options, the
+    recipe of the upstream gradient backward is fed (``None``: forward only) and a note for the
+    verdict. Checks pass it around instead of its parts."""
+
+    case: Case
+    options: LossOptions = LossOptions()
+    upstream: Optional[str] = None
+    note: str = ""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.case.dtype
+
+    @property
+    def device(self) -> str:
+        return self.case.device
+
+    @property
+    def positions(self) -> tuple:
+        """The shape of the per-position loss (the input's shape without the class dimension)."""
+        shape = tuple(self.case.logits.shape)
+        return shape[:1] + shape[2:] if len(shape) > 1 else ()
+
+    def call_options(self) -> LossOptions:
+        """The call's keywords, with a fresh copy of the case's class weights: a loss that writes
+        into the weights it is handed spoils neither the case nor the truth."""
+        weight = None if self.case.weight is None else self.case.weight.clone()
+        return replace(self.options, weight=weight)
+
+    def upstream_gradient(self) -> Tensor:
+        """The upstream gradient its recipe builds, on the case's device."""
+        namespace: dict = {"torch": torch}
+        exec(self.upstream, namespace)
+        return namespace["grad"].to(self.device)
+
+    def describe(self) -> str:
+        return f"{self.case.describe()}, {self.options.describe()}{self.note}"
+
+    __repr__ = describe
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """Hypothesis prints drawn values with this, not field by field (the recipe is in the judge's message)."""
+        printer.text(self.describe())
+
+
+def problem(case: Case, *, upstream: Optional[str] = "random", note: str = "", **options) -> Problem:
+    """A problem on ``case`` with ``LossOptions(**options)`` and an upstream gradient of kind
+    ``upstream`` (``UPSTREAM_KINDS``, or ``None`` for a forward-only problem)."""
+    base = Problem(case=case, options=LossOptions(**options), note=note)
+    if upstream is None:
+        return base
+    return replace(base, upstream=upstream_recipe(upstream, base.options.reduction, base.positions, case.dtype))
+
+
+SWEEP_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+SWEEP_REDUCTIONS = ("none", "mean", "sum")
+
+
+def sweep(values, *, deep: bool = False, features: Optional[dict] = None) -> list:
+    """Parameters ``(value, dtype, reduction)`` of a boundary sweep: each value once, with a dtype
+    and a reduction taken in turn (the default run covers each boundary once), or, ``deep``, with
+    every dtype and reduction. ``features`` maps a value to the feature names it needs."""
+    combos = [(v, d, r) for v in values for d in SWEEP_DTYPES for r in SWEEP_REDUCTIONS] if deep else \
+        [(v, SWEEP_DTYPES[i % len(SWEEP_DTYPES)], SWEEP_REDUCTIONS[(i // len(SWEEP_DTYPES) + i) % 3])
+         for i, v in enumerate(values)]
+    features = features or {}
+    label = (lambda v: "x".join(map(str, v))) if values and isinstance(values[0], tuple) else str
+    return [pytest.param(v, d, r, id=f"{label(v)}-{dtype_name(d)}-{r}",
+                         marks=[pytest.mark.feature(*features[v])] if v in features else [])
+            for v, d, r in combos]
 
 
 def from_recipe(family: str, recipe: str, device: str) -> Case:

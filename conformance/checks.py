@@ -1,21 +1,54 @@
-"""Compare an implementation's result to the reference under a bound, and explain a failure.
+"""The judge: compares an implementation's results to the float64 reference under the run's
+contract, grades every comparison against the ``exact`` contract, probes optional capabilities,
+and explains a failure.
 
 A failure names the identity, the parameters, the worst element (index, actual, expected), the
-error and the bound, and prints a snippet that reproduces the case with plain torch.
+error and the bound, and prints a snippet that rebuilds the case with plain torch and prints the
+very mismatch the check saw.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import re
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
 
+import pytest
 import torch
 from torch import Tensor
 
 from . import run, tolerance
-from .cases import Case, upstream_recipe
-from .impl import Implementation, LossOptions
+from .cases import Problem
+from .guards import ImplementationFault
+from .impl import Implementation
 
-__all__ = ["Comparison", "compare", "repro_snippet", "Judge"]
+__all__ = ["Comparison", "Show", "compare", "repro_snippet", "is_not_supported", "Judge", "FIRST_FAILURE",
+           "PROBED_PREFIX"]
+
+# The judge's first failure message on a check item: a property test's example survives a
+# timeout during hypothesis' shrinking (plugin).
+FIRST_FAILURE = pytest.StashKey[str]()
+PROBED_PREFIX = "unsupported (probed): "
+
+# torch's own words for a transform a function cannot go through: an autograd.Function without
+# setup_context, a vmap rule or a jvp; a backward marked once_differentiable or built from
+# detached tensors; a derivative or batching rule torch itself lacks (inherited by a wrapper).
+_NOT_SUPPORTED = re.compile("|".join([
+    r"must override the setup_context staticmethod",
+    r"does not have vmap support",
+    r"must implement the jvp function",
+    r"marked with @once_differentiable",
+    r"does not require grad and does not have a grad_fn",
+    r"[Bb]atching rule not implemented",
+    r"vmap: .*(We cannot support this|data-dependent|not supported)",
+    r"derivative for .* is not implemented",
+    r"not implemented for forward.?(mode )?AD|does not support forward.?(mode )?AD|forward AD .*not (supported|implemented)",
+]))
+
+
+def is_not_supported(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch saying a transform is not supported (or the loss's own
+    ``NotImplementedError``), rather than the implementation failing."""
+    return isinstance(exc, NotImplementedError) or bool(_NOT_SUPPORTED.search(str(exc)))
 
 
 @dataclass(frozen=True)
@@ -40,23 +73,35 @@ class Comparison:
                 f"error={self.error:.3g} bound={self.bound:.3g} (error/bound={self.ratio:.3g})")
 
 
-def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor) -> Comparison:
-    """Elementwise ``|actual - expected| <= bound`` in float64; non-finite expectations must match exactly."""
-    a = actual.detach().to("cpu", torch.float64)
-    e = expected.detach().to("cpu", torch.float64)
+def _as_float64(t: Tensor) -> Tensor:
+    return t.detach().to("cpu", torch.float64)
+
+
+def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor, *,
+            also: Optional[Tensor] = None) -> Comparison:
+    """Elementwise ``|actual - expected| <= bound`` in float64; non-finite expectations must match
+    exactly. ``also``: an alternative accepted per element (the limit where torch's answer is NaN)."""
+    a, e = _as_float64(actual), _as_float64(expected)
     if actual.is_floating_point():
         # A true value beyond the dtype's range rounds to an infinity: that is the right answer.
         rounded = e.to(actual.dtype).to(torch.float64)
         e = torch.where(torch.isinf(rounded) & torch.isfinite(e), rounded, e)
-    b = bound.detach().to("cpu", torch.float64).expand(e.shape)
+    b = _as_float64(bound).expand(e.shape)
     if a.shape != e.shape:
         raise AssertionError(f"[{identity}] shape {tuple(a.shape)} != expected {tuple(e.shape)}")
     if e.numel() == 0:
         return Comparison(identity, 0.0, (), float("nan"), float("nan"), 0.0, 0.0)
-    finite = torch.isfinite(e)
-    same_nonfinite = (a == e) | (torch.isnan(a) & torch.isnan(e))
-    error = torch.where(finite, (a - e).abs(), torch.where(same_nonfinite, 0.0, torch.inf))
-    error = torch.where(torch.isnan(error), torch.inf, error)
+
+    def errors(target: Tensor) -> Tensor:
+        finite = torch.isfinite(target)
+        same_nonfinite = (a == target) | (torch.isnan(a) & torch.isnan(target))
+        error = torch.where(finite, (a - target).abs(), torch.where(same_nonfinite, 0.0, torch.inf))
+        return torch.where(torch.isnan(error), torch.inf, error)
+
+    error = errors(e)
+    if also is not None:
+        alternative = _as_float64(also).expand(e.shape)
+        error = torch.minimum(error, torch.where(torch.isnan(alternative), torch.inf, errors(alternative)))
     ratio = torch.where(error == 0, 0.0, error / b)
     flat = int(ratio.reshape(-1).argmax())
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), e.shape)) if e.dim() else ()
@@ -64,114 +109,205 @@ def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor) -> C
                       float(e.reshape(-1)[flat]), float(error.reshape(-1)[flat]), float(b.reshape(-1)[flat]))
 
 
-def _call_line(impl: Implementation, options: LossOptions) -> list[str]:
-    load = f"load_implementation({impl.spec!r})"
-    if impl.framework != "torch":
-        load = f"load_implementation({impl.spec!r}, wrap=lambda obj: wrap(obj, {impl.framework!r}))"
-    lines = [*["from conformance.adapters import wrap"] * (impl.framework != "torch"), f"impl = {load}",
-             "x, t = impl.feed(logits, target)"]
-    kw = options.kwargs()
+@dataclass(frozen=True)
+class Show:
+    """What a reproduce snippet prints: code for the actual and the expected quantity (``{at}``
+    becomes the worst element's index), after ``steps``, the lines that compute them once the
+    snippet has built the case, fed it (``x, t``) and evaluated the truth. ``steps=None`` runs the
+    problem's own call: forward, and backward with its upstream gradient if it has one."""
+
+    actual: str
+    expected: str
+    steps: Optional[tuple] = None
+
+
+VALUE = Show("loss{at}.item()", "truth.loss{at}.item()")
+GRADIENT = Show("x.grad{at}.item()", "truth.grad(grad){at}.item()")
+
+
+def call_code(impl: Implementation, problem: Problem, x: str = "x") -> str:
+    """The snippet's call of the implementation on ``x`` and ``t`` with the problem's options."""
+    kw = problem.options.kwargs()
     kw.pop("weight")
-    args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
-    lines.append(f"loss = impl.call(x, t, weight=weight, {args})")
-    return lines
+    return f"impl.call({x}, t, weight=weight, " + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")"
 
 
-def repro_snippet(case: Case, impl: Implementation, options: LossOptions, *, upstream: Optional[str] = None,
-                  index: tuple = ()) -> str:
-    """Plain-torch code that rebuilds the case, calls the implementation and the float64 truth."""
+def _load_line(impl: Implementation) -> list[str]:
+    if impl.framework == "torch":
+        return [f"impl = load_implementation({impl.spec!r})"]
+    return ["from conformance.adapters import wrap",
+            f"impl = load_implementation({impl.spec!r}, wrap=lambda obj: wrap(obj, {impl.framework!r}))"]
+
+
+def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tuple = ()) -> str:
+    """Plain-torch code that rebuilds the problem, calls the implementation and the float64 truth
+    (on the inputs as fed, before the call), and prints the compared quantities."""
+    case, options = problem.case, problem.options
     lines = ["import torch", "from conformance.impl import load_implementation",
              "from conformance.reference import evaluate", "weight = None", case.recipe]
     if case.device != "cpu":
         lines.append(f"logits, target = logits.to({case.device!r}), target.to({case.device!r})")
-    lines += _call_line(impl, options)
-    truth = (f"truth = evaluate(x, t, weight=weight, ignore_index={options.ignore_index!r}, "
-             f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, "
-             f"input_kind={impl.input_kind!r})")
-    lines.append(truth)
-    at = f"[{', '.join(map(str, index))}]" if index else ""
-    if upstream is None:
-        lines.append(f"print('actual', loss{at}.item(), 'expected', truth.loss{at}.item())")
+        lines.append(f"weight = None if weight is None else weight.to({case.device!r})")
+    lines += _load_line(impl) + ["x, t = impl.feed(logits, target)"]
+    lines.append(f"truth = evaluate(x, t, weight=weight, ignore_index={options.ignore_index!r}, "
+                 f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, "
+                 f"input_kind={impl.input_kind!r})")
+    if show.steps is not None:
+        lines += list(show.steps)
+    elif problem.upstream is None:
+        lines.append(f"loss = {call_code(impl, problem)}")
     else:
-        lines += ["x.requires_grad_()", _call_line(impl, options)[-1], upstream, "loss.backward(grad)",
-                  f"print('actual', x.grad{at}.item(), 'expected', truth.grad(grad){at}.item())"]
+        lines += ["x.requires_grad_()", f"loss = {call_code(impl, problem)}", problem.upstream]
+        if case.device != "cpu":
+            lines.append(f"grad = grad.to({case.device!r})")
+        lines.append("loss.backward(grad)")
+    at = f"[{', '.join(map(str, index))}]" if index else ""
+    actual, expected = show.actual.format(at=at), show.expected.format(at=at)
+    lines.append(f"print('actual', {actual}, 'expected', {expected})")
     return "\n".join(lines)
 
 
-class Judge:
-    """Per-test helper: compares, records the margin on the test item, and fails with a full message."""
+def _indent(snippet: str) -> str:
+    return "\n".join("    " + line for line in snippet.splitlines())
 
-    def __init__(self, item, impl: Implementation, *, contract: str = "strict") -> None:
+
+class Judge:
+    """Per-check helper: the run's contract decides, every comparison is also graded against
+    ``exact``; it records both on the test item and fails with a full message."""
+
+    def __init__(self, item, impl: Implementation, *, contract: str = tolerance.DEFAULT_CONTRACT,
+                 required: frozenset = frozenset()) -> None:
         self.item = item
         self.impl = impl
         self.contract = contract
+        self.required = required
 
-    def bounds(self, ev, out: run.Outcome, case: Case, options: LossOptions) -> tuple:
-        """(value bound, gradient bound or None) under the run's contract.
+    # -- bounds ---------------------------------------------------------------------------------
 
-        ``parity`` applies to float16/bfloat16 logits: the bound is ``PARITY_FACTOR`` times torch's
-        own error on the same device and dtype, plus the rounding of the result.
-        """
-        value = tolerance.value_bound(ev, case.dtype)
-        grad = None if out.grad is None else tolerance.grad_bound(ev, out.upstream, case.dtype)
-        if self.contract != "parity" or tolerance.compute_dtype(case.dtype) == case.dtype \
-                or self.impl.input_kind != "logits":
-            return value, grad
-        x = out.input.detach().requires_grad_()
-        loss = torch.nn.functional.cross_entropy(x, out.target, **run.options_for(case, options).kwargs())
-        u_o, floor = tolerance.unit_roundoff(case.dtype), tolerance.underflow_floor(case.dtype)
-        value = tolerance.PARITY_FACTOR * (loss.detach().double().cpu() - ev.loss).abs() \
-            + tolerance.HALF_PRECISION_ROUNDINGS * u_o * ev.loss.abs() + floor
-        if out.grad is not None:
-            loss.backward(out.upstream)
-            expected = ev.grad(out.upstream)
-            grad = tolerance.PARITY_FACTOR * (x.grad.double().cpu() - expected).abs() \
-                + tolerance.HALF_PRECISION_ROUNDINGS * u_o * expected.abs() + floor
-        return value, grad
+    def bound(self, kind: str, dtype: torch.dtype, **terms) -> Tensor:
+        """The bound ``kind`` (``tolerance.BOUNDS``) under the run's contract."""
+        return tolerance.bound(kind, self.contract, dtype, **terms)
 
-    def record(self, comparison: Comparison) -> None:
-        self.item.user_properties.append(("conformance", {"identity": comparison.identity, "ratio": comparison.ratio,
-                                                          "error": comparison.error, "bound": comparison.bound}))
+    def _parity(self, problem: Problem) -> bool:
+        return (self.contract == "parity" and tolerance.compute_dtype(problem.dtype) != problem.dtype
+                and self.impl.input_kind == "logits")
 
-    def close(self, identity: str, actual: Tensor, expected: Tensor, bound: Tensor, *, case: Case,
-              options: LossOptions, upstream: Optional[str] = None, note: str = "") -> Comparison:
+    def _torch_on(self, problem: Problem, out: run.Outcome) -> tuple[Tensor, Optional[Tensor]]:
+        """torch's own loss (and gradient, with the same upstream) on what the implementation was fed."""
+        x = out.input.detach().clone().requires_grad_(out.upstream is not None)
+        loss = torch.nn.functional.cross_entropy(x, out.target, **problem.call_options().kwargs())
+        if out.upstream is None:
+            return loss.detach(), None
+        loss.backward(out.upstream)
+        return loss.detach(), x.grad
+
+    # -- comparisons ----------------------------------------------------------------------------
+
+    def _record(self, comparison: Comparison, graded: Comparison) -> None:
+        self.item.user_properties.append(("conformance", {
+            "identity": comparison.identity, "ratio": comparison.ratio, "error": comparison.error,
+            "bound": comparison.bound, "exact_ratio": graded.ratio,
+            "exact_worst": f"actual={graded.actual:.5g} expected={graded.expected:.5g}"}))
+
+    def _raise(self, headline: str, problem: Problem, details: str, show: Show, index: tuple = ()) -> None:
         __tracebackhide__ = True
-        comparison = compare(identity, actual, expected, bound)
-        self.record(comparison)
+        message = (f"[{headline}\n  params: {problem.describe()}\n{details}"
+                   f"  reproduce:\n{_indent(repro_snippet(problem, self.impl, show, index))}")
+        self.item.stash.setdefault(FIRST_FAILURE, message)
+        raise AssertionError(message)
+
+    def _judge(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, bound: Tensor,
+               exact_bound: Tensor, show: Show, also: Optional[Tensor]) -> Comparison:
+        __tracebackhide__ = True
+        comparison = compare(identity, actual, expected, bound, also=also)
+        self._record(comparison, compare(identity, actual, expected, exact_bound, also=also))
         if not comparison.passed:
-            snippet = repro_snippet(case, self.impl, options, upstream=upstream, index=comparison.index)
-            raise AssertionError(
-                f"[{identity}] {self.impl.spec} differs from the float64 reference beyond the bound\n"
-                f"  params: {case.describe()}, {options.describe()}{note}\n"
-                f"  {comparison.describe()}\n"
-                f"  reproduce:\n" + "\n".join("    " + line for line in snippet.splitlines()))
+            self._raise(f"{identity}] {self.impl.spec} differs from the float64 reference beyond the "
+                        f"{self.contract} bound", problem, f"  {comparison.describe()}\n", show, comparison.index)
         return comparison
 
-    def fail(self, identity: str, message: str, *, case: Case, options: LossOptions) -> None:
+    def within(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, kind: str, *,
+               show: Show = VALUE, also: Optional[Tensor] = None, **terms) -> Comparison:
+        """``|actual - expected|`` within the bound ``kind`` of ``tolerance.BOUNDS`` (its terms as
+        keywords), under the run's contract; graded against ``exact``."""
+        __tracebackhide__ = True
+        return self._judge(identity, problem, actual, expected, self.bound(kind, problem.dtype, **terms),
+                           tolerance.bound(kind, tolerance.EXACT, problem.dtype, **terms), show, also)
+
+    def value(self, problem: Problem, out: run.Outcome, ev, *, identity: str = "value",
+              expected: Optional[Tensor] = None, also: Optional[Tensor] = None, show: Show = VALUE) -> Comparison:
+        """The loss against the truth (``expected``: another exact statement of it, such as log C)."""
+        __tracebackhide__ = True
+        expected = ev.loss if expected is None else expected
+        exact = tolerance.value_bound(ev, problem.dtype, tolerance.EXACT)
+        if self._parity(problem):
+            bound = tolerance.parity_bound(self._torch_on(problem, out)[0], expected, problem.dtype)
+        else:
+            bound = self.bound("value", problem.dtype, ev=ev)
+        return self._judge(identity, problem, out.loss, expected, bound, exact, show, also)
+
+    def gradient(self, problem: Problem, out: run.Outcome, ev, *, identity: str = "gradient",
+                 show: Show = GRADIENT) -> Comparison:
+        __tracebackhide__ = True
+        expected = ev.grad(out.upstream)
+        exact = tolerance.grad_bound(ev, out.upstream, problem.dtype, tolerance.EXACT)
+        if self._parity(problem):
+            bound = tolerance.parity_bound(self._torch_on(problem, out)[1], expected, problem.dtype)
+        else:
+            bound = self.bound("gradient", problem.dtype, ev=ev, grad_output=out.upstream)
+        return self._judge(identity, problem, out.grad, expected, bound, exact, show, None)
+
+    def exactly(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, *,
+                show: Show = VALUE) -> Comparison:
+        """Results the semantics fix exactly (an empty batch's NaN or 0, an ignored row's 0)."""
+        __tracebackhide__ = True
+        zero = torch.zeros(())
+        return self._judge(identity, problem, actual, expected, zero, zero, show, None)
+
+    def fail(self, identity: str, problem: Problem, message: str, *,
+             show: Show = Show("loss", "'(see the message)'")) -> None:
         """A failure that is not a numeric comparison (shape, dtype, modified input...)."""
         __tracebackhide__ = True
         self.item.user_properties.append(("conformance", {"identity": identity, "ratio": float("inf")}))
-        snippet = repro_snippet(case, self.impl, options)
-        raise AssertionError(f"[{identity}] {self.impl.spec}: {message}\n"
-                             f"  params: {case.describe()}, {options.describe()}\n"
-                             f"  reproduce:\n" + "\n".join("    " + line for line in snippet.splitlines()))
+        self._raise(f"{identity}] {self.impl.spec}: {message}", problem, "", show)
 
-    def conforms(self, case: Case, options: LossOptions, *, upstream: str = "random", note: str = "") -> run.Outcome:
-        """The loss and (unless backward is unsupported) its gradient against the float64 truth."""
+    # -- capabilities ---------------------------------------------------------------------------
+
+    def gap(self, feature: str, problem: Problem, reason: str) -> None:
+        """An optional capability the implementation does not have: reported as unsupported
+        (probed), or a failure if the run requires it (``--conformance-require``)."""
         __tracebackhide__ = True
-        if "backward" in self.impl.unsupported:
-            out = run.forward(self.impl, case, options)
-            ev = run.truth(self.impl, out, case, options)
-            self.close("value", out.loss, ev.loss, self.bounds(ev, out, case, options)[0], case=case,
-                       options=options, note=note)
+        if feature in self.required:
+            self.fail(feature, problem, f"required feature {feature!r} is not supported: {reason}")
+        pytest.skip(f"{PROBED_PREFIX}{feature}: {reason}")
+
+    def probe(self, feature: str, problem: Problem, action: Callable[[], object], what: str):
+        """``action()``, where torch's not-supported error makes ``feature`` a probed gap and any
+        other exception a failure naming ``what`` was attempted."""
+        __tracebackhide__ = True
+        try:
+            return action()
+        except ImplementationFault:
+            raise
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            if is_not_supported(exc):
+                self.gap(feature, problem, f"{what} raised {type(exc).__name__}: {first_line}")
+            self.fail(feature, problem, f"{what} raised {type(exc).__name__}: {first_line}")
+
+    # -- the common check -----------------------------------------------------------------------
+
+    def conforms(self, problem: Problem) -> run.Outcome:
+        """The loss and (unless backward is unsupported or the problem has no upstream) its
+        gradient against the float64 truth."""
+        __tracebackhide__ = True
+        if "backward" in self.impl.unsupported or problem.upstream is None:
+            problem = replace(problem, upstream=None)
+            out = run.forward(self.impl, problem)
+            self.value(problem, out, run.truth(self.impl, problem, out))
             return out
-        shape = case.logits.shape
-        positions = tuple(shape[:1] + shape[2:]) if len(shape) > 1 else ()
-        grad_code = upstream_recipe(upstream, options.reduction, positions, case.dtype)
-        out = run.forward_backward(self.impl, case, options, grad_code)
-        ev = run.truth(self.impl, out, case, options)
-        value_bound, grad_bound = self.bounds(ev, out, case, options)
-        self.close("value", out.loss, ev.loss, value_bound, case=case, options=options, note=note)
-        self.close("gradient", out.grad, ev.grad(out.upstream), grad_bound, case=case, options=options,
-                   upstream=grad_code, note=note)
+        out = run.forward_backward(self.impl, problem)
+        ev = run.truth(self.impl, problem, out)
+        self.value(problem, out, ev)
+        self.gradient(problem, out, ev)
         return out

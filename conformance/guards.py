@@ -13,11 +13,13 @@ import contextlib
 import faulthandler
 import signal
 import threading
+import time
 from typing import Callable, Iterator, Optional
 
 import torch
 
-__all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections"]
+__all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections", "calling",
+           "crash_trampoline"]
 
 
 class ImplementationFault(AssertionError):
@@ -82,10 +84,30 @@ class GlobalState:
                                       + f" (restored by the kit), {during}")
 
 
+# The implementation's call in progress, if any: a timeout names it.
+_current_call: list = []
+
+
+@contextlib.contextmanager
+def calling(description: str) -> Iterator[None]:
+    """Mark the block as a call of the implementation (``description`` names it in a timeout)."""
+    _current_call.append((description, time.monotonic()))
+    try:
+        yield
+    finally:
+        _current_call.pop()
+
+
 def _interrupt(limit: float) -> Callable:
     def handler(signum, frame):
-        raise CheckTimeout(f"the check ran past the {limit:g} s time limit (--conformance-timeout); "
-                           "the implementation hangs or is far too slow on this case")
+        if _current_call:
+            description, started = _current_call[-1]
+            where = (f"the implementation hangs or is far too slow in the call {description}, running for "
+                     f"{time.monotonic() - started:.1f} s")
+        else:
+            where = ("outside the implementation's forward calls (in its backward, or in the check's own work "
+                     "around them)")
+        raise CheckTimeout(f"the check ran past the {limit:g} s time limit (--conformance-timeout): {where}")
     return handler
 
 
@@ -125,3 +147,14 @@ def truncate_sections(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(title, content if len(content) <= SECTION_LIMIT else
              content[:SECTION_LIMIT] + f"\n[... {len(content) - SECTION_LIMIT} more characters cut by the "
                                        "conformance kit]\n") for title, content in sections]
+
+
+def crash_trampoline(function: Callable, nodeid: str) -> Callable:
+    """``function`` called through a frame whose file name is the check's id: a crash of the
+    process (segfault, abort) prints it in the fatal-error traceback (pytest's faulthandler), so
+    the crashing check is named with its parameters even when no report can be written."""
+    namespace: dict = {}
+    exec(compile("def check(function, kwargs):\n    return function(**kwargs)\n",
+                 f"<conformance check {nodeid}>", "exec"), namespace)
+    trampoline = namespace["check"]
+    return lambda **kwargs: trampoline(function, kwargs)

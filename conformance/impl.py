@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from .guards import GlobalState, ImplementationFault
+from .guards import GlobalState, ImplementationFault, calling
 from .reference import INPUT_KINDS
 
 __all__ = ["FEATURES", "DEVIATIONS", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
@@ -38,10 +38,12 @@ FEATURES = {
     "reduction_sum": "reduction='sum'",
     "weight": "class weights",
     "ignore_index": "ignore_index",
+    "custom_ignore_index": "an ignore_index other than -100 (negative, or a class in [0, C))",
     "label_smoothing": "label smoothing",
     "probability_target": "probability (soft) targets",
     "kdim": "K-dimensional input (N, C, d1, ...)",
     "unbatched": "unbatched input (C,)",
+    "empty_batch": "an empty batch (N = 0)",
     "backward": "first-order gradients",
     "double_backward": "second-order gradients",
     "forward_ad": "forward-mode AD (torch.func.jvp)",
@@ -104,7 +106,8 @@ class Implementation:
         called = (f"{self.spec} on input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} "
                   f"{target.dtype}, {options.describe()}")
         try:
-            result = self.call(input, target, **options.kwargs())
+            with calling(called):
+                result = self.call(input, target, **options.kwargs())
         except Exception as exc:
             state.restore_changes()
             exc.add_note(f"[conformance] raised by the implementation under test: {called}")
@@ -171,6 +174,8 @@ def adapt(obj: Any, spec: str) -> Implementation:
         raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
     if target_kind == "onehot":
         unsupported |= {"ignore_index"}
+    if "ignore_index" in unsupported:
+        unsupported |= {"custom_ignore_index"}
     return Implementation(spec=spec, call=call, unsupported=unsupported, input_kind=input_kind,
                           target_kind=target_kind, deviations=deviations,
                           framework=getattr(obj, "framework", "torch"))

@@ -1,17 +1,21 @@
-"""Checks that torch's own loss fails under the strict contract, pinned as strict expected
+"""Checks that torch's own loss fails under the standard (and exact) contract, pinned as strict expected
 failures: the default run stays green, and a torch upgrade that fixes or changes one turns its
 unexpected pass into a failure, so it is noticed and the pin is revisited. Failures that show
 only on some seeds' data are pinned without strictness."""
-import pytest
 import torch
 
-__all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "pinned_failures", "read_xfail_file"]
+__all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "pinned_failures"]
 
 _CONFIDENT_HALF = ("torch 2.13's CPU float16/bfloat16 cross_entropy subtracts a logsumexp rounded to the dtype: "
                    "confident rows (target logit = max + 10, true loss about 1e-4) give loss -0.0 and a target "
                    "gradient of 0 (FIELD.md; the mechanism of Liger#1268)")
 
+_HALF_SMOOTHING_SUM = ("torch 2.13's CPU float16 cross_entropy accumulates the smoothing term sum_c log p_c of every "
+                       "position in float16: with 4099 classes and 9 rows 'sum' is inf where the truth is 84.18 (float32 "
+                       "inside gives 84.18; confirmed by hand against float64)")
+
 TORCH_CPU_FAILURES = {
+    "test_boundaries.py::test_features_at_large_size[cpu-smoothed-float16-sum]": _HALF_SMOOTHING_SUM,
     "test_extremes.py::test_confident_rows_value[cpu-float16-10]": _CONFIDENT_HALF,
     "test_extremes.py::test_confident_rows_value[cpu-bfloat16-10]": _CONFIDENT_HALF,
     "test_extremes.py::test_confident_rows_gradient[cpu-float16-10]": _CONFIDENT_HALF,
@@ -32,25 +36,8 @@ TORCH_CPU_DATA_DEPENDENT = {
 
 def pinned_failures(call, contract: str) -> dict:
     """The pins that apply to this callable, test id -> (reason, strict): torch's own loss, judged
-    by the strict contract."""
-    if call is not torch.nn.functional.cross_entropy or contract != "strict":
+    by the standard or the exact contract (parity compares torch with itself)."""
+    if call is not torch.nn.functional.cross_entropy or contract == "parity":
         return {}
     return {**{test_id: (reason, False) for test_id, reason in TORCH_CPU_DATA_DEPENDENT.items()},
             **{test_id: (reason, True) for test_id, reason in TORCH_CPU_FAILURES.items()}}
-
-
-def read_xfail_file(path: str) -> dict:
-    """Test ids (or id suffixes) of known, tracked failures, id -> (reason, strict): one per line,
-    ``# reason`` after it; a leading ``~`` marks one that shows on some seeds' data only (not strict)."""
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as exc:
-        raise pytest.UsageError(f"--conformance-xfail={path!r}: {exc.strerror}") from None
-    entries = {}
-    for line in lines:
-        test_id, _, reason = line.partition("#")
-        test_id = test_id.strip()
-        if test_id:
-            strict = not test_id.startswith("~")
-            entries[test_id.removeprefix("~").strip()] = (reason.strip() or f"listed in {path}", strict)
-    return entries

@@ -21,6 +21,13 @@ Every combination reduces to one *weighted target* ``a`` per position::
 
 ``mean`` divides by the sum of ``w[y]`` over kept positions for index targets and by the number
 of positions for probability targets (pytorch#107680). ``0 * log 0`` counts as 0.
+
+Non-finite logits. torch's answer is the arithmetic one: a ``-inf`` non-target logit contributes
+0, a ``-inf`` target logit gives ``+inf``, and a row holding ``+inf`` gives NaN, because its
+log-probabilities are ``inf - inf``. There the mathematical limit is an answer too
+(``Evaluation.loss_limit``): ``+inf`` when the target has mass on a class below the ``+inf``
+logit (its probability tends to 0), 0 when all of it sits on a single ``+inf`` class; NaN in
+the row (a NaN logit, or mass spread over several ``+inf`` classes) has no limit.
 """
 from __future__ import annotations
 
@@ -82,6 +89,12 @@ class Evaluation:
     weighted_target: Tensor   # (M, C) the ``a`` above
     row_loss: Tensor          # (M,)
     denominator: Tensor       # () the mean's divisor (1 for none/sum)
+    row_loss_limit: Tensor    # (M,) the mathematical limit where a +inf logit makes row_loss NaN
+
+    @property
+    def loss_limit(self) -> Tensor:
+        """The reduced loss with the limit in rows holding ``+inf``: also accepted (see above)."""
+        return self._reduce(self.row_loss_limit)
 
     @property
     def num_classes(self) -> int:
@@ -90,9 +103,12 @@ class Evaluation:
     @property
     def loss(self) -> Tensor:
         """The reduced loss, shaped as torch returns it."""
+        return self._reduce(self.row_loss)
+
+    def _reduce(self, row_loss: Tensor) -> Tensor:
         if self.reduction == "none":
-            return from_rows(self.row_loss, self.position_shape)
-        total = self.row_loss.sum()
+            return from_rows(row_loss, self.position_shape)
+        total = row_loss.sum()
         return total / self.denominator if self.reduction == "mean" else total
 
     def upstream_rows(self, grad_output: Tensor) -> Tensor:
@@ -120,6 +136,21 @@ class Evaluation:
         return _rows_like(rows, self.input_shape)
 
 
+    def hessian_vector(self, grad_output: Tensor, v: Tensor) -> Tensor:
+        """The Hessian of the loss (logits input) applied to ``v``: per position
+        ``s A (p * v - p (p . v))``, shaped like the input."""
+        s = (self.upstream_rows(grad_output) * self.weighted_target.sum(1))[:, None]
+        p, vr = self.log_probs.exp(), to_rows(v.detach().to("cpu", torch.float64), class_dim=True)
+        return _rows_like(s * (p * vr - p * (p * vr).sum(1, keepdim=True)), self.input_shape)
+
+    def directional(self, tangent: Tensor) -> Tensor:
+        """``<dL/dz, t>``, what forward mode computes: per position for 'none', else a scalar."""
+        ones = torch.ones(self.position_shape if self.reduction == "none" else (), dtype=torch.float64)
+        per_position = (to_rows(self.grad(ones), class_dim=True)
+                        * to_rows(tangent.detach().to("cpu", torch.float64), class_dim=True)).sum(1)
+        return per_position.reshape(self.position_shape) if self.reduction == "none" else per_position.sum()
+
+
 def _log_probs(rows: Tensor, input_kind: str) -> tuple[Tensor, Optional[Tensor], Tensor]:
     if input_kind == "log_probs":
         return rows, None, torch.zeros(rows.shape[0], dtype=rows.dtype)
@@ -135,6 +166,18 @@ def _log_probs(rows: Tensor, input_kind: str) -> tuple[Tensor, Optional[Tensor],
     p = log_probs.exp()
     spread = torch.where(p == 0, torch.zeros_like(p), p * shifted.abs()).sum(1)
     return log_probs, (row_max + lse_tail)[:, 0], spread
+
+
+def _limit_of_rows(rows: Tensor, a: Tensor, row_loss: Tensor, input_kind: str) -> Tensor:
+    """Per row, the limit of the loss as the ``+inf`` logits grow (see the module docstring)."""
+    if input_kind != "logits" or rows.numel() == 0:
+        return row_loss
+    infinite = torch.isposinf(rows)
+    mass_below = ((a > 0) & ~infinite).any(1)
+    single = infinite.sum(1) == 1
+    limit = torch.where(mass_below, torch.inf, torch.where(single, 0.0, torch.nan)).to(row_loss.dtype)
+    applies = infinite.any(1) & ~torch.isnan(rows).any(1)
+    return torch.where(applies, limit, row_loss)
 
 
 def _weighted_target(target_rows: Tensor, target_kind: str, num_classes: int, weight: Optional[Tensor],
@@ -185,7 +228,7 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
     log_probs, lse, spread = _log_probs(rows, input_kind)
     a, denominator = _weighted_target(target_rows, target_kind, num_classes, weight, ignore_index, label_smoothing)
     row_loss = -_safe_product(a, log_probs).sum(1)
-    return Evaluation(
+    return Evaluation(row_loss_limit=_limit_of_rows(rows, a, row_loss, input_kind),
         input_kind=input_kind, reduction=reduction, input_shape=x.shape, position_shape=position_shape,
         inputs=rows, log_probs=log_probs, logsumexp=lse, spread=spread, weighted_target=a, row_loss=row_loss,
         denominator=denominator if reduction == "mean" else torch.tensor(1.0, dtype=torch.float64),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 __all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ReportError", "Check", "Benchmark", "Run", "Regression",
-           "save", "load", "load_benchmarks", "regressions", "ratio_plot", "render"]
+           "save", "load", "load_benchmarks", "regressions", "ratio_plot", "render", "verdict_tables", "render_text"]
 
 SCHEMA = "ce-conformance-run/1"
 STATUSES = ("passed", "failed", "unsupported", "xfailed", "xpassed", "skipped")
@@ -54,8 +54,16 @@ class Check:
     ratio: Optional[float] = None
     error: Optional[float] = None
     bound: Optional[float] = None
+    exact_ratio: Optional[float] = None   # the worst error over the ``exact`` bound: the accuracy grade
+    exact_identity: str = ""
+    exact_worst: str = ""
     reason: str = ""
     duration: float = 0.0
+
+    @property
+    def probed(self) -> bool:
+        """An optional capability found missing while the check ran (not declared)."""
+        return self.status == "unsupported" and self.reason.startswith("unsupported (probed)")
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -104,7 +112,7 @@ class Run:
 
     def to_json(self) -> dict:
         checks = [dict(dataclasses.asdict(c), ratio=_json_number(c.ratio), error=_json_number(c.error),
-                       bound=_json_number(c.bound)) for c in self.checks]
+                       bound=_json_number(c.bound), exact_ratio=_json_number(c.exact_ratio)) for c in self.checks]
         return {"schema": SCHEMA, "environment": self.environment, "checks": checks,
                 "benchmarks": [dataclasses.asdict(b) for b in self.benchmarks]}
 
@@ -115,7 +123,8 @@ class Run:
                               f"found {data.get('schema') if isinstance(data, dict) else type(data).__name__!r})")
         try:
             checks = [Check(**dict(c, ratio=_number(c.get("ratio")), error=_number(c.get("error")),
-                                   bound=_number(c.get("bound")))) for c in data["checks"]]
+                                   bound=_number(c.get("bound")), exact_ratio=_number(c.get("exact_ratio"))))
+                      for c in data["checks"]]
         except TypeError as exc:
             raise ReportError(f"malformed check: {exc}") from None
         return cls(environment=data.get("environment", {}), checks=checks,
@@ -416,14 +425,89 @@ def ratio_plot(benchmarks: list, baseline: Optional[list] = None) -> str:
 # Rendering
 
 
+def _failures_by_identity(run: Run) -> Table:
+    """Failing checks grouped by the identity that failed, with the first one's message."""
+    groups = defaultdict(list)
+    for c in run.checks:
+        if c.status == "failed":
+            groups[c.identity or (c.reason.splitlines() or ["?"])[0][:60]].append(c)
+    rows = [[identity, str(len(checks)), checks[0].id, "\n".join(checks[0].reason.splitlines()[:2])]
+            for identity, checks in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+    return Table("Failures by identity", "", ["identity", "checks", "first", "message"], rows)
+
+
+def _gaps_table(run: Run) -> Table:
+    """Features reported as unsupported: declared by the implementation, or probed (torch said the
+    transform is not supported while the check ran), with the first reason."""
+    gaps = {}
+    for c in run.checks:
+        if c.status == "unsupported":
+            key = ("probed" if c.probed else "declared", c.reason.split(":")[1].split("(")[0].strip() if
+                   c.probed else c.reason.removeprefix("unsupported: ").split(" (declared")[0])
+            count, reason = gaps.get(key, (0, c.reason))
+            gaps[key] = (count + 1, reason)
+    rows = [[how, feature, str(count), reason.removeprefix(f"unsupported (probed): {feature}: ")[:160]
+             if how == "probed" else ""]
+            for (how, feature), (count, reason) in sorted(gaps.items())]
+    return Table("Unsupported features", "Declared in the implementation's `unsupported`, or probed: the check met "
+                 "torch's own not-supported error (--conformance-require FEATURE makes a probed gap fail).",
+                 ["how", "feature", "checks", "first reason"], rows)
+
+
+GRADE_WORST = 5
+
+
+def _grade(run: Run) -> Table:
+    """How many checks meet the ``exact`` (shift-invariant) bound, and the worst that do not."""
+    graded = [c for c in run.checks if c.exact_ratio is not None and c.status in ("passed", "xpassed", "failed")]
+    meeting = sum(c.exact_ratio <= 1 for c in graded)
+    worst = sorted((c for c in graded if c.exact_ratio > 1), key=lambda c: -c.exact_ratio)[:GRADE_WORST]
+    rows = [[c.id, c.exact_identity, c.exact_worst, f"{c.exact_ratio:.3g}",
+             "fused lse - z_y" if c.status != "failed" else "failed"] for c in worst]
+    return Table("Accuracy grade", f"{meeting} of {len(graded)} checks meet the exact (shift-invariant) bound; "
+                 "the grade never fails a run under the standard contract.",
+                 ["test", "identity", "worst element", "error/exact bound", "within"], rows)
+
+
 def _tables(run: Run, baseline: Optional[Run], found: list) -> list:
     tables = [_verdict_table(run)] + (_regression_tables(found) if found else []) + _accuracy_tables(run)
-    problems = _problems_table(run)
-    if problems.rows:
-        tables.append(problems)
+    for table in (_failures_by_identity(run), _problems_table(run), _gaps_table(run), _grade(run)):
+        if table.rows or table.title == "Accuracy grade":
+            tables.append(table)
     if run.benchmarks:
         tables.append(_benchmark_table(run, baseline))
     return tables
+
+
+def verdict_tables(run: Run) -> list:
+    """What the terminal shows at the end of a run: the verdict matrix, the failures by identity,
+    the unsupported features, the accuracy grade and the closest passes."""
+    closest = _accuracy_tables(run)[1]
+    closest = Table(closest.title, closest.note, closest.columns, closest.rows[:3])
+    return [t for t in (_verdict_table(run), _failures_by_identity(run), _gaps_table(run), _grade(run), closest)
+            if t.rows or t.title == "Accuracy grade"]
+
+
+def _cell_text(cell: Cell) -> str:
+    return str(cell[0] if isinstance(cell, tuple) else cell).replace("\n", " / ").removeprefix("conformance/suite/")
+
+
+def render_text(tables: list, width: int = 150) -> list[str]:
+    """Tables as aligned plain-text lines (each cell cut to fit)."""
+    lines = []
+    for table in tables:
+        lines.append(f"{table.title}: {table.note}" if table.note else f"{table.title}:")
+        if not table.rows:
+            continue
+        rows = [[_cell_text(c) for c in table.columns]] + [[_cell_text(c) for c in row] for row in table.rows]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(table.columns))]
+        widths[0] = min(widths[0], 80)   # the first column names the row: cut it last
+        while sum(widths) + 2 * len(widths) > width and max(widths[1:], default=0) > 8:
+            rest = widths[1:]
+            widths[1 + rest.index(max(rest))] -= 1
+        for row in rows:
+            lines.append("  " + "  ".join(cell[:w].ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return lines
 
 
 def _headline(run: Run, baseline: Optional[Run], found: list) -> tuple:

@@ -1,6 +1,6 @@
 """Hypothesis strategies for cross-entropy problems, built on ``cases``.
 
-A drawn problem is a ``cases.Case`` whose recipe holds its tensors as literals, so the
+A drawn problem is a ``cases.Problem`` on a case whose recipe holds its tensors as literals, so the
 reproduction snippet a failing check prints is exact and needs nothing but torch and the kit.
 Problems stay small (at most ``max_elements`` logits, 200 by default) to keep that snippet short;
 shrinking makes it shorter still.
@@ -19,12 +19,11 @@ Example::
     @given(data=st.data())
     def test_matches(judge, device, dtype, data):
         problem = data.draw(strategies.problems(dtype=dtype, device=device))
-        judge.conforms(problem.case, problem.options)
+        judge.conforms(problem)
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -32,10 +31,11 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from . import cases
-from .impl import FEATURES, LossOptions
+from .impl import FEATURES
 
-__all__ = ["LOGIT_FAMILIES", "TARGET_KINDS", "REDUCTIONS", "Problem", "shapes", "logits", "index_targets",
-           "ignore_indices", "probability_targets", "class_weights", "reductions", "label_smoothings", "problems"]
+__all__ = ["LOGIT_FAMILIES", "TARGET_KINDS", "REDUCTIONS", "Problem", "target_kind_of", "family_of", "shapes",
+           "logits", "index_targets", "ignore_indices", "probability_targets", "class_weights", "reductions",
+           "label_smoothings", "problems"]
 
 LOGIT_FAMILIES = ("moderate", "huge", "shifted", "masked", "confident")
 TARGET_KINDS = ("index", "probs")
@@ -227,22 +227,19 @@ def _dims(shape: Sequence[int]) -> str:
     return ", ".join(str(s) for s in shape)
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One drawn problem: the case (its recipe holds every tensor) and the loss options."""
+# A drawn problem is a ``cases.Problem``: the case, the loss options, a random upstream gradient
+# and the logit family in its note.
+Problem = cases.Problem
 
-    case: cases.Case
-    options: LossOptions
-    family: str
-    target_kind: str
 
-    def __repr__(self) -> str:
-        return (f"Problem({self.case.describe()}, family={self.family}, target={self.target_kind}, "
-                f"{self.options.describe()})")
+def target_kind_of(problem: cases.Problem) -> str:
+    """``"index"`` or ``"probs"``: the kind of target the problem was drawn with."""
+    return "probs" if problem.case.target.is_floating_point() else "index"
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
-        """Hypothesis prints drawn values with this (the recipe is in the failure message)."""
-        printer.text(repr(self))
+
+def family_of(problem: cases.Problem) -> str:
+    """The logit family the problem was drawn from (``LOGIT_FAMILIES``)."""
+    return problem.case.family.removeprefix("hypothesis-")
 
 
 def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str] = LOGIT_FAMILIES,
@@ -251,11 +248,13 @@ def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str]
     """Whole problems: shape, logits, target, weights, ignore_index, smoothing and reduction.
 
     ``exclude`` names features (``impl.FEATURES``) the problems must not use, typically an
-    implementation's ``unsupported`` set: ``weight``, ``ignore_index``, ``label_smoothing``,
-    ``probability_target``, ``kdim``, ``reduction_none``, ``reduction_sum``; other names are
-    accepted and do not affect the draw. ``masked`` and ``confident`` rows take index targets;
-    ``masked`` rows take no label smoothing (a smoothed target puts weight on a ``-inf`` logit:
-    the loss is infinite). ``dominant_class`` is passed to ``logits``.
+    implementation's ``unsupported`` set: ``weight``, ``ignore_index``, ``custom_ignore_index``
+    (only -100 is drawn), ``label_smoothing``, ``probability_target``, ``kdim``, ``empty_batch``,
+    ``reduction_none``, ``reduction_sum``; other names are accepted and do not affect the draw.
+    ``masked`` and ``confident`` rows take index targets; ``masked`` rows take no label smoothing
+    (a smoothed target puts weight on a ``-inf`` logit: the loss is infinite). ``dominant_class``
+    is passed to ``logits``. Each problem carries a random upstream gradient and its logit family
+    in its note (``family_of``; ``target_kind_of`` tells an index from a probability target).
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise InvalidArgument(f"dtype={dtype!r}: expected a floating torch.dtype")
@@ -282,7 +281,8 @@ def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str]
         families = tuple(f for f in families if f != "confident")
     excluded_reductions = [r for r in ("none", "sum") if f"reduction_{r}" in exclude]
     name = cases.dtype_name(dtype)
-    shape_strategy = shapes(max_elements=max_elements, max_extra_dims=0 if "kdim" in exclude else 2)
+    shape_strategy = shapes(max_elements=max_elements, min_batch=1 if "empty_batch" in exclude else 0,
+                            max_extra_dims=0 if "kdim" in exclude else 2)
 
     @st.composite
     def draw_problem(draw) -> Problem:
@@ -294,8 +294,8 @@ def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str]
         ignore_index = -100
         if target_kind == "index":
             ignoring = "ignore_index" not in exclude and draw(st.booleans())
-            if ignoring:
-                ignore_index = draw(ignore_indices(c))
+            if ignoring:   # -100 alone where only the default ignore_index is supported
+                ignore_index = -100 if "custom_ignore_index" in exclude else draw(ignore_indices(c))
             target = draw(index_targets(shape, ignore_index=ignore_index if ignoring else None))
             values = draw(logits(shape, family=family, target=target, ignore_index=ignore_index,
                                  dominant_class=dominant_class))
@@ -316,9 +316,8 @@ def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str]
         smoothing = 0.0
         if family != "masked" and "label_smoothing" not in exclude:
             smoothing = draw(label_smoothings())
-        options = LossOptions(ignore_index=ignore_index, reduction=draw(reductions(exclude=excluded_reductions)),
-                              label_smoothing=smoothing)
         case = cases.from_recipe(f"hypothesis-{family}", "\n".join(lines), device)
-        return Problem(case=case, options=options, family=family, target_kind=target_kind)
+        return cases.problem(case, ignore_index=ignore_index, reduction=draw(reductions(exclude=excluded_reductions)),
+                             label_smoothing=smoothing, upstream="random", note=f", hypothesis family={family}")
 
     return draw_problem()

@@ -5,18 +5,44 @@ of the dtype it returns, ``n`` the number of classes, ``N`` the number of positi
 reference (``reference.Evaluation``) is exact float64 arithmetic on the *same rounded inputs*
 the implementation saw, so input rounding never enters a bound.
 
-Contract ``strict`` (the default):
+Three contracts (``CONTRACTS``); the judge (``checks.Judge``) applies the run's contract to every
+comparison and also grades every comparison against ``exact``:
+
+``standard`` (the default): the error of the standard fused algorithm, the one every fused kernel
+  uses (Liger-Kernel, flash-attention, unsloth, Transformer Engine: FIELD.md): a logsumexp
+  formed as one number ``lse = m + log s`` at float32-or-better precision, and the loss
+  ``A lse - sum_c a_c z_c`` (``lse - z_y`` for a plain index target), the gradient from
+  ``exp(z_j - lse)``. It is ``exact``'s bound plus the terms that algorithm adds, at the
+  *compute* precision (``u = u(float32)`` for half inputs):
+    * value: ``lse`` rounds once and enters ``A`` times, ``A lse`` rounds, the ``n`` products
+      ``a_c z_c`` and their sum round (``n u sum_c |a_c z_c|``), and ``a_c`` itself was formed
+      in the compute precision (one more ``u`` on each product):
+      ``u (3 A |lse| + (n + 1) sum_c |a_c z_c|)`` per position;
+    * gradient: ``exp(z_j - lse)`` with ``lse`` off by ``u |lse|`` is relatively off by
+      ``expm1(u |lse|)`` (the rounding of ``z_j - lse`` itself is ``u |log p_j|``, already in
+      ``exact``); since ``lse >= m`` in any rounding, ``exp(z_j - lse) <= 1``: the error of a
+      probability never exceeds 1, and the bound is capped there.
+  A half-precision result is still the float32 computation rounded to the dtype, so it fails
+  every rounding to the half dtype of a quantity larger than the result: torch's own CPU half
+  loss on confident rows, a bf16 target-gradient cancellation (Liger#1268), a logsumexp rounded
+  to bf16 before the subtraction.
+
+``exact``: the shift-invariant bound below (the kit's contract before ``standard``): no ``|m|``
+  or ``|lse|`` term, so a kernel that forms ``lse`` and subtracts ``z_y`` afterwards fails on
+  shifted and confident rows. Every check records its error over this bound: the accuracy grade.
   * float64 and float32 implementations compute in their own dtype (``u = u_o``);
   * float16 and bfloat16 implementations must be *as accurate as computing in float32 and
     rounding to the dtype* (``u = u(float32)``), where the rounding may happen up to
     ``HALF_PRECISION_ROUNDINGS`` times, each to a quantity no larger than the result: the
     op-by-op composition torch's CPU kernels use for smoothing and weights (nll, smoothing term,
-    their scaling and sum, each rounded) costs ``u_o |result|`` per step. Rounding anything
-    *larger* than the result, such as the logsumexp of a confident row, is not allowed: that is
-    the cancellation that makes torch's CPU bf16 loss return -0.0 where the true loss is 4e-4
-    (FIELD.md), and no count of roundings of the result's size covers it.
+    their scaling and sum, each rounded) costs ``u_o |result|`` per step.
 
-Forward error of one position, logits input (loss = sum_c a_c (lse - z_c)):
+``parity``: a half-precision value or gradient passes if its error is no worse than
+  ``PARITY_FACTOR`` times torch's own error on the same device and dtype, plus the rounding of
+  the result (for users who only need parity with torch); every other comparison is judged by
+  ``standard``.
+
+Forward error of one position, logits input (loss = sum_c a_c (lse - z_c)), ``exact``:
   * ``log s = log(sum_j exp(z_j - m))``: each ``z_j - m`` rounds (error ``u|z_j - m|``, which
     enters ``log s`` weighted by ``p_j``: ``u * spread``); the sum of ``n`` positive terms is
     relatively accurate to ``(n - 1) u`` in the worst case of any summation order (Higham,
@@ -24,9 +50,6 @@ Forward error of one position, logits input (loss = sum_c a_c (lse - z_c)):
     rounds ``u log s``. Hence ``d = u (log s + spread + n + 4)``.
   * each term ``a_c ((m - z_c) + log s)`` rounds twice and the ``n`` terms are summed: the error
     is at most ``A d + (n + 2) u sum_c |a_c log p_c|`` with ``A = sum_c a_c``.
-  The bound is shift-invariant on purpose: it has no ``|m|`` or ``|lse|`` term, so a kernel that
-  forms ``lse = m + log s`` and subtracts ``z_y`` afterwards (losing ``log s`` under a large
-  common shift, or rounding ``lse`` to a half dtype) fails on shifted and confident rows.
   log-probability input: ``(n + 1) u sum_c |a_c log p_c|``; probability input: the log adds
   ``u`` absolute per unit weight, ``(n + 2) u sum_c |a_c log p_c| + 2 u A``.
 
@@ -48,24 +71,28 @@ Gradient, logits input (g_j = s (A p_j - a_j), ``s`` the upstream gradient over 
   Neither covers rounding ``p_y`` near 1 before subtracting the one-hot target: in a confident
   row ``|log p_y|`` is tiny, so the target component's cancellation (Liger#1268) still fails.
 
-Every bound adds an underflow floor: the dtype's smallest subnormal plus float32's smallest
-normal (kernels may flush subnormals in float32), times the magnitude of the scale.
+Every bound adds an underflow floor: each rounding of a result in the subnormal range errs by
+up to half the dtype's smallest subnormal, and a result may round as often as the contract
+allows (twice in float32/float64, ``HALF_PRECISION_ROUNDINGS`` times in a half dtype, e.g.
+``fl16(1.75 * fl16(p / N))``); plus float32's smallest normal (kernels may flush subnormals in
+float32); all times the magnitude of the upstream gradient where it scales the result.
 
-Contract ``parity``: an implementation passes if its error is no worse than
-``PARITY_FACTOR`` times torch's own error on the same device and dtype, plus the strict bound of
-an exactly-rounded result (for users who only need parity with torch).
+Derived identities (Hessian-vector products, directional derivatives, sums of two bounds, the
+document's paths, the XOR trajectory) are bounded from these, each derivation at its function.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .reference import Evaluation
+from .reference import Evaluation, to_rows
 
-__all__ = ["CONTRACTS", "PARITY_FACTOR", "unit_roundoff", "compute_dtype", "value_bound", "grad_bound",
-           "underflow_floor"]
+__all__ = ["CONTRACTS", "DEFAULT_CONTRACT", "EXACT", "PARITY_FACTOR", "unit_roundoff", "compute_dtype",
+           "underflow_floor", "value_bound", "grad_bound", "parity_bound", "BOUNDS", "bound"]
 
-CONTRACTS = ("strict", "parity")
+CONTRACTS = ("standard", "exact", "parity")
+DEFAULT_CONTRACT = "standard"
+EXACT = "exact"
 
 # Parity mode: an implementation may be up to twice as far from the truth as torch on the same
 # device and dtype (two independent roundings of the same size), never more.
@@ -78,6 +105,11 @@ HALF_PRECISION_ROUNDINGS = 4
 # Roundings of a saved log-probability in a half dtype (its value and the row statistic it is
 # formed from; measured on torch's CPU bf16 log_softmax for 131073 classes).
 SAVED_LOG_PROB_ROUNDINGS = 2
+# XOR trajectory (test_document): the two training runs share every operation but the loss. An
+# error made at step s stays in the weights, so step t is judged against the largest step bound
+# so far, and SGD's contraction near the minimum keeps the accumulated drift to a few such steps
+# (measured: at most 2 roundings of the early loss in every dtype). We allow 8.
+XOR_TRAJECTORY_BOUNDS = 8
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -86,41 +118,63 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The precision the strict contract expects an implementation to compute in."""
+    """The precision an implementation is expected to compute in: float32 for half inputs."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _is_half(dtype: torch.dtype) -> bool:
+    return compute_dtype(dtype) != dtype
+
+
 def underflow_floor(dtype: torch.dtype) -> float:
-    """Absolute error allowed for results that underflow: subnormal spacing and float32 flush-to-zero."""
+    """Absolute error allowed for results that underflow (see the module docstring)."""
     info = torch.finfo(dtype)
-    return info.tiny * info.eps + torch.finfo(torch.float32).tiny
+    roundings = HALF_PRECISION_ROUNDINGS if _is_half(dtype) else 2
+    return roundings * info.tiny * info.eps / 2 + torch.finfo(torch.float32).tiny
 
 
-def _abs_sum(a: Tensor, log_probs: Tensor) -> Tensor:
-    return torch.where(a == 0, torch.zeros_like(a), (a * log_probs).abs()).sum(1)
+def _check_contract(contract: str) -> None:
+    if contract not in CONTRACTS:
+        raise ValueError(f"contract={contract!r}: expected one of {CONTRACTS}")
+
+
+def _abs_products(a: Tensor, values: Tensor) -> Tensor:
+    """``sum_c |a_c v_c|`` per row, with ``0 * inf`` taken as 0."""
+    return torch.where(a == 0, torch.zeros_like(a), (a * values).abs()).sum(1)
+
+
+def _log_sum(ev: Evaluation) -> Tensor:
+    return (ev.logsumexp - ev.inputs.amax(1)).nan_to_num(0.0, 0.0, 0.0) if ev.num_classes else ev.logsumexp
 
 
 def _lse_error(ev: Evaluation, u: float) -> Tensor:
     """Error of ``log p_j = (z_j - m) - log s`` apart from its own last rounding (shift-invariant)."""
-    log_s = (ev.logsumexp - ev.inputs.amax(1)).nan_to_num(0.0, 0.0, 0.0) if ev.num_classes else ev.logsumexp
-    return u * (log_s + ev.spread + ev.num_classes + _EXP_LOG_ULPS)
+    return u * (_log_sum(ev) + ev.spread + ev.num_classes + _EXP_LOG_ULPS)
 
 
-def _row_value_error(ev: Evaluation, u: float) -> Tensor:
+def _abs_lse(ev: Evaluation) -> Tensor:
+    return ev.logsumexp.abs().nan_to_num(0.0, 0.0, 0.0)
+
+
+def _row_value_error(ev: Evaluation, u: float, contract: str) -> Tensor:
     """Forward error of each position's loss when computed at unit roundoff ``u``."""
     a, n = ev.weighted_target, ev.num_classes
-    terms = _abs_sum(a, ev.log_probs)
+    terms = _abs_products(a, ev.log_probs)
     if ev.input_kind == "logits":
-        return a.sum(1) * _lse_error(ev, u) + (n + 2) * u * terms
+        error = a.sum(1) * _lse_error(ev, u) + (n + 2) * u * terms
+        if contract != EXACT:
+            error = error + u * (3 * a.sum(1) * _abs_lse(ev) + (n + 1) * _abs_products(a, ev.inputs))
+        return error
     if ev.input_kind == "log_probs":
         return (n + 1) * u * terms
     return (n + 2) * u * terms + 2 * u * a.sum(1)
 
 
-def value_bound(ev: Evaluation, dtype: torch.dtype) -> Tensor:
+def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
     """Largest acceptable ``|loss - reference|``, shaped like the reduced loss."""
+    _check_contract(contract)
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
-    row_err = _row_value_error(ev, u)
+    row_err = _row_value_error(ev, u, contract)
     expected = ev.loss.abs()
     if ev.reduction == "none":
         compute = row_err.reshape(expected.shape)
@@ -129,17 +183,24 @@ def value_bound(ev: Evaluation, dtype: torch.dtype) -> Tensor:
         compute = row_err.sum() + (n_rows + 1) * u * ev.row_loss.abs().sum()
         if ev.reduction == "mean":
             compute = compute / ev.denominator.abs() + (n_rows + 2) * u * expected
-    rounding = HALF_PRECISION_ROUNDINGS * u_o * expected if u_o > u else torch.zeros_like(expected)
+    rounding = HALF_PRECISION_ROUNDINGS * u_o * expected if _is_half(dtype) else torch.zeros_like(expected)
     return compute + rounding + underflow_floor(dtype)
 
 
-def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype) -> Tensor:
+def _rows_shaped_like(bound_rows: Tensor, g: Tensor) -> Tensor:
+    if g.dim() > 1:
+        return bound_rows.reshape(g.movedim(1, -1).shape).movedim(-1, 1)
+    return bound_rows.reshape(g.shape)
+
+
+def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
     """Largest acceptable ``|grad - reference grad|`` per input element, shaped like the input."""
+    _check_contract(contract)
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
     s = ev.upstream_rows(grad_output).abs()[:, None]
     a = ev.weighted_target
     g = ev.grad(grad_output)
-    g_rows = g.movedim(1, -1).reshape(a.shape) if g.dim() > 1 else g.reshape(a.shape)
+    g_rows = to_rows(g, class_dim=True)
     divisor_err = (ev.row_loss.shape[0] + 1) * u if ev.reduction == "mean" else 0.0
     if ev.input_kind == "logits":
         A = a.sum(1, keepdim=True)
@@ -147,19 +208,156 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype) -> Tenso
         z_minus_m = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs().nan_to_num(0.0, 0.0, 0.0)
         rel_p = _lse_error(ev, u)[:, None] + u * (z_minus_m + ev.log_probs.abs().nan_to_num(0.0, 0.0, 0.0)) \
             + _EXP_LOG_ULPS * u
+        if contract != EXACT:
+            rel_p = rel_p + torch.expm1(u * _abs_lse(ev))[:, None]
         p_err = torch.where(p == 0, torch.zeros_like(p), p * rel_p)
+        if contract != EXACT:
+            p_err = p_err.clamp(max=1.0)
         compute = s * (A * p_err + 3 * u * (A * p + a.abs()))
     else:
         compute = 4 * u * g_rows.abs()
     compute = compute + (2 * u + divisor_err) * g_rows.abs()
-    if u_o > u:
+    if _is_half(dtype):
         compute = compute + HALF_PRECISION_ROUNDINGS * u_o * g_rows.abs()
         unrepresentable = a.to(dtype).to(torch.float64) != a
         compute = compute + HALF_PRECISION_ROUNDINGS * u_o * s * torch.where(unrepresentable, a.abs(), 0.0)
         if ev.input_kind == "logits":
             saved = s * a.sum(1, keepdim=True) * p * ev.log_probs.abs()
             compute = compute + SAVED_LOG_PROB_ROUNDINGS * u_o * torch.where(p == 0, torch.zeros_like(p), saved)
-    bound = compute + underflow_floor(dtype) * torch.clamp(s, min=1.0)
-    if g.dim() > 1:
-        return bound.reshape(g.movedim(1, -1).shape).movedim(-1, 1)
-    return bound.reshape(g.shape)
+    upstream = ev.upstream_rows(grad_output) * (ev.denominator if bool(ev.denominator != 0) else 1.0)
+    bound = compute + underflow_floor(dtype) * upstream.abs().clamp(min=1.0)[:, None]
+    return _rows_shaped_like(bound, g)
+
+
+def parity_bound(torch_result: Tensor, expected: Tensor, dtype: torch.dtype) -> Tensor:
+    """``parity``: ``PARITY_FACTOR`` times torch's own error, plus the rounding of the result."""
+    torch_error = (torch_result.detach().to("cpu", torch.float64) - expected).abs()
+    return PARITY_FACTOR * torch_error + HALF_PRECISION_ROUNDINGS * unit_roundoff(dtype) * expected.abs() \
+        + underflow_floor(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounds of derived identities, each from the value or gradient bound.
+
+
+def value_pair_bound(ev: Evaluation, other: Evaluation, dtype: torch.dtype, contract: str) -> Tensor:
+    """Two evaluations of the same mathematical problem (a shifted row, a one-hot target): each
+    may err by its own bound, so they may differ by the sum."""
+    return value_bound(ev, dtype, contract) + value_bound(other, dtype, contract)
+
+
+def grad_pair_bound(ev: Evaluation, other: Evaluation, grad_output: Tensor, dtype: torch.dtype,
+                    contract: str) -> Tensor:
+    return grad_bound(ev, grad_output, dtype, contract) + grad_bound(other, grad_output, dtype, contract)
+
+
+def row_sum_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract: str) -> Tensor:
+    """A row of ``softmax - y`` sums to zero: its computed sum errs by at most the sum of its
+    elements' bounds (the float64 summation of the check itself is exact to far below them)."""
+    return to_rows(grad_bound(ev, grad_output, dtype, contract), class_dim=True).sum(1)
+
+
+def document_path_bound(ev: Evaluation, dtype: torch.dtype, contract: str, *, logs_rounded_probability: bool) -> Tensor:
+    """The seed document's paths in the case's dtype. ``log(softmax(z))`` takes the log of a
+    probability rounded to the dtype: one rounding of ``p`` is ``u`` absolute in log space, per
+    position summed (``sum``) or averaged (``mean``, ``none``)."""
+    bound = value_bound(ev, dtype, contract)
+    if logs_rounded_probability:
+        rows = ev.row_loss.shape[0] if ev.reduction == "sum" else 1
+        bound = bound + unit_roundoff(dtype) * rows
+    return bound
+
+
+def soft_target_gradient_bound(row_ev: Evaluation, dtype: torch.dtype, contract: str) -> Tensor:
+    """``d loss / d target = -log softmax(z)`` (reduction 'sum', unit upstream): each element is a
+    position's log-probability, whose error is at most the position's loss bound (``row_ev`` is
+    the same problem with reduction 'none'), plus its rounding to the dtype (twice: formed and
+    returned)."""
+    per_position = value_bound(row_ev, dtype, contract).reshape(-1, 1)
+    rows = per_position + 2 * unit_roundoff(dtype) * row_ev.log_probs.abs()
+    return _rows_shaped_like(rows, torch.empty(row_ev.input_shape))
+
+
+def xor_trajectory_bound(step_evaluations: list, dtype: torch.dtype, contract: str) -> Tensor:
+    """Step ``t`` of the XOR training run is judged against the largest step bound so far, times
+    ``XOR_TRAJECTORY_BOUNDS`` (see there)."""
+    steps = torch.stack([value_bound(ev, dtype, contract) for ev in step_evaluations])
+    return XOR_TRAJECTORY_BOUNDS * steps.cummax(0).values
+
+
+def hessian_vector_bound(ev: Evaluation, grad_output: Tensor, v: Tensor, dtype: torch.dtype, contract: str) -> Tensor:
+    """Largest acceptable ``|Hv - reference Hv|`` per element, from the gradient bound.
+
+    Derivation. Any kernel forms ``Hv_j = q_j v_j - q_j (p.v)`` with ``q_j = s A p_j``, the
+    gradient's own ``s A p_j`` term, whose error ``grad_bound`` already bounds by ``E_j`` (it
+    covers the error of ``p_j``, of forming ``s A p_j`` and the divisor). Then
+        err(q_j v_j)          <= E_j |v_j| + u |q_j v_j|
+        err(p.v) |q_j|        <= p_j sum_k E_k |v_k| + (C + 1) u |q_j| sum_k p_k |v_k|
+                                 (p_k's error is E_k / |s A|; C products summed, Higham 3.1)
+        err(q_j (p.v))        <= E_j |p.v| + that + u |q_j (p.v)|
+    and the subtraction rounds once more: ``+ u (|q_j v_j| + |q_j (p.v)|)``. Summing,
+        bound_j = E_j (|v_j| + |p.v|) + p_j sum_k E_k |v_k|
+                  + u |q_j| (2 |v_j| + 2 |p.v| + (C + 1) sum_k p_k |v_k|)
+    with ``u`` the unit roundoff of ``dtype`` (float64 or float32 only).
+    """
+    u = unit_roundoff(dtype)
+    E = to_rows(grad_bound(ev, grad_output, dtype, contract), class_dim=True)
+    v = to_rows(v.detach().to("cpu", torch.float64), class_dim=True)
+    p = ev.log_probs.exp()
+    q = (ev.upstream_rows(grad_output) * ev.weighted_target.sum(1)).abs()[:, None] * p
+    pv = (p * v).sum(1, keepdim=True).abs()
+    p_abs_v = (p * v.abs()).sum(1, keepdim=True)
+    bound = E * (v.abs() + pv) + p * (E * v.abs()).sum(1, keepdim=True) \
+        + u * q * (2 * v.abs() + 2 * pv + (ev.num_classes + 1) * p_abs_v)
+    return bound.reshape(ev.input_shape)
+
+
+def _unit_upstream(ev: Evaluation) -> Tensor:
+    return torch.ones(ev.position_shape if ev.reduction == "none" else (), dtype=torch.float64)
+
+
+def directional_bound(ev: Evaluation, tangent: Tensor, dtype: torch.dtype, contract: str) -> Tensor:
+    """Largest acceptable ``|<g, t> - reference|`` per output element, from the gradient bound.
+
+    Derivation. Whatever the formulation (``sum_c g_c t_c`` or ``s (A p.t - a.t)``), a position's
+    directional derivative is a sum of at most ``2C`` products whose magnitudes are bounded by
+    ``s (A p_c + a_c) |t_c|``; ``p_c`` enters through ``s A p_c``, whose error the gradient bound
+    ``E_c`` covers. Hence per position
+        sum_c E_c |t_c| + (2C + 2) u sum_c s (A p_c + a_c) |t_c|       (Higham 3.1)
+    and a sum or mean over ``M`` positions adds ``(M + 1) u sum_i |<g, t>_i|``.
+    """
+    u = unit_roundoff(dtype)
+    ones = _unit_upstream(ev)
+    E = to_rows(grad_bound(ev, ones, dtype, contract), class_dim=True)
+    t = to_rows(tangent.detach().to("cpu", torch.float64), class_dim=True)
+    a = ev.weighted_target
+    s = ev.upstream_rows(ones).abs()[:, None]
+    sizes = s * (a.sum(1, keepdim=True) * ev.log_probs.exp() + a)
+    per_position = (E * t.abs()).sum(1) + (2 * ev.num_classes + 2) * u * (sizes * t.abs()).sum(1)
+    if ev.reduction == "none":
+        return per_position.reshape(ev.position_shape)
+    exact = (to_rows(ev.grad(ones), class_dim=True) * t).sum(1)
+    return per_position.sum() + (exact.numel() + 1) * u * exact.abs().sum()
+
+
+BOUNDS = {
+    "value": value_bound,
+    "gradient": grad_bound,
+    "value pair": value_pair_bound,
+    "gradient pair": grad_pair_bound,
+    "gradient row sums": row_sum_bound,
+    "document path": document_path_bound,
+    "soft target gradient": soft_target_gradient_bound,
+    "xor trajectory": xor_trajectory_bound,
+    "hessian-vector product": hessian_vector_bound,
+    "directional derivative": directional_bound,
+}
+
+
+def bound(kind: str, contract: str, dtype: torch.dtype, **terms) -> Tensor:
+    """The bound named ``kind`` under ``contract`` (``parity`` outside the half-precision value and
+    gradient comparisons the judge makes itself is ``standard``)."""
+    _check_contract(contract)
+    if kind not in BOUNDS:
+        raise ValueError(f"bound kind {kind!r}: expected one of {sorted(BOUNDS)}")
+    return BOUNDS[kind](dtype=dtype, contract=DEFAULT_CONTRACT if contract == "parity" else contract, **terms)

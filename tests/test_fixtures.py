@@ -14,10 +14,14 @@ CORRECT = {
     "online_logsumexp": (),
     "logsoftmax_nll": (f"--conformance-xfail={FIXTURES / 'correct' / 'logsoftmax_nll.xfail'}",),
     "module_class": (),
-    "nll_log_probs": (),
+    "nll_log_probs": (f"--conformance-xfail={FIXTURES / 'correct' / 'nll_log_probs.xfail'}",),
     "probs_input": (),
     "all_ignored_zero": (),
     "declares_unsupported": (),
+    "fused_lse": (),
+    "fused_online_chunked": (),
+    "float64_torch_wrapper": (),
+    "declares_no_weight": (),
 }
 
 # broken fixture -> the suite test that must catch it
@@ -64,6 +68,19 @@ CAUGHT_BY = {
     "double_backward_wrong": "test_hessian_vector_product",
     "half_accumulation": "test_large_class_counts",
     "output_buffer_reused": "test_outputs_are_not_reused_between_calls",
+    "block_remainder_dropped": "test_class_count_boundaries",
+    "per_chunk_mean": "test_ignored_rows_unevenly_spread",
+    "grid_limit_wraps": "test_row_count_boundaries",
+    "narrow_labels": "test_labels_across_index_widths",
+    "backward_rescales_in_place": "test_backward_twice_gives_the_same_gradient",
+    "mutates_upstream": "test_caller_tensors_unchanged",
+    "mutates_weight": "test_caller_tensors_unchanged",
+    "stale_cache": "test_in_place_change_gives_a_new_answer",
+    "no_grad_fast_path": "test_no_grad_and_inference_mode_agree",
+    "ignore_index_out_of_range_raises": "test_ignore_index_anywhere",
+    "strided_target_misread": "test_target_layouts",
+    "threads_remainder": "test_values_and_gradients_with_threads",
+    "wide_block_neg_inf_nan": "test_wide_masked_prefix",
 }
 
 
@@ -80,3 +97,36 @@ def test_broken_fixture_is_caught_by_its_check(suite, name, check):
     failed = [line for line in result.outlines if line.startswith("FAILED")]
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
     assert any(f"::{check}[" in line for line in failed), failed
+
+
+def _failed(result) -> list[str]:
+    return [line.split(" ")[1].partition("::")[2] for line in result.outlines if line.startswith("FAILED")]
+
+
+def test_fused_algorithm_fails_only_the_shift_checks_under_exact(suite):
+    """The default contract admits lse - z_y; `exact` refuses it where a shift makes |lse| large,
+    and names the contract in the message."""
+    result = suite("--impl=fixtures.correct.fused_lse", "--conformance-contract=exact", "-rf", "-k",
+                   "test_large_common_shift or test_logits_near_largest_finite or test_value_matches_truth")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    failed = _failed(result)
+    assert "test_large_common_shift[cpu-float32-1e+30]" in failed
+    assert all(test_id.startswith(("test_large_common_shift", "test_logits_near_largest_finite"))
+               for test_id in failed), failed
+    result.stdout.fnmatch_lines(["*beyond the exact bound*"])
+
+
+def test_fused_algorithm_shows_probed_gaps_and_accuracy_grade(suite):
+    result = suite("--impl=fixtures.correct.fused_lse", "-k", "test_large_common_shift or test_vmap")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["Unsupported features:*", "*probed*vmap*", "Accuracy grade: * of * checks meet*",
+                                 "*test_large_common_shift[[]cpu-float64-1e+30[]]*actual=*fused lse - z_y*"])
+
+
+def test_a_loss_that_overwrites_its_logits_fails_only_the_mutation_checks(suite):
+    """The truth comes from a pristine copy: Liger's in-place gradient does not make every value
+    and gradient check fail, only the checks that the caller's tensors stay unmodified."""
+    result = suite("--impl=fixtures.broken.grad_into_input", "-rf", "-k",
+                   "test_value or test_gradient_is or test_inputs_never_modified or test_noncontiguous_logits")
+    failed = {test_id.partition("[")[0] for test_id in _failed(result)}
+    assert failed == {"test_inputs_never_modified", "test_noncontiguous_logits"}, failed

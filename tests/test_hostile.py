@@ -107,3 +107,32 @@ def test_a_hang_in_native_code_ends_the_run_in_bounded_time(pytester, monkeypatc
     assert "hangs_in_native_code.py" in result.stderr.str()
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     assert time.monotonic() - started < 60
+
+
+CRASH_SELECTION = ("-k", "test_k_dimensional and float64")
+CRASHING_CHECK = "test_k_dimensional[cpu-float64-sum-2x1x3]"
+
+
+def test_a_crash_names_the_check_on_stderr(pytester, monkeypatch):
+    """A segfault ends the process, but the fatal-error traceback names the check and its parameters."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    result = pytester.runpytest_subprocess(*SUITE, "--impl=fixtures.hostile.segfaults", *CRASH_SELECTION, timeout=120)
+    assert result.ret != 0
+    assert f"test_features.py::{CRASHING_CHECK}>" in result.stderr.str()
+
+
+def test_a_crash_under_xdist_fails_its_check_and_the_run_completes(pytester, monkeypatch):
+    """With -n 2 the crashing check fails by name, its worker is replaced, the other checks run,
+    and the verdict and the report are complete."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    report = pytester.path / "run.json"
+    result = pytester.runpytest_subprocess(*SUITE, "--impl=fixtures.hostile.segfaults", "-n", "2",
+                                           f"--conformance-report={report}", *CRASH_SELECTION, timeout=180)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    checks = {check["id"].partition("::")[2]: check for check in json.loads(report.read_text())["checks"]}
+    failed = {test_id for test_id, check in checks.items() if check["status"] == "failed"}
+    assert failed == {CRASHING_CHECK}
+    assert "crashed the process" in checks[CRASHING_CHECK]["reason"]
+    assert sum(check["status"] == "passed" for check in checks.values()) >= 10
+    result.stdout.fnmatch_lines(["*process crash*1*test_k_dimensional*"])

@@ -62,8 +62,9 @@ cross_entropy.unsupported = {"float16"}
     result = _run(pytester, "--impl=partial_impl", "-k", "test_value_matches_truth", "-rs")
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] == 27 and outcomes["skipped"] == 9
-    result.stdout.fnmatch_lines(["*value*float16*unsupported (9 unsupported)*",
-                                 "*unsupported (declared): float16 (float16 inputs): 9 checks*"])
+    result.stdout.fnmatch_lines(["*feature*float64 cpu*float32 cpu*float16 cpu*",
+                                 "*value*pass 9*pass 9*unsupported*",
+                                 "Unsupported features:*", "*declared*float16*9*"])
     result.stdout.fnmatch_lines(["*SKIPPED*unsupported: float16 (declared by partial_impl:cross_entropy)*"])
 
 
@@ -77,7 +78,7 @@ def cross_entropy(input, target, **options):
     result = _run(pytester, "--impl=biased_impl", "-k", "test_value_matches_truth and float64 and none and 7x3")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([
-        "*[[]value[]] biased_impl:cross_entropy differs from the float64 reference beyond the bound*",
+        "*[[]value[]] biased_impl:cross_entropy differs from the float64 reference beyond the standard bound*",
         "*params: case=well_conditioned shape=7x3 dtype=float64 device=cpu, reduction='none'*",
         "*worst element (*,): actual=* expected=* error=* bound=* (error/bound=*)*",
         "*reproduce:*",
@@ -91,3 +92,54 @@ def test_default_run_pins_torch_failures_as_strict_xfail(pytester):
     assert result.ret == pytest.ExitCode.OK
     assert outcomes["xfailed"] == 4
     result.stdout.fnmatch_lines(["*XFAIL*confident_rows_value*bfloat16-10*logsumexp rounded to the dtype*"])
+
+
+FUNCTION_WITHOUT_TRANSFORMS = """
+import torch
+
+class Loss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
+        x = input.detach().requires_grad_()
+        with torch.enable_grad():
+            loss = torch.nn.functional.cross_entropy(x, target, weight=weight, ignore_index=ignore_index,
+                                                     reduction=reduction, label_smoothing=label_smoothing)
+        ctx.save_for_backward(x, loss)
+        return loss.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, loss = ctx.saved_tensors
+        return torch.autograd.grad(loss, x, grad)[0], None, None, None, None, None
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    return Loss.apply(input, target, weight, ignore_index, reduction, label_smoothing)
+"""
+
+
+def test_missing_transforms_are_probed_and_reported(pytester):
+    """An autograd.Function without setup_context, vmap or jvp: torch's own not-supported errors
+    make those checks unsupported (probed), listed with the first line of the error."""
+    pytester.makepyfile(no_transforms=FUNCTION_WITHOUT_TRANSFORMS)
+    pytester.syspathinsert()
+    result = _run(pytester, "--impl=no_transforms", "-k", "test_transforms and float64 and none", "-rs")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["Unsupported features:*", "*probed*forward_ad*2*torch.func.jvp raised*",
+                                 "*probed*vmap*5*",
+                                 "*SKIPPED*unsupported (probed): forward_ad: torch.func.jvp raised RuntimeError*",
+                                 "*SKIPPED*unsupported (probed): vmap: torch.func.vmap*setup_context*"])
+
+
+def test_required_capability_fails_instead(pytester):
+    pytester.makepyfile(no_transforms=FUNCTION_WITHOUT_TRANSFORMS)
+    pytester.syspathinsert()
+    result = _run(pytester, "--impl=no_transforms", "--conformance-require=vmap",
+                  "-k", "test_vmap and float64 and none and plain")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*required feature 'vmap' is not supported*"])
+
+
+def test_require_names_only_probed_features(pytester):
+    result = _run(pytester, "--conformance-require=weight", "-k", "test_value")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--conformance-require='weight': expected one of double_backward*"])

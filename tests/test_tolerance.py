@@ -5,13 +5,13 @@ from conformance import tolerance
 from conformance.reference import evaluate
 
 
-def test_value_bound_is_shift_invariant():
-    """No |m| or |lse| term: shifting a row by 1e30 leaves the float64 bound unchanged."""
+def test_exact_value_bound_is_shift_invariant():
+    """No |m| or |lse| term: shifting a row by 1e3 leaves the exact bound unchanged."""
     torch.manual_seed(0)
     z = torch.randn(4, 8, dtype=torch.float64)
     y = torch.randint(8, (4,))
-    plain = tolerance.value_bound(evaluate(z, y, reduction="none"), torch.float32)
-    shifted = tolerance.value_bound(evaluate(z + 1e3, y, reduction="none"), torch.float32)
+    plain = tolerance.value_bound(evaluate(z, y, reduction="none"), torch.float32, "exact")
+    shifted = tolerance.value_bound(evaluate(z + 1e3, y, reduction="none"), torch.float32, "exact")
     torch.testing.assert_close(plain, shifted, rtol=1e-3, atol=0)
 
 
@@ -19,7 +19,7 @@ def test_half_precision_bound_admits_one_rounding_but_not_a_lost_confident_loss(
     z = torch.tensor([[0.0, 0.0, 10.0]], dtype=torch.float64).to(torch.bfloat16)
     y = torch.tensor([2])
     ev = evaluate(z, y, reduction="none")
-    bound = tolerance.value_bound(ev, torch.bfloat16)
+    bound = tolerance.value_bound(ev, torch.bfloat16, "standard")
     rounded_once = ev.loss.to(torch.bfloat16).double()
     assert ((rounded_once - ev.loss).abs() <= bound).all()
     assert not (ev.loss.abs() <= bound).all(), "returning 0 for a loss of 9e-5 must exceed the bound"
@@ -32,7 +32,7 @@ def test_gradient_bound_catches_target_cancellation():
     ev = evaluate(z, y, reduction="none")
     upstream = torch.ones(1, dtype=torch.bfloat16)
     grad = ev.grad(upstream)
-    bound = tolerance.grad_bound(ev, upstream, torch.bfloat16)
+    bound = tolerance.grad_bound(ev, upstream, torch.bfloat16, "standard")
     cancelled = grad.clone()
     cancelled[0, 2] = grad[0, 2].to(torch.float64).exp().to(torch.bfloat16).double() - 1  # p_y rounded: 0
     assert abs(grad[0, 2]) > bound[0, 2]
@@ -42,3 +42,48 @@ def test_gradient_bound_catches_target_cancellation():
 def test_compute_dtype():
     assert tolerance.compute_dtype(torch.bfloat16) == torch.float32
     assert tolerance.compute_dtype(torch.float64) == torch.float64
+
+
+def _fused_float32_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The standard fused algorithm: lse = m + log s as one float32 number, minus z_y."""
+    z32 = z.float()
+    m = z32.amax(1)
+    lse = m + (z32 - m[:, None]).exp().sum(1).log()
+    return (lse - z32.gather(1, y[:, None])[:, 0]).double()
+
+
+def test_standard_contract_admits_the_fused_algorithm_and_exact_does_not():
+    """A +1e30 shift: the fused algorithm returns 0 for log 10 (its known limit). The standard
+    contract derives that from u |lse|; the exact one refuses it."""
+    z = (torch.zeros(2, 10, dtype=torch.float64) + 1e30).float().double()
+    y = torch.tensor([0, 3])
+    ev = evaluate(z, y, reduction="none")
+    error = (_fused_float32_loss(z, y) - ev.loss).abs()
+    assert bool((error > 2).all())
+    assert bool((error <= tolerance.value_bound(ev, torch.float32, "standard")).all())
+    assert not bool((error <= tolerance.value_bound(ev, torch.float32, "exact")).any())
+
+
+def test_standard_contract_still_refuses_a_logsumexp_rounded_to_bfloat16():
+    """Liger#1268's value twin: lse rounded to bf16 before subtracting z_y on a confident row."""
+    z = torch.tensor([[0.0, 0.0, 10.0]], dtype=torch.float64).to(torch.bfloat16).double()
+    y = torch.tensor([2])
+    ev = evaluate(z, y, reduction="none")
+    lse_bf16 = ev.logsumexp.to(torch.bfloat16).double()
+    error = (lse_bf16 - 10.0 - ev.loss).abs()
+    assert bool((error > tolerance.value_bound(ev, torch.bfloat16, "standard")).all())
+
+
+def test_standard_gradient_bound_is_capped_at_a_probability():
+    """exp(z - lse) never exceeds 1: under a +1e30 shift the bound of a probability is 1, not inf,
+    so a NaN gradient still fails."""
+    z = (torch.randn(3, 5, dtype=torch.float64) + 1e30).float().double()
+    ev = evaluate(z, torch.tensor([0, 1, 2]), reduction="sum")
+    bound = tolerance.grad_bound(ev, torch.tensor(1.0, dtype=torch.float64), torch.float32, "standard")
+    assert bool(torch.isfinite(bound).all()) and float(bound.max()) < 3
+
+
+def test_half_underflow_floor_covers_the_roundings_the_contract_allows():
+    """fl16(1.75 * fl16(p / N)) in the subnormal range errs by 1.375 subnormal spacings."""
+    spacing = torch.finfo(torch.float16).tiny * torch.finfo(torch.float16).eps
+    assert tolerance.underflow_floor(torch.float16) >= 1.375 * spacing

@@ -4,56 +4,65 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import cases, run, tolerance
-from conformance.impl import LossOptions
+from conformance import cases, run
+from conformance.checks import Show, call_code
 from conformance.reference import evaluate
 
 REDUCTIONS = ["none", "mean", "sum"]
 
-
-def _reduce(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return per_row
-    return per_row.sum() / per_row.shape[0] if reduction == "mean" else per_row.sum()
-
-
-# The document's four paths, in the case's dtype. The last two take the log of a probability that
-# was rounded to the dtype: that costs up to one rounding of p, i.e. u_o absolute in log space.
+# The document's four paths, in the case's dtype, as code over ``logits`` and ``target`` (the
+# check evaluates the very code its reproduce snippet prints). The last two take the log of a
+# probability that was rounded to the dtype (``tolerance.document_path_bound``).
+_ONE_HOT_ROWS = "(-(F.one_hot(target, logits.shape[1]) * torch.log(F.softmax(logits, 1))).sum(1))"
+_REDUCED = {"none": "{}", "sum": "{}.sum()", "mean": "({0}.sum() / {0}.shape[0])"}
 DOCUMENT_PATHS = {
-    "CrossEntropyLoss": (lambda z, y, r: F.cross_entropy(z, y, reduction=r), False),
-    "LogSoftmax+NLLLoss": (lambda z, y, r: F.nll_loss(F.log_softmax(z, 1), y, reduction=r), False),
-    "Softmax+log+NLLLoss": (lambda z, y, r: F.nll_loss(torch.log(F.softmax(z, 1)), y, reduction=r), True),
-    "-(onehot*log softmax).sum()/N": (
-        lambda z, y, r: _reduce(-(F.one_hot(y, z.shape[1]) * torch.log(F.softmax(z, 1))).sum(1), r), True),
+    "CrossEntropyLoss": ("F.cross_entropy(logits, target, reduction={reduction!r})", False),
+    "LogSoftmax+NLLLoss": ("F.nll_loss(F.log_softmax(logits, 1), target, reduction={reduction!r})", False),
+    "Softmax+log+NLLLoss": ("F.nll_loss(torch.log(F.softmax(logits, 1)), target, reduction={reduction!r})", True),
+    "-(onehot*log softmax).sum()/N": ("{one_hot_rows}", True),
 }
+
+
+def document_path_code(path: str, reduction: str) -> str:
+    """The document's ``path`` as an expression over ``logits`` and ``target`` (``torch``, ``F``)."""
+    code = DOCUMENT_PATHS[path][0].format(reduction=reduction, one_hot_rows=_ONE_HOT_ROWS)
+    return _REDUCED[reduction].format(code) if path.startswith("-(onehot") else code
+
+
+def document_path(path: str, logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    return eval(document_path_code(path, reduction), {"torch": torch, "F": F, "logits": logits, "target": target})
+
+
+def document_path_show(path: str, problem: cases.Problem, truth: str) -> Show:
+    """The snippet's lines for a path against the float64 reference on the case's logits
+    (``truth``: the code of that evaluation)."""
+    return Show("path{at}.item()", "reference.loss{at}.item()",
+                ("import torch.nn.functional as F", f"reference = {truth}",
+                 f"path = {document_path_code(path, problem.options.reduction)}"))
 
 
 @pytest.mark.parametrize("path", DOCUMENT_PATHS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_document_paths_agree_with_truth(judge, device, dtype, reduction, path, seed):
-    case = cases.well_conditioned(64, 4, dtype, device, seed=seed)
-    fn, logs_rounded_probability = DOCUMENT_PATHS[path]
-    options = LossOptions(reduction=reduction)
+    problem = cases.problem(cases.well_conditioned(64, 4, dtype, device, seed=seed), reduction=reduction,
+                            upstream=None)
+    case = problem.case
     ev = evaluate(case.logits, case.target, reduction=reduction)
-    bound = tolerance.value_bound(ev, dtype)
-    if logs_rounded_probability:
-        rows = ev.row_loss.shape[0] if reduction == "sum" else 1
-        bound = bound + tolerance.unit_roundoff(dtype) * rows
-    judge.close(f"document path {path}", fn(case.logits, case.target, reduction), ev.loss, bound,
-                case=case, options=options)
+    judge.within(f"document path {path}", problem, document_path(path, case.logits, case.target, reduction), ev.loss,
+                 "document path", show=document_path_show(path, problem, f"evaluate(logits, target, "
+                                                                          f"reduction={reduction!r})"),
+                 ev=ev, logs_rounded_probability=DOCUMENT_PATHS[path][1])
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_document_example(impl, judge, device, dtype, reduction):
     """The document's own example (batch 64, 8 inputs, 4 classes, a linear model, seed 0)."""
-    case = cases.document_example(dtype, device)
-    options = LossOptions(reduction=reduction)
-    out = run.forward(impl, case, options)
-    ev = run.truth(impl, out, case, options)
-    judge.close("document example", out.loss, ev.loss, tolerance.value_bound(ev, dtype), case=case, options=options)
+    problem = cases.problem(cases.document_example(dtype, device), reduction=reduction, upstream=None)
+    out = run.forward(impl, problem)
+    judge.value(problem, out, run.truth(impl, problem, out), identity="document example")
 
 
-class _ReferenceLoss(torch.autograd.Function):
+class ReferenceLoss(torch.autograd.Function):
     """The float64 reference as a loss: its value and closed-form gradient, rounded to the dtype."""
 
     @staticmethod
@@ -68,16 +77,15 @@ class _ReferenceLoss(torch.autograd.Function):
 
 XOR_SEED = 1           # a seed whose 2-5-2 network learns XOR with the reference loss in every dtype
 XOR_STEPS = 1000
-# The two runs share every operation but the loss. Each step's loss and gradient meet their bounds;
-# an error made at step s stays in the weights, so step t is judged against the largest step bound
-# so far, and SGD's contraction near the minimum keeps the accumulated drift to a few such steps
-# (measured here: at most 2 roundings of the early loss in every dtype). We allow 8.
-XOR_TRAJECTORY_BOUNDS = 8
+XOR_TARGET = [0, 1, 1, 0]
 
 
-def _train_xor(loss_fn, dtype, device):
+def train_xor(loss_fn, dtype: torch.dtype, device: str) -> tuple:
+    """The document's network trained on XOR with ``loss_fn(logits, target)``: the predictions
+    after ``XOR_STEPS`` SGD steps, every step's loss and every step's logits. The two runs the
+    check compares share every operation but the loss (``tolerance.xor_trajectory_bound``)."""
     x = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=dtype, device=device)
-    y = torch.tensor([0, 1, 1, 0], device=device)
+    y = torch.tensor(XOR_TARGET, device=device)
     torch.manual_seed(XOR_SEED)
     model = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)).to(device, dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -97,20 +105,25 @@ def _train_xor(loss_fn, dtype, device):
 def test_network_learns_xor(impl, judge, device, dtype):
     if impl.input_kind != "logits":
         pytest.skip("the document's network outputs logits")
+    name = cases.dtype_name(dtype)
     recipe = f"""
-logits = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.{cases.dtype_name(dtype)})
-target = torch.tensor([0, 1, 1, 0])
+logits = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.{name})
+target = torch.tensor({XOR_TARGET})
 # the network: torch.manual_seed({XOR_SEED}); Sequential(Linear(2, 5), ReLU(), Linear(5, 2)); SGD lr 0.1, {XOR_STEPS} steps
 """
-    case = cases.from_recipe("xor", recipe, device)
-    options = LossOptions()
-    predicted, losses, _ = _train_xor(lambda z, y: impl(*impl.feed(z, y), options), dtype, device)
-    expected_predicted, reference_losses, reference_logits = _train_xor(_ReferenceLoss.apply, dtype, device)
-    if predicted != [0, 1, 1, 0]:
-        judge.fail("XOR is learnt", f"after {XOR_STEPS} steps the network predicts {predicted}, "
-                                    f"expected [0, 1, 1, 0] (the reference run predicts {expected_predicted})",
-                   case=case, options=options)
-    step_bounds = torch.stack([tolerance.value_bound(evaluate(z, case.target), dtype) for z in reference_logits])
-    step_bounds = step_bounds.cummax(0).values
-    judge.close("XOR loss trajectory tracks the float64 reference run", losses, reference_losses.double(),
-                XOR_TRAJECTORY_BOUNDS * step_bounds, case=case, options=options)
+    problem = cases.problem(cases.from_recipe("xor", recipe, device), upstream=None)
+    call = problem.call_options()
+    predicted, losses, _ = train_xor(lambda z, y: impl(*impl.feed(z, y), call), dtype, device)
+    expected_predicted, reference_losses, reference_logits = train_xor(ReferenceLoss.apply, dtype, device)
+    # The snippet trains both networks (a second or two) and prints what the check compared.
+    steps = ("from conformance.suite.test_document import ReferenceLoss, train_xor",
+             f"loss_fn = lambda z, y: (lambda x, t: {call_code(impl, problem)})(*impl.feed(z, y))",
+             f"predicted, losses, _ = train_xor(loss_fn, torch.{name}, {device!r})",
+             f"reference_predicted, reference_losses, _ = train_xor(ReferenceLoss.apply, torch.{name}, {device!r})")
+    if predicted != XOR_TARGET:
+        judge.fail("XOR is learnt", problem, f"after {XOR_STEPS} steps the network predicts {predicted}, "
+                                             f"expected {XOR_TARGET} (the reference run predicts {expected_predicted})",
+                   show=Show("predicted", repr(XOR_TARGET), steps))
+    judge.within("XOR loss trajectory tracks the float64 reference run", problem, losses, reference_losses.double(),
+                 "xor trajectory", show=Show("losses{at}.item()", "reference_losses{at}.item()", steps),
+                 step_evaluations=[evaluate(z, problem.case.target) for z in reference_logits])

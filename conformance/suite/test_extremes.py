@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import cases, run, tolerance
-from conformance.impl import LossOptions
+from conformance import cases, run
+from conformance.checks import Show
 
 REDUCTIONS = ["none", "mean"]
 
@@ -31,13 +31,13 @@ def _limit(dtype: torch.dtype, c: int) -> float:
 def test_huge_logits(judge, device, dtype, reduction, seed):
     m = _limit(dtype, 10)
     case = _case("huge", dtype, device, f"logits = (z * 1e4).clamp(-{m!r}, {m!r})", seed=seed)
-    judge.conforms(case, LossOptions(reduction=reduction))
+    judge.conforms(cases.problem(case, reduction=reduction))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_logits_near_largest_finite(judge, device, dtype, reduction, seed):
     case = _case("near_max", dtype, device, f"logits = z.sign() * {_limit(dtype, 10)!r}", seed=seed)
-    judge.conforms(case, LossOptions(reduction=reduction))
+    judge.conforms(cases.problem(case, reduction=reduction))
 
 
 SHIFTS = [(dt, s) for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16) for s in (1e3,)] + \
@@ -49,13 +49,13 @@ def test_large_common_shift(judge, device, dtype, shift, seed):
     """Adding a constant to a row changes nothing: a kernel that forms lse = m + log s and then
     subtracts the target logit loses log s under a large shift."""
     case = _case("shifted", dtype, device, f"logits = z + {shift!r}", seed=seed)
-    judge.conforms(case, LossOptions(reduction="none"))
+    judge.conforms(cases.problem(case, reduction="none"))
 
 
 def test_rows_of_very_different_scales(judge, device, dtype, seed):
     """Per-row, not per-batch, max subtraction: rows scaled from 1e-2 to 1e3 in one batch."""
     body = "logits = z * torch.logspace(-2, 3, z.shape[0], dtype=torch.float64)[:, None]"
-    judge.conforms(_case("mixed_scales", dtype, device, body, n=8, seed=seed), LossOptions(reduction="none"))
+    judge.conforms(cases.problem(_case("mixed_scales", dtype, device, body, n=8, seed=seed), reduction="none"))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -66,12 +66,13 @@ mask = torch.rand(z.shape, generator=torch.Generator().manual_seed(5)) < 0.5
 mask[torch.arange(z.shape[0]), target] = False
 logits = z.masked_fill(mask, float('-inf'))
 """
-    case = _case("masked", dtype, device, body, seed=seed)
-    out = judge.conforms(case, LossOptions(reduction=reduction))
-    masked = torch.isneginf(case.logits)
+    problem = cases.problem(_case("masked", dtype, device, body, seed=seed), reduction=reduction)
+    out = judge.conforms(problem)
+    masked = torch.isneginf(problem.case.logits)
     if out.grad is not None and bool((out.grad[masked] != 0).any()):
-        judge.fail("masked classes have zero gradient", f"gradient {out.grad[masked].abs().max().item()!r} on a "
-                   "-inf logit", case=case, options=LossOptions(reduction=reduction))
+        judge.fail("masked classes have zero gradient", problem,
+                   f"gradient {out.grad[masked].abs().max().item()!r} on a -inf logit",
+                   show=Show("x.grad[torch.isneginf(x.detach())].abs().max()", "0.0"))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -83,23 +84,23 @@ target = 256 + target % 44
 logits = z.clone()
 logits[:, :256] = float('-inf')
 """
-    judge.conforms(_case("leading_masked", dtype, device, body, c=300, seed=seed), LossOptions(reduction=reduction))
+    judge.conforms(cases.problem(_case("leading_masked", dtype, device, body, c=300, seed=seed), reduction=reduction))
 
 
 def test_nonfinite_logits_stay_in_their_row(impl, judge, device, dtype, seed):
-    """-inf target logit gives +inf; +inf or NaN in a row gives NaN in that row only."""
+    """-inf target logit gives +inf; NaN in a row gives NaN in that row only; +inf on a non-target
+    class gives torch's NaN or the limit +inf (``reference.Evaluation.loss_limit``), in that row
+    only."""
     body = """
 logits = z.clone()
 logits[1, target[1]] = float('-inf')
 logits[2, (target[2] + 1) % z.shape[1]] = float('inf')
 logits[4, 0] = float('nan')
 """
-    case = _case("nonfinite", dtype, device, body, seed=seed)
-    options = LossOptions(reduction="none")
-    out = run.forward(impl, case, options)
-    ev = run.truth(impl, out, case, options)
-    judge.close("non-finite logits stay in their row", out.loss, ev.loss, tolerance.value_bound(ev, dtype),
-                case=case, options=options)
+    problem = cases.problem(_case("nonfinite", dtype, device, body, seed=seed), reduction="none", upstream=None)
+    out = run.forward(impl, problem)
+    ev = run.truth(impl, problem, out)
+    judge.value(problem, out, ev, identity="non-finite logits stay in their row", also=ev.loss_limit)
 
 
 CONFIDENCE = [10, 20]
@@ -114,25 +115,18 @@ def _confident(dtype, device, margin, seed):
 
 @pytest.mark.parametrize("margin", CONFIDENCE)
 def test_confident_rows_value(impl, judge, device, dtype, margin, seed):
-    case = _confident(dtype, device, margin, seed)
-    options = LossOptions(reduction="none")
-    out = run.forward(impl, case, options)
-    ev = run.truth(impl, out, case, options)
-    judge.close("confident rows: value", out.loss, ev.loss, judge.bounds(ev, out, case, options)[0], case=case,
-                options=options)
+    problem = cases.problem(_confident(dtype, device, margin, seed), reduction="none", upstream=None)
+    out = run.forward(impl, problem)
+    judge.value(problem, out, run.truth(impl, problem, out), identity="confident rows: value")
 
 
 @pytest.mark.feature("backward")
 @pytest.mark.parametrize("margin", CONFIDENCE)
 def test_confident_rows_gradient(impl, judge, device, dtype, margin, seed):
     """The target component 1 - p_y must keep its relative accuracy (Liger#1268)."""
-    case = _confident(dtype, device, margin, seed)
-    options = LossOptions(reduction="none")
-    grad_code = cases.upstream_recipe("expanded", "none", (6,), dtype)
-    out = run.forward_backward(impl, case, options, grad_code)
-    ev = run.truth(impl, out, case, options)
-    judge.close("confident rows: gradient", out.grad, ev.grad(out.upstream), judge.bounds(ev, out, case, options)[1],
-                case=case, options=options, upstream=grad_code)
+    problem = cases.problem(_confident(dtype, device, margin, seed), reduction="none", upstream="expanded")
+    out = run.forward_backward(impl, problem)
+    judge.gradient(problem, out, run.truth(impl, problem, out), identity="confident rows: gradient")
 
 
 def test_peaked_rows_where_softmax_underflows(impl, judge, device, dtype, seed):
@@ -140,10 +134,9 @@ def test_peaked_rows_where_softmax_underflows(impl, judge, device, dtype, seed):
     the document's third path, log(softmax), returns inf; the implementation must stay finite."""
     body = "logits = z.clone(); logits[torch.arange(z.shape[0]), target] = z.amax(1) - 1000"
     case = _case("peaked", dtype, device, body, seed=seed)
-    options = LossOptions(reduction="none")
     document_third_path = F.nll_loss(torch.log(F.softmax(case.logits, 1)), case.target, reduction="none")
     assert bool(torch.isinf(document_third_path).all()), "log(softmax) was expected to overflow to inf here"
-    judge.conforms(case, options)
+    judge.conforms(cases.problem(case, reduction="none"))
 
 
 LARGE_CLASS_COUNTS = [32000, 50257, 2 ** 17 + 1]
@@ -153,4 +146,4 @@ LARGE_CLASS_COUNTS = [32000, 50257, 2 ** 17 + 1]
 def test_large_class_counts(judge, device, dtype, num_classes, seed):
     """Vocabulary sizes that are not powers of two, batch 3: tiling remainders in both dimensions."""
     case = cases.well_conditioned(3, num_classes, dtype, device, seed=seed, family="large_vocabulary")
-    judge.conforms(case, LossOptions(reduction="mean"))
+    judge.conforms(cases.problem(case, reduction="mean"))

@@ -5,49 +5,70 @@ import math
 import pytest
 import torch
 
-from conformance import cases, run, tolerance
+from conformance import cases, checks, run
+from conformance.checks import Show
 from conformance.guards import ImplementationFault
-from conformance.impl import LossOptions
 
 REDUCTIONS = ["none", "mean", "sum"]
+WEIGHTED = pytest.mark.feature("weight")
+SMOOTHED = pytest.mark.feature("label_smoothing")
+CUSTOM_IGNORE = pytest.mark.feature("custom_ignore_index")
 
 
 @pytest.mark.feature("weight")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_class_weights(judge, device, dtype, reduction, seed):
     """Each position scaled by weight[target]; mean divides by the kept positions' weight sum."""
-    case = cases.well_conditioned(13, 6, dtype, device, seed=seed, weight=True)
-    judge.conforms(case, LossOptions(reduction=reduction))
+    judge.conforms(cases.problem(cases.well_conditioned(13, 6, dtype, device, seed=seed, weight=True),
+                                 reduction=reduction))
 
 
 # -1 must not wrap into the last class's weight; 2 lies inside [0, C) (pytorch#69339, #91383).
-IGNORE_INDICES = [-100, -1, 2]
+IGNORE_INDICES = [-100, pytest.param(-1, marks=CUSTOM_IGNORE), pytest.param(2, marks=CUSTOM_IGNORE)]
 
 
 @pytest.mark.feature("ignore_index")
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("weighted", [False, pytest.param(True, marks=WEIGHTED)], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("ignore_index", IGNORE_INDICES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_ignore_index(judge, device, dtype, reduction, ignore_index, weighted, seed):
     """Ignored positions: zero loss, exactly zero gradient, out of the mean's denominator."""
     case = cases.well_conditioned(14, 5, dtype, device, seed=seed, weight=weighted, ignore_index=ignore_index)
-    options = LossOptions(reduction=reduction, ignore_index=ignore_index)
-    out = judge.conforms(case, options)
+    problem = cases.problem(case, reduction=reduction, ignore_index=ignore_index)
+    out = judge.conforms(problem)
+    ignored = case.target == ignore_index
     if out.grad is not None:
-        ignored = case.target == ignore_index
         leaked = out.grad[ignored].abs().amax() if bool(ignored.any()) else torch.tensor(0.0)
         if float(leaked) != 0.0:
-            judge.fail("ignored positions have exactly zero gradient",
-                       f"largest |gradient| on an ignored position is {float(leaked)!r}", case=case, options=options)
-    if reduction == "none":
-        ignored_loss = out.loss[case.target == ignore_index]
-        if bool((ignored_loss != 0).any()):
-            judge.fail("ignored positions have zero loss", f"losses {ignored_loss.tolist()}", case=case,
-                       options=options)
+            judge.fail("ignored positions have exactly zero gradient", problem,
+                       f"largest |gradient| on an ignored position is {float(leaked)!r}",
+                       show=Show(f"x.grad[t == {ignore_index}].abs().max()", "0.0"))
+    if reduction == "none" and bool((out.loss[ignored] != 0).any()):
+        judge.fail("ignored positions have zero loss", problem, f"losses {out.loss[ignored].tolist()}",
+                   show=Show(f"loss[t == {ignore_index}]", "0.0"))
+
+
+# Outside [0, C) on both sides, C itself and far past it: torch ignores the positions that hold it
+# and never reads weight[ignore_index] (pytorch#69339, #91383).
+IGNORE_ANYWHERE = {"C": "{c}", "C + 7": "{c} + 7", "-5": "-5", "-1000": "-1000", "2^31 - 1": "2 ** 31 - 1"}
+
+
+@pytest.mark.feature("ignore_index", "custom_ignore_index", "weight")
+@pytest.mark.parametrize("where", IGNORE_ANYWHERE)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ignore_index_anywhere(judge, device, dtype, reduction, where, seed):
+    """An ignore_index outside the classes is an ignored label like any other, never an index error."""
+    c = 6
+    ignore_index = eval(IGNORE_ANYWHERE[where].format(c=c))
+    case = cases.well_conditioned(12, c, dtype, device, seed=seed, weight=True, ignore_index=ignore_index)
+    problem = cases.problem(case, reduction=reduction, ignore_index=ignore_index)
+    judge.conforms(problem)
 
 
 @pytest.mark.feature("label_smoothing")
-@pytest.mark.parametrize("variant", ["plain", "weighted", "ignored", "weighted+ignored"])
+@pytest.mark.parametrize("variant", ["plain", pytest.param("weighted", marks=WEIGHTED),
+                                     pytest.param("ignored", marks=CUSTOM_IGNORE),
+                                     pytest.param("weighted+ignored", marks=[WEIGHTED, CUSTOM_IGNORE])])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_label_smoothing(judge, device, dtype, reduction, variant, seed):
     """Target (1-eps)*onehot + eps/C over all C classes; weights scale the smoothing term; ignored
@@ -55,22 +76,19 @@ def test_label_smoothing(judge, device, dtype, reduction, variant, seed):
     ignore_index = 1 if "ignored" in variant else None
     case = cases.well_conditioned(11, 7, dtype, device, seed=seed, weight="weighted" in variant,
                                   ignore_index=ignore_index)
-    options = LossOptions(reduction=reduction, label_smoothing=0.15,
-                          ignore_index=-100 if ignore_index is None else ignore_index)
-    judge.conforms(case, options)
-
-
-SMOOTHED = pytest.mark.feature("label_smoothing")
+    judge.conforms(cases.problem(case, reduction=reduction, label_smoothing=0.15,
+                                 ignore_index=-100 if ignore_index is None else ignore_index))
 
 
 @pytest.mark.feature("probability_target")
-@pytest.mark.parametrize("variant", ["plain", "weighted", pytest.param("smoothed", marks=SMOOTHED),
-                                     pytest.param("weighted+smoothed", marks=SMOOTHED)])
+@pytest.mark.parametrize("variant", ["plain", pytest.param("weighted", marks=WEIGHTED),
+                                     pytest.param("smoothed", marks=SMOOTHED),
+                                     pytest.param("weighted+smoothed", marks=[WEIGHTED, SMOOTHED])])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_probability_targets(judge, device, dtype, reduction, variant, seed):
     """Soft targets: mean divides by the number of positions, never by a weight sum (pytorch#107680)."""
     case = cases.well_conditioned(9, 6, dtype, device, seed=seed, weight="weighted" in variant, soft_target=True)
-    judge.conforms(case, LossOptions(reduction=reduction, label_smoothing=0.2 if "smoothed" in variant else 0.0))
+    judge.conforms(cases.problem(case, reduction=reduction, label_smoothing=0.2 if "smoothed" in variant else 0.0))
 
 
 @pytest.mark.feature("probability_target", "backward")
@@ -78,49 +96,53 @@ def test_gradient_with_respect_to_soft_target(impl, judge, device, dtype, seed):
     """d(loss)/d(target) is -log softmax(z) (times the weights and the upstream)."""
     if impl.input_kind != "logits":
         pytest.skip("the identity is stated for logits")
-    case = cases.well_conditioned(6, 5, dtype, device, seed=seed, soft_target=True)
-    options = LossOptions(reduction="sum")
-    target = case.target.clone().requires_grad_()
-    impl(case.logits, target, options).backward()
-    ev = run.truth(impl, run.Outcome(case.logits, case.target, torch.empty(())), case, options)
-    expected = -ev.log_probs.reshape(case.logits.shape)
-    # one rounding of each log-probability to the dtype beyond the loss's own bound
-    bound = tolerance.value_bound(run.truth(impl, run.Outcome(case.logits, case.target, torch.empty(())), case,
-                                            LossOptions(reduction="none")), dtype)[:, None] \
-        + 2 * tolerance.unit_roundoff(dtype) * expected.abs()
-    judge.close("d loss / d target = -log softmax", target.grad, expected, bound, case=case, options=options)
+    problem = cases.problem(cases.well_conditioned(6, 5, dtype, device, seed=seed, soft_target=True),
+                            reduction="sum", upstream=None)
+    logits, target = problem.case.logits.clone(), problem.case.target.clone().requires_grad_()
+    impl(logits, target, problem.call_options()).backward()
+    row_problem = cases.problem(problem.case, reduction="none", upstream=None)
+    row_ev = run.truth(impl, row_problem, run.Outcome(problem.case.logits, problem.case.target, torch.empty(())))
+    judge.within("d loss / d target = -log softmax", problem, target.grad, -row_ev.log_probs.reshape(target.shape),
+                 "soft target gradient", row_ev=row_ev,
+                 show=Show("t.grad{at}", "-truth.log_probs.reshape(t.shape){at}",
+                           steps=("t.requires_grad_()", f"{checks.call_code(impl, problem)}.backward()")))
 
 
-@pytest.mark.feature("kdim", "weight", "ignore_index")
+@pytest.mark.feature("kdim", "weight", "ignore_index", "custom_ignore_index")
 @pytest.mark.parametrize("extra_dims", [(4,), (3, 2), (2, 1, 3)], ids=lambda d: "x".join(map(str, d)))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_k_dimensional(judge, device, dtype, reduction, extra_dims, seed):
     """Input (N, C, d1, ..., dk), class dimension 1."""
     case = cases.well_conditioned(3, 5, dtype, device, seed=seed, extra_dims=extra_dims, weight=True,
                                   ignore_index=0)
-    judge.conforms(case, LossOptions(reduction=reduction, ignore_index=0))
+    judge.conforms(cases.problem(case, reduction=reduction, ignore_index=0))
 
 
 @pytest.mark.feature("kdim", "probability_target", "label_smoothing")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_k_dimensional_probability_target(judge, device, dtype, reduction, seed):
     case = cases.well_conditioned(3, 5, dtype, device, seed=seed, extra_dims=(2, 3), soft_target=True)
-    judge.conforms(case, LossOptions(reduction=reduction, label_smoothing=0.1))
+    judge.conforms(cases.problem(case, reduction=reduction, label_smoothing=0.1))
 
 
 @pytest.mark.feature("unbatched")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_unbatched(judge, device, dtype, reduction, seed):
     """Input (C,) with a scalar target."""
-    name = cases.dtype_name(dtype)
     recipe = f"""
 torch.manual_seed({seed})
-logits = torch.randn(7, dtype=torch.float64).to(torch.{name})
+logits = torch.randn(7, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
 target = torch.where(logits <= 0, torch.rand(7), -1.0).argmax()
 """
-    judge.conforms(cases.from_recipe("unbatched", recipe, device), LossOptions(reduction=reduction))
+    judge.conforms(cases.problem(cases.from_recipe("unbatched", recipe, device), reduction=reduction))
 
 
+def _declared_mean_zero(judge, reduction: str) -> bool:
+    """Whether the implementation declares that 'mean' over no kept position is 0 (Liger#153)."""
+    return reduction == "mean" and "all_ignored_mean_zero" in judge.impl.deviations
+
+
+@pytest.mark.feature("empty_batch")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_empty_batch(impl, judge, device, dtype, reduction):
     """An empty batch: mean is NaN, sum is 0, none is empty; the gradient is empty."""
@@ -128,13 +150,12 @@ def test_empty_batch(impl, judge, device, dtype, reduction):
 logits = torch.empty(0, 5, dtype=torch.{cases.dtype_name(dtype)})
 target = torch.empty(0, dtype=torch.long)
 """
-    case = cases.from_recipe("empty", recipe, device)
-    options = LossOptions(reduction=reduction)
-    out = run.forward(impl, case, options)
-    declared = reduction == "mean" and "all_ignored_mean_zero" in impl.deviations
+    problem = cases.problem(cases.from_recipe("empty", recipe, device), reduction=reduction, upstream=None)
+    out = run.forward(impl, problem)
+    declared = _declared_mean_zero(judge, reduction)
     expected = {"none": torch.empty(0), "mean": torch.tensor(0.0 if declared else math.nan),
                 "sum": torch.tensor(0.0)}[reduction]
-    judge.close("empty batch", out.loss, expected, torch.zeros(()), case=case, options=options)
+    judge.exactly("empty batch", problem, out.loss, expected)
     if declared:
         pytest.xfail("declared deviation all_ignored_mean_zero: mean over no position is 0, torch gives NaN")
 
@@ -148,19 +169,16 @@ torch.manual_seed(3)
 logits = torch.randn(4, 6, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
 target = torch.full((4,), -100)
 """
-    case = cases.from_recipe("all_ignored", recipe, device)
-    options = LossOptions(reduction=reduction)
     backward = "backward" not in impl.unsupported
-    grad_code = cases.upstream_recipe("scalar", reduction, (4,), dtype)
-    out = run.forward_backward(impl, case, options, grad_code) if backward else run.forward(impl, case, options)
-    declared = reduction == "mean" and "all_ignored_mean_zero" in impl.deviations
-    expected = run.truth(impl, out, case, options).loss
-    if declared:
-        expected = torch.zeros(())
-    judge.close("all targets ignored", out.loss, expected, torch.zeros(()), case=case, options=options)
+    problem = cases.problem(cases.from_recipe("all_ignored", recipe, device), reduction=reduction,
+                            upstream="scalar" if backward else None)
+    out = run.forward_backward(impl, problem) if backward else run.forward(impl, problem)
+    declared = _declared_mean_zero(judge, reduction)
+    expected = torch.zeros(()) if declared else run.truth(impl, problem, out).loss
+    judge.exactly("all targets ignored", problem, out.loss, expected)
     if backward:
-        judge.close("all targets ignored: gradient", out.grad, torch.zeros(out.grad.shape), torch.zeros(()),
-                    case=case, options=options)
+        judge.exactly("all targets ignored: gradient", problem, out.grad, torch.zeros(out.grad.shape),
+                      show=Show("x.grad{at}", "0.0"))
     if declared:
         pytest.xfail("declared deviation all_ignored_mean_zero: mean over no kept position is 0, torch gives NaN")
 
@@ -173,7 +191,7 @@ torch.manual_seed({seed})
 logits = torch.randn(5, 1, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
 target = torch.zeros(5, dtype=torch.long)
 """
-    judge.conforms(cases.from_recipe("single_class", recipe, device), LossOptions(reduction=reduction))
+    judge.conforms(cases.problem(cases.from_recipe("single_class", recipe, device), reduction=reduction))
 
 
 INVALID_INPUTS = {
@@ -185,24 +203,23 @@ INVALID_INPUTS = {
 
 
 @pytest.mark.feature("input_validation")
-@pytest.mark.parametrize("problem", INVALID_INPUTS)
-def test_invalid_input_raises(impl, judge, device, problem):
+@pytest.mark.parametrize("problem_name", INVALID_INPUTS)
+def test_invalid_input_raises(impl, judge, device, problem_name):
     """Silently accepting an invalid target hides data bugs (pytorch#108148): it must raise."""
     recipe = f"""
 torch.manual_seed(0)
 logits = torch.randn(4, 5)
-{INVALID_INPUTS[problem]}
+{INVALID_INPUTS[problem_name]}
 """
-    case = cases.from_recipe("invalid", recipe, device)
-    options = LossOptions(reduction="mean")
+    problem = cases.problem(cases.from_recipe("invalid", recipe, device), upstream=None)
     try:
-        x, t = impl.feed(case.logits, case.target)
-        loss = impl(x, t, options)
+        x, t = impl.feed(problem.case.logits, problem.case.target)
+        loss = impl(x, t, problem.call_options())
         if device != "cpu":
             loss.cpu()  # device-side asserts surface on synchronisation
     except ImplementationFault:
         raise
     except Exception:
         return
-    judge.fail("invalid input raises", f"{problem}: returned {loss!r} instead of raising", case=case,
-               options=options)
+    judge.fail("invalid input raises", problem, f"{problem_name}: returned {loss!r} instead of raising",
+               show=Show("loss", "'an exception'"))

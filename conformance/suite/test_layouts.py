@@ -12,8 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from conformance import cases, run
-from conformance.impl import LossOptions
+from conformance import cases, checks, run
 
 REDUCTIONS = ["none", "mean", "sum"]
 
@@ -74,7 +73,23 @@ def _layout_case(family: str, recipe: str, device: str, expected_layout: str) ->
                                target=_on_device(case.target, device))
 
 
-def check_in_layout(impl, judge, case: cases.Case, options: LossOptions, upstream: str, *, note: str) -> None:
+_SNIPPET_NAMES = {"logits": "x", "target": "t", "upstream gradient": "grad"}
+
+
+def _storage_show(impl, problem: cases.Problem, upstream: str, name: str, stage: str) -> checks.Show:
+    """The snippet's lines comparing the whole storage of the tensor ``name`` before and after
+    ``stage`` (forward or backward); ``upstream``: the upstream gradient's recipe."""
+    tensor = _SNIPPET_NAMES[name]
+    steps = [upstream, "storage = lambda v: v.untyped_storage().cpu().tolist()", f"before = storage({tensor})"]
+    if problem.upstream is not None:
+        steps.append("x.requires_grad_()")
+    steps.append(f"loss = {checks.call_code(impl, problem)}")
+    if stage == "backward":
+        steps.append("loss.backward(grad)")
+    return checks.Show(f"storage({tensor}) == before", "True", tuple(steps))
+
+
+def check_in_layout(impl, judge, problem: cases.Problem) -> None:
     """Value and gradient against the float64 truth, and every tensor the caller owns bitwise
     unchanged, in the case's layout.
 
@@ -82,39 +97,42 @@ def check_in_layout(impl, judge, case: cases.Case, options: LossOptions, upstrea
     back into the logits' layout), and the upstream gradient keeps its recipe's strides.
     """
     __tracebackhide__ = True
+    case = problem.case
     x, t = impl.feed(case.logits, case.target)
     x = _like(x, case.logits)
     if t is not case.target and t.shape == case.logits.shape:
         t = _like(t, case.logits)
     backward = "backward" not in impl.unsupported
     leaf = x.detach().requires_grad_(backward)
+    pristine_x, pristine_t = x.detach().clone(), t.detach().clone()
     namespace: dict = {"torch": torch}
+    upstream = problem.upstream
     exec(upstream, namespace)
     grad = _on_device(namespace["grad"], case.device)
+    if not backward:
+        problem = dataclasses.replace(problem, upstream=None)
     owned = {"logits": leaf, "target": t, "upstream gradient": grad}
     before = {name: _storage_bytes(tensor) for name, tensor in owned.items()}
 
     def unchanged(stage: str) -> None:
         for name, tensor in owned.items():
             if not torch.equal(_storage_bytes(tensor), before[name]):
-                judge.fail("inputs unmodified", f"the storage of the {name} (shape {tuple(tensor.shape)}, strides "
-                           f"{tensor.stride()}, offset {tensor.storage_offset()}) changed during {stage}",
-                           case=case, options=options)
+                judge.fail("inputs unmodified", problem, f"the storage of the {name} (shape {tuple(tensor.shape)}, "
+                           f"strides {tensor.stride()}, offset {tensor.storage_offset()}) changed during {stage}",
+                           show=_storage_show(impl, problem, upstream, name, stage))
 
     with torch.set_grad_enabled(backward):
-        loss = impl(leaf, t, run.options_for(case, options))
+        loss = impl(leaf, t, problem.call_options())
     unchanged("forward")
     if backward:
         loss.backward(grad)
         unchanged("backward")
-    out = run.Outcome(input=leaf.detach(), target=t, loss=loss.detach(), grad=leaf.grad if backward else None,
+    out = run.Outcome(input=pristine_x, target=pristine_t, loss=loss.detach(), grad=leaf.grad if backward else None,
                       upstream=grad if backward else None)
-    ev = run.truth(impl, out, case, options)
-    value_bound, grad_bound = judge.bounds(ev, out, case, options)
-    judge.close("value", out.loss, ev.loss, value_bound, case=case, options=options, note=note)
+    ev = run.truth(impl, problem, out)
+    judge.value(problem, out, ev)
     if backward:
-        judge.close("gradient", out.grad, ev.grad(grad), grad_bound, case=case, options=options, upstream=upstream,
-                    note=note)
+        judge.gradient(problem, out, ev)
 
 
 @pytest.mark.feature("noncontiguous")
@@ -126,8 +144,7 @@ def test_noncontiguous_logits(impl, judge, device, dtype, reduction, layout, see
     recipe = "\n".join([f"torch.manual_seed({seed})", build.format(n=n, c=c, name=cases.dtype_name(dtype)),
                         WELL_CONDITIONED_TARGET])
     case = _layout_case(f"layout: {layout}", recipe, device, expected.format(c=c))
-    check_in_layout(impl, judge, case, LossOptions(reduction=reduction),
-                    cases.upstream_recipe("random", reduction, (n,), dtype), note=f", layout={layout}")
+    check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream="random", note=f", layout={layout}"))
 
 
 @pytest.mark.feature("noncontiguous")
@@ -143,8 +160,35 @@ labels = torch.cat([torch.tensor([{c - 1}]), labels])
 target = labels[1:]
 """
     case = _layout_case("layout: target view", recipe, device, "target.storage_offset() == 1")
-    check_in_layout(impl, judge, case, LossOptions(reduction=reduction),
-                    cases.upstream_recipe("random", reduction, (n,), dtype), note=", target=labels[1:]")
+    check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream="random",
+                                               note=", target=labels[1:]"))
+
+
+# Targets in the layouts a data pipeline hands over: every other label of a packed buffer, one
+# label broadcast to every row (stride 0), a soft target that is a transposed view.
+TARGET_LAYOUTS = {
+    "strided": ("labels = torch.where(logits.repeat(2, 1) <= 0, torch.rand(2 * {n}, {c}), -1.0).argmax(1)\n"
+                "target = labels[::2]", "target.stride() == (2,)", []),
+    "expanded": ("target = torch.tensor([{c} - 2]).expand({n})", "target.stride() == (0,)", []),
+    "transposed probability target": (
+        "target = torch.softmax(torch.randn(({c}, {n}), dtype=torch.float64) * 2, 0).to(torch.{name}).t()",
+        "not target.is_contiguous()", ["probability_target"]),
+}
+
+
+@pytest.mark.parametrize("layout", [pytest.param(name, marks=pytest.mark.feature("noncontiguous", *features))
+                                    for name, (_, _, features) in TARGET_LAYOUTS.items()])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_target_layouts(impl, judge, device, dtype, reduction, layout, seed):
+    """The target read through its strides, never as if contiguous from its storage."""
+    n, c = 9, 7
+    build, expected, _ = TARGET_LAYOUTS[layout]
+    recipe = "\n".join([f"torch.manual_seed({seed})",
+                        f"logits = torch.randn(({n}, {c}), dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})",
+                        build.format(n=n, c=c, name=cases.dtype_name(dtype))])
+    case = _layout_case(f"layout: target {layout}", recipe, device, expected)
+    check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream="random",
+                                               note=f", target layout={layout}"))
 
 
 KDIM_SHAPE = (3, 5, 4, 2)    # (N, C, H, W)
@@ -173,7 +217,5 @@ def test_kdim_layouts(impl, judge, device, dtype, layout, reduction, upstream, s
         f"logits = torch.randn({KDIM_SHAPE}, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)}){suffix}",
         WELL_CONDITIONED_TARGET])
     case = _layout_case(f"layout: K-dim {layout}", recipe, device, expected)
-    positions = (KDIM_SHAPE[0], *KDIM_SHAPE[2:])
-    check_in_layout(impl, judge, case, LossOptions(reduction=reduction),
-                    cases.upstream_recipe(upstream, reduction, positions, dtype),
-                    note=f", layout={layout}, upstream={upstream}")
+    check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream=upstream,
+                                               note=f", layout={layout}, upstream={upstream}"))

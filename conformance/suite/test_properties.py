@@ -8,13 +8,15 @@ prints an exact, self-contained snippet. Hypothesis runs the "conformance-ci" pr
 ``--hypothesis-profile`` names another (``conformance-deep``: 500 fresh examples per test).
 """
 import math
+from dataclasses import replace
 
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from conformance import cases, run, strategies, tolerance
+from conformance import cases, strategies
+from conformance.checks import Show
 from conformance.reference import Evaluation, evaluate
-from conformance.suite.test_document import DOCUMENT_PATHS
+from conformance.suite.test_document import DOCUMENT_PATHS, document_path, document_path_show
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -25,10 +27,20 @@ property_settings = settings(deadline=None,
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-def _truth(problem: strategies.Problem) -> Evaluation:
+def _truth(problem: cases.Problem) -> Evaluation:
     """The float64 reference on the problem's logits and target (index or probability)."""
-    case, options = problem.case, problem.options
-    return evaluate(case.logits, case.target, **run.options_for(case, options).kwargs())
+    return evaluate(problem.case.logits, problem.case.target, **problem.call_options().kwargs())
+
+
+def _evaluate_code(problem: cases.Problem, *, logits: str = "logits", target: str = "target") -> str:
+    """The snippet's call of the float64 reference on ``logits`` and ``target`` with the problem's options."""
+    options = problem.options
+    return (f"evaluate({logits}, {target}, weight=weight, ignore_index={options.ignore_index!r}, "
+            f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r})")
+
+
+def _self_check(problem: cases.Problem, note: str = "") -> cases.Problem:
+    return replace(problem, note=f"{problem.note}{note}, reference self-check")
 
 
 def no_dominant_class(ev: Evaluation) -> bool:
@@ -37,8 +49,8 @@ def no_dominant_class(ev: Evaluation) -> bool:
 
     Why halves need it: when one class dominates, the normaliser ``s = sum_j exp(z_j - m)`` is
     about 1 and the loss about ``log s``, so rounding ``s`` or the logsumexp ``m + log s`` to
-    float16/bfloat16 rounds a quantity larger than the result: the strict contract does not allow
-    it (``tolerance``), torch's CPU half kernels do it (FIELD.md: loss -0.0 on confident rows),
+    float16/bfloat16 rounds a quantity larger than the result: the standard and exact contracts do
+    not allow it (``tolerance``), torch's CPU half kernels do it (FIELD.md: loss -0.0 on confident rows),
     and those checks are pinned xfails in ``known_failures``, not repeated here. With
     ``p <= 1/2`` everywhere ``log s >= log 2`` and the gradient's ``A p - a`` cannot cancel. This
     is the shift-invariant form of the filter ``cases.well_conditioned`` applies (target logit
@@ -50,7 +62,7 @@ def no_dominant_class(ev: Evaluation) -> bool:
     return bool((ev.log_probs.amax(1)[counts] <= math.log(0.5)).all())
 
 
-def all_positions_ignored_under_mean(problem: strategies.Problem, ev: Evaluation) -> bool:
+def all_positions_ignored_under_mean(problem: cases.Problem, ev: Evaluation) -> bool:
     """``mean`` over no kept position (every index target ignored, or an empty batch): torch's
     loss is NaN by design (pytorch#116349) and its gradient zero, and a declared deviation may
     return 0 (Liger#153); test_features.test_all_targets_ignored and test_empty_batch judge these
@@ -58,7 +70,7 @@ def all_positions_ignored_under_mean(problem: strategies.Problem, ev: Evaluation
     return problem.options.reduction == "mean" and float(ev.denominator) == 0.0
 
 
-def sums_representable(problem: strategies.Problem, ev: Evaluation, dtype: torch.dtype) -> bool:
+def sums_representable(problem: cases.Problem, ev: Evaluation, dtype: torch.dtype) -> bool:
     """The largest sum a kernel forms, ``sum_i sum_c w_c |log p_ic|`` over the terms that count
     (``a_ic > 0``), is finite in the dtype.
 
@@ -90,14 +102,14 @@ def test_implementation_matches_reference(impl, judge, device, dtype, data):
     assume(sums_representable(problem, ev, dtype))
     if half:
         assume(no_dominant_class(ev))
-    judge.conforms(problem.case, problem.options, note=f", hypothesis family={problem.family}")
+    judge.conforms(problem)
 
 
 # The reference's own identities, in float64 (no implementation involved).
 FLOAT64 = torch.float64
 
 
-def _reference_problems(**kwargs) -> st.SearchStrategy[strategies.Problem]:
+def _reference_problems(**kwargs) -> st.SearchStrategy[cases.Problem]:
     return strategies.problems(dtype=FLOAT64, device="cpu", **kwargs)
 
 
@@ -111,15 +123,14 @@ def _unit_upstream(ev: Evaluation) -> torch.Tensor:
 def test_document_paths_agree_in_float64(judge, problem):
     """The seed document's four ways to write the loss agree with the reference on (N, C) logits
     whose target probabilities do not underflow (the log(softmax) paths give -inf where one does)."""
-    case, options = problem.case, problem.options
+    case, reduction = problem.case, problem.options.reduction
     ev = _truth(problem)
-    for path, (fn, logs_rounded_probability) in DOCUMENT_PATHS.items():
-        bound = tolerance.value_bound(ev, FLOAT64)
-        if logs_rounded_probability:   # one rounding of p, u absolute in log space (as test_document)
-            rows = ev.row_loss.shape[0] if options.reduction == "sum" else 1
-            bound = bound + tolerance.unit_roundoff(FLOAT64) * rows
-        judge.close(f"document path {path} (float64)", fn(case.logits, case.target, options.reduction), ev.loss,
-                    bound, case=case, options=options, note=", reference self-check")
+    problem = _self_check(problem)
+    for path, (_, logs_rounded_probability) in DOCUMENT_PATHS.items():
+        actual = document_path(path, case.logits, case.target, reduction)
+        judge.within(f"document path {path} (float64)", problem, actual, ev.loss, "document path",
+                     show=document_path_show(path, problem, _evaluate_code(problem)),
+                     ev=ev, logs_rounded_probability=logs_rounded_probability)
 
 
 @property_settings
@@ -128,18 +139,22 @@ def test_one_hot_probability_target_equals_index_target(judge, problem):
     """Without class weights or ignored positions, a one-hot probability target is the index
     target: same loss, same gradient, for every reduction and smoothing (with weights the means
     differ, pytorch#107680)."""
-    case, options = problem.case, problem.options
+    case = problem.case
     ev_index = _truth(problem)
     one_hot = torch.nn.functional.one_hot(case.target, ev_index.num_classes).movedim(-1, 1).to(FLOAT64)
-    ev_probs = evaluate(case.logits, one_hot, **run.options_for(case, options).kwargs())
+    ev_probs = evaluate(case.logits, one_hot, **problem.call_options().kwargs())
     ones = _unit_upstream(ev_index)
-    judge.close("reference: one-hot probability target == index target", ev_probs.loss, ev_index.loss,
-                tolerance.value_bound(ev_index, FLOAT64) + tolerance.value_bound(ev_probs, FLOAT64),
-                case=case, options=options, note=", reference self-check")
-    judge.close("reference: one-hot probability target == index target (gradient)", ev_probs.grad(ones),
-                ev_index.grad(ones), tolerance.grad_bound(ev_index, ones, FLOAT64)
-                + tolerance.grad_bound(ev_probs, ones, FLOAT64), case=case, options=options,
-                note=", reference self-check")
+    problem = _self_check(problem)
+    steps = ("one_hot = torch.nn.functional.one_hot(target, logits.shape[1]).movedim(-1, 1).to(torch.float64)",
+             f"index = {_evaluate_code(problem)}", f"probs = {_evaluate_code(problem, target='one_hot')}",
+             f"ones = torch.ones({tuple(ones.shape)}, dtype=torch.float64)")
+    judge.within("reference: one-hot probability target == index target", problem, ev_probs.loss, ev_index.loss,
+                 "value pair", show=Show("probs.loss{at}.item()", "index.loss{at}.item()", steps),
+                 ev=ev_index, other=ev_probs)
+    judge.within("reference: one-hot probability target == index target (gradient)", problem, ev_probs.grad(ones),
+                 ev_index.grad(ones), "gradient pair",
+                 show=Show("probs.grad(ones){at}.item()", "index.grad(ones){at}.item()", steps),
+                 ev=ev_index, other=ev_probs, grad_output=ones)
 
 
 @property_settings
@@ -150,8 +165,10 @@ def test_reference_loss_is_nonnegative(judge, problem):
     ev = _truth(problem)
     negative = (ev.row_loss < 0).nonzero()
     if len(negative) or bool(ev.loss.lt(0).any()):
-        judge.fail("reference: loss >= 0", f"row losses {ev.row_loss.tolist()}, loss {ev.loss.tolist()}",
-                   case=problem.case, options=problem.options)
+        judge.fail("reference: loss >= 0", _self_check(problem),
+                   f"row losses {ev.row_loss.tolist()}, loss {ev.loss.tolist()}",
+                   show=Show("reference.row_loss.tolist(), reference.loss.tolist()", "'all >= 0'",
+                             (f"reference = {_evaluate_code(problem)}",)))
 
 
 GRID = 2 ** 20    # logits rounded to multiples of 2^-20, |z| < 2^14: z + c is exact for |c| <= 2^20
@@ -168,12 +185,15 @@ def test_reference_is_shift_invariant(judge, problem, shift):
     grid = f"\nlogits = torch.round(logits * {GRID}) / {GRID}"
     base = cases.from_recipe("shift base", problem.case.recipe + grid, "cpu")
     shifted = cases.from_recipe("shifted", problem.case.recipe + grid + f" + {shift}", "cpu")
-    options = problem.options
-    ev, ev_shifted = (evaluate(c.logits, c.target, **run.options_for(c, options).kwargs()) for c in (base, shifted))
+    ev, ev_shifted = (_truth(replace(problem, case=c)) for c in (base, shifted))
     ones = _unit_upstream(ev)
-    judge.close("reference: shift invariance", ev_shifted.loss, ev.loss,
-                tolerance.value_bound(ev, FLOAT64) + tolerance.value_bound(ev_shifted, FLOAT64),
-                case=shifted, options=options, note=f", shift={shift}, reference self-check")
-    judge.close("reference: shift invariance (gradient)", ev_shifted.grad(ones), ev.grad(ones),
-                tolerance.grad_bound(ev, ones, FLOAT64) + tolerance.grad_bound(ev_shifted, ones, FLOAT64),
-                case=shifted, options=options, note=f", shift={shift}, reference self-check")
+    # The snippet builds the base case and shifts it (the same rounding as the shifted recipe).
+    problem = _self_check(replace(problem, case=base), f", shift={shift}")
+    steps = (f"base = {_evaluate_code(problem)}",
+             f"shifted = {_evaluate_code(problem, logits=f'logits + {shift}')}",
+             f"ones = torch.ones({tuple(ones.shape)}, dtype=torch.float64)")
+    judge.within("reference: shift invariance", problem, ev_shifted.loss, ev.loss, "value pair",
+                 show=Show("shifted.loss{at}.item()", "base.loss{at}.item()", steps), ev=ev, other=ev_shifted)
+    judge.within("reference: shift invariance (gradient)", problem, ev_shifted.grad(ones), ev.grad(ones),
+                 "gradient pair", show=Show("shifted.grad(ones){at}.item()", "base.grad(ones){at}.item()", steps),
+                 ev=ev, other=ev_shifted, grad_output=ones)

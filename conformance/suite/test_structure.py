@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from conformance import cases, run, tolerance
-from conformance.impl import LossOptions
+from conformance import cases, run
+from conformance import checks
+from conformance.checks import Show
 
 REDUCTIONS = ["none", "mean", "sum"]
 
@@ -18,65 +19,70 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_output_shape_and_dtype(impl, judge, device, dtype, reduction, seed):
     """Every call already checks that the result is a tensor on the input's device (``Implementation``)."""
-    case = cases.well_conditioned(5, 6, dtype, device, seed=seed)
-    options = LossOptions(reduction=reduction)
-    out = run.forward(impl, case, options)
-    expected_shape = case.target.shape if reduction == "none" else torch.Size([])
+    problem = cases.problem(cases.well_conditioned(5, 6, dtype, device, seed=seed), reduction=reduction,
+                            upstream=None)
+    out = run.forward(impl, problem)
+    expected_shape = problem.case.target.shape if reduction == "none" else torch.Size([])
     if out.loss.shape != expected_shape:
-        judge.fail("output shape", f"loss shape {tuple(out.loss.shape)}, expected {tuple(expected_shape)}",
-                   case=case, options=options)
+        judge.fail("output shape", problem, f"loss shape {tuple(out.loss.shape)}, expected {tuple(expected_shape)}",
+                   show=Show("tuple(loss.shape)", repr(tuple(expected_shape))))
     if out.loss.dtype != dtype:
-        judge.fail("output dtype", f"loss dtype {out.loss.dtype}, expected {dtype}", case=case, options=options)
+        judge.fail("output dtype", problem, f"loss dtype {out.loss.dtype}, expected {dtype}",
+                   show=Show("loss.dtype", f"'{dtype}'"))
 
 
 def test_implementation_writes_nothing(impl, judge, device, dtype, seed, capfd):
     """A debug print left in a loss floods every training log and, on a GPU, synchronises the
     device each step: forward and backward write nothing to stdout or stderr."""
-    case = cases.well_conditioned(6, 5, dtype, device, seed=seed)
-    options = LossOptions(reduction="mean")
-    x, t = impl.feed(case.logits, case.target)
+    backward = "backward" not in impl.unsupported
+    problem = cases.problem(cases.well_conditioned(6, 5, dtype, device, seed=seed), reduction="mean",
+                            upstream="scalar" if backward else None)
     capfd.readouterr()
-    loss = impl(x.detach().requires_grad_(), t, options)
-    if "backward" not in impl.unsupported:
-        loss.backward()
+    if backward:
+        run.forward_backward(impl, problem)
+    else:
+        run.forward(impl, problem)
     out, err = capfd.readouterr()
     for stream, text in (("stdout", out), ("stderr", err)):
         if text:
             first = text.strip().splitlines()[0][:120] if text.strip() else repr(text[:40])
-            judge.fail("writes nothing", f"one forward and backward wrote {len(text)} characters to {stream}, "
-                       f"starting: {first}", case=case, options=options)
+            judge.fail("writes nothing", problem, f"one forward and backward wrote {len(text)} characters to "
+                       f"{stream}, starting: {first}", show=Show("'(the output above)'", "'nothing'"))
 
 
 @pytest.mark.feature("backward")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_inputs_never_modified(impl, judge, device, dtype, reduction, seed):
     ignore = None if impl.target_kind == "onehot" else -100
-    case = cases.well_conditioned(9, 7, dtype, device, seed=seed, ignore_index=ignore)
-    options = LossOptions(reduction=reduction)
-    x, t = impl.feed(case.logits, case.target)
+    problem = cases.problem(cases.well_conditioned(9, 7, dtype, device, seed=seed, ignore_index=ignore),
+                            reduction=reduction, upstream="expanded" if reduction == "none" else "scalar")
+    x, t = impl.feed(problem.case.logits, problem.case.target)
     before = (_bits(x), _bits(t))
     leaf = x.detach().requires_grad_()
-    leaf_before = _bits(leaf)
-    loss = impl(leaf, t, options)
+    loss = impl(leaf, t, problem.call_options())
     after_forward = (_bits(leaf), _bits(t))
-    loss.backward(torch.ones_like(loss))
+    loss.backward(problem.upstream_gradient())
     after_backward = (_bits(leaf), _bits(t))
     for stage, (xa, ta) in (("forward", after_forward), ("backward", after_backward)):
-        if not torch.equal(xa, leaf_before) or not torch.equal(before[0], leaf_before):
-            judge.fail("input unmodified", f"the logits were modified during {stage}", case=case, options=options)
-        if not torch.equal(ta, before[1]):
-            judge.fail("input unmodified", f"the target was modified during {stage}", case=case, options=options)
+        for name, now, then in (("logits", xa, before[0]), ("target", ta, before[1])):
+            if not torch.equal(now, then):
+                judge.fail("input unmodified", problem, f"the {name} were modified during {stage}",
+                           show=Show("torch.equal(x, x0) and torch.equal(t, t0)", "True",
+                                     steps=("x0, t0 = x.clone(), t.clone()", "x.requires_grad_()",
+                                            f"loss = {checks.call_code(impl, problem)}", problem.upstream,
+                                            "loss.backward(grad)")))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_loss_is_nonnegative(impl, judge, device, dtype, reduction, seed):
-    case = cases.well_conditioned(33, 5, dtype, device, seed=seed)
-    options = LossOptions(reduction=reduction)
-    out = run.forward(impl, case, options)
+    problem = cases.problem(cases.well_conditioned(33, 5, dtype, device, seed=seed), reduction=reduction,
+                            upstream=None)
+    out = run.forward(impl, problem)
     negative = (out.loss < 0).nonzero()
     if len(negative):
         index = tuple(negative[0].tolist())
-        judge.fail("loss >= 0", f"loss{list(index)} = {out.loss[index].item()!r} < 0", case=case, options=options)
+        judge.fail("loss >= 0", problem, f"loss{list(index)} = {out.loss[index].item()!r} < 0",
+                   show=Show("loss.min()", "'>= 0'"))
 
 
 @pytest.mark.parametrize("value", [0.0, 3.0, -7.5])
@@ -86,13 +92,11 @@ def test_uniform_logits_give_log_c(impl, judge, device, dtype, num_classes, valu
 logits = torch.full((4, {num_classes}), {value}, dtype=torch.{cases.dtype_name(dtype)})
 target = torch.tensor([0, 1, {num_classes - 1}, 1])
 """
-    case = cases.from_recipe("uniform", recipe, device)
-    options = LossOptions(reduction="none")
-    out = run.forward(impl, case, options)
-    ev = run.truth(impl, out, case, options)
-    log_c = torch.full_like(ev.loss, math.log(num_classes))
-    judge.close("uniform logits give log C", out.loss, log_c, tolerance.value_bound(ev, dtype),
-                case=case, options=options)
+    problem = cases.problem(cases.from_recipe("uniform", recipe, device), reduction="none", upstream=None)
+    out = run.forward(impl, problem)
+    ev = run.truth(impl, problem, out)
+    judge.value(problem, out, ev, identity="uniform logits give log C",
+                expected=torch.full_like(ev.loss, math.log(num_classes)))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -109,12 +113,11 @@ target = torch.randint(9, (6,), generator=g)
 """
     plain = cases.from_recipe("grid", base + f"logits = grid.to(torch.{name})", device)
     shifted = cases.from_recipe("grid_shifted", base + f"logits = (grid + 16).to(torch.{name})", device)
-    options = LossOptions(reduction=reduction)
-    out_plain, out_shifted = run.forward(impl, plain, options), run.forward(impl, shifted, options)
-    ev_plain, ev_shifted = run.truth(impl, out_plain, plain, options), run.truth(impl, out_shifted, shifted, options)
-    bound = tolerance.value_bound(ev_plain, dtype) + tolerance.value_bound(ev_shifted, dtype)
-    judge.close("adding a constant to a row changes nothing", out_shifted.loss, out_plain.loss.double(), bound,
-                case=shifted, options=options)
+    plain, shifted = (cases.problem(c, reduction=reduction, upstream=None) for c in (plain, shifted))
+    out_plain, out_shifted = run.forward(impl, plain), run.forward(impl, shifted)
+    ev_plain, ev_shifted = run.truth(impl, plain, out_plain), run.truth(impl, shifted, out_shifted)
+    judge.within("adding a constant to a row changes nothing", shifted, out_shifted.loss, out_plain.loss.double(),
+                 "value pair", show=Show("loss{at}", "'the unshifted loss'"), ev=ev_plain, other=ev_shifted)
 
 
 @pytest.mark.feature("backward")
@@ -125,30 +128,35 @@ def test_argmax_of_logits_is_argmax_of_softmax(impl, judge, device, dtype, seed)
     if impl.input_kind != "logits":
         pytest.skip("the softmax is recovered from the gradient with respect to logits")
     case = cases.well_conditioned(40, 12, dtype, device, seed=seed)
-    options = LossOptions(reduction="sum")
-    out = run.forward_backward(impl, case, options, cases.upstream_recipe("scalar", "sum", (), dtype)
-                               .replace("1.75", "1.0"))
+    problem = cases.Problem(case, cases.LossOptions(reduction="sum"),
+                            upstream=f"grad = torch.tensor(1.0, dtype=torch.{cases.dtype_name(dtype)})")
+    out = run.forward_backward(impl, problem)
     softmax = out.grad.double().cpu() + torch.nn.functional.one_hot(case.target.cpu(), 12)
-    ev = run.truth(impl, out, case, options)
-    p, bound = ev.log_probs.exp(), tolerance.grad_bound(ev, out.upstream, dtype).expand(ev.log_probs.shape)
+    ev = run.truth(impl, problem, out)
+    p = ev.log_probs.exp()
+    bound = judge.bound("gradient", dtype, ev=ev, grad_output=out.upstream).expand(p.shape)
     top = p.argmax(1, keepdim=True)
     decisive = (p - bound).gather(1, top)[:, 0] > (p + bound).scatter(1, top, -torch.inf).amax(1)
     mismatched = (softmax.argmax(1) != top[:, 0]) & decisive
     if bool(mismatched.any()):
         row = int(mismatched.nonzero()[0])
-        judge.fail("argmax of logits is argmax of softmax",
+        judge.fail("argmax of logits is argmax of softmax", problem,
                    f"row {row}: argmax softmax (from the gradient) = {int(softmax[row].argmax())}, "
-                   f"argmax logits = {int(case.logits[row].argmax())}", case=case, options=options)
+                   f"argmax logits = {int(case.logits[row].argmax())}",
+                   show=Show(f"(x.grad[{row}] + torch.nn.functional.one_hot(t, 12)[{row}]).argmax()",
+                             f"logits[{row}].argmax()"))
 
 
 def test_outputs_are_not_reused_between_calls(impl, judge, device, dtype, seed):
     """A second call must not overwrite the first call's result (aliased output buffers, Liger#507)."""
-    first_case = cases.well_conditioned(8, 5, dtype, device, seed=seed)
-    second_case = cases.well_conditioned(8, 5, dtype, device, seed=seed + 1)
-    options = LossOptions(reduction="none")
-    first = run.forward(impl, first_case, options).loss
-    kept = _bits(first)
-    second = run.forward(impl, second_case, options).loss
-    if first.data_ptr() == second.data_ptr() or not torch.equal(_bits(first), kept):
-        judge.fail("outputs are not reused between calls",
-                   "the second call's result overwrote the first call's", case=second_case, options=options)
+    first, second = (cases.problem(cases.well_conditioned(8, 5, dtype, device, seed=seed + k), reduction="none",
+                                   upstream=None) for k in (0, 1))
+    first_loss = run.forward(impl, first).loss
+    kept = _bits(first_loss)
+    second_loss = run.forward(impl, second).loss
+    if first_loss.data_ptr() == second_loss.data_ptr() or not torch.equal(_bits(first_loss), kept):
+        judge.fail("outputs are not reused between calls", second,
+                   "the second call's result overwrote the first call's",
+                   show=Show("torch.equal(first, kept) and first.data_ptr() != second.data_ptr()", "True",
+                             steps=(f"first = {checks.call_code(impl, second)}", "kept = first.clone()",
+                                    f"second = {checks.call_code(impl, second, x='x * 2')}")))

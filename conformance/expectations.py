@@ -1,0 +1,81 @@
+"""Every expected outcome of a check, known before it runs, in one table applied in one place
+(torch OpInfo's ``DecorateInfo`` is the model): features the implementation declares
+unsupported (the check is reported as unsupported, never run), torch's own failures pinned in
+``known_failures`` and the user's ``--conformance-xfail`` file (strict xfails; ``~``: not strict).
+
+Outcomes found while a check runs are the judge's (``checks.Judge.gap``: a capability probed and
+missing); a declared deviation (``impl.DEVIATIONS``) is judged against its declared result by the
+two checks it concerns (test_features: an empty batch, every target ignored) and reported xfailed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import pytest
+
+from .impl import Implementation
+from .known_failures import pinned_failures
+
+__all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX"]
+
+UNSUPPORTED_PREFIX = "unsupported: "
+
+
+@dataclass(frozen=True)
+class Expected:
+    """``status`` is ``unsupported`` (the check is skipped) or ``xfail``."""
+
+    status: str
+    reason: str
+    strict: bool = True
+
+    def marker(self) -> pytest.MarkDecorator:
+        if self.status == "unsupported":
+            return pytest.mark.skip(reason=self.reason)
+        return pytest.mark.xfail(reason=self.reason, strict=self.strict)
+
+
+def read_xfail_file(path: str) -> dict:
+    """Test ids (or id suffixes) of known, tracked failures, id -> (reason, strict): one per line,
+    ``# reason`` after it; a leading ``~`` marks one that shows on some seeds' data only (not strict)."""
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as exc:
+        raise pytest.UsageError(f"--conformance-xfail={path!r}: {exc.strerror}") from None
+    entries = {}
+    for line in lines:
+        test_id, _, reason = line.partition("#")
+        test_id = test_id.strip()
+        if test_id:
+            strict = not test_id.startswith("~")
+            entries[test_id.removeprefix("~").strip()] = (reason.strip() or f"listed in {path}", strict)
+    return entries
+
+
+class Expectations:
+    """The table for one run: the implementation's declarations, torch's pins under the run's
+    contract, and the user's xfail file."""
+
+    def __init__(self, impl: Implementation, contract: str, xfail_path: Optional[str] = None) -> None:
+        self.impl = impl
+        self.xfail_path = xfail_path
+        self.listed = read_xfail_file(xfail_path) if xfail_path else {}
+        self.known = {**pinned_failures(impl.call, contract), **self.listed}
+        self.matched: set = set()
+
+    def of(self, nodeid: str, features: Iterable[str]) -> Optional[Expected]:
+        """The expected outcome of the check ``nodeid`` that needs ``features``, if any."""
+        missing = [name for name in features if name in self.impl.unsupported]
+        if missing:
+            return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{', '.join(missing)} (declared by {self.impl.spec})")
+        test_id = next((test_id for test_id in self.known if nodeid.endswith(test_id)), None)
+        if test_id is None:
+            return None
+        self.matched.add(test_id)
+        reason, strict = self.known[test_id]
+        return Expected("xfail", reason, strict)
+
+    def unmatched(self) -> list[str]:
+        """Ids of the xfail file that matched no collected check (the user is warned)."""
+        return sorted(set(self.listed) - self.matched)

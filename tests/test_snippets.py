@@ -1,0 +1,54 @@
+"""Every reproduce snippet runs and prints the mismatch its check saw: failures from every family
+of the suite, planted by broken fixtures, are executed as they are printed."""
+import contextlib
+import io
+import json
+import re
+import textwrap
+
+import pytest
+
+# family -> (broken fixture, the checks to run): at least one failure of each family.
+FAMILIES = {
+    "value": ("small_bias", "test_value_matches_truth and float32"),
+    "gradient": ("grad_wrong_sign", "test_gradient_is_softmax_minus_target and float32 and 7x3"),
+    "structure": ("wrong_shape_none", "test_output_shape_and_dtype"),
+    "features": ("ignored_rows_nonzero_grad", "test_ignore_index and float32 and sum"),
+    "extremes": ("neg_inf_nan", "test_leading_blocks_masked"),
+    "layouts": ("noncontiguous_wrong", "test_noncontiguous_logits and float32"),
+    "transforms": ("double_backward_wrong", "test_hessian_vector_product and float64"),
+    "document": ("small_bias", "test_document_example and float64"),
+    "properties": ("small_bias", "test_implementation_matches_reference and float64"),
+}
+
+
+def _snippets(report_path) -> list[tuple[str, str]]:
+    checks = json.loads(report_path.read_text())["checks"]
+    found = []
+    for check in checks:
+        if check["status"] == "failed" and "reproduce:\n" in check["reason"]:
+            body = check["reason"].split("reproduce:\n", 1)[1]
+            lines = []
+            for line in body.splitlines():
+                if not line.startswith("    "):
+                    break
+                lines.append(line)
+            found.append((check["id"], textwrap.dedent("\n".join(lines))))
+    return found
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reproduce_snippets_print_the_mismatch(suite, pytester, family):
+    fixture, selection = FAMILIES[family]
+    report = pytester.path / "run.json"
+    result = suite(f"--impl=fixtures.broken.{fixture}", "-k", selection, f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    snippets = _snippets(report)
+    assert snippets, "no failure carried a snippet"
+    for test_id, snippet in snippets[:3]:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(snippet, f"<snippet of {test_id}>", "exec"), {})
+        match = re.search(r"actual (.*) expected (.*)", printed.getvalue())
+        assert match, (test_id, printed.getvalue(), snippet)
+        assert match.group(1).strip() != match.group(2).strip(), (test_id, printed.getvalue(), snippet)
