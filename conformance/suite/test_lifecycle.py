@@ -1,0 +1,134 @@
+"""The life of a call: what a training loop does around a loss besides one forward and one backward.
+
+Kernels keep buffers between forward and backward (Liger-Kernel saves the gradient it formed in
+forward and scales it in backward), cache, take fast paths without autograd, and are handed
+tensors the caller owns. So: a second backward through the same graph gives the same gradient; a
+gradient already returned does not change later; gradients accumulate into ``.grad``; the
+caller's upstream gradient, weights and target are bitwise unchanged; a loss recomputed after the
+caller changed its logits in place is the new loss; no-grad and inference mode give the
+grad-enabled value.
+"""
+import pytest
+import torch
+
+from conformance import cases, checks, run
+from conformance.checks import Show
+
+pytestmark = pytest.mark.feature("weight", "label_smoothing")
+
+
+def _problem(dtype, device, seed, *, reduction="none", upstream="random"):
+    """Weighted, smoothed, some positions ignored: every option a buffer could hold."""
+    case = cases.well_conditioned(11, 9, dtype, device, seed=seed, weight=True, ignore_index=-100,
+                                  family="life of a call")
+    return cases.problem(case, reduction=reduction, label_smoothing=0.1, upstream=upstream)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().contiguous().reshape(-1).view(torch.uint8) if t.numel() else t.detach().clone()
+
+
+def _leaf(impl, problem):
+    x, t = impl.feed(problem.case.logits, problem.case.target)
+    return x.detach().clone(), x.detach().clone().requires_grad_(), t
+
+
+@pytest.mark.feature("backward")
+def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, seed):
+    """``retain_graph=True``: a second backward through the same graph returns the same gradient,
+    and the first one returned is not changed by it (a backward that scales a saved buffer in
+    place returns it scaled twice)."""
+    problem = _problem(dtype, device, seed)
+    pristine, x, t = _leaf(impl, problem)
+    grad = problem.upstream_gradient()
+    loss = impl(x, t, problem.call_options())
+    first, = torch.autograd.grad(loss, x, grad, retain_graph=True)
+    kept = _bits(first)
+    second, = torch.autograd.grad(loss, x, grad)
+    out = run.Outcome(input=pristine, target=t, loss=loss.detach(), grad=second, upstream=grad)
+    ev = run.truth(impl, problem, out)
+    steps = ("x.requires_grad_()", f"loss = {checks.call_code(impl, problem)}", problem.upstream,
+             "first, = torch.autograd.grad(loss, x, grad, retain_graph=True)", "kept = first.clone()",
+             "second, = torch.autograd.grad(loss, x, grad)")
+    judge.gradient(problem, out, ev, identity="second backward (retain_graph=True)",
+                   show=Show("second{at}.item()", "truth.grad(grad){at}.item()", steps))
+    if not torch.equal(_bits(first), kept):
+        judge.fail("a returned gradient does not change", problem,
+                   "the gradient returned by the first backward changed during the second",
+                   show=Show("torch.equal(first, kept)", "True", steps))
+
+
+@pytest.mark.feature("backward")
+def test_gradients_accumulate(impl, judge, device, dtype, seed):
+    """Two forward and backward passes into the same leaf: ``.grad`` holds the sum of both."""
+    problem = _problem(dtype, device, seed)
+    pristine, x, t = _leaf(impl, problem)
+    grad = problem.upstream_gradient()
+    for _ in range(2):
+        impl(x, t, problem.call_options()).backward(grad)
+    out = run.Outcome(input=pristine, target=t, loss=torch.empty(()), grad=x.grad, upstream=2 * grad.double())
+    steps = ("x.requires_grad_()", problem.upstream,
+             f"{checks.call_code(impl, problem)}.backward(grad)", f"{checks.call_code(impl, problem)}.backward(grad)")
+    judge.gradient(problem, out, run.truth(impl, problem, out), identity="gradients accumulate over two backward passes",
+                   show=Show("x.grad{at}.item()", "truth.grad(2 * grad.double()){at}.item()", steps))
+
+
+@pytest.mark.feature("backward")
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_caller_tensors_unchanged(impl, judge, device, dtype, reduction, seed):
+    """The upstream gradient, the class weights and the target belong to the caller: bitwise
+    unchanged after forward and after backward."""
+    problem = _problem(dtype, device, seed, reduction=reduction)
+    _, x, t = _leaf(impl, problem)
+    grad = problem.upstream_gradient()
+    options = problem.call_options()
+    owned = {"upstream gradient": grad, "class weights": options.weight, "target": t}
+    before = {name: _bits(tensor) for name, tensor in owned.items()}
+    loss = impl(x, t, options)
+    changed = [f"{name} (during forward)" for name, tensor in owned.items() if not torch.equal(_bits(tensor), before[name])]
+    loss.backward(grad)
+    changed += [f"{name} (during backward)" for name, tensor in owned.items()
+                if not torch.equal(_bits(tensor), before[name]) and f"{name} (during forward)" not in changed]
+    if changed:
+        judge.fail("caller's tensors unchanged", problem, "modified: " + ", ".join(changed),
+                   show=Show("torch.equal(grad, grad0) and torch.equal(weight, weight0) and torch.equal(t, t0)", "True",
+                             steps=("x.requires_grad_()", problem.upstream,
+                                    "grad0, weight0, t0 = grad.clone(), weight.clone(), t.clone()",
+                                    f"{checks.call_code(impl, problem)}.backward(grad)")))
+
+
+def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, seed):
+    """The caller changes its logits in place between two calls: the second call's loss is the
+    loss of the new logits (no result cached by the tensor's address: a known exploit of
+    kernel judges)."""
+    problem = _problem(dtype, device, seed, upstream=None)
+    x, t = impl.feed(problem.case.logits, problem.case.target)
+    x = x.clone()
+    with torch.no_grad():
+        impl(x, t, problem.call_options())
+        x.mul_(2)
+        loss = impl(x, t, problem.call_options())
+    out = run.Outcome(input=x.clone(), target=t, loss=loss)
+    steps = (f"first = {checks.call_code(impl, problem)}", "x.mul_(2)", f"loss = {checks.call_code(impl, problem)}",
+             "truth = evaluate(x, t, weight=weight, label_smoothing=0.1, reduction='none')")
+    judge.value(problem, out, run.truth(impl, problem, out), identity="a call after an in-place change",
+                show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_no_grad_and_inference_mode_agree(impl, judge, device, dtype, mode, seed):
+    """Under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation loops) the loss is the
+    grad-enabled one: same shape, same value against the truth."""
+    problem = _problem(dtype, device, seed, upstream=None)
+    x, t = impl.feed(problem.case.logits, problem.case.target)
+    pristine = x.clone()
+    with getattr(torch, mode)():
+        loss = impl(x, t, problem.call_options())
+    enabled = impl(x.detach().requires_grad_(), t, problem.call_options())
+    if loss.shape != enabled.shape:
+        judge.fail(f"{mode} gives the grad-enabled shape", problem,
+                   f"shape {tuple(loss.shape)} under {mode}, {tuple(enabled.shape)} with autograd")
+    out = run.Outcome(input=pristine, target=t, loss=loss.clone())
+    steps = (f"with torch.{mode}():", f"    loss = {checks.call_code(impl, problem)}")
+    judge.value(problem, out, run.truth(impl, problem, out), identity=f"value under torch.{mode}()",
+                show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
