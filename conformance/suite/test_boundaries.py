@@ -119,7 +119,8 @@ def test_wide_masked_prefix(judge, device, prefix, dtype, reduction, seed):
                    show=Show(f"x.grad[:, :{prefix}].abs().max()", "0.0"))
 
 
-THREADED_SHAPES = [(1023, 257), (4097, 33), (33, 4099)]
+# Odd row counts, each problem above torch's parallel grain (32768 elements).
+THREADED_SHAPES = [(1023, 65), (4097, 17), (17, 4099)]
 
 
 @pytest.mark.sweep("shape", THREADED_SHAPES)

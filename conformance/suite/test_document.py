@@ -63,16 +63,19 @@ def test_document_example(impl, judge, device, dtype, reduction):
 
 
 class ReferenceLoss(torch.autograd.Function):
-    """The float64 reference as a loss: its value and closed-form gradient, rounded to the dtype."""
+    """The float64 reference as a loss: its value and closed-form gradient, rounded to the dtype;
+    each step's evaluation is appended to ``record`` (the trajectory's bounds are built from them)."""
 
     @staticmethod
-    def forward(ctx, logits, target):
+    def forward(ctx, logits, target, record=None):
         ctx.evaluation, ctx.dtype = evaluate(logits, target), logits.dtype
+        if record is not None:
+            record.append(ctx.evaluation)
         return ctx.evaluation.loss.to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return ctx.evaluation.grad(grad_output).to(ctx.dtype), None
+        return ctx.evaluation.grad(grad_output).to(ctx.dtype), None, None
 
 
 XOR_SEED = 1           # a seed whose 2-5-2 network learns XOR with the reference loss in every dtype
@@ -114,7 +117,9 @@ target = torch.tensor({XOR_TARGET})
     problem = cases.problem(cases.from_recipe("xor", recipe, device), upstream=None)
     call = problem.call_options()
     predicted, losses, _ = train_xor(lambda z, y: impl(*impl.feed(z, y), call), dtype, device)
-    expected_predicted, reference_losses, reference_logits = train_xor(ReferenceLoss.apply, dtype, device)
+    step_evaluations: list = []
+    expected_predicted, reference_losses, _ = train_xor(lambda z, y: ReferenceLoss.apply(z, y, step_evaluations),
+                                                        dtype, device)
     # The snippet trains both networks (a second or two) and prints what the check compared.
     steps = ("from conformance.suite.test_document import ReferenceLoss, train_xor",
              f"loss_fn = lambda z, y: (lambda x, t: {call_code(impl, problem)})(*impl.feed(z, y))",
@@ -126,4 +131,4 @@ target = torch.tensor({XOR_TARGET})
                    show=Show("predicted", repr(XOR_TARGET), steps))
     judge.within("XOR loss trajectory tracks the float64 reference run", problem, losses, reference_losses.double(),
                  "xor trajectory", show=Show("losses{at}.item()", "reference_losses{at}.item()", steps),
-                 step_evaluations=[evaluate(z, problem.case.target) for z in reference_logits])
+                 step_evaluations=step_evaluations)

@@ -103,11 +103,11 @@ def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, seed):
     kernel judges)."""
     problem = _problem(dtype, device, seed, upstream=None)
     x, t = impl.feed(problem.case.logits, problem.case.target)
-    x = x.clone()
+    x, options = x.clone(), problem.call_options()   # the same tensors both times, as a training loop passes them
     with torch.no_grad():
-        impl(x, t, problem.call_options())
+        impl(x, t, options)
         x.mul_(2)
-        loss = impl(x, t, problem.call_options())
+        loss = impl(x, t, options)
     out = run.Outcome(input=x.clone(), target=t, loss=loss)
     steps = (f"first = {checks.call_code(impl, problem)}", "x.mul_(2)", f"loss = {checks.call_code(impl, problem)}",
              "truth = evaluate(x, t, weight=weight, label_smoothing=0.1, reduction='none')")
