@@ -26,12 +26,14 @@ ROW_COUNTS = [255, 256, 257, 1023, 1025, 2047, 2048, 2049, 4095, 4097, 8193, 655
 
 
 def _wide(n: int, c: int, dtype: torch.dtype, device: str, seed: int, family: str, body: str = "") -> cases.Case:
-    """Standard-normal logits (n, c) and targets among each row's classes with logit <= 0 (a
-    well-conditioned loss, see cases.well_conditioned), transformed by ``body``."""
+    """Standard-normal logits (n, c) and targets among each row's classes of probability <= 1/2
+    (a loss of at least log 2, the shift-invariant form of cases.well_conditioned's filter, which
+    with few classes leaves rows where the logsumexp is larger than the loss), transformed by
+    ``body``."""
     recipe = "\n".join([
         f"g = torch.Generator().manual_seed({seed})",
         f"logits = torch.randn(({n}, {c}), dtype=torch.float64, generator=g)",
-        f"target = torch.where(logits <= 0, torch.rand(({n}, {c}), generator=g), -1.0).argmax(1)",
+        f"target = torch.where(logits.softmax(1) <= 0.5, torch.rand(({n}, {c}), generator=g), -1.0).argmax(1)",
         body.strip(),
         f"logits = logits.to(torch.{cases.dtype_name(dtype)})"])
     return cases.from_recipe(family, recipe, device)
