@@ -182,16 +182,33 @@ def pytest_runtest_call(item: pytest.Item):
             result = yield
         state.check("during the check (its backward, or outside the guarded calls)")
         return result
-    except CheckTimeout as timeout:
+    except BaseException as error:
+        timeout = _timeout_behind(error)
+        if timeout is None:
+            raise
         found = item.stash.get(FIRST_FAILURE, None)
         if found is not None:  # hypothesis was shrinking a failure it had already found
             raise AssertionError(f"{found}\n  (hypothesis found this failing example; shrinking it ran past the "
                                  f"time limit: {timeout})") from None
         timeouts.append(item.nodeid)
-        raise
+        if timeout is error:
+            raise
+        raise timeout from error
     finally:
         state.restore_changes()
         torch.set_num_threads(threads)
+
+
+def _timeout_behind(error: BaseException) -> Optional[CheckTimeout]:
+    """The ``CheckTimeout`` that ``error`` is, or that it was raised from: hypothesis turns a
+    timeout during its data generation into ``FlakyStrategyDefinition``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, CheckTimeout):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 @pytest.hookimpl(wrapper=True)
