@@ -33,9 +33,8 @@ from hypothesis.errors import InvalidArgument
 from . import cases
 from .impl import FEATURES
 
-__all__ = ["LOGIT_FAMILIES", "TARGET_KINDS", "REDUCTIONS", "Problem", "target_kind_of", "family_of", "shapes",
-           "logits", "index_targets", "ignore_indices", "probability_targets", "class_weights", "reductions",
-           "label_smoothings", "problems"]
+__all__ = ["LOGIT_FAMILIES", "TARGET_KINDS", "REDUCTIONS", "Problem", "shapes", "logits", "index_targets",
+           "ignore_indices", "probability_targets", "class_weights", "reductions", "label_smoothings", "problems"]
 
 LOGIT_FAMILIES = ("moderate", "huge", "shifted", "masked", "confident")
 TARGET_KINDS = ("index", "probs")
@@ -232,16 +231,6 @@ def _dims(shape: Sequence[int]) -> str:
 Problem = cases.Problem
 
 
-def target_kind_of(problem: cases.Problem) -> str:
-    """``"index"`` or ``"probs"``: the kind of target the problem was drawn with."""
-    return "probs" if problem.case.target.is_floating_point() else "index"
-
-
-def family_of(problem: cases.Problem) -> str:
-    """The logit family the problem was drawn from (``LOGIT_FAMILIES``)."""
-    return problem.case.family.removeprefix("hypothesis-")
-
-
 def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str] = LOGIT_FAMILIES,
              target_kinds: Iterable[str] = TARGET_KINDS, exclude: Iterable[str] = (),
              dominant_class: bool = True, max_elements: int = 200) -> st.SearchStrategy[Problem]:
@@ -254,7 +243,7 @@ def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str]
     ``masked`` and ``confident`` rows take index targets; ``masked`` rows take no label smoothing
     (a smoothed target puts weight on a ``-inf`` logit: the loss is infinite). ``dominant_class``
     is passed to ``logits``. Each problem carries a random upstream gradient and its logit family
-    in its note (``family_of``; ``target_kind_of`` tells an index from a probability target).
+    in its note and in its case's family (``hypothesis-<family>``).
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise InvalidArgument(f"dtype={dtype!r}: expected a floating torch.dtype")
