@@ -13,6 +13,7 @@ import torch
 
 from conformance import cases, checks, run
 from conformance.checks import Show
+from conformance.suite.test_structure import bits
 
 pytestmark = pytest.mark.feature("weight", "label_smoothing")
 
@@ -22,10 +23,6 @@ def _problem(dtype, device, seed, *, reduction="none", upstream="random"):
     case = cases.well_conditioned(11, 9, dtype, device, seed=seed, weight=True, ignore_index=-100,
                                   family="life of a call")
     return cases.problem(case, reduction=reduction, label_smoothing=0.1, upstream=upstream)
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().clone().contiguous().reshape(-1).view(torch.uint8) if t.numel() else t.detach().clone()
 
 
 def _leaf(impl, problem):
@@ -43,7 +40,7 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, seed
     grad = problem.upstream_gradient()
     loss = impl(x, t, problem.call_options())
     first, = torch.autograd.grad(loss, x, grad, retain_graph=True)
-    kept = _bits(first)
+    kept = bits(first)
     second, = torch.autograd.grad(loss, x, grad)
     out = run.Outcome(input=pristine, target=t, loss=loss.detach(), grad=second, upstream=grad)
     ev = run.truth(impl, problem, out)
@@ -52,7 +49,7 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, seed
              "second, = torch.autograd.grad(loss, x, grad)")
     judge.gradient(problem, out, ev, identity="second backward (retain_graph=True)",
                    show=Show("second{at}.item()", "truth.grad(grad){at}.item()", steps))
-    if not torch.equal(_bits(first), kept):
+    if not torch.equal(bits(first), kept):
         judge.fail("a returned gradient does not change", problem,
                    "the gradient returned by the first backward changed during the second",
                    show=Show("torch.equal(first, kept)", "True", steps))
@@ -83,12 +80,12 @@ def test_caller_tensors_unchanged(impl, judge, device, dtype, reduction, seed):
     grad = problem.upstream_gradient()
     options = problem.call_options()
     owned = {"upstream gradient": grad, "class weights": options.weight, "target": t}
-    before = {name: _bits(tensor) for name, tensor in owned.items()}
+    before = {name: bits(tensor) for name, tensor in owned.items()}
     loss = impl(x, t, options)
-    changed = [f"{name} (during forward)" for name, tensor in owned.items() if not torch.equal(_bits(tensor), before[name])]
+    changed = [f"{name} (during forward)" for name, tensor in owned.items() if not torch.equal(bits(tensor), before[name])]
     loss.backward(grad)
     changed += [f"{name} (during backward)" for name, tensor in owned.items()
-                if not torch.equal(_bits(tensor), before[name]) and f"{name} (during forward)" not in changed]
+                if not torch.equal(bits(tensor), before[name]) and f"{name} (during forward)" not in changed]
     if changed:
         judge.fail("caller's tensors unchanged", problem, "modified: " + ", ".join(changed),
                    show=Show("torch.equal(grad, grad0) and torch.equal(weight, weight0) and torch.equal(t, t0)", "True",

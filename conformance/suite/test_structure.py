@@ -11,9 +11,9 @@ from conformance.checks import Show
 REDUCTIONS = ["none", "mean", "sum"]
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """A bitwise copy (NaN-safe equality)."""
-    return t.detach().clone().contiguous().view(torch.uint8) if t.numel() else t.detach().clone()
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """A bitwise copy (NaN-safe equality), 0-dim tensors included."""
+    return t.detach().clone().contiguous().reshape(-1).view(torch.uint8) if t.numel() else t.detach().clone()
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -57,12 +57,12 @@ def test_inputs_never_modified(impl, judge, device, dtype, reduction, seed):
     problem = cases.problem(cases.well_conditioned(9, 7, dtype, device, seed=seed, ignore_index=ignore),
                             reduction=reduction, upstream="expanded" if reduction == "none" else "scalar")
     x, t = impl.feed(problem.case.logits, problem.case.target)
-    before = (_bits(x), _bits(t))
+    before = (bits(x), bits(t))
     leaf = x.detach().requires_grad_()
     loss = impl(leaf, t, problem.call_options())
-    after_forward = (_bits(leaf), _bits(t))
+    after_forward = (bits(leaf), bits(t))
     loss.backward(problem.upstream_gradient())
-    after_backward = (_bits(leaf), _bits(t))
+    after_backward = (bits(leaf), bits(t))
     for stage, (xa, ta) in (("forward", after_forward), ("backward", after_backward)):
         for name, now, then in (("logits", xa, before[0]), ("target", ta, before[1])):
             if not torch.equal(now, then):
@@ -152,9 +152,9 @@ def test_outputs_are_not_reused_between_calls(impl, judge, device, dtype, seed):
     first, second = (cases.problem(cases.well_conditioned(8, 5, dtype, device, seed=seed + k), reduction="none",
                                    upstream=None) for k in (0, 1))
     first_loss = run.forward(impl, first).loss
-    kept = _bits(first_loss)
+    kept = bits(first_loss)
     second_loss = run.forward(impl, second).loss
-    if first_loss.data_ptr() == second_loss.data_ptr() or not torch.equal(_bits(first_loss), kept):
+    if first_loss.data_ptr() == second_loss.data_ptr() or not torch.equal(bits(first_loss), kept):
         judge.fail("outputs are not reused between calls", second,
                    "the second call's result overwrote the first call's",
                    show=Show("torch.equal(first, kept) and first.data_ptr() != second.data_ptr()", "True",
