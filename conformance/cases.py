@@ -129,8 +129,9 @@ def from_recipe(family: str, recipe: str, device: str) -> Case:
 
 
 def well_conditioned(n: int, c: int, dtype: torch.dtype, device: str, *, seed: int = 0, scale: float = 1.0,
-                     extra_dims: tuple = (), weight: bool = False, ignore_index: Optional[int] = None,
-                     soft_target: bool = False, family: str = "well_conditioned") -> Case:
+                     shift: float = 0.0, extra_dims: tuple = (), weight: bool = False,
+                     ignore_index: Optional[int] = None, soft_target: bool = False,
+                     family: str = "well_conditioned") -> Case:
     """Standard-normal logits shaped ``(n, c, *extra_dims)``; each index target drawn among its
     row's classes with logit <= 0.
 
@@ -138,7 +139,8 @@ def well_conditioned(n: int, c: int, dtype: torch.dtype, device: str, *, seed: i
     ``lse - z_y`` is well conditioned (see ``tolerance``): accuracy on ill-conditioned, confident
     rows is checked by its own family, not hidden in a looser bound here. Options: class weights
     in [0.25, 1.25), every third position's target set to ``ignore_index``, or a probability
-    target (a softmax of scaled noise) instead of indices.
+    target (a softmax of scaled noise) instead of indices; ``shift`` is added to every logit after
+    the targets are drawn.
     """
     name = dtype_name(dtype)
     shape = (n, c, *extra_dims)
@@ -148,6 +150,8 @@ def well_conditioned(n: int, c: int, dtype: torch.dtype, device: str, *, seed: i
         lines.append(f"target = torch.softmax(torch.randn({shape}, dtype=torch.float64) * 2, 1).to(torch.{name})")
     else:
         lines.append(f"target = torch.where(logits <= 0, torch.rand({shape}), -1.0).argmax(1)")
+    if shift:
+        lines.append(f"logits = (logits.double() + {shift!r}).to(torch.{name})")
     if ignore_index is not None:
         lines.append(f"target.view(-1)[::3] = {ignore_index}")
     if weight:

@@ -127,7 +127,7 @@ GRADIENT = Show("x.grad{at}.item()", "truth.grad(grad){at}.item()")
 
 def call_code(impl: Implementation, problem: Problem, x: str = "x") -> str:
     """The snippet's call of the implementation on ``x`` and ``t`` with the problem's options."""
-    kw = problem.options.kwargs()
+    kw = impl.keywords(problem.options)
     kw.pop("weight")
     return f"impl.call({x}, t, weight=weight, " + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")"
 
@@ -149,9 +149,12 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
         lines.append(f"logits, target = logits.to({case.device!r}), target.to({case.device!r})")
         lines.append(f"weight = None if weight is None else weight.to({case.device!r})")
     lines += _load_line(impl) + ["x, t = impl.feed(logits, target)"]
+    variant = f", variant={impl.reference_variant(options)!r}" if options.variant.active else ""
+    if variant:
+        lines.insert(2, "from conformance.reference import Variant")
     lines.append(f"truth = evaluate(x, t, weight=weight, ignore_index={options.ignore_index!r}, "
                  f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, "
-                 f"input_kind={impl.input_kind!r})")
+                 f"input_kind={impl.input_kind!r}{variant})")
     if show.steps is not None:
         lines += list(show.steps)
     elif problem.upstream is None:
@@ -190,7 +193,7 @@ class Judge:
 
     def _parity(self, problem: Problem) -> bool:
         return (self.contract == "parity" and tolerance.compute_dtype(problem.dtype) != problem.dtype
-                and self.impl.input_kind == "logits")
+                and self.impl.input_kind == "logits" and not problem.options.variant.active)
 
     def _torch_on(self, problem: Problem, out: run.Outcome) -> tuple[Tensor, Optional[Tensor]]:
         """torch's own loss (and gradient, with the same upstream) on what the implementation was fed."""

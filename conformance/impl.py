@@ -10,21 +10,29 @@ attributes on the object declare what it is:
 ``target_kind``  ``"index"`` (default) or ``"onehot"`` (float one-hot rows shaped like the input).
 ``deviations``   a set of names from ``DEVIATIONS``: documented departures from torch's
                  semantics, reported as declared instead of failing.
+``variants``     ``{kit name: keyword}`` for the options beyond torch it takes (``VARIANTS``;
+                 e.g. Liger's ``{"z_loss": "lse_square_scale", "softcap": "softcap"}``).
+``z_loss_weighting``  ``"unweighted"`` (default, Liger's) or ``"class_weight"`` (see reference).
+``returns``      ``{auxiliary: keyword}``: the keyword (set to True) that makes it also return
+                 an auxiliary (``AUXILIARIES``), as ``(loss, aux)`` or an object with
+                 ``.loss`` and an attribute of that name (Liger's ``return_z_loss``, CCE's
+                 ``return_lse``).
+``differentiable_returns``  the auxiliaries whose gradient flows; the others are for logging.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from .guards import GlobalState, ImplementationFault, calling
-from .reference import INPUT_KINDS
+from .reference import INPUT_KINDS, Z_LOSS_WEIGHTINGS, Variant
 
-__all__ = ["FEATURES", "DEVIATIONS", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
+__all__ = ["FEATURES", "DEVIATIONS", "VARIANTS", "AUXILIARIES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
            "load_implementation", "adapt"]
 
 DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
@@ -50,6 +58,11 @@ FEATURES = {
     "vmap": "torch.func.vmap",
     "noncontiguous": "non-contiguous input views",
     "input_validation": "raising on invalid targets and shapes",
+    "logit_scale": "a logit scale (declared in variants)",
+    "softcap": "logit soft-capping (declared in variants)",
+    "z_loss": "the z-loss (declared in variants)",
+    "return_z_loss": "returning the z-loss (declared in returns)",
+    "return_lse": "returning the logsumexp (declared in returns)",
 }
 
 DEVIATIONS = {
@@ -57,6 +70,17 @@ DEVIATIONS = {
 }
 
 TARGET_KINDS = ("index", "onehot")
+
+VARIANTS = {
+    "logit_scale": "the logits multiplied by a scale first",
+    "softcap": "logits soft-capped, cap * tanh(z / cap)",
+    "z_loss": "z-loss, lam * logsumexp^2 per kept position",
+}
+
+AUXILIARIES = {
+    "z_loss": "the z-loss alone, reduced as the loss",
+    "lse": "the logsumexp of the (capped) logits per position",
+}
 
 
 class ImplementationError(Exception):
@@ -71,13 +95,22 @@ class LossOptions:
     ignore_index: int = -100
     reduction: str = "mean"
     label_smoothing: float = 0.0
+    variant: Variant = Variant()  # the options beyond torch's (the implementation's keywords)
 
     def kwargs(self) -> dict[str, Any]:
+        """torch's keywords (the variant travels apart: each implementation names it its own way)."""
         return {"weight": self.weight, "ignore_index": self.ignore_index, "reduction": self.reduction,
                 "label_smoothing": self.label_smoothing}
 
+    def variant_kwargs(self) -> dict[str, Any]:
+        """The kit's names of the variant options that differ from torch's loss."""
+        default = Variant()
+        return {name: getattr(self.variant, name) for name in VARIANTS
+                if getattr(self.variant, name) != getattr(default, name)}
+
     def describe(self) -> str:
         parts = [f"reduction={self.reduction!r}"]
+        parts += [f"{name}={value!r}" for name, value in self.variant_kwargs().items()]
         if self.weight is not None:
             parts.append("weight=<%d classes>" % self.weight.numel())
         if self.ignore_index != -100:
@@ -98,28 +131,62 @@ class Implementation:
     target_kind: str = "index"
     deviations: frozenset = field(default_factory=frozenset)
     framework: str = "torch"  # the framework of a loss adapted by conformance.adapters
+    variants: dict = field(default_factory=dict)
+    z_loss_weighting: str = "unweighted"
+    returns: dict = field(default_factory=dict)
+    differentiable_returns: frozenset = field(default_factory=frozenset)
 
     def __call__(self, input: Tensor, target: Tensor, options: LossOptions = LossOptions()) -> Tensor:
         """Call the implementation, holding it to its conduct: it returns a tensor on the input's
         device and leaves global torch state as it found it (see ``guards``)."""
+        called = self._describe_call(input, target, options)
+        return self._tensor(self._guarded(input, target, self.keywords(options), called), input, called)
+
+    def call_returning(self, auxiliary: str, input: Tensor, target: Tensor,
+                       options: LossOptions = LossOptions()) -> tuple[Tensor, Tensor]:
+        """Call it asking for ``auxiliary`` as well (its ``returns`` keyword set to True)."""
+        called = self._describe_call(input, target, options) + f", {self.returns[auxiliary]}=True"
+        result = self._guarded(input, target, {**self.keywords(options), self.returns[auxiliary]: True}, called)
+        if isinstance(result, (tuple, list)):
+            loss, aux = result[0], result[1]
+        else:
+            loss, aux = getattr(result, "loss", None), getattr(result, auxiliary, None)
+        return self._tensor(loss, input, called), self._tensor(aux, input, called + f" ({auxiliary})")
+
+    def keywords(self, options: LossOptions) -> dict[str, Any]:
+        """The call's keywords: torch's, and the variant's under the implementation's names."""
+        return {**options.kwargs(), **{self.variants[name]: value for name, value in options.variant_kwargs().items()}}
+
+    def reference_variant(self, options: LossOptions) -> Variant:
+        """The problem's variant under this implementation's declared conventions."""
+        return replace(options.variant, z_loss_weighting=self.z_loss_weighting)
+
+    @staticmethod
+    def _describe_call(input: Tensor, target: Tensor, options: LossOptions) -> str:
+        return (f"on input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} {target.dtype}, "
+                f"{options.describe()}")
+
+    def _guarded(self, input: Tensor, target: Tensor, keywords: dict, called: str) -> Any:
         state = GlobalState()
-        called = (f"{self.spec} on input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} "
-                  f"{target.dtype}, {options.describe()}")
+        called = f"{self.spec} {called}"
         try:
             with calling(called):
-                result = self.call(input, target, **options.kwargs())
+                result = self.call(input, target, **keywords)
         except Exception as exc:
             state.restore_changes()
             exc.add_note(f"[conformance] raised by the implementation under test: {called}")
             raise
         state.check(f"during the call ({called})")
+        return result
+
+    def _tensor(self, result: Any, input: Tensor, called: str) -> Tensor:
         if not isinstance(result, Tensor):
             raise ImplementationFault(f"the implementation returned {type(result).__module__}."
                                       f"{type(result).__qualname__} {str(result)[:80]}, expected a torch.Tensor "
-                                      f"({called})")
+                                      f"({self.spec} {called})")
         if result.device != input.device:
             raise ImplementationFault(f"the implementation returned a tensor on {result.device} for an input on "
-                                      f"{input.device} ({called})")
+                                      f"{input.device} ({self.spec} {called})")
         return result
 
     def feed(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,13 +239,28 @@ def adapt(obj: Any, spec: str) -> Implementation:
     target_kind = getattr(obj, "target_kind", "index")
     if target_kind not in TARGET_KINDS:
         raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
+    variants, returns = dict(getattr(obj, "variants", {}) or {}), dict(getattr(obj, "returns", {}) or {})
+    differentiable = frozenset(getattr(obj, "differentiable_returns", ()) or ())
+    z_loss_weighting = getattr(obj, "z_loss_weighting", "unweighted")
+    for what, names, known in (("variants", variants, VARIANTS), ("returns", returns, AUXILIARIES),
+                               ("differentiable_returns", differentiable, returns)):
+        if set(names) - set(known):
+            raise ImplementationError(f"{spec}: {what} names unknown {sorted(set(names) - set(known))}; "
+                                      f"known: {sorted(known)}")
+    if z_loss_weighting not in Z_LOSS_WEIGHTINGS:
+        raise ImplementationError(f"{spec}: z_loss_weighting={z_loss_weighting!r}; expected one of "
+                                  f"{Z_LOSS_WEIGHTINGS}")
+    if variants and input_kind != "logits":
+        raise ImplementationError(f"{spec}: variants apply to logits, not input_kind={input_kind!r}")
+    unsupported |= (VARIANTS.keys() - variants.keys()) | {f"return_{name}" for name in AUXILIARIES.keys() - returns.keys()}
     if target_kind == "onehot":
         unsupported |= {"ignore_index"}
     if "ignore_index" in unsupported:
         unsupported |= {"custom_ignore_index"}
     return Implementation(spec=spec, call=call, unsupported=unsupported, input_kind=input_kind,
                           target_kind=target_kind, deviations=deviations,
-                          framework=getattr(obj, "framework", "torch"))
+                          framework=getattr(obj, "framework", "torch"), variants=variants,
+                          z_loss_weighting=z_loss_weighting, returns=returns, differentiable_returns=differentiable)
 
 
 def load_implementation(spec: Optional[str] = None,

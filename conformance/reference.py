@@ -22,6 +22,25 @@ Every combination reduces to one *weighted target* ``a`` per position::
 ``mean`` divides by the sum of ``w[y]`` over kept positions for index targets and by the number
 of positions for probability targets (pytorch#107680). ``0 * log 0`` counts as 0.
 
+Variants that fused kernels ship beyond torch (``Variant``; logits input only), applied in
+this order (Liger-Kernel, cut-cross-entropy, flash-attention, unsloth; FIELD.md):
+
+* ``logit_scale`` ``s``: the logits are multiplied by ``s`` first (flash-attention's
+  ``logit_scale``, Cohere's 0.0625; a loss that divides, as Granite's does, is declared with the
+  reciprocal);
+* ``softcap`` ``c``: then capped, ``c * tanh(z / c)`` (Gemma 2 uses 30); everything after,
+  smoothing and the z-loss included, sees the capped logits (Liger's z-loss does);
+* ``z_loss`` ``lam``: ``lam * lse^2`` is added per kept position (PaLM's z-loss; Liger's
+  ``lse_square_scale``), ``lse`` the logsumexp of the capped logits; ignored positions add
+  nothing. With ``reduction='mean'`` its sum is divided by the number of kept positions
+  (``z_loss_weighting='unweighted'``, Liger's convention: not scaled by class weights) or, with
+  ``'class_weight'``, each position's term is scaled by ``w[y]`` and divided by the loss's own
+  divisor. A probability target keeps every position, with weight 1.
+
+The gradient with respect to the capped logits is ``s ((A + 2 lam k lse) p - a)`` (``k`` the
+position's z-loss weight over its divisor relative to the loss's), times ``c``'s derivative
+``1 - tanh^2`` and the scale: the chain rule in ``Evaluation.grad``.
+
 Non-finite logits. torch's answer is the arithmetic one: a ``-inf`` non-target logit contributes
 0, a ``-inf`` target logit gives ``+inf``, and a row holding ``+inf`` gives NaN, because its
 log-probabilities are ``inf - inf``. There the mathematical limit is an answer too
@@ -31,17 +50,50 @@ the row (a NaN logit, or mass spread over several ``+inf`` classes) has no limit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["INPUT_KINDS", "TARGET_KINDS", "Evaluation", "evaluate", "cross_entropy", "to_rows", "from_rows"]
+__all__ = ["INPUT_KINDS", "TARGET_KINDS", "Z_LOSS_WEIGHTINGS", "Variant", "Evaluation", "evaluate", "cross_entropy",
+           "to_rows", "from_rows"]
 
 INPUT_KINDS = ("logits", "log_probs", "probs")
 TARGET_KINDS = ("index", "probs")
 REDUCTIONS = ("none", "mean", "sum")
+Z_LOSS_WEIGHTINGS = ("unweighted", "class_weight")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The options beyond torch's loss (see the module docstring); the default is torch's loss."""
+
+    logit_scale: float = 1.0
+    softcap: Optional[float] = None
+    z_loss: float = 0.0
+    z_loss_weighting: str = "unweighted"
+
+    def __post_init__(self):
+        if self.softcap is not None and not self.softcap > 0:
+            raise ValueError(f"softcap={self.softcap!r}: expected a positive cap or None")
+        if self.z_loss_weighting not in Z_LOSS_WEIGHTINGS:
+            raise ValueError(f"z_loss_weighting={self.z_loss_weighting!r}; expected one of {Z_LOSS_WEIGHTINGS}")
+
+    @property
+    def active(self) -> bool:
+        return self.logit_scale != 1.0 or self.softcap is not None or self.z_loss != 0.0
+
+    def transform(self, rows: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """The logits the loss sees, ``d`` (their derivative with respect to the given logits)
+        and the tanh values of the cap (``None`` without a cap), in float64."""
+        if not (self.logit_scale != 1.0 or self.softcap is not None):
+            return rows, None, None
+        scaled = rows * self.logit_scale
+        if self.softcap is None:
+            return scaled, torch.full_like(rows, self.logit_scale), None
+        t = torch.tanh(scaled / self.softcap)
+        return self.softcap * t, self.logit_scale * (1 - t * t), t
 
 
 def to_rows(x: Tensor, *, class_dim: bool) -> Tensor:
@@ -90,6 +142,44 @@ class Evaluation:
     row_loss: Tensor          # (M,)
     denominator: Tensor       # () the mean's divisor (1 for none/sum)
     row_loss_limit: Tensor    # (M,) the mathematical limit where a +inf logit makes row_loss NaN
+    variant: Variant = Variant()
+    logit_derivative: Optional[Tensor] = None  # (M, C) d(inputs)/d(logits as given); None: identity
+    cap_tanh: Optional[Tensor] = None          # (M, C) tanh(scale * z / cap) under a cap
+    z_weight: Optional[Tensor] = None          # (M,) each position's z-loss weight (0 if ignored)
+    z_loss_share: Optional[Tensor] = None      # () the loss's divisor over the z-loss's ('mean')
+
+    @property
+    def row_z_loss(self) -> Tensor:
+        """``lam lse^2`` per position times its z-loss weight and share: the part of ``row_loss``
+        that is z-loss (zeros without one)."""
+        if self.z_weight is None:
+            return torch.zeros_like(self.row_loss)
+        lse = self.logsumexp.nan_to_num(0.0, 0.0, 0.0)
+        return torch.where(self.z_weight == 0, 0.0, self.variant.z_loss * lse * lse * self.z_weight
+                           * self.z_loss_share)
+
+    @property
+    def z_coefficient(self) -> Tensor:
+        """Per position, what the z-loss adds to ``A`` in the gradient: ``2 lam k lse``, ``(M, 1)``."""
+        if self.z_weight is None:
+            return torch.zeros(self.log_probs.shape[0], 1, dtype=torch.float64)
+        lse = self.logsumexp.nan_to_num(0.0, 0.0, 0.0)
+        return (2 * self.variant.z_loss * self.z_weight * self.z_loss_share * lse)[:, None]
+
+    @property
+    def z_loss_value(self) -> Tensor:
+        """The z-loss alone, reduced as the loss is: what a kernel returns for logging."""
+        return self._reduce(self.row_z_loss)
+
+    def without_cross_entropy(self) -> "Evaluation":
+        """The z-loss alone (its value and gradient; a returned z-loss is judged by it)."""
+        return replace(self, weighted_target=torch.zeros_like(self.weighted_target), row_loss=self.row_z_loss,
+                       row_loss_limit=self.row_z_loss)
+
+    @property
+    def position_logsumexp(self) -> Tensor:
+        """The logsumexp of the (capped) logits per position, shaped like the target."""
+        return from_rows(self.logsumexp, self.position_shape)
 
     @property
     def loss_limit(self) -> Tensor:
@@ -128,7 +218,9 @@ class Evaluation:
         a = self.weighted_target
         if self.input_kind == "logits":
             p = self.log_probs.exp()
-            rows = s * (a.sum(1, keepdim=True) * p - a)
+            rows = s * ((a.sum(1, keepdim=True) + self.z_coefficient) * p - a)
+            if self.logit_derivative is not None:
+                rows = rows * self.logit_derivative
         elif self.input_kind == "log_probs":
             rows = -s * a
         else:
@@ -198,14 +290,28 @@ def _weighted_target(target_rows: Tensor, target_kind: str, num_classes: int, we
     return a, w_target.sum()
 
 
+def _z_weights(target_rows: Tensor, target_kind: str, weight: Optional[Tensor], ignore_index: int,
+               weighting: str) -> Tensor:
+    """Each position's z-loss weight: 1 per kept position, or ``w[y]`` under ``'class_weight'``."""
+    if target_kind == "probs":
+        return torch.ones(target_rows.shape[0], dtype=torch.float64)
+    kept = (target_rows != ignore_index).to(torch.float64)
+    if weighting == "unweighted" or weight is None:
+        return kept
+    safe = torch.where(target_rows != ignore_index, target_rows, torch.zeros_like(target_rows))
+    return weight.to(torch.float64).cpu()[safe] * kept
+
+
 def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, ignore_index: int = -100,
              reduction: str = "mean", label_smoothing: float = 0.0, input_kind: str = "logits",
-             target_kind: Optional[str] = None) -> Evaluation:
+             target_kind: Optional[str] = None, variant: Variant = Variant()) -> Evaluation:
     """Evaluate the loss in float64 on exactly the values given (already rounded to their dtype)."""
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind={input_kind!r}; expected one of {INPUT_KINDS}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}; expected one of {REDUCTIONS}")
+    if variant.active and input_kind != "logits":
+        raise ValueError(f"{variant} applies to logits, not input_kind={input_kind!r}")
     if target_kind is None:
         target_kind = "probs" if target.is_floating_point() else "index"
     if target_kind not in TARGET_KINDS:
@@ -213,7 +319,7 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
     x = input.detach().to("cpu", torch.float64)
     t = target.detach().cpu()
     num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
-    rows = to_rows(x, class_dim=True)
+    rows, logit_derivative, cap_tanh = variant.transform(to_rows(x, class_dim=True))
     if target_kind == "probs":
         if t.shape != x.shape:
             raise ValueError(f"probability target shape {tuple(t.shape)} != input shape {tuple(x.shape)}")
@@ -228,11 +334,20 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
     log_probs, lse, spread = _log_probs(rows, input_kind)
     a, denominator = _weighted_target(target_rows, target_kind, num_classes, weight, ignore_index, label_smoothing)
     row_loss = -_safe_product(a, log_probs).sum(1)
-    return Evaluation(row_loss_limit=_limit_of_rows(rows, a, row_loss, input_kind),
+    if reduction != "mean":
+        denominator = torch.tensor(1.0, dtype=torch.float64)
+    evaluation = Evaluation(row_loss_limit=_limit_of_rows(rows, a, row_loss, input_kind),
         input_kind=input_kind, reduction=reduction, input_shape=x.shape, position_shape=position_shape,
         inputs=rows, log_probs=log_probs, logsumexp=lse, spread=spread, weighted_target=a, row_loss=row_loss,
-        denominator=denominator if reduction == "mean" else torch.tensor(1.0, dtype=torch.float64),
-    )
+        denominator=denominator, variant=variant, logit_derivative=logit_derivative, cap_tanh=cap_tanh)
+    if variant.z_loss == 0:
+        return evaluation
+    z_weight = _z_weights(target_rows, target_kind, weight, ignore_index, variant.z_loss_weighting)
+    z_denominator = z_weight.sum() if reduction == "mean" else torch.tensor(1.0, dtype=torch.float64)
+    share = denominator / z_denominator if bool(z_denominator != 0) else torch.zeros((), dtype=torch.float64)
+    evaluation = replace(evaluation, z_weight=z_weight, z_loss_share=share)
+    z_part = evaluation.row_z_loss
+    return replace(evaluation, row_loss=row_loss + z_part, row_loss_limit=evaluation.row_loss_limit + z_part)
 
 
 def cross_entropy(input: Tensor, target: Tensor, **options) -> Tensor:

@@ -34,7 +34,9 @@ class Outcome:
 
 def truth(impl: Implementation, problem: Problem, outcome: Outcome) -> Evaluation:
     """The float64 reference on exactly what the implementation was fed."""
-    return evaluate(outcome.input, outcome.target, **problem.call_options().kwargs(), input_kind=impl.input_kind)
+    options = problem.call_options()
+    return evaluate(outcome.input, outcome.target, **options.kwargs(), input_kind=impl.input_kind,
+                    variant=impl.reference_variant(options))
 
 
 def _pristine(t: Tensor) -> Tensor:

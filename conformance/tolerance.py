@@ -77,6 +77,22 @@ allows (twice in float32/float64, ``HALF_PRECISION_ROUNDINGS`` times in a half d
 ``fl16(1.75 * fl16(p / N))``); plus float32's smallest normal (kernels may flush subnormals in
 float32); all times the magnitude of the upstream gradient where it scales the result.
 
+Variants (``reference.Variant``). The loss sees ``z = c tanh(s x / c)`` (or ``s x``) formed at
+the compute precision: the product rounds once, the cap's division, ``tanh`` (to 2 ulp) and
+product four times more, and ``tanh``'s condition number ``|x tanh'(x) / tanh(x)|`` is at most 1,
+so each ``z_c`` errs by ``delta_c = k u |z_c|`` (``k`` = ``_SCALE_ULPS`` + ``_CAP_ULPS``). That
+perturbs a position's loss by ``sum_c |A' p_c - a_c| delta_c``, with ``A' = A + 2 lam k lse`` the
+z-loss's share of the softmax term, and every probability relatively by ``delta_c + sum_j p_j
+delta_j``. The z-loss ``lam lse^2`` errs by ``2 lam |lse| e + lam e^2`` from the logsumexp's
+error ``e = u (log s + spread + n + 4) + u |lse|`` (its last rounding is in every contract: the
+z-loss is not shift-invariant) and by three roundings of its own. The chain rule multiplies the
+gradient with respect to ``z`` (and its bound) by ``d = s (1 - t^2)``, ``t = tanh(s x / c)``,
+which a kernel forms with ``t`` off by ``3 u |t| + u/2`` (``x sech^2 x <= 0.45``), ``1 - t^2``
+off by ``2 |t|`` times that plus two roundings: near saturation ``1 - t^2`` cancels, so that
+error is absolute, ``|s| u``-sized, not relative. The returned auxiliaries: the logsumexp
+within ``e`` (plus the transform's ``sum_j p_j delta_j``), the z-loss within its term above,
+each reduced as the value is.
+
 Derived identities (Hessian-vector products, directional derivatives, sums of two bounds, the
 document's paths, the XOR trajectory) are bounded from these, each derivation at its function.
 """
@@ -99,6 +115,9 @@ EXACT = "exact"
 PARITY_FACTOR = 2.0
 
 _EXP_LOG_ULPS = 4
+# Roundings in forming the loss's logits (see Variants): the scale's product; the cap's division,
+# tanh (2 ulp) and product, and one more where both apply.
+_SCALE_ULPS, _CAP_ULPS = 1, 4
 
 # Roundings to a half dtype of quantities no larger than the result (see the contract above).
 HALF_PRECISION_ROUNDINGS = 4
@@ -156,6 +175,33 @@ def _abs_lse(ev: Evaluation) -> Tensor:
     return ev.logsumexp.abs().nan_to_num(0.0, 0.0, 0.0)
 
 
+def _logit_error(ev: Evaluation, u: float) -> Tensor:
+    """``delta_c``: the error of each logit the loss sees, formed from the given ones (Variants)."""
+    variant = ev.variant
+    ulps = (_SCALE_ULPS if variant.logit_scale != 1.0 else 0) + (_CAP_ULPS if variant.softcap is not None else 0)
+    return ulps * u * ev.inputs.abs().nan_to_num(0.0, 0.0, 0.0)
+
+
+def _probabilities(ev: Evaluation) -> Tensor:
+    return ev.log_probs.exp()
+
+
+def _z_loss_error(ev: Evaluation, u: float) -> Tensor:
+    """Per position, the error of the z-loss term (its share of the loss included)."""
+    if ev.z_weight is None:
+        return torch.zeros_like(ev.row_loss)
+    e = _lse_error(ev, u) + u * _abs_lse(ev)
+    scale = (ev.variant.z_loss * ev.z_weight * ev.z_loss_share).abs()
+    return scale * (2 * _abs_lse(ev) * e + e * e) + 3 * u * ev.row_z_loss.abs()
+
+
+def _variant_value_error(ev: Evaluation, u: float) -> Tensor:
+    """What the variants add to a position's forward error (see Variants)."""
+    p, a = _probabilities(ev), ev.weighted_target
+    sensitivity = ((a.sum(1, keepdim=True) + ev.z_coefficient).abs() * p + a.abs())
+    return torch.where(sensitivity == 0, 0.0, sensitivity * _logit_error(ev, u)).sum(1) + _z_loss_error(ev, u)
+
+
 def _row_value_error(ev: Evaluation, u: float, contract: str) -> Tensor:
     """Forward error of each position's loss when computed at unit roundoff ``u``."""
     a, n = ev.weighted_target, ev.num_classes
@@ -164,33 +210,73 @@ def _row_value_error(ev: Evaluation, u: float, contract: str) -> Tensor:
         error = a.sum(1) * _lse_error(ev, u) + (n + 2) * u * terms
         if contract != EXACT:
             error = error + u * (3 * a.sum(1) * _abs_lse(ev) + (n + 1) * _abs_products(a, ev.inputs))
+        if ev.variant.active:
+            error = error + _variant_value_error(ev, u)
         return error
     if ev.input_kind == "log_probs":
         return (n + 1) * u * terms
     return (n + 2) * u * terms + 2 * u * a.sum(1)
 
 
-def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
-    """Largest acceptable ``|loss - reference|``, shaped like the reduced loss."""
-    _check_contract(contract)
+def _reduced_bound(ev: Evaluation, row_err: Tensor, row_values: Tensor, expected: Tensor,
+                   dtype: torch.dtype) -> Tensor:
+    """A bound on a reduced per-position quantity from its positions' errors: a sum of ``N``
+    terms adds ``(N + 1) u sum_i |v_i|``; the mean's divisor and division, and the half rounding."""
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
-    row_err = _row_value_error(ev, u, contract)
-    expected = ev.loss.abs()
+    expected = expected.abs()
     if ev.reduction == "none":
         compute = row_err.reshape(expected.shape)
     else:
-        n_rows = ev.row_loss.shape[0]
-        compute = row_err.sum() + (n_rows + 1) * u * ev.row_loss.abs().sum()
+        n_rows = row_values.shape[0]
+        compute = row_err.sum() + (n_rows + 1) * u * row_values.abs().sum()
         if ev.reduction == "mean":
             compute = compute / ev.denominator.abs() + (n_rows + 2) * u * expected
     rounding = HALF_PRECISION_ROUNDINGS * u_o * expected if _is_half(dtype) else torch.zeros_like(expected)
     return compute + rounding + underflow_floor(dtype)
 
 
+def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """Largest acceptable ``|loss - reference|``, shaped like the reduced loss."""
+    _check_contract(contract)
+    u = unit_roundoff(compute_dtype(dtype))
+    return _reduced_bound(ev, _row_value_error(ev, u, contract), ev.row_loss, ev.loss, dtype)
+
+
+def z_loss_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """A returned z-loss (reduced as the loss): its positions' errors (Variants), reduced."""
+    _check_contract(contract)
+    u = unit_roundoff(compute_dtype(dtype))
+    p = _probabilities(ev)
+    through_logits = torch.where(p == 0, 0.0, ev.z_coefficient.abs() * p * _logit_error(ev, u)).sum(1)
+    return _reduced_bound(ev, _z_loss_error(ev, u) + through_logits, ev.row_z_loss, ev.z_loss_value, dtype)
+
+
+def lse_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """A returned logsumexp per position: ``e`` plus the transform's ``sum_j p_j delta_j``, and
+    its rounding to a half dtype."""
+    _check_contract(contract)
+    u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
+    p = _probabilities(ev)
+    rows = _lse_error(ev, u) + u * _abs_lse(ev) + torch.where(p == 0, 0.0, p * _logit_error(ev, u)).sum(1)
+    if _is_half(dtype):
+        rows = rows + HALF_PRECISION_ROUNDINGS * u_o * _abs_lse(ev)
+    return rows.reshape(ev.position_shape) + underflow_floor(dtype)
+
+
 def _rows_shaped_like(bound_rows: Tensor, g: Tensor) -> Tensor:
     if g.dim() > 1:
         return bound_rows.reshape(g.movedim(1, -1).shape).movedim(-1, 1)
     return bound_rows.reshape(g.shape)
+
+
+def _derivative_error(ev: Evaluation, u: float) -> Tensor:
+    """The error of the chain rule's factor ``d = s (1 - t^2)`` as a kernel forms it (Variants)."""
+    d = ev.logit_derivative
+    if ev.cap_tanh is None:
+        return u * d.abs()
+    t = ev.cap_tanh.abs()
+    t_error = 3 * u * t + u / 2
+    return abs(ev.variant.logit_scale) * (2 * t * t_error + u * t * t + u * (1 - t * t)) + u * d.abs()
 
 
 def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
@@ -203,27 +289,37 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract
     g_rows = to_rows(g, class_dim=True)
     divisor_err = (ev.row_loss.shape[0] + 1) * u if ev.reduction == "mean" else 0.0
     if ev.input_kind == "logits":
-        A = a.sum(1, keepdim=True)
-        p = ev.log_probs.exp()
+        A = (a.sum(1, keepdim=True) + ev.z_coefficient).abs()  # the z-loss adds to the softmax term
+        p = _probabilities(ev)
         z_minus_m = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs().nan_to_num(0.0, 0.0, 0.0)
         rel_p = _lse_error(ev, u)[:, None] + u * (z_minus_m + ev.log_probs.abs().nan_to_num(0.0, 0.0, 0.0)) \
             + _EXP_LOG_ULPS * u
         if contract != EXACT:
             rel_p = rel_p + torch.expm1(u * _abs_lse(ev))[:, None]
+        if ev.variant.active:
+            delta = _logit_error(ev, u)
+            rel_p = rel_p + delta + torch.where(p == 0, 0.0, p * delta).sum(1, keepdim=True)
         p_err = torch.where(p == 0, torch.zeros_like(p), p * rel_p)
         if contract != EXACT:
             p_err = p_err.clamp(max=1.0)
         compute = s * (A * p_err + 3 * u * (A * p + a.abs()))
+        if ev.z_weight is not None:  # the z-loss's coefficient 2 lam k lse, off by 2 lam k e
+            e = (_lse_error(ev, u) + u * _abs_lse(ev))[:, None]
+            compute = compute + s * p * (2 * ev.variant.z_loss * ev.z_weight * ev.z_loss_share).abs()[:, None] * e
+        if _is_half(dtype):
+            saved = s * A * p * ev.log_probs.abs()
+            compute = compute + SAVED_LOG_PROB_ROUNDINGS * u_o * torch.where(p == 0, torch.zeros_like(p), saved)
+        if ev.logit_derivative is not None:  # the chain rule through scale and cap
+            z_grad = s * ((a.sum(1, keepdim=True) + ev.z_coefficient) * p - a)
+            compute = ev.logit_derivative.abs() * compute + z_grad.abs() * _derivative_error(ev, u)
     else:
         compute = 4 * u * g_rows.abs()
     compute = compute + (2 * u + divisor_err) * g_rows.abs()
     if _is_half(dtype):
         compute = compute + HALF_PRECISION_ROUNDINGS * u_o * g_rows.abs()
         unrepresentable = a.to(dtype).to(torch.float64) != a
-        compute = compute + HALF_PRECISION_ROUNDINGS * u_o * s * torch.where(unrepresentable, a.abs(), 0.0)
-        if ev.input_kind == "logits":
-            saved = s * a.sum(1, keepdim=True) * p * ev.log_probs.abs()
-            compute = compute + SAVED_LOG_PROB_ROUNDINGS * u_o * torch.where(p == 0, torch.zeros_like(p), saved)
+        d = ev.logit_derivative.abs() if ev.logit_derivative is not None else 1.0
+        compute = compute + HALF_PRECISION_ROUNDINGS * u_o * s * d * torch.where(unrepresentable, a.abs(), 0.0)
     upstream = ev.upstream_rows(grad_output) * (ev.denominator if bool(ev.denominator != 0) else 1.0)
     bound = compute + underflow_floor(dtype) * upstream.abs().clamp(min=1.0)[:, None]
     return _rows_shaped_like(bound, g)
@@ -351,6 +447,8 @@ BOUNDS = {
     "xor trajectory": xor_trajectory_bound,
     "hessian-vector product": hessian_vector_bound,
     "directional derivative": directional_bound,
+    "z-loss": z_loss_bound,
+    "logsumexp": lse_bound,
 }
 
 

@@ -22,11 +22,17 @@ CORRECT = {
     "fused_online_chunked": (),
     "float64_torch_wrapper": (),
     "declares_no_weight": (),
+    "variants_composed": (),
+    "variants_fused": (),
 }
 
 # broken fixture -> the suite test that must catch it
 CAUGHT_BY = {
     "accepts_out_of_range_target": "test_invalid_input_raises",
+    "cap_before_scale": "test_variant_value_and_gradient",
+    "z_loss_gradient_dropped": "test_returned_auxiliary",
+    "z_loss_over_ignored": "test_variant_value_and_gradient",
+    "z_loss_uncapped": "test_variant_value_and_gradient",
     "all_ignored_mean_zero": "test_all_targets_ignored",
     "batch_tail_dropped": "test_value_matches_truth",
     "class_tail_dropped": "test_value_matches_truth",
@@ -148,3 +154,15 @@ def test_a_property_failure_found_before_a_slow_shrink_is_reported_with_its_exam
     assert "hypothesis found this failing example; shrinking it ran past the time limit" in output
     assert "actual=nan" in output and "reproduce:" in output
     assert "hangs or is far too slow" not in output
+
+
+def test_a_logging_only_z_loss_with_a_wrong_gradient_is_reported_not_failed(suite):
+    """Liger's returned z-loss requires grad, and backward drops its gradient; declared for logging
+    (not in ``differentiable_returns``), that is a probed gap, and a failure when required."""
+    selection = ("-k", "test_returned_auxiliary and float32")
+    result = suite("--impl=fixtures.correct.variants_fused", *selection, "-rs")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    result.stdout.fnmatch_lines(["*probed*differentiable_z_loss*2*declared for logging only*"])
+    required = suite("--impl=fixtures.correct.variants_fused", *selection, "--conformance-require=differentiable_z_loss")
+    assert required.ret == pytest.ExitCode.TESTS_FAILED
+    required.stdout.fnmatch_lines(["*required feature 'differentiable_z_loss' is not supported*"])

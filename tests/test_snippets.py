@@ -19,6 +19,8 @@ FAMILIES = {
     "transforms": ("double_backward_wrong", "test_hessian_vector_product and float64"),
     "document": ("small_bias", "test_document_example and float64"),
     "properties": ("small_bias", "test_implementation_matches_reference and float64"),
+    "variants": ("z_loss_uncapped", "test_variant_value_and_gradient and float32 and plain"),
+    "returned auxiliaries": ("z_loss_gradient_dropped", "test_returned_auxiliary and float32"),
 }
 
 

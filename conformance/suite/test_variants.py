@@ -1,0 +1,143 @@
+"""Options fused kernels ship beyond torch's loss (``reference.Variant``): a logit scale, logit
+soft-capping, the z-loss, alone and where their order matters (scale before cap, the z-loss on
+the capped logits, over kept positions only), and the auxiliaries a kernel returns for logging
+(the z-loss, the logsumexp). Each check needs the variants it switches on: an implementation that
+does not declare one (``variants``, README) has those checks reported as unsupported."""
+import pytest
+import torch
+
+from conformance import cases, run
+from conformance.checks import Show
+from conformance.reference import Variant
+
+# Each setting: the variant, and the factor and shift of the case's logits that make it matter
+# (logits beyond the cap, an lse far from 0 for the z-loss). Values from practice: Cohere's scale
+# 0.0625, Gemma 2's cap 30; the z-loss weight is 10x PaLM's 1e-4, so that in float32 its term
+# (about 1 here) is far above the loss's rounding.
+SETTINGS = {
+    "scale": (Variant(logit_scale=0.0625), 16.0, 0.0),
+    "softcap": (Variant(softcap=30.0), 25.0, 0.0),
+    "z_loss": (Variant(z_loss=1e-3), 2.0, 6.0),
+    "softcap_z_loss": (Variant(softcap=30.0, z_loss=1e-3), 25.0, 10.0),
+    "scale_softcap": (Variant(logit_scale=0.5, softcap=20.0), 50.0, 0.0),
+}
+# The loss options each setting runs with: the plain loss, and class weights, every third
+# position ignored and label smoothing together (where the z-loss's kept positions and its
+# weighting show).
+OPTIONS = {
+    "plain-none": dict(reduction="none"),
+    "plain-mean": dict(reduction="mean"),
+    "weighted_ignored_smoothed-sum": dict(reduction="sum", weight=True, ignore_index=-100, label_smoothing=0.1),
+    "weighted_ignored-mean": dict(reduction="mean", weight=True, ignore_index=-100),
+}
+_OPTION_FEATURES = {"weight": "weight", "ignore_index": "ignore_index", "label_smoothing": "label_smoothing"}
+
+
+def _variant_names(variant: Variant) -> list[str]:
+    default = Variant()
+    return [name for name in ("logit_scale", "softcap", "z_loss") if getattr(variant, name) != getattr(default, name)]
+
+
+def _params(table: dict, features) -> list:
+    return [pytest.param(name, id=name, marks=[pytest.mark.feature(*features(value))]) for name, value in table.items()]
+
+
+SETTING_PARAMS = _params(SETTINGS, lambda setting: _variant_names(setting[0]))
+OPTION_PARAMS = _params(OPTIONS, lambda options: [f for key, f in _OPTION_FEATURES.items() if key in options])
+
+
+def _problem(setting: str, options: dict, dtype, device, seed, *, n: int = 12, c: int = 37, upstream="random"):
+    variant, factor, shift = SETTINGS[setting]
+    options = dict(options)
+    case = cases.well_conditioned(n, c, dtype, device, seed=seed, scale=factor, shift=shift,
+                                  weight=options.pop("weight", False), ignore_index=options.get("ignore_index"),
+                                  family=f"variant_{setting}")
+    return cases.problem(case, variant=variant, upstream=upstream, note=f", variant setting={setting}", **options)
+
+
+@pytest.mark.parametrize("options", OPTION_PARAMS)
+@pytest.mark.parametrize("setting", SETTING_PARAMS)
+def test_variant_value_and_gradient(judge, device, dtype, setting, options, seed):
+    """The loss and its gradient with the variant on, against the float64 variant's truth."""
+    judge.conforms(_problem(setting, OPTIONS[options], dtype, device, seed))
+
+
+# Logits the cap must tame: beyond float range of exp, +-inf (the cap maps them to +-c, so the
+# loss is finite and the gradient there is 0), and a common shift under the z-loss (lse ~ 1e3).
+EXTREMES = {
+    "huge_under_cap": ("softcap", "logits = (z * 1e4).to(torch.float64)"),
+    "infinite_under_cap": ("softcap", "logits = z.clone(); logits[:, 0] = float('inf'); logits[:, 1] = -float('inf')"),
+    "shifted_z_loss": ("z_loss", "logits = z + 1000.0"),
+}
+
+
+@pytest.mark.parametrize("extreme", [pytest.param(name, marks=[pytest.mark.feature(*_variant_names(SETTINGS[s][0]))])
+                                     for name, (s, _) in EXTREMES.items()])
+def test_variant_extreme_logits(judge, device, dtype, extreme, seed):
+    setting, body = EXTREMES[extreme]
+    recipe = (f"torch.manual_seed({seed})\nz = torch.randn(6, 11, dtype=torch.float64)\n"
+              f"target = torch.randint(11, (6,))\n{body}\nlogits = logits.to(torch.{cases.dtype_name(dtype)})")
+    case = cases.from_recipe(f"variant_{extreme}", recipe, device)
+    judge.conforms(cases.problem(case, variant=SETTINGS[setting][0], reduction="none",
+                                 note=f", variant setting={setting}"))
+
+
+# The auxiliaries and the setting each is returned under.
+AUXILIARY_SETTINGS = {"z_loss": "z_loss", "lse": "softcap"}
+AUXILIARY_BOUNDS = {"z_loss": "z-loss", "lse": "logsumexp"}
+
+
+def _expected_auxiliary(ev, auxiliary: str):
+    return ev.z_loss_value if auxiliary == "z_loss" else ev.position_logsumexp
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("auxiliary", [
+    pytest.param(name, marks=[pytest.mark.feature(f"return_{name}", "weight", "ignore_index",
+                                                  *_variant_names(SETTINGS[s][0]))])
+    for name, s in AUXILIARY_SETTINGS.items()])
+def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, seed):
+    """The loss and the auxiliary it returns beside it, against the truth; then the auxiliary's
+    gradient: the truth's if it is declared differentiable, and a logging-only auxiliary that
+    still carries a gradient must not carry a wrong one silently (a probed gap)."""
+    options = dict(OPTIONS["weighted_ignored-mean"], reduction=reduction)
+    problem = _problem(AUXILIARY_SETTINGS[auxiliary], options, dtype, device, seed, upstream=None)
+    x, t = impl.feed(problem.case.logits, problem.case.target)
+    pristine = run.Outcome(input=x.detach().clone(), target=t.detach().clone(), loss=torch.empty(0))
+    x = x.detach().requires_grad_()
+    loss, returned = impl.call_returning(auxiliary, x, t, problem.call_options())
+    ev = run.truth(impl, problem, pristine)
+    call = f"loss, aux = impl.call_returning({auxiliary!r}, x, t, problem_options)"
+    steps = ("x.requires_grad_()", "from conformance.impl import LossOptions",
+             f"problem_options = LossOptions(weight=weight, reduction={reduction!r}, variant=truth.variant)", call)
+    judge.value(problem, run.Outcome(input=pristine.input, target=pristine.target, loss=loss.detach()), ev,
+                show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
+    expected = _expected_auxiliary(ev, auxiliary)
+    aux_expression = "truth.z_loss_value" if auxiliary == "z_loss" else "truth.position_logsumexp"
+    judge.within(f"returned {auxiliary}", problem, returned.detach(), expected, AUXILIARY_BOUNDS[auxiliary],
+                 ev=ev, show=Show("aux{at}.item()", aux_expression + "{at}.item()", steps))
+    differentiable = auxiliary in impl.differentiable_returns
+    if differentiable and not returned.requires_grad:
+        judge.fail(f"gradient of the returned {auxiliary}", problem, f"the returned {auxiliary} is declared "
+                   "differentiable (differentiable_returns) but does not require grad",
+                   show=Show("aux.requires_grad", "True", steps))
+    if auxiliary != "z_loss" or not returned.requires_grad:
+        return
+    grad = torch.full_like(returned, 1.5)
+    z_only = ev.without_cross_entropy()
+    actual, = torch.autograd.grad(returned, x, grad, allow_unused=True)
+    actual = torch.zeros_like(x) if actual is None else actual
+    grad_steps = steps + ("grad = torch.full_like(aux, 1.5)", "aux.backward(grad)",
+                          "z_only = truth.without_cross_entropy()")
+    show = Show("x.grad{at}.item()", "z_only.grad(grad){at}.item()", grad_steps)
+    if differentiable:
+        judge.within("gradient of the returned z_loss", problem, actual, z_only.grad(grad), "gradient",
+                     ev=z_only, grad_output=grad, show=show)
+        return
+    error = (actual.double().cpu() - z_only.grad(grad)).abs()
+    if bool((error > judge.bound("gradient", dtype, ev=z_only, grad_output=grad)).any()):
+        judge.gap(f"differentiable_{auxiliary}", problem,
+                  f"the returned {auxiliary} is declared for logging only, yet it requires grad and backward "
+                  f"through it gives a gradient off by up to {float(error.max()):.3g} (a user who adds it to the "
+                  f"loss trains on a wrong gradient)")
+
