@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance.reference import cross_entropy, evaluate
+from conformance.reference import Variant, cross_entropy, evaluate
 
 OPTIONS = [dict(), dict(weight=True), dict(label_smoothing=0.2), dict(ignore_index=2),
            dict(weight=True, label_smoothing=0.3, ignore_index=-1)]
@@ -79,3 +79,39 @@ def test_edge_semantics():
     plus_inf[1, 0] = math.inf
     losses = cross_entropy(plus_inf, torch.tensor([0, 1, 2]), reduction="none")
     assert math.isnan(losses[1].item()) and math.isfinite(losses[0].item())
+
+
+def _variant_by_autograd(z, t, w, reduction, weighting):
+    """The variants written out with torch's own ops in float64 (the module docstring's formulas)."""
+    capped = 3.0 * torch.tanh(z * 0.5 / 3.0)
+    kept = (t != -100).double()
+    z_weight = kept if weighting == "unweighted" else w[t.clamp(min=0)] * kept
+    z_rows = 0.1 * capped.logsumexp(1) ** 2 * z_weight
+    ce = F.cross_entropy(capped, t, weight=w, reduction=reduction, label_smoothing=0.1)
+    if reduction == "none":
+        return ce + z_rows
+    return ce + (z_rows.sum() / z_weight.sum() if reduction == "mean" else z_rows.sum())
+
+
+@pytest.mark.parametrize("weighting", ["unweighted", "class_weight"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_variants_match_their_formulas_in_value_and_gradient(reduction, weighting):
+    torch.manual_seed(4)
+    z = (torch.randn(5, 7, dtype=torch.float64) * 20).requires_grad_()
+    t, w = torch.tensor([1, -100, 3, 0, 6]), torch.rand(7, dtype=torch.float64) + 0.5
+    variant = Variant(logit_scale=0.5, softcap=3.0, z_loss=0.1, z_loss_weighting=weighting)
+    ev = evaluate(z, t, weight=w, reduction=reduction, label_smoothing=0.1, variant=variant)
+    expected = _variant_by_autograd(z, t, w, reduction, weighting)
+    grad = torch.randn_like(expected)
+    expected_grad, = torch.autograd.grad(expected, z, grad)
+    assert torch.allclose(ev.loss, expected.detach(), rtol=1e-13, atol=0)
+    assert torch.allclose(ev.grad(grad), expected_grad, rtol=1e-12, atol=1e-15)
+    z_only = ev.without_cross_entropy()
+    assert torch.allclose(z_only.loss, ev.z_loss_value) and bool((ev.z_loss_value != 0).any())
+
+
+def test_a_capped_infinite_logit_is_finite_with_zero_gradient():
+    z = torch.tensor([[math.inf, 0.0, -math.inf]], dtype=torch.float64)
+    ev = evaluate(z, torch.tensor([1]), variant=Variant(softcap=5.0))
+    assert math.isfinite(ev.loss.item())
+    assert ev.grad(torch.tensor(1.0))[0, 0].item() == 0.0 and ev.grad(torch.tensor(1.0))[0, 2].item() == 0.0
