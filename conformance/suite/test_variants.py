@@ -93,14 +93,13 @@ def _expected_auxiliary(ev, auxiliary: str):
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("auxiliary", [
-    pytest.param(name, marks=[pytest.mark.feature(f"return_{name}", "weight", "ignore_index",
-                                                  *_variant_names(SETTINGS[s][0]))])
+    pytest.param(name, marks=[pytest.mark.feature(f"return_{name}", "ignore_index", *_variant_names(SETTINGS[s][0]))])
     for name, s in AUXILIARY_SETTINGS.items()])
 def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, seed):
     """The loss and the auxiliary it returns beside it, against the truth; then the auxiliary's
     gradient: the truth's if it is declared differentiable, and a logging-only auxiliary that
     still carries a gradient must not carry a wrong one silently (a probed gap)."""
-    options = dict(OPTIONS["weighted_ignored-mean"], reduction=reduction)
+    options = dict(reduction=reduction, ignore_index=-100)
     problem = _problem(AUXILIARY_SETTINGS[auxiliary], options, dtype, device, seed, upstream=None)
     x, t = impl.feed(problem.case.logits, problem.case.target)
     pristine = run.Outcome(input=x.detach().clone(), target=t.detach().clone(), loss=torch.empty(0))
@@ -109,7 +108,7 @@ def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, se
     ev = run.truth(impl, problem, pristine)
     call = f"loss, aux = impl.call_returning({auxiliary!r}, x, t, problem_options)"
     steps = ("x.requires_grad_()", "from conformance.impl import LossOptions",
-             f"problem_options = LossOptions(weight=weight, reduction={reduction!r}, variant=truth.variant)", call)
+             f"problem_options = LossOptions(reduction={reduction!r}, variant=truth.variant)", call)
     judge.value(problem, run.Outcome(input=pristine.input, target=pristine.target, loss=loss.detach()), ev,
                 show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
     expected = _expected_auxiliary(ev, auxiliary)
