@@ -229,8 +229,10 @@ class Evaluation:
 
 
     def hessian_vector(self, grad_output: Tensor, v: Tensor) -> Tensor:
-        """The Hessian of the loss (logits input) applied to ``v``: per position
+        """The Hessian of the loss (logits input, no variant) applied to ``v``: per position
         ``s A (p * v - p (p . v))``, shaped like the input."""
+        if self.variant.active:
+            raise NotImplementedError("the Hessian-vector product is stated for the plain loss")
         s = (self.upstream_rows(grad_output) * self.weighted_target.sum(1))[:, None]
         p, vr = self.log_probs.exp(), to_rows(v.detach().to("cpu", torch.float64), class_dim=True)
         return _rows_like(s * (p * vr - p * (p * vr).sum(1, keepdim=True)), self.input_shape)

@@ -417,8 +417,9 @@ def directional_bound(ev: Evaluation, tangent: Tensor, dtype: torch.dtype, contr
 
     Derivation. Whatever the formulation (``sum_c g_c t_c`` or ``s (A p.t - a.t)``), a position's
     directional derivative is a sum of at most ``2C`` products whose magnitudes are bounded by
-    ``s (A p_c + a_c) |t_c|``; ``p_c`` enters through ``s A p_c``, whose error the gradient bound
-    ``E_c`` covers. Hence per position
+    ``s (A p_c + a_c) |t_c|`` (with the variants ``s (|A'| p_c + a_c) |d_c| |t_c|``: the z-loss's
+    ``A'`` and the chain rule's ``d``); ``p_c`` enters through ``s A p_c``, whose error the
+    gradient bound ``E_c`` covers. Hence per position
         sum_c E_c |t_c| + (2C + 2) u sum_c s (A p_c + a_c) |t_c|       (Higham 3.1)
     and a sum or mean over ``M`` positions adds ``(M + 1) u sum_i |<g, t>_i|``.
     """
@@ -428,7 +429,9 @@ def directional_bound(ev: Evaluation, tangent: Tensor, dtype: torch.dtype, contr
     t = to_rows(tangent.detach().to("cpu", torch.float64), class_dim=True)
     a = ev.weighted_target
     s = ev.upstream_rows(ones).abs()[:, None]
-    sizes = s * (a.sum(1, keepdim=True) * ev.log_probs.exp() + a)
+    sizes = s * ((a.sum(1, keepdim=True) + ev.z_coefficient).abs() * ev.log_probs.exp() + a)
+    if ev.logit_derivative is not None:
+        sizes = sizes * ev.logit_derivative.abs()
     per_position = (E * t.abs()).sum(1) + (2 * ev.num_classes + 2) * u * (sizes * t.abs()).sum(1)
     if ev.reduction == "none":
         return per_position.reshape(ev.position_shape)

@@ -30,6 +30,7 @@ CORRECT = {
 CAUGHT_BY = {
     "accepts_out_of_range_target": "test_invalid_input_raises",
     "cap_before_scale": "test_variant_value_and_gradient",
+    "cap_first_block_only": "test_variant_at_block_widths",
     "z_loss_gradient_dropped": "test_returned_auxiliary",
     "z_loss_over_ignored": "test_variant_value_and_gradient",
     "z_loss_uncapped": "test_variant_value_and_gradient",

@@ -24,6 +24,7 @@ import torch
 
 from conformance import cases, checks, run
 from conformance.checks import Show, call_code
+from conformance.reference import Variant
 
 # torch.func scripts helpers on first use; the warning is torch's own, not the implementation's.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -36,6 +37,12 @@ VARIANTS = [
     pytest.param("plain"),
     pytest.param("weighted+smoothed", marks=pytest.mark.feature("weight", "label_smoothing")),
 ]
+# The loss variants (test_variants) under forward mode and vmap: capped logits and the z-loss,
+# on logits that reach the cap.
+CAPPED_Z_LOSS = "capped+z_loss"
+LOSS_VARIANT = Variant(softcap=20.0, z_loss=1e-3)
+LOSS_VARIANT_SCALE = 25.0
+WITH_LOSS_VARIANT = VARIANTS + [pytest.param(CAPPED_Z_LOSS, marks=pytest.mark.feature("softcap", "z_loss"))]
 
 
 def _logits_only(impl) -> None:
@@ -45,9 +52,11 @@ def _logits_only(impl) -> None:
 
 def _variant_problem(variant: str, n: int, c: int, dtype: torch.dtype, device: str, seed: int, reduction: str, *,
                      upstream) -> cases.Problem:
-    weighted = variant == "weighted+smoothed"
-    case = cases.well_conditioned(n, c, dtype, device, seed=seed, weight=weighted, family=f"transforms {variant}")
-    return cases.problem(case, reduction=reduction, label_smoothing=0.15 if weighted else 0.0, upstream=upstream)
+    weighted, capped = variant == "weighted+smoothed", variant == CAPPED_Z_LOSS
+    case = cases.well_conditioned(n, c, dtype, device, seed=seed, weight=weighted, family=f"transforms {variant}",
+                                  scale=LOSS_VARIANT_SCALE if capped else 1.0)
+    return cases.problem(case, reduction=reduction, label_smoothing=0.15 if weighted else 0.0, upstream=upstream,
+                         variant=LOSS_VARIANT if capped else Variant())
 
 
 def _direction_recipe(shape: tuple, dtype: torch.dtype, seed: int) -> str:
@@ -109,7 +118,7 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
 
 @pytest.mark.feature("forward_ad")
 @WIDE_DTYPES
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", WITH_LOSS_VARIANT)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_forward_mode_directional_derivative(impl, judge, device, dtype, reduction, variant, seed):
     """torch.func.jvp of the loss along t is <dL/dz, t> (per position for reduction='none')."""
@@ -138,12 +147,14 @@ VMAP_VARIANTS = [
     pytest.param("ignore_index", marks=pytest.mark.feature("ignore_index", "custom_ignore_index")),
     pytest.param("smoothed", marks=pytest.mark.feature("label_smoothing")),
     pytest.param("weighted+smoothed", marks=pytest.mark.feature("weight", "label_smoothing")),
+    pytest.param(CAPPED_Z_LOSS, marks=pytest.mark.feature("softcap", "z_loss")),
 ]
 
 
 def _vmap_options(variant: str, reduction: str) -> dict:
     return dict(reduction=reduction, ignore_index=1 if variant == "ignore_index" else -100,
-                label_smoothing=0.15 if "smoothed" in variant else 0.0)
+                label_smoothing=0.15 if "smoothed" in variant else 0.0,
+                variant=LOSS_VARIANT if variant == CAPPED_Z_LOSS else Variant())
 
 
 def _worst_first(ratios: list) -> list:
@@ -162,7 +173,8 @@ def test_vmap_over_independent_problems(impl, judge, device, dtype, reduction, v
     n, c, name = 6, 5, cases.dtype_name(dtype)
     batch_recipe = "\n".join(
         [f"torch.manual_seed({seed})",
-         f"logits = torch.randn(({VMAP_BATCH}, {n}, {c}), dtype=torch.float64).to(torch.{name})",
+         f"logits = (torch.randn(({VMAP_BATCH}, {n}, {c}), dtype=torch.float64)"
+         f" * {LOSS_VARIANT_SCALE if variant == CAPPED_Z_LOSS else 1.0}).to(torch.{name})",
          "target = torch.where(logits <= 0, torch.rand(logits.shape), -1.0).argmax(2)"]
         + ["target[:, ::3] = 1"] * (variant == "ignore_index")
         + [f"weight = (torch.rand({c}, dtype=torch.float64) + 0.25).to(torch.{name})"] * ("weighted" in variant))

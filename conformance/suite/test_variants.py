@@ -62,6 +62,18 @@ def test_variant_value_and_gradient(judge, device, dtype, setting, options, seed
     judge.conforms(_problem(setting, OPTIONS[options], dtype, device, seed))
 
 
+# Class counts around block widths (test_boundaries): a cap or a z-loss applied to the first
+# block only, or a z-loss logsumexp that drops the remainder block, shows here.
+BLOCK_WIDTHS = [1023, 1025, 4097, 65537]
+
+
+@pytest.mark.feature("softcap", "z_loss")
+@pytest.mark.sweep("num_classes", BLOCK_WIDTHS)
+def test_variant_at_block_widths(judge, device, num_classes, dtype, reduction, seed):
+    problem = _problem("softcap_z_loss", dict(reduction=reduction), dtype, device, seed, n=2, c=num_classes)
+    judge.conforms(problem)
+
+
 # Logits the cap must tame: beyond float range of exp, +-inf (the cap maps them to +-c, so the
 # loss is finite and the gradient there is 0), and a common shift under the z-loss (lse ~ 1e3).
 EXTREMES = {
