@@ -91,6 +91,22 @@ CAUGHT_BY = {
 }
 
 
+# Fixtures proven by a test of their own (named here) instead of the two tables above.
+OWN_TESTS = {
+    "fixtures.broken.ignored_neg_inf_nan": "test_a_property_failure_found_before_a_slow_shrink_is_reported_with_its_example",
+    "fixtures.correct.variants_without_cap": "test_a_partial_variant_declaration_runs_only_its_variants",
+}
+
+
+def test_every_fixture_is_proven():
+    """A fixture added without its self-test proves nothing: each is in a table or has its own test."""
+    import fixtures
+    tabled = {f"fixtures.correct.{name}" for name in CORRECT} | {f"fixtures.broken.{name}" for name in CAUGHT_BY}
+    unproven = set(fixtures.CORRECT + fixtures.BROKEN) - tabled - OWN_TESTS.keys()
+    assert not unproven, sorted(unproven)
+    assert all(test in globals() for test in OWN_TESTS.values())
+
+
 @pytest.mark.parametrize("name", CORRECT)
 def test_correct_fixture_passes(suite, name):
     result = suite(f"--impl=fixtures.correct.{name}", *CORRECT[name])
