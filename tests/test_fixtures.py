@@ -2,6 +2,7 @@
 by the check aimed at its mechanism (fixtures/README.md lists them with their sources)."""
 import pytest
 
+import fixtures
 from suite_run import ROOT, SUITE
 
 
@@ -100,7 +101,6 @@ OWN_TESTS = {
 
 def test_every_fixture_is_proven():
     """A fixture added without its self-test proves nothing: each is in a table or has its own test."""
-    import fixtures
     tabled = {f"fixtures.correct.{name}" for name in CORRECT} | {f"fixtures.broken.{name}" for name in CAUGHT_BY}
     unproven = set(fixtures.CORRECT + fixtures.BROKEN) - tabled - OWN_TESTS.keys()
     assert not unproven, sorted(unproven)
