@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .reference import INPUT_KINDS, REDUCTIONS
+from .tolerance import compute_dtype, unit_roundoff
 
 __all__ = ["TARGET_KINDS", "Z_LOSS_WEIGHTINGS", "flexible_cross_entropy"]
 
@@ -57,20 +58,21 @@ def flexible_cross_entropy(input: Tensor, target: Tensor, *, input_kind: str = "
     class_dim = 0 if input.dim() == 1 else 1
     if validate:
         _check_values(input, target, input_kind, target_kind, ignore_index, class_dim)
-    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(input.dtype)
     x = input.to(dtype)
     if input_kind == "logits":
         x = _capped_logits(x, float(logit_scale), softcap)
     w = None if weight is None else weight.to(dtype).reshape((-1,) + (1,) * (input.dim() - class_dim - 1))
     eps = float(label_smoothing)
     if target_kind == "index":
-        row_loss, target_weight, kept = _index_target_loss(x, target.long(), input_kind, w, ignore_index, eps,
-                                                           class_dim)
+        row_loss, target_weight, kept_weight = _index_target_loss(x, target.long(), input_kind, w, ignore_index,
+                                                                  eps, class_dim)
     else:
-        row_loss, target_weight, kept = _probability_target_loss(x, target.to(dtype), input_kind, w, eps, class_dim)
+        row_loss, target_weight, kept_weight = _probability_target_loss(x, target.to(dtype), input_kind, w, eps,
+                                                                        class_dim)
     loss = _reduce(row_loss, target_weight, reduction)
     if z_loss:
-        z_weight = target_weight if z_loss_weighting == "class_weight" else kept
+        z_weight = target_weight if z_loss_weighting == "class_weight" else kept_weight
         per_position = torch.where(z_weight == 0, 0.0, float(z_loss) * z_weight * x.logsumexp(class_dim).square())
         loss = loss + _reduce(per_position, z_weight, reduction)
     return loss.to(input.dtype)
@@ -107,7 +109,8 @@ def _index_target_loss(x: Tensor, labels: Tensor, input_kind: str, w: Optional[T
     kept_weight = kept.to(x.dtype)
     target_weight = kept_weight if w is None else torch.where(kept, w.reshape(-1)[index.squeeze(class_dim)], 0.0)
     coefficient = (1 - eps) * target_weight
-    # gather raises for a label outside [0, C) that is not ignore_index, as torch does.
+    # gather raises for a label outside [0, C) that is not ignore_index, as torch does. The log of a
+    # probability input is taken for each term with that term's coefficient (see _log_probs).
     if input_kind == "probs":
         log_p = None
         log_p_target = _log_probs(x.gather(class_dim, index).squeeze(class_dim), "probs", class_dim, coefficient)
@@ -166,17 +169,17 @@ def _check_arguments(input, target, input_kind, target_kind, weight, ignore_inde
         raise ValueError(f"softcap={softcap!r}: expected None or a finite number > 0")
     if not (math.isfinite(_real("z_loss", z_loss)) and z_loss >= 0):
         raise ValueError(f"z_loss={z_loss!r}: expected a finite number >= 0")
-    variants = [f"{name}={value!r}" for name, value, plain in (("logit_scale", logit_scale, 1),
-                ("softcap", softcap, None), ("z_loss", z_loss, 0)) if value != plain]
+    plain = (("logit_scale", logit_scale, 1), ("softcap", softcap, None), ("z_loss", z_loss, 0))
+    variants = [f"{name}={value!r}" for name, value, default in plain if value != default]
     if variants and input_kind != "logits":
         raise ValueError(f"{', '.join(variants)} act on logits, but input_kind={input_kind!r}")
     if not isinstance(input, Tensor) or not input.is_floating_point():
         raise TypeError(f"input: expected a floating-point tensor, got {_describe(input)}")
-    if input.dim() == 0 or input.shape[0 if input.dim() == 1 else 1] == 0:
+    num_classes = input.shape[0 if input.dim() == 1 else 1] if input.dim() else 0
+    if num_classes == 0:
         raise ValueError(f"input of shape {tuple(input.shape)} has no classes: expected (N, C, d1, ...) or (C,), C >= 1")
     _check_target(input, target, target_kind, ignore_index)
     if weight is not None:
-        num_classes = input.shape[0 if input.dim() == 1 else 1]
         if not isinstance(weight, Tensor) or weight.dtype != input.dtype:
             raise TypeError(f"weight: expected a {input.dtype} tensor like the input, got {_describe(weight)}")
         if weight.shape != (num_classes,) or weight.device != input.device:
@@ -185,6 +188,7 @@ def _check_arguments(input, target, input_kind, target_kind, weight, ignore_inde
 
 
 def _check_target(input: Tensor, target, target_kind: str, ignore_index: int) -> None:
+    """An index target is integer and shaped like the positions; a floating one like the input."""
     if not isinstance(target, Tensor):
         raise TypeError(f"target: expected a tensor, got {_describe(target)}")
     if target.device != input.device:
@@ -251,11 +255,13 @@ def _check_values(input: Tensor, target: Tensor, input_kind: str, target_kind: s
 
 
 def _check_distribution(name: str, kind: str, p: Tensor, class_dim: int) -> None:
-    """No negative entry, and each position's entries sum to 1 within what rounding allows: a
-    distribution rounded to ``p.dtype`` moves its sum by at most ``u <= eps`` of that dtype; a
-    softmax formed, and this sum taken, in float32 (float64 for float64) by at most ``C eps`` of
-    that dtype in all (half-precision subnormals add less: ``C 2**-25`` for float16)."""
-    compute = torch.float64 if p.dtype == torch.float64 else torch.float32
+    """No negative entry, and each position's entries sum to 1 within what rounding allows: rounding
+    a distribution to ``p.dtype`` moves its sum by at most ``u_o`` (``u`` as in ``tolerance``); a
+    softmax formed in the compute precision ``u`` errs by at most ``(C + 3) u`` relative in all
+    (worst-case summation, exp and division), and this sum, taken in the same precision, by
+    ``(C - 1) u``: ``u_o + 2 (C + 1) u``. Half-precision subnormals add less (``C 2**-25`` for
+    float16)."""
+    compute = compute_dtype(p.dtype)
     wide = p.to(compute)
     lowest = wide.amin(class_dim)
     if bool((lowest < 0).any()):
@@ -263,7 +269,7 @@ def _check_distribution(name: str, kind: str, p: Tensor, class_dim: int) -> None
         raise ValueError(f"{kind}: the {name} is not a distribution: {int((lowest < 0).sum())} positions hold a "
                          f"negative entry; the most negative, {float(lowest[at]):.4g}, is at position {at}")
     num_classes = p.shape[class_dim]
-    tolerance = torch.finfo(p.dtype).eps + num_classes * torch.finfo(compute).eps
+    tolerance = unit_roundoff(p.dtype) + 2 * (num_classes + 1) * unit_roundoff(compute)
     off = (wide.sum(class_dim) - 1).abs()
     bad = ~(off <= tolerance)
     if bool(bad.any()):
