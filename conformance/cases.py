@@ -159,6 +159,13 @@ def well_conditioned(n: int, c: int, dtype: torch.dtype, device: str, *, seed: i
     return from_recipe(family, "\n".join(lines), device)
 
 
+def ignore_index_for(impl) -> Optional[int]:
+    """-100 where the implementation takes ignore_index, else None: checks about something else
+    (a buffer, a caller's tensor) feed ignored positions only to a loss that can take them, not
+    to one without ignore_index (a one-hot target has none)."""
+    return None if "ignore_index" in impl.unsupported else -100
+
+
 def document_example(dtype: torch.dtype, device: str) -> Case:
     """The seed document's second example: a linear model's logits, batch 64, 8 inputs, 4 classes."""
     recipe = f"""

@@ -8,7 +8,7 @@ from suite_run import ROOT, SUITE
 
 FIXTURES = ROOT / "fixtures"
 
-# correct fixture -> extra options it needs (a known, tracked failure list for the composition)
+# correct fixture -> extra options it needs (a contract, a known, tracked failure list)
 CORRECT = {
     "torch_default": (),
     "float64_inside": (),
@@ -25,6 +25,11 @@ CORRECT = {
     "declares_no_weight": (),
     "variants_composed": (),
     "variants_fused": (),
+    # the kit's own loss, held to the shift-invariant contract it claims
+    "flexible_logits": ("--conformance-contract=exact",),
+    "flexible_log_probs": ("--conformance-contract=exact",),
+    "flexible_probs": ("--conformance-contract=exact",),
+    "flexible_onehot": ("--conformance-contract=exact",),
 }
 
 # broken fixture -> the suite test that must catch it

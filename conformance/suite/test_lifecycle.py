@@ -18,10 +18,11 @@ from conformance.suite.test_structure import bits
 pytestmark = pytest.mark.feature("weight", "label_smoothing")
 
 
-def _problem(dtype, device, seed, *, reduction="none", upstream="random"):
-    """Weighted, smoothed, some positions ignored: every option a buffer could hold."""
-    case = cases.well_conditioned(11, 9, dtype, device, seed=seed, weight=True, ignore_index=-100,
-                                  family="life of a call")
+def _problem(impl, dtype, device, seed, *, reduction="none", upstream="random"):
+    """Weighted, smoothed, some positions ignored (where the loss takes ignore_index): every
+    option a buffer could hold."""
+    case = cases.well_conditioned(11, 9, dtype, device, seed=seed, weight=True,
+                                  ignore_index=cases.ignore_index_for(impl), family="life of a call")
     return cases.problem(case, reduction=reduction, label_smoothing=0.1, upstream=upstream)
 
 
@@ -35,7 +36,7 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, seed
     """``retain_graph=True``: a second backward through the same graph returns the same gradient,
     and the first one returned is not changed by it (a backward that scales a saved buffer in
     place returns it scaled twice)."""
-    problem = _problem(dtype, device, seed)
+    problem = _problem(impl, dtype, device, seed)
     pristine, x, t = _leaf(impl, problem)
     grad = problem.upstream_gradient()
     loss = impl(x, t, problem.call_options())
@@ -58,7 +59,7 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, seed
 @pytest.mark.feature("backward")
 def test_gradients_accumulate(impl, judge, device, dtype, seed):
     """Two forward and backward passes into the same leaf: ``.grad`` holds the sum of both."""
-    problem = _problem(dtype, device, seed)
+    problem = _problem(impl, dtype, device, seed)
     pristine, x, t = _leaf(impl, problem)
     grad = problem.upstream_gradient()
     for _ in range(2):
@@ -75,7 +76,7 @@ def test_gradients_accumulate(impl, judge, device, dtype, seed):
 def test_caller_tensors_unchanged(impl, judge, device, dtype, reduction, seed):
     """The upstream gradient, the class weights and the target belong to the caller: bitwise
     unchanged after forward and after backward."""
-    problem = _problem(dtype, device, seed, reduction=reduction)
+    problem = _problem(impl, dtype, device, seed, reduction=reduction)
     _, x, t = _leaf(impl, problem)
     grad = problem.upstream_gradient()
     options = problem.call_options()
@@ -98,7 +99,7 @@ def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, seed):
     """The caller changes its logits in place between two calls: the second call's loss is the
     loss of the new logits (no result cached by the tensor's address: a known exploit of
     kernel judges)."""
-    problem = _problem(dtype, device, seed, upstream=None)
+    problem = _problem(impl, dtype, device, seed, upstream=None)
     x, t = impl.feed(problem.case.logits, problem.case.target)
     x, options = x.clone(), problem.call_options()   # the same tensors both times, as a training loop passes them
     with torch.no_grad():
@@ -116,7 +117,7 @@ def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, seed):
 def test_no_grad_and_inference_mode_agree(impl, judge, device, dtype, mode, seed):
     """Under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation loops) the loss is the
     grad-enabled one: same shape, same value against the truth."""
-    problem = _problem(dtype, device, seed, upstream=None)
+    problem = _problem(impl, dtype, device, seed, upstream=None)
     x, t = impl.feed(problem.case.logits, problem.case.target)
     pristine = x.clone()
     with getattr(torch, mode)():

@@ -53,8 +53,8 @@ def test_implementation_writes_nothing(impl, judge, device, dtype, seed, capfd):
 @pytest.mark.feature("backward")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_inputs_never_modified(impl, judge, device, dtype, reduction, seed):
-    ignore = None if impl.target_kind == "onehot" else -100
-    problem = cases.problem(cases.well_conditioned(9, 7, dtype, device, seed=seed, ignore_index=ignore),
+    problem = cases.problem(cases.well_conditioned(9, 7, dtype, device, seed=seed,
+                                                   ignore_index=cases.ignore_index_for(impl)),
                             reduction=reduction, upstream="expanded" if reduction == "none" else "scalar")
     x, t = impl.feed(problem.case.logits, problem.case.target)
     before = (bits(x), bits(t))
