@@ -27,3 +27,11 @@ def suite(pytester):
     """Run the suite in-process with the repository (its fixtures) importable; extra pytest args."""
     pytester.syspathinsert(ROOT)
     return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
+
+
+@pytest.fixture(autouse=True)
+def _inner_runs_are_not_xdist_workers(monkeypatch):
+    """Under ``pytest tests -n 2`` a run of the suite made by a self-test (in-process or in a
+    subprocess) inherits the worker's PYTEST_XDIST_WORKER, and pytest-benchmark then disables
+    itself in that run as if it were the worker: the run is its own session, not a worker."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
