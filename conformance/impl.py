@@ -103,10 +103,8 @@ class LossOptions:
                 "label_smoothing": self.label_smoothing}
 
     def variant_kwargs(self) -> dict[str, Any]:
-        """The kit's names of the variant options that differ from torch's loss."""
-        default = Variant()
-        return {name: getattr(self.variant, name) for name in VARIANTS
-                if getattr(self.variant, name) != getattr(default, name)}
+        """The variant's options that differ from torch's loss, by the kit's names."""
+        return self.variant.options()
 
     def describe(self) -> str:
         parts = [f"reduction={self.reduction!r}"]

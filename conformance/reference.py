@@ -56,13 +56,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["INPUT_KINDS", "TARGET_KINDS", "Z_LOSS_WEIGHTINGS", "Variant", "Evaluation", "evaluate", "cross_entropy",
+__all__ = ["INPUT_KINDS", "TARGET_KINDS", "Z_LOSS_WEIGHTINGS", "VARIANT_NAMES", "Variant", "Evaluation", "evaluate", "cross_entropy",
            "to_rows", "from_rows"]
 
 INPUT_KINDS = ("logits", "log_probs", "probs")
 TARGET_KINDS = ("index", "probs")
 REDUCTIONS = ("none", "mean", "sum")
 Z_LOSS_WEIGHTINGS = ("unweighted", "class_weight")
+VARIANT_NAMES = ("logit_scale", "softcap", "z_loss")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,11 @@ class Variant:
 
     @property
     def active(self) -> bool:
-        return self.logit_scale != 1.0 or self.softcap is not None or self.z_loss != 0.0
+        return bool(self.options())
+
+    def options(self) -> dict:
+        """The options that differ from torch's loss, by the kit's names."""
+        return {name: getattr(self, name) for name in VARIANT_NAMES if getattr(self, name) != getattr(_TORCH_LOSS, name)}
 
     def transform(self, rows: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """The logits the loss sees, ``d`` (their derivative with respect to the given logits)
@@ -94,6 +99,9 @@ class Variant:
             return scaled, torch.full_like(rows, self.logit_scale), None
         t = torch.tanh(scaled / self.softcap)
         return self.softcap * t, self.logit_scale * (1 - t * t), t
+
+
+_TORCH_LOSS = Variant()
 
 
 def to_rows(x: Tensor, *, class_dim: bool) -> Tensor:

@@ -33,16 +33,11 @@ OPTIONS = {
 _OPTION_FEATURES = {"weight": "weight", "ignore_index": "ignore_index", "label_smoothing": "label_smoothing"}
 
 
-def _variant_names(variant: Variant) -> list[str]:
-    default = Variant()
-    return [name for name in ("logit_scale", "softcap", "z_loss") if getattr(variant, name) != getattr(default, name)]
-
-
 def _params(table: dict, features) -> list:
     return [pytest.param(name, id=name, marks=[pytest.mark.feature(*features(value))]) for name, value in table.items()]
 
 
-SETTING_PARAMS = _params(SETTINGS, lambda setting: _variant_names(setting[0]))
+SETTING_PARAMS = _params(SETTINGS, lambda setting: list(setting[0].options()))
 OPTION_PARAMS = _params(OPTIONS, lambda options: [f for key, f in _OPTION_FEATURES.items() if key in options])
 
 
@@ -83,7 +78,7 @@ EXTREMES = {
 }
 
 
-@pytest.mark.parametrize("extreme", [pytest.param(name, marks=[pytest.mark.feature(*_variant_names(SETTINGS[s][0]))])
+@pytest.mark.parametrize("extreme", [pytest.param(name, marks=[pytest.mark.feature(*SETTINGS[s][0].options())])
                                      for name, (s, _) in EXTREMES.items()])
 def test_variant_extreme_logits(judge, device, dtype, extreme, seed):
     setting, body = EXTREMES[extreme]
@@ -105,7 +100,7 @@ def _expected_auxiliary(ev, auxiliary: str):
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("auxiliary", [
-    pytest.param(name, marks=[pytest.mark.feature(f"return_{name}", "ignore_index", *_variant_names(SETTINGS[s][0]))])
+    pytest.param(name, marks=[pytest.mark.feature(f"return_{name}", "ignore_index", *SETTINGS[s][0].options())])
     for name, s in AUXILIARY_SETTINGS.items()])
 def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, seed):
     """The loss and the auxiliary it returns beside it, against the truth; then the auxiliary's
