@@ -32,7 +32,7 @@ from torch import Tensor
 from .guards import GlobalState, ImplementationFault, calling
 from .reference import INPUT_KINDS, Z_LOSS_WEIGHTINGS, Variant
 
-__all__ = ["FEATURES", "DEVIATIONS", "VARIANTS", "AUXILIARIES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
+__all__ = ["FEATURES", "DEVIATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
            "load_implementation", "adapt"]
 
 DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
@@ -81,6 +81,8 @@ AUXILIARIES = {
     "z_loss": "the z-loss alone, reduced as the loss",
     "lse": "the logsumexp of the (capped) logits per position",
 }
+# The feature names of the variants and returned auxiliaries: unsupported unless declared.
+VARIANT_FEATURES = frozenset(VARIANTS) | {f"return_{name}" for name in AUXILIARIES}
 
 
 class ImplementationError(Exception):
@@ -250,7 +252,7 @@ def adapt(obj: Any, spec: str) -> Implementation:
                                   f"{Z_LOSS_WEIGHTINGS}")
     if variants and input_kind != "logits":
         raise ImplementationError(f"{spec}: variants apply to logits, not input_kind={input_kind!r}")
-    unsupported |= (VARIANTS.keys() - variants.keys()) | {f"return_{name}" for name in AUXILIARIES.keys() - returns.keys()}
+    unsupported |= VARIANT_FEATURES - set(variants) - {f"return_{name}" for name in returns}
     if target_kind == "onehot":
         unsupported |= {"ignore_index"}
     if "ignore_index" in unsupported:

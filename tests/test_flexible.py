@@ -308,8 +308,9 @@ def test_vmap_equals_each_problem(kw):
 
 # -- argument errors ------------------------------------------------------------------------------------
 
-X, Y = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
-P = torch.randn(4, 5).softmax(1)
+_DATA = torch.Generator().manual_seed(0)  # module data independent of the global generator's state
+X, Y = torch.randn(4, 5, generator=_DATA), torch.tensor([0, 1, 2, 3])
+P = torch.randn(4, 5, generator=_DATA).softmax(1)
 META = "meta"
 
 ARGUMENT_ERRORS = {
@@ -365,7 +366,7 @@ def test_argument_errors(case):
         flexible(kw.pop("input", X), kw.pop("target", Y), **kw)
 
 
-K_DIM = torch.randn(2, 3, 4).softmax(1)
+K_DIM = torch.randn(2, 3, 4, generator=_DATA).softmax(1)
 VALUE_ERRORS = {
     "negative probability": (dict(input=torch.tensor([[0.5, 0.5], [1.1, -0.1]]), target=torch.tensor([0, 1]),
                                   input_kind="probs"),
@@ -380,7 +381,8 @@ VALUE_ERRORS = {
                              input_kind="probs"),
                         "the input is not a distribution: 1 positions do not sum to 1 within 4.2e-07 (torch.float32, "
                         "2 classes); the worst, at position (1,), sums to nan"),
-    "probs target": (dict(input=torch.zeros(2, 3, 4), target=K_DIM * torch.tensor([1.0, 1.0, 1.0, 0.5]),
+    "probs target": (dict(input=torch.zeros(2, 3, 4),
+                          target=K_DIM * torch.tensor([[1.0, 1.0, 1.0, 0.5], [1.0, 1.0, 1.0, 0.75]])[:, None],
                           target_kind="probs"),
                      "target_kind='probs': the target is not a distribution: 2 positions do not sum to 1 within "
                      "5.4e-07 (torch.float32, 3 classes); the worst, at position (0, 3), sums to 0.5"),
