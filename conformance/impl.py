@@ -17,7 +17,8 @@ attributes on the object declare what it is:
                  an auxiliary (``AUXILIARIES``), as ``(loss, aux)`` or an object with
                  ``.loss`` and an attribute of that name (Liger's ``return_z_loss``, CCE's
                  ``return_lse``).
-``differentiable_returns``  the auxiliaries whose gradient flows; the others are for logging.
+``differentiable_returns``  ``{"z_loss"}`` if the returned z-loss's gradient flows; otherwise it
+                 is for logging (the kit judges no gradient of a returned logsumexp).
 """
 from __future__ import annotations
 
@@ -247,6 +248,9 @@ def adapt(obj: Any, spec: str) -> Implementation:
         if set(names) - set(known):
             raise ImplementationError(f"{spec}: {what} names unknown {sorted(set(names) - set(known))}; "
                                       f"known: {sorted(known)}")
+    if differentiable - {"z_loss"}:
+        raise ImplementationError(f"{spec}: differentiable_returns={sorted(differentiable)}: the kit judges the "
+                                  "gradient of a returned z_loss only")
     if z_loss_weighting not in Z_LOSS_WEIGHTINGS:
         raise ImplementationError(f"{spec}: z_loss_weighting={z_loss_weighting!r}; expected one of "
                                   f"{Z_LOSS_WEIGHTINGS}")

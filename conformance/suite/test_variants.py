@@ -89,25 +89,21 @@ def test_variant_extreme_logits(judge, device, dtype, extreme, seed):
                                  note=f", variant setting={setting}"))
 
 
-# The auxiliaries and the setting each is returned under.
-AUXILIARY_SETTINGS = {"z_loss": "z_loss", "lse": "softcap"}
-AUXILIARY_BOUNDS = {"z_loss": "z-loss", "lse": "logsumexp"}
-
-
-def _expected_auxiliary(ev, auxiliary: str):
-    return ev.z_loss_value if auxiliary == "z_loss" else ev.position_logsumexp
-
+# Each auxiliary: the setting it is returned under, its bound (tolerance.BOUNDS) and the truth's
+# attribute that holds it.
+AUXILIARIES = {"z_loss": ("z_loss", "z-loss", "z_loss_value"), "lse": ("softcap", "logsumexp", "position_logsumexp")}
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("auxiliary", [
     pytest.param(name, marks=[pytest.mark.feature(f"return_{name}", "ignore_index", *SETTINGS[s][0].options())])
-    for name, s in AUXILIARY_SETTINGS.items()])
+    for name, (s, _, _) in AUXILIARIES.items()])
 def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, seed):
     """The loss and the auxiliary it returns beside it, against the truth; then the auxiliary's
-    gradient: the truth's if it is declared differentiable, and a logging-only auxiliary that
-    still carries a gradient must not carry a wrong one silently (a probed gap)."""
-    options = dict(reduction=reduction, ignore_index=-100)
-    problem = _problem(AUXILIARY_SETTINGS[auxiliary], options, dtype, device, seed, upstream=None)
+    gradient (the z-loss's; the kit states no gradient of a returned logsumexp): the truth's if
+    it is declared differentiable, and a logging-only one that still carries a gradient must not
+    carry a wrong one silently (a probed gap)."""
+    setting, bound, truth_attribute = AUXILIARIES[auxiliary]
+    problem = _problem(setting, dict(reduction=reduction, ignore_index=-100), dtype, device, seed, upstream=None)
     x, t = impl.feed(problem.case.logits, problem.case.target)
     pristine = run.Outcome(input=x.detach().clone(), target=t.detach().clone(), loss=torch.empty(0))
     x = x.detach().requires_grad_()
@@ -118,10 +114,8 @@ def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, se
              f"problem_options = LossOptions(reduction={reduction!r}, variant=truth.variant)", call)
     judge.value(problem, run.Outcome(input=pristine.input, target=pristine.target, loss=loss.detach()), ev,
                 show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
-    expected = _expected_auxiliary(ev, auxiliary)
-    aux_expression = "truth.z_loss_value" if auxiliary == "z_loss" else "truth.position_logsumexp"
-    judge.within(f"returned {auxiliary}", problem, returned.detach(), expected, AUXILIARY_BOUNDS[auxiliary],
-                 ev=ev, show=Show("aux{at}.item()", aux_expression + "{at}.item()", steps))
+    judge.within(f"returned {auxiliary}", problem, returned.detach(), getattr(ev, truth_attribute), bound,
+                 ev=ev, show=Show("aux{at}.item()", f"truth.{truth_attribute}" + "{at}.item()", steps))
     differentiable = auxiliary in impl.differentiable_returns
     if differentiable and not returned.requires_grad:
         judge.fail(f"gradient of the returned {auxiliary}", problem, f"the returned {auxiliary} is declared "

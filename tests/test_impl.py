@@ -1,0 +1,67 @@
+"""What an implementation declares about itself (``conformance.impl``): the variants it takes and
+under which keywords, the auxiliaries it returns; unknown or contradictory declarations are
+refused when it is loaded, before any check runs."""
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformance.impl import VARIANT_FEATURES, ImplementationError, LossOptions, adapt
+from conformance.reference import Variant
+
+
+def _declaring(**attributes):
+    def loss(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        return F.cross_entropy(input, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                               label_smoothing=label_smoothing)
+    for name, value in attributes.items():
+        setattr(loss, name, value)
+    return loss
+
+
+@pytest.mark.parametrize("attributes,message", [
+    (dict(variants={"temperature": "t"}), "variants names unknown ['temperature']"),
+    (dict(returns={"entropy": "return_entropy"}), "returns names unknown ['entropy']"),
+    (dict(returns={"lse": "return_lse"}, differentiable_returns={"lse"}), "gradient of a returned z_loss only"),
+    (dict(returns={"z_loss": "return_z_loss"}, differentiable_returns={"lse"}),
+     "differentiable_returns names unknown ['lse']"),
+    (dict(variants={"softcap": "softcap"}, input_kind="probs"), "variants apply to logits"),
+    (dict(variants={"z_loss": "z"}, z_loss_weighting="by_weight"), "z_loss_weighting='by_weight'"),
+])
+def test_variant_declarations_are_checked(attributes, message):
+    with pytest.raises(ImplementationError, match=re.escape(message)):
+        adapt(_declaring(**attributes), "probe")
+
+
+def test_undeclared_variants_are_unsupported():
+    assert VARIANT_FEATURES <= adapt(_declaring(), "probe").unsupported
+
+
+def test_a_declared_variant_is_passed_under_its_keyword_and_only_when_on():
+    seen = []
+
+    def loss(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, **variant):
+        seen.append(variant)
+        return torch.zeros(())
+    loss.variants = {"z_loss": "lse_square_scale"}
+    impl = adapt(loss, "probe")
+    x, t = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
+    impl(x, t, LossOptions(variant=Variant(z_loss=1e-4)))
+    impl(x, t, LossOptions())
+    assert seen == [{"lse_square_scale": 1e-4}, {}]
+    assert "z_loss" not in impl.unsupported and {"softcap", "return_z_loss"} <= impl.unsupported
+
+
+def test_a_returned_auxiliary_is_read_from_a_tuple_or_an_attribute():
+    class Output:
+        def __init__(self, loss, z_loss):
+            self.loss, self.z_loss = loss, z_loss
+
+    for wrap in (lambda loss, z: (loss, z), Output):
+        def loss(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                 return_z_loss=False):
+            return wrap(torch.ones(()), torch.full((), 2.0)) if return_z_loss else torch.ones(())
+        loss.returns = {"z_loss": "return_z_loss"}
+        value, z = adapt(loss, "probe").call_returning("z_loss", torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+        assert (value.item(), z.item()) == (1.0, 2.0)
