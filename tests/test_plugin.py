@@ -143,4 +143,3 @@ def test_require_names_only_probed_features(pytester):
     result = _run(pytester, "--conformance-require=weight", "-k", "test_value")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--conformance-require='weight': expected one of double_backward*"])
-
