@@ -2,7 +2,7 @@
 import torch
 
 from conformance import tolerance
-from conformance.reference import evaluate
+from conformance.reference import Variant, evaluate
 
 
 def test_exact_value_bound_is_shift_invariant():
@@ -87,3 +87,44 @@ def test_half_underflow_floor_covers_the_roundings_the_contract_allows():
     """fl16(1.75 * fl16(p / N)) in the subnormal range errs by 1.375 subnormal spacings."""
     spacing = torch.finfo(torch.float16).tiny * torch.finfo(torch.float16).eps
     assert tolerance.underflow_floor(torch.float16) >= 1.375 * spacing
+
+
+def _capped_fused_float32(z: torch.Tensor, y: torch.Tensor, cap: float, lam: float):
+    """Liger's algorithm with a cap and a z-loss, in float32: the capped logits' lse = m + log s,
+    the loss lse - z_y + lam lse^2, the gradient (p (1 + 2 lam lse) - onehot)(1 - t^2)."""
+    t = torch.tanh(z.float() / cap)
+    capped = cap * t
+    m = capped.amax(1)
+    lse = m + (capped - m[:, None]).exp().sum(1).log()
+    loss = lse - capped.gather(1, y[:, None])[:, 0] + lam * lse * lse
+    p = (capped - lse[:, None]).exp()
+    onehot = torch.nn.functional.one_hot(y, z.shape[1]).float()
+    grad = (p * (1 + 2 * lam * lse)[:, None] - onehot) * (1 - t * t)
+    return loss.double(), grad.double()
+
+
+def test_variant_bounds_admit_the_fused_algorithm_near_saturation_and_refuse_a_missing_chain_rule():
+    """Logits up to 20 caps deep: 1 - tanh^2 cancels in float32, an absolute error the bound
+    carries; dropping the cap's derivative, or the z-loss's share of the softmax term, fails."""
+    torch.manual_seed(1)
+    z = (torch.randn(6, 40, dtype=torch.float64) * 600).float().double()
+    y = torch.randint(40, (6,))
+    ev = evaluate(z, y, reduction="none", variant=Variant(softcap=30.0, z_loss=1e-3))
+    upstream = torch.ones(6, dtype=torch.float64)
+    loss, grad = _capped_fused_float32(z, y, 30.0, 1e-3)
+    value_bound = tolerance.value_bound(ev, torch.float32, "standard")
+    grad_bound = tolerance.grad_bound(ev, upstream, torch.float32, "standard")
+    assert bool(((loss - ev.loss).abs() <= value_bound).all())
+    assert bool(((grad - ev.grad(upstream)).abs() <= grad_bound).all())
+    t = torch.tanh(z / 30.0)
+    no_chain_rule = grad / (1 - t * t).clamp(min=1e-30)
+    assert bool(((no_chain_rule - ev.grad(upstream)).abs() > grad_bound).any())
+    _, without_z_term = _capped_fused_float32(z, y, 30.0, 0.0)
+    assert bool(((without_z_term - ev.grad(upstream)).abs() > grad_bound).any())
+
+
+def test_z_loss_bound_refuses_a_one_percent_z_loss_weight():
+    torch.manual_seed(2)
+    z = torch.randn(5, 9, dtype=torch.float64) * 3 + 8
+    ev = evaluate(z, torch.randint(9, (5,)), reduction="mean", variant=Variant(z_loss=1e-3))
+    assert abs(float(ev.z_loss_value) * 0.01) > float(tolerance.z_loss_bound(ev, torch.float32))
