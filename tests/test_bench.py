@@ -1,12 +1,15 @@
-"""The benchmarks beside torch: the bytes model, the memory and bandwidth probes, and the plugin
+"""The benchmarks beside torch: the bytes model, the memory and bandwidth probes, the plugin
 wiring (off by default, on with --benchmark-only or --conformance-bench, pytest-benchmark's own
-JSON, autosave and compare options intact)."""
+JSON, autosave and compare options intact), and the statistics of paired rounds proven on
+synthetic timings, so that they are exact and never flaky on a loaded machine."""
 import json
+import math
+import random
 
 import pytest
 import torch
 
-from conformance import bench
+from conformance import bench, paired
 
 BENCH = ("--pyargs", "conformance.suite.test_benchmark", "-p", "no:cacheprovider", "-q",
          "--conformance-bench-shape", "8x300", "--conformance-bench-rounds", "2")
@@ -97,3 +100,67 @@ def test_benchmark_compare_fail_still_gates(pytester):
                                           "--benchmark-compare-fail=min:200%")
     assert slower.ret != pytest.ExitCode.OK
     assert "Performance has regressed" in slower.stderr.str()
+
+
+# ---------------------------------------------------------------------------------------------
+# The statistics of paired rounds, on synthetic timings
+
+
+def test_interval_is_the_sign_test_interval_of_the_paired_ratios():
+    ratios = list(range(1, 21))
+    random.Random(0).shuffle(ratios)
+    interval = paired.ratio_interval([float(r) for r in ratios], [1.0] * 20)
+    # n = 20: P(Binomial(20, 1/2) <= 5) = 2.07 % <= 2.5 % < P(<= 6): the 6th and 15th ratios
+    assert (interval.ratio, interval.low, interval.high, interval.pairs) == (10.5, 6.0, 15.0, 20)
+    assert interval.half_width == pytest.approx(4.5 / 10.5)
+    assert paired.ratio_interval([2.0, 4.0, 3.0], [1.0, 2.0, 1.0, 5.0]).pairs == 3   # complete pairs only
+    few = paired.ratio_interval([1.0] * 5, [1.0] * 5)
+    assert few.low is None and few.high is None and few.half_width == math.inf
+    assert paired.ratio_interval([1.0] * 6, [1.0] * 6).low == 1.0
+    with pytest.raises(ValueError, match="no complete pair"):
+        paired.ratio_interval([], [1.0])
+
+
+def _round(rng: random.Random, seconds: float, *, jitter: float, disturbed: float) -> float:
+    """One round on a loaded machine: a few percent of jitter, and now and then another process
+    takes a core and the round takes twice as long."""
+    return seconds * math.exp(rng.gauss(0, jitter)) * (2 if rng.random() < disturbed else 1)
+
+
+def _pairs(rng: random.Random, ratio: float, pairs: int, *, jitter: float = 0.05, disturbed: float = 0.2):
+    torch_times = [_round(rng, 1e-3, jitter=jitter, disturbed=disturbed) for _ in range(pairs)]
+    impl_times = [_round(rng, ratio * 1e-3, jitter=jitter, disturbed=disturbed) for _ in range(pairs)]
+    return impl_times, torch_times
+
+
+def test_interval_covers_the_true_ratio_at_least_95_percent_of_the_time():
+    """Bimodal noise (a fifth of the rounds doubled) and few pairs: the distribution-free interval
+    still covers the median ratio, 1.3, in at least 95 % of 2000 simulated runs (20 pairs: 95.9 %)."""
+    rng = random.Random(1)
+    covered = 0
+    for _ in range(2000):
+        interval = paired.ratio_interval(*_pairs(rng, 1.3, 20))
+        covered += interval.low <= 1.3 <= interval.high
+    assert covered >= 0.95 * 2000
+
+
+def test_round_plan_stops_at_the_precision_or_the_budget_after_the_fewest_pairs():
+    plan = paired.RoundPlan(min_pairs=10, precision=0.03, budget=5.0)
+    tight = ([1.0 + 0.001 * i for i in range(12)], [1.0] * 12)
+    wide = ([1.0 + 0.1 * (i % 3) for i in range(12)], [1.0] * 12)
+    assert not plan.done(tight[0][:9], tight[1][:9], elapsed=100.0)   # the fewest pairs come first
+    assert plan.done(*tight, elapsed=0.0)                             # precise
+    assert not plan.done(*wide, elapsed=4.9) and plan.done(*wide, elapsed=5.0)   # then the budget
+    for kwargs, message in (({"min_pairs": 0}, "min_pairs=0"), ({"precision": -1.0}, "precision=-1.0"),
+                            ({"budget": math.nan}, "budget=nan")):
+        with pytest.raises(ValueError, match=message):
+            paired.RoundPlan(**{"min_pairs": 10, "precision": 0.03, "budget": 5.0, **kwargs})
+
+
+def test_compare_reads_both_intervals():
+    base = paired.RatioInterval(1.0, 0.95, 1.05, 20)
+    assert paired.compare(paired.RatioInterval(1.5, 1.40, 1.60, 20), base, 0.25) == paired.SLOWER
+    assert paired.compare(paired.RatioInterval(1.02, 0.98, 1.06, 20), base, 0.25) == paired.NOT_SLOWER
+    # a point 1.5x slower, but an interval that reaches back to 1.1: not shown, not ruled out
+    assert paired.compare(paired.RatioInterval(1.5, 1.10, 1.90, 20), base, 0.25) == paired.UNDECIDED
+    assert paired.compare(paired.RatioInterval(3.0, None, None, 4), base, 0.25) == paired.UNDECIDED
