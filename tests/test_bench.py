@@ -102,6 +102,27 @@ def test_benchmark_compare_fail_still_gates(pytester):
     assert "Performance has regressed" in slower.stderr.str()
 
 
+def test_slow_fixtures_are_torch_with_a_sleep_after_forward_and_backward(monkeypatch):
+    """fixtures/slow: torch's value and gradient, bit for bit; each of the two passes ends with a
+    sleep of ``factor - 1`` times its own duration."""
+    from fixtures import SLOW, _stretch
+    from fixtures.slow import three_times
+
+    assert SLOW == ("fixtures.slow.one_and_a_half_times", "fixtures.slow.three_times")
+    sleeps = []
+    monkeypatch.setattr(_stretch.time, "sleep", sleeps.append)
+    logits, target = torch.randn(8, 300, requires_grad=True), torch.randint(300, (8,))
+    loss = three_times.cross_entropy(logits, target, label_smoothing=0.1)
+    loss.backward()
+    expected = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    grad, logits.grad = logits.grad, None
+    expected.backward()
+    assert torch.equal(loss, expected) and torch.equal(grad, logits.grad)
+    assert len(sleeps) == 2 and all(seconds > 0 for seconds in sleeps)
+    with pytest.raises(ValueError, match="factor=0.5"):
+        _stretch.stretched(torch.nn.functional.cross_entropy, 0.5)
+
+
 # ---------------------------------------------------------------------------------------------
 # The statistics of paired rounds, on synthetic timings
 
