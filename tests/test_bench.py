@@ -1,7 +1,7 @@
 """The benchmarks beside torch: the bytes model, the memory and bandwidth probes, the plugin
 wiring (off by default, on with --benchmark-only or --conformance-bench, pytest-benchmark's own
-JSON, autosave and compare options intact), and the statistics of paired rounds proven on
-synthetic timings, so that they are exact and never flaky on a loaded machine."""
+JSON, autosave and compare options intact), the paired rounds, and the statistics and the gate
+proven on synthetic paired timings, so that they are exact and never flaky on a loaded machine."""
 import json
 import math
 import random
@@ -9,10 +9,13 @@ import random
 import pytest
 import torch
 
-from conformance import bench, paired
+from conformance import bench, paired, report
+from conformance.__main__ import main
 
+# Six paired rounds (the fewest with a 95 % interval) and no time for more: each benchmark of a
+# self-test times exactly six pairs.
 BENCH = ("--pyargs", "conformance.suite.test_benchmark", "-p", "no:cacheprovider", "-q",
-         "--conformance-bench-shape", "8x300", "--conformance-bench-rounds", "2")
+         "--conformance-bench-shape", "8x300", "--conformance-bench-rounds", "6", "--conformance-bench-time", "0")
 
 SLOW_IMPL = """
 import time
@@ -55,7 +58,7 @@ def test_machine_info_records_threads_and_allocator(monkeypatch):
 def test_benchmarks_do_not_run_by_default(pytester):
     result = pytester.runpytest_inprocess(*BENCH)
     outcomes = result.parseoutcomes()
-    assert outcomes["deselected"] == 12 and "passed" not in outcomes
+    assert outcomes["deselected"] == 6 and "passed" not in outcomes
 
 
 def test_bad_shape_is_a_usage_error(pytester):
@@ -66,40 +69,50 @@ def test_bad_shape_is_a_usage_error(pytester):
 
 def test_benchmark_only_times_the_implementation_beside_torch(pytester):
     result = pytester.runpytest_inprocess(*BENCH, "--benchmark-only", "--benchmark-json=bench.json")
-    result.assert_outcomes(passed=12)
+    result.assert_outcomes(passed=6)
     data = json.loads((pytester.path / "bench.json").read_text())
     assert data["machine_info"]["conformance"]["threads"] == torch.get_num_threads()
-    groups = {}
-    for b in data["benchmarks"]:
-        groups.setdefault(b["group"], {})[b["extra_info"]["side"]] = b["extra_info"]
+    groups = {b["group"]: b for b in data["benchmarks"]}
     assert sorted(groups) == sorted(f"{op} {dtype} 8x300 cpu" for op in bench.OPS for dtype in ("float32", "bfloat16"))
-    for sides in groups.values():
-        assert set(sides) == {"torch", "impl"}
-        assert sides["impl"]["ratio_to_torch"] > 0 and "ratio_to_torch" not in sides["torch"]
-        assert sides["impl"]["roofline_percent"] > 0 and sides["impl"]["copy_bytes_per_second"] > 0
-        assert "peak_extra_bytes" in sides["impl"]
+    for b in groups.values():
+        info = b["extra_info"]
+        # one test per group: pytest-benchmark timed the implementation's six rounds, the kit paired them with torch's
+        assert b["stats"]["rounds"] == info["pairs"] == 6 and info["impl"]["min"] == b["stats"]["min"]
+        assert info["ratio_low"] <= info["ratio_to_torch"] <= info["ratio_high"] and info["precision"] == 0.03
+        for side in ("impl", "torch"):
+            assert info[side]["median"] > 0 and info[side]["roofline_percent"] > 0 and "peak_extra_bytes" in info[side]
+        assert info["copy_bytes_per_second"] > 0
 
 
 def test_conformance_bench_runs_checks_and_benchmarks(pytester):
     result = pytester.runpytest_inprocess("--pyargs", "conformance.suite.test_value", *BENCH[1:],
-                                          "--conformance-bench", "-k", "float32 and (1x10 or forward-)")
+                                          "--conformance-bench", "-k", "float32 and (1x10 or (speed and not backward))")
     outcomes = result.parseoutcomes()
-    assert outcomes["passed"] == 3 + 2
-    result.stdout.fnmatch_lines(["*benchmark*pass 2*", "*value*pass 3*"])
+    assert outcomes["passed"] == 3 + 1
+    result.stdout.fnmatch_lines(["*benchmark*pass 1*", "*value*pass 3*"])
 
 
 def test_benchmark_compare_fail_still_gates(pytester):
     pytester.makepyfile(slow_impl=SLOW_IMPL)
     pytester.syspathinsert()
-    only = ("--benchmark-only", "-k", "float32 and forward-")
+    only = ("--benchmark-only", "-k", "float32 and not backward")
     first = pytester.runpytest_inprocess(*BENCH, *only, "--benchmark-autosave")
-    first.assert_outcomes(passed=2)
+    first.assert_outcomes(passed=1)
     same = pytester.runpytest_inprocess(*BENCH, *only, "--benchmark-compare")
     assert same.ret == pytest.ExitCode.OK and "Comparing against benchmarks from" in same.stderr.str()
     slower = pytester.runpytest_inprocess(*BENCH, *only, "--impl=slow_impl", "--benchmark-compare",
                                           "--benchmark-compare-fail=min:200%")
     assert slower.ret != pytest.ExitCode.OK
     assert "Performance has regressed" in slower.stderr.str()
+
+
+def test_bench_options_are_validated(pytester):
+    for option, value, message in (("--conformance-bench-precision", "-0.1", "expected a fraction >= 0"),
+                                   ("--conformance-bench-time", "soon", "expected seconds >= 0"),
+                                   ("--conformance-bench-rounds", "0", "expected an integer from 1 to 1000")):
+        result = pytester.runpytest_inprocess(*BENCH, option, value)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*{option}={value!r}: {message}*"])
 
 
 def test_slow_fixtures_are_torch_with_a_sleep_after_forward_and_backward(monkeypatch):
@@ -123,8 +136,33 @@ def test_slow_fixtures_are_torch_with_a_sleep_after_forward_and_backward(monkeyp
         _stretch.stretched(torch.nn.functional.cross_entropy, 0.5)
 
 
+PAIRED_ROUNDS = """
+from conformance import paired
+from conformance.suite.test_benchmark import _paired_rounds
+
+def test_rounds(benchmark):
+    events = []
+    torch_step = (lambda: events.append("T"), None)
+    impl_step = (lambda: events.append("I"), lambda: events.append("i"))   # the impl's setup: untimed
+    plan = paired.RoundPlan(min_pairs=5, precision=0.0, budget=0.0)
+    impl_times, torch_times = _paired_rounds(benchmark, torch_step, impl_step, plan)
+    assert "".join(events) == "TiI" "iIT" "TiI" "iIT" "TiI"
+    assert len(impl_times) == len(torch_times) == 5 and benchmark.stats.stats.rounds == 5
+"""
+
+
+def test_paired_rounds_alternate_which_side_goes_first(pytester):
+    """torch before the implementation in even pairs, after it in odd ones; pytest-benchmark's
+    pedantic loop times the implementation and ends, without an error, when the plan says so."""
+    pytester.makepyfile(test_paired=PAIRED_ROUNDS)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q", "--benchmark-json=b.json")
+    result.assert_outcomes(passed=1)
+    (entry,) = json.loads((pytester.path / "b.json").read_text())["benchmarks"]
+    assert entry["stats"]["rounds"] == 5
+
+
 # ---------------------------------------------------------------------------------------------
-# The statistics of paired rounds, on synthetic timings
+# The statistics and the gate, on synthetic paired timings
 
 
 def test_interval_is_the_sign_test_interval_of_the_paired_ratios():
@@ -185,3 +223,54 @@ def test_compare_reads_both_intervals():
     # a point 1.5x slower, but an interval that reaches back to 1.1: not shown, not ruled out
     assert paired.compare(paired.RatioInterval(1.5, 1.10, 1.90, 20), base, 0.25) == paired.UNDECIDED
     assert paired.compare(paired.RatioInterval(3.0, None, None, 4), base, 0.25) == paired.UNDECIDED
+
+
+def _run(rng: random.Random, ratio: float, *, pairs: int = 60, **noise) -> report.Run:
+    """A run file as the benchmarks write it, one benchmark per op, from synthetic paired rounds."""
+    benchmarks = []
+    for op in bench.OPS:
+        interval = paired.ratio_interval(*_pairs(rng, ratio, pairs, **noise))
+        benchmarks.append(report.Benchmark(
+            id=f"conformance/suite/test_benchmark.py::test_speed_beside_torch[512x32000-cpu-float32-{op}]",
+            group=f"{op} float32 512x32000 cpu", implementation="impl", op=op, dtype="float32", device="cpu",
+            shape="512x32000", pairs=interval.pairs, ratio_to_torch=interval.ratio, ratio_low=interval.low,
+            ratio_high=interval.high, precision=0.03))
+    return report.Run(environment={"implementation": "impl"}, benchmarks=benchmarks)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 3.0])
+def test_gate_is_stable_on_identical_runs(ratio):
+    """The same implementation ten times on a loaded machine: no regression against the first
+    run, and every comparison decided."""
+    rng = random.Random(2)
+    first, *again = [_run(rng, ratio) for _ in range(10)]
+    for run in again:
+        assert report.regressions(run, first) == []
+        assert {t.verdict for t in report.timing_comparisons(run, first)} == {paired.NOT_SLOWER}
+
+
+@pytest.mark.parametrize("slowdown", [1.5, 3.0])
+def test_gate_flags_a_slower_implementation_every_time(slowdown):
+    rng = random.Random(3)
+    for _ in range(10):
+        baseline, slower = _run(rng, 1.0), _run(rng, slowdown)
+        found = report.regressions(slower, baseline)
+        assert [r.kind for r in found] == ["slower"] * len(bench.OPS)
+
+
+def test_gate_reports_a_run_too_noisy_to_decide(tmp_path, capsys):
+    """Eight pairs on a machine that doubles every other round: the intervals reach from well
+    below to well above a 25 % slowdown. Not a regression, and the report says so."""
+    rng = random.Random(4)
+    baseline, noisy = _run(rng, 1.0), _run(rng, 1.3, pairs=8, jitter=0.2, disturbed=0.5)
+    timings = report.timing_comparisons(noisy, baseline)
+    assert {t.verdict for t in timings} == {paired.UNDECIDED} and report.regressions(noisy, baseline) == []
+    report.save(baseline, tmp_path / "base.json")
+    report.save(noisy, tmp_path / "noisy.json")
+    assert main(["report", str(tmp_path / "noisy.json"), "--baseline", str(tmp_path / "base.json"),
+                 "-o", str(tmp_path / "noisy.md")]) == 0
+    text = (tmp_path / "noisy.md").read_text()
+    assert "no regressions against the baseline; 3 timings too noisy to decide" in text
+    assert text.count("| too noisy to decide |") == 3
+    err = capsys.readouterr().err
+    assert "too noisy to decide: conformance/suite/test_benchmark.py::test_speed_beside_torch" in err
