@@ -14,6 +14,9 @@ It covers the true median ratio with probability at least 95 % for any distribut
 independent pairs: no resampling, no seed, no normality, and bursts of noise that make the
 times bimodal do not widen it as they widen a mean's. It exists from 6 pairs on.
 
+Timing stops (``RoundPlan``) after the fewest pairs once the interval is precise enough or the
+benchmark's share of the run's time (``TimeBudget``) is spent.
+
 A gate reads two intervals (``compare``): a slowdown is a regression only when the new run's
 lower end over the baseline's upper end exceeds the allowed slowdown; when neither that nor
 the converse (new upper end over baseline lower end within it) holds, the runs were too noisy
@@ -29,7 +32,7 @@ from fractions import Fraction
 from typing import Optional, Sequence
 
 __all__ = ["CONFIDENCE", "MIN_INTERVAL_PAIRS", "MAX_PAIRS", "SLOWER", "NOT_SLOWER", "UNDECIDED", "RatioInterval",
-           "ratio_interval", "RoundPlan", "compare"]
+           "ratio_interval", "RoundPlan", "TimeBudget", "compare"]
 
 CONFIDENCE = Fraction(95, 100)   # exact, so the ranks below are exact at any pair count
 MIN_INTERVAL_PAIRS = 6   # 5 pairs all one way has probability 1/16 > 5 %: no 95 % interval below 6
@@ -106,6 +109,27 @@ class RoundPlan:
         if pairs < self.min_pairs:
             return False
         return elapsed >= self.budget or ratio_interval(impl_times, torch_times).half_width <= self.precision
+
+
+@dataclass
+class TimeBudget:
+    """The seconds a run's benchmarks may spend in timed rounds, shared out as each starts: an
+    equal share of what is left, so a benchmark precise early leaves its time to the noisier
+    ones after it, and the run stays within ``seconds`` (give or take a pair per benchmark)."""
+
+    seconds: float
+    spent: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.seconds >= 0:
+            raise ValueError(f"seconds={self.seconds!r}: expected seconds >= 0")
+
+    def share(self, benchmarks_left: int) -> float:
+        """The budget of the benchmark starting now, with ``benchmarks_left`` (itself included) to go."""
+        return max(0.0, self.seconds - self.spent) / max(1, benchmarks_left)
+
+    def spend(self, seconds: float) -> None:
+        self.spent += seconds
 
 
 def compare(new: RatioInterval, old: RatioInterval, slowdown: float) -> str:

@@ -216,6 +216,17 @@ def test_round_plan_stops_at_the_precision_or_the_budget_after_the_fewest_pairs(
             paired.RoundPlan(**{"min_pairs": 10, "precision": 0.03, "budget": 5.0, **kwargs})
 
 
+def test_time_budget_gives_what_a_precise_benchmark_left_to_the_later_ones():
+    budget = paired.TimeBudget(12.0)
+    assert budget.share(3) == 4.0
+    budget.spend(1.0)                  # precise after a second
+    assert budget.share(2) == 5.5
+    budget.spend(11.5)                 # ran past its share by a pair
+    assert budget.share(1) == 0.0      # the last gets its fewest pairs only
+    with pytest.raises(ValueError, match="seconds=-1"):
+        paired.TimeBudget(-1)
+
+
 def test_compare_reads_both_intervals():
     base = paired.RatioInterval(1.0, 0.95, 1.05, 20)
     assert paired.compare(paired.RatioInterval(1.5, 1.40, 1.60, 20), base, 0.25) == paired.SLOWER

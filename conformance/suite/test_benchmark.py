@@ -8,10 +8,11 @@ pytest-benchmark times the implementation's rounds (its table, JSON, autosave an
 ``--benchmark-compare`` see them); torch's rounds are timed in the same rounds' setup and
 teardown with ``time.perf_counter``, pytest-benchmark's default timer. The ratio to torch is
 the median of the paired ratios with its 95 % interval (``conformance.paired``); rounds go on
-until the interval is within ``--conformance-bench-precision`` of the ratio or
-``--conformance-bench-time`` has passed. ``extra_info`` carries the ratio and its interval,
-and per side the median and best time, the bytes per second against the copy bandwidth (a
-roofline percentage) and the extra memory one call needs.
+until the interval is within ``--conformance-bench-precision`` of the ratio or the benchmark's
+share of ``--conformance-bench-time`` (the run's, shared out as each starts) is spent.
+``extra_info`` carries the ratio and its interval, and per side the median and best time, the
+bytes per second against the copy bandwidth (a roofline percentage) and the extra memory one
+call needs.
 
 These run only when asked: ``--benchmark-only`` or ``--conformance-bench``.
 """
@@ -41,6 +42,18 @@ def _release_inputs():
     """Drop the last benchmark problem (tens of MB) once the benchmarks are done."""
     yield
     bench.inputs.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def bench_time(request) -> paired.TimeBudget:
+    """The run's time for timed rounds (``--conformance-bench-time``), shared out as each benchmark starts."""
+    return paired.TimeBudget(request.config.getoption("conformance_bench_time"))
+
+
+def _benchmarks_from(item: pytest.Item) -> int:
+    """How many benchmarks the run has still to time, ``item``'s included."""
+    items = item.session.items
+    return sum(other.get_closest_marker("conformance_bench") is not None for other in items[items.index(item):])
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +150,7 @@ def _side(times: list, traffic: int, copy_bandwidth: float, peak) -> dict:
 @pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.feature("backward")) if "backward" in op else op
                                 for op in bench.OPS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
-def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths):
+def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time):
     config = request.config
     if not config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
         pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
@@ -153,8 +166,10 @@ def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, 
         x.grad = None
     if device not in copy_bandwidths:
         copy_bandwidths[device] = bench.copy_bandwidth(device)
-    plan = options.round_plan(config)
+    plan = options.round_plan(config, budget=bench_time.share(_benchmarks_from(request.node)))
+    start = time.perf_counter()
     impl_times, torch_times = _paired_rounds(benchmark, steps["torch"], steps["impl"], plan)
+    bench_time.spend(time.perf_counter() - start)
 
     traffic = bench.traffic_bytes(op, n, c, dtype)
     info = {"implementation": impl.spec, "op": op, "dtype": dtype_name(dtype),
