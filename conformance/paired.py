@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional, Sequence
 
-__all__ = ["CONFIDENCE", "MIN_INTERVAL_PAIRS", "MAX_PAIRS", "SLOWER", "NOT_SLOWER", "UNDECIDED", "RatioInterval",
+__all__ = ["CONFIDENCE", "MAX_PAIRS", "SLOWER", "NOT_SLOWER", "UNDECIDED", "RatioInterval",
            "ratio_interval", "RoundPlan", "TimeBudget", "compare"]
 
 CONFIDENCE = Fraction(95, 100)   # exact, so the ranks below are exact at any pair count
-MIN_INTERVAL_PAIRS = 6   # 5 pairs all one way has probability 1/16 > 5 %: no 95 % interval below 6
 # A cap on the pairs of one group, for calls of microseconds; the time budget ends larger ones sooner.
 MAX_PAIRS = 1000
 
@@ -44,8 +43,8 @@ SLOWER, NOT_SLOWER, UNDECIDED = "slower", "not slower", "too noisy to decide"
 
 @dataclass(frozen=True)
 class RatioInterval:
-    """The median paired ratio over ``pairs`` pairs and its 95 % interval (``None`` ends below
-    ``MIN_INTERVAL_PAIRS`` pairs)."""
+    """The median paired ratio over ``pairs`` pairs and its 95 % interval (``None`` ends below 6
+    pairs: 5 ratios all on one side of the median have probability 1/16, more than 5 %)."""
 
     ratio: float
     low: Optional[float]
