@@ -1,7 +1,9 @@
 """``python -m conformance report RUN.json [--baseline OLD.json] [--benchmarks BENCH.json] --format md|html -o OUT``
 
 Renders a run (``--conformance-report``) and, with a baseline run, its regressions. The exit
-status gates CI: 1 when there are regressions, 0 otherwise, 2 for unreadable input.
+status gates CI: 1 when there are regressions, 0 otherwise, 2 for unreadable input. A timing
+whose interval cannot tell a slowdown from noise is reported as too noisy to decide, and does
+not fail the gate.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import report
+from . import paired, report
 
 __all__ = ["main"]
 
@@ -49,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                           f"{report.ACCURACY_FLOOR:g} of their bound never count)")
     cmd.add_argument("--max-slowdown", type=_number_at_least(0, " (0.25 means 25% slower)"), default=0.25,
                      metavar="FRACTION",
-                     help="a timing more than FRACTION slower regressed (default 0.25)")
+                     help="a timing regressed when the lower end of its ratio to torch's 95%% interval is more "
+                          "than FRACTION above the upper end of the baseline's (default 0.25)")
     return parser
 
 
@@ -67,6 +70,7 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     found = report.regressions(run, baseline, accuracy_factor=args.max_accuracy_loss,
                                slowdown=args.max_slowdown) if baseline else []
+    timings = report.timing_comparisons(run, baseline, slowdown=args.max_slowdown) if baseline else []
     fmt = args.format or ("html" if args.output and args.output.suffix in (".html", ".htm") else "md")
     plot_name = None
     if fmt == "md" and args.output and run.benchmarks:
@@ -75,13 +79,17 @@ def main(argv: Optional[list] = None) -> int:
             plot_path = args.output.with_suffix(".svg")
             plot_path.write_text(plot)
             plot_name = plot_path.name
-    text = report.render(run, fmt, baseline=baseline, found=found, plot_name=plot_name)
+    text = report.render(run, fmt, baseline=baseline, found=found, timings=timings, plot_name=plot_name)
     if args.output:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
     for r in found:
         print(f"regression: {r.kind}: {r.id} ({r.before} -> {r.after})", file=sys.stderr)
+    for t in timings:
+        if t.verdict == paired.UNDECIDED:
+            print(f"{t.verdict}: {t.after.id} ({report.ratio_text(t.before)} -> {report.ratio_text(t.after)})",
+                  file=sys.stderr)
     if baseline:
         print(f"{len(found)} regressions against {args.baseline}", file=sys.stderr)
     return 1 if found else 0

@@ -19,15 +19,19 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["OPS", "SIDES", "DEFAULT_SHAPES", "LARGE_SHAPE", "shapes_for", "synchronize", "inputs", "traffic_bytes",
-           "copy_bandwidth", "peak_extra_memory", "machine_info"]
+__all__ = ["OPS", "ACCELERATOR_SHAPES", "CPU_SHAPES", "LARGE_SHAPE", "shapes_for", "synchronize", "inputs",
+           "traffic_bytes", "copy_bandwidth", "peak_extra_memory", "machine_info"]
 
 OPS = ("forward", "backward", "forward+backward")
-SIDES = ("torch", "impl")
 
 # Language-model shapes: a 32k vocabulary (Llama 2) with a 4k-token batch, and a 128k vocabulary
-# (Llama 3) with 1k tokens; on cuda also 8k tokens of the 128k vocabulary, too slow for a cpu.
-DEFAULT_SHAPES = ((4096, 32000), (1024, 128256))
+# (Llama 3) with 1k tokens; on cuda also 8k tokens of the 128k vocabulary. A cpu gets the same
+# vocabularies with a sixteenth of the tokens (33 MB of float32 logits): on a loaded 2-core
+# machine 4096 x 32000 takes half a second a call, and a paired interval that survives rounds
+# doubled by other processes needs 40 to 60 pairs per group (tests/test_bench.py), which only
+# calls of tens of milliseconds fit into a run of three minutes.
+ACCELERATOR_SHAPES = ((4096, 32000), (1024, 128256))
+CPU_SHAPES = ((256, 32000), (64, 128256))
 LARGE_SHAPE = (8192, 128256)
 
 # Environment variables that change what the benchmarks measure. THP_MEM_ALLOC_ENABLE=1 backs
@@ -40,7 +44,9 @@ SETTINGS = ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_A
 
 def shapes_for(device: str) -> tuple:
     """The default benchmark shapes on ``device``."""
-    return DEFAULT_SHAPES + ((LARGE_SHAPE,) if device == "cuda" else ())
+    if device == "cpu":
+        return CPU_SHAPES
+    return ACCELERATOR_SHAPES + ((LARGE_SHAPE,) if device == "cuda" else ())
 
 
 def synchronize(device: str) -> None:

@@ -6,12 +6,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings as hypothesis_settings
 
-from . import adapters
+from . import adapters, paired
 from .cases import dtype_name
 from .tolerance import CONTRACTS, DEFAULT_CONTRACT
 
-__all__ = ["DTYPES", "PROBED_FEATURES", "DEFAULT_TIMEOUT", "HYPOTHESIS_CI_PROFILE", "add_options",
-           "load_hypothesis_profile"]
+__all__ = ["DTYPES", "PROBED_FEATURES", "DEFAULT_TIMEOUT", "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION",
+           "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE", "add_options", "round_plan", "load_hypothesis_profile"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Optional capabilities: a not-supported error from torch reports them as probed gaps.
@@ -20,6 +20,15 @@ PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_lo
 # A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core
 # machine (see plugin: after a few timeouts the remaining checks fail at once).
 DEFAULT_TIMEOUT = 30.0
+
+# Benchmarks: at least 10 paired rounds (an interval from the 2nd to the 9th ratio), then until the
+# ratio's 95 % interval is within +-3 % of it or the benchmark's share of 140 s is spent: the
+# twelve groups of the cpu shapes, their inputs and warm-ups then fit in three minutes. +-3 % is a
+# third of the half width at which a 1.5x slowdown still stands out against the default 25 %
+# threshold (paired.compare).
+DEFAULT_BENCH_ROUNDS = 10
+DEFAULT_BENCH_PRECISION = 0.03
+DEFAULT_BENCH_TIME = 140.0
 
 # Hypothesis profiles of the property-based suite (test_properties.py). "conformance-ci" is loaded
 # by default: a fixed, replayable set of examples that keeps the run short; "conformance-deep"
@@ -50,19 +59,23 @@ def _shape(value: str) -> tuple:
     return int(n), int(c)
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise pytest.UsageError(f"--conformance-timeout={value!r}: expected seconds >= 0")
-    return seconds
+def _at_least_zero(option: str, what: str):
+    """A ``type=`` for ``option``: a number >= 0 (NaN and words refused), described as ``what``."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number >= 0:
+            raise pytest.UsageError(f"{option}={value!r}: expected {what} >= 0")
+        return number
+    return parse
 
 
 def _rounds(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise pytest.UsageError(f"--conformance-bench-rounds={value!r}: expected a positive integer")
+    if not value.isdigit() or not 1 <= int(value) <= paired.MAX_PAIRS:
+        raise pytest.UsageError(f"--conformance-bench-rounds={value!r}: expected an integer from 1 to "
+                                f"{paired.MAX_PAIRS}")
     return int(value)
 
 
@@ -101,7 +114,8 @@ def add_options(parser: pytest.Parser) -> None:
                          "not each boundary once")
     group.addoption("--conformance-seed", type=int, default=0, metavar="SEED",
                     help="offset added to every case's seed, for exact reruns with other data (default 0)")
-    group.addoption("--conformance-timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    group.addoption("--conformance-timeout", type=_at_least_zero("--conformance-timeout", "seconds"),
+                    default=DEFAULT_TIMEOUT, metavar="SECONDS",
                     help=f"time limit per check (default {DEFAULT_TIMEOUT:g}; 0: none). After "
                          "10 timeouts the remaining checks fail at once")
     group.addoption("--conformance-report", default=None, metavar="PATH.json",
@@ -110,10 +124,27 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--conformance-bench", action="store_true",
                     help="also run the benchmarks beside torch (they run only with this or --benchmark-only)")
     group.addoption("--conformance-bench-shape", action="append", type=_shape, default=None, metavar="NxC",
-                    help="benchmark logits shape (repeatable); default 4096x32000 and 1024x128256, "
-                         "plus 8192x128256 on cuda")
-    group.addoption("--conformance-bench-rounds", type=_rounds, default=3, metavar="N",
-                    help="timed rounds per benchmark, after one untimed warm-up (default 3)")
+                    help="benchmark logits shape (repeatable); default on a cpu 256x32000 and 64x128256, "
+                         "elsewhere 4096x32000 and 1024x128256, plus 8192x128256 on cuda")
+    group.addoption("--conformance-bench-rounds", type=_rounds, default=DEFAULT_BENCH_ROUNDS, metavar="N",
+                    help="the fewest paired rounds (torch's and the implementation's, alternating) per benchmark, "
+                         f"after one untimed warm-up of each (default {DEFAULT_BENCH_ROUNDS})")
+    group.addoption("--conformance-bench-precision", type=_at_least_zero("--conformance-bench-precision", "a fraction"),
+                    default=DEFAULT_BENCH_PRECISION, metavar="FRACTION",
+                    help="after the fewest rounds, stop once the 95%% interval of the ratio to torch is within "
+                         f"FRACTION of it (default {DEFAULT_BENCH_PRECISION:g}: +-{DEFAULT_BENCH_PRECISION * 100:g}%%)")
+    group.addoption("--conformance-bench-time", type=_at_least_zero("--conformance-bench-time", "seconds"),
+                    default=DEFAULT_BENCH_TIME, metavar="SECONDS",
+                    help="... or once the benchmark's share of SECONDS, the time all the run's benchmarks may "
+                         "spend in timed rounds, is spent, precise or not: each gets an equal share of what is "
+                         f"left when it starts (default {DEFAULT_BENCH_TIME:g})")
+
+
+def round_plan(config: pytest.Config, budget: float) -> paired.RoundPlan:
+    """When a benchmark stops timing: ``--conformance-bench-rounds`` and ``-precision``, and
+    ``budget``, its share of ``--conformance-bench-time``."""
+    return paired.RoundPlan(min_pairs=config.getoption("conformance_bench_rounds"),
+                            precision=config.getoption("conformance_bench_precision"), budget=budget)
 
 
 def load_hypothesis_profile(config: pytest.Config) -> None:

@@ -2,7 +2,9 @@
 baseline run, and both rendered as Markdown or as one self-contained HTML page.
 
 A run file is what ``--conformance-report=PATH.json`` writes; benchmarks come embedded in it
-(when the run benchmarked) or from pytest-benchmark's ``--benchmark-json`` file.
+(when the run benchmarked) or from pytest-benchmark's ``--benchmark-json`` file. A timing is
+compared with the baseline's through the two ratios' intervals (``paired.compare``): slower,
+not slower, or too noisy to decide; only slower is a regression.
 """
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ReportError", "Check", "Benchmark", "Run", "Regression",
-           "save", "load", "load_benchmarks", "regressions", "ratio_plot", "render", "verdict_tables", "render_text"]
+from . import paired
 
-SCHEMA = "ce-conformance-run/1"
+__all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ReportError", "Check", "Side", "Benchmark", "Run", "Regression",
+           "TimingComparison", "save", "load", "load_benchmarks", "regressions", "timing_comparisons", "ratio_text",
+           "ratio_plot", "render", "verdict_tables", "render_text"]
+
+# 2: one benchmark per group, both sides timed in paired rounds, the ratio with its interval.
+SCHEMA = "ce-conformance-run/2"
 STATUSES = ("passed", "failed", "unsupported", "xfailed", "xpassed", "skipped")
 
 # A check whose error stays under a tenth of its bound is not an accuracy regression however far
@@ -71,33 +77,55 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Side:
+    """One side's rounds of a benchmark (the implementation's or torch's): times in seconds, the
+    rate from the median round, the extra memory of the warm-up call."""
+
+    median: Optional[float] = None
+    min: Optional[float] = None
+    bytes_per_second: Optional[float] = None
+    roofline_percent: Optional[float] = None
+    peak_extra_bytes: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class Benchmark:
-    """One timed side of a group (``side`` is ``torch`` or ``impl``); times in seconds, ratios
-    and rates from the best round (``min``)."""
+    """One group: the implementation and torch timed in ``pairs`` alternating rounds.
+    ``ratio_to_torch`` is the median of the paired ratios, ``ratio_low`` to ``ratio_high`` its
+    95 % interval (``conformance.paired``); the rounds went on until the interval was within
+    ``precision`` of the ratio or the time budget was spent."""
 
     id: str
     group: str
-    side: str
     implementation: str
     op: str
     dtype: str
     device: str
     shape: str
-    median: Optional[float] = None
-    min: Optional[float] = None
-    rounds: Optional[int] = None
+    pairs: int = 0
     ratio_to_torch: Optional[float] = None
+    ratio_low: Optional[float] = None
+    ratio_high: Optional[float] = None
+    precision: Optional[float] = None
     traffic_bytes: Optional[int] = None
-    bytes_per_second: Optional[float] = None
     copy_bytes_per_second: Optional[float] = None
-    roofline_percent: Optional[float] = None
-    peak_extra_bytes: Optional[int] = None
+    impl: Side = Side()
+    torch: Side = Side()
+
+    @property
+    def interval(self) -> Optional[paired.RatioInterval]:
+        """The ratio and its interval; ``None`` for a run that timed nothing (``--benchmark-disable``)."""
+        if self.ratio_to_torch is None:
+            return None
+        return paired.RatioInterval(self.ratio_to_torch, self.ratio_low, self.ratio_high, self.pairs)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Benchmark":
         names = {f.name for f in dataclasses.fields(cls)}
         try:
-            return cls(**{k: v for k, v in data.items() if k in names})
+            values = {k: v for k, v in data.items() if k in names}
+            values.update({side: Side(**values[side]) for side in ("impl", "torch") if side in values})
+            return cls(**values)
         except TypeError as exc:
             raise ReportError(f"benchmark {data.get('id', '?')!r}: {exc}") from None
 
@@ -157,9 +185,8 @@ def load_benchmarks(path: Union[str, Path]) -> list:
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise ReportError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
-    return [Benchmark.from_dict(dict(b["extra_info"], id=b["fullname"], group=b["group"], median=b["stats"]["median"],
-                                     min=b["stats"]["min"], rounds=b["stats"]["rounds"]))
-            for b in data["benchmarks"] if "side" in b.get("extra_info", {})]
+    return [Benchmark.from_dict(dict(b["extra_info"], id=b["fullname"], group=b["group"]))
+            for b in data["benchmarks"] if "implementation" in b.get("extra_info", {})]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,18 +211,42 @@ def _key(test_id: str) -> str:
     return test_id.partition("::")[2] or test_id
 
 
+@dataclass(frozen=True)
+class TimingComparison:
+    """A benchmark of both runs and what their intervals say (``paired.compare``): ``verdict`` is
+    ``paired.SLOWER``, ``paired.NOT_SLOWER`` or ``paired.UNDECIDED`` (too noisy to decide)."""
+
+    before: Benchmark
+    after: Benchmark
+    verdict: str
+
+
+def timing_comparisons(run: Run, baseline: Run, *, slowdown: float = 0.25) -> list:
+    """Each benchmark timed in both runs, judged on the implementation's time over torch's in
+    the same run (which does not depend on the machine's speed) with ``slowdown`` (a fraction)
+    allowed."""
+    if not slowdown >= 0:
+        raise ValueError(f"slowdown={slowdown!r}: must be >= 0")
+    before = {_key(b.id): b for b in baseline.benchmarks if b.interval is not None}
+    return [TimingComparison(old, new, paired.compare(new.interval, old.interval, slowdown))
+            for new in run.benchmarks if new.interval is not None and (old := before.get(_key(new.id))) is not None]
+
+
+def ratio_text(b: Benchmark) -> str:
+    """``1.23x torch [1.20, 1.26]``: the ratio and its interval."""
+    if b.ratio_low is None or b.ratio_high is None:
+        return f"{b.ratio_to_torch:.2f}x torch (no interval: {b.pairs} pairs)"
+    return f"{b.ratio_to_torch:.2f}x torch [{b.ratio_low:.2f}, {b.ratio_high:.2f}]"
+
+
 def regressions(run: Run, baseline: Run, *, accuracy_factor: float = 2.0, slowdown: float = 0.25) -> list:
     """Checks that newly fail (a declared failure, xfailed, was failing already), errors that
     grew by more than ``accuracy_factor`` (and exceed ``ACCURACY_FLOOR`` of their bound), and
-    implementation timings slower by more than ``slowdown`` (a fraction) than in ``baseline``.
-
-    A timing compares the implementation's time over torch's in the same run, which does not
-    depend on the machine's speed, when both runs have it; else the absolute best time.
+    timings that ``timing_comparisons`` finds slower than in ``baseline``.
     """
     if not accuracy_factor >= 1:
         raise ValueError(f"accuracy_factor={accuracy_factor!r}: must be >= 1")
-    if not slowdown >= 0:
-        raise ValueError(f"slowdown={slowdown!r}: must be >= 0")
+    timings = timing_comparisons(run, baseline, slowdown=slowdown)
     found = []
     before = {_key(c.id): c for c in baseline.checks}
     for check in run.checks:
@@ -207,16 +258,8 @@ def regressions(run: Run, baseline: Run, *, accuracy_factor: float = 2.0, slowdo
               and check.ratio > ACCURACY_FLOOR and check.ratio > accuracy_factor * old.ratio):
             found.append(Regression("less accurate", check.id, check.feature, check.dtype,
                                     f"error/bound {old.ratio:.3g}", f"error/bound {check.ratio:.3g}"))
-    old_times = {_key(b.id): b for b in baseline.benchmarks if b.side == "impl"}
-    for bench in run.benchmarks:
-        old = old_times.get(_key(bench.id))
-        if bench.side != "impl" or old is None:
-            continue
-        relative = bench.ratio_to_torch is not None and old.ratio_to_torch is not None
-        now, then = (bench.ratio_to_torch, old.ratio_to_torch) if relative else (bench.min, old.min)
-        if now is not None and then is not None and now > then * (1 + slowdown):
-            show = (lambda v: f"{v:.2f}x torch") if relative else (lambda v: f"{v * 1e3:.3g} ms")
-            found.append(Regression("slower", bench.id, "benchmark", bench.dtype, show(then), show(now)))
+    found += [Regression("slower", t.after.id, "benchmark", t.after.dtype, ratio_text(t.before), ratio_text(t.after))
+              for t in timings if t.verdict == paired.SLOWER]
     return found
 
 
@@ -315,44 +358,60 @@ def _problems_table(run: Run) -> Table:
                  "reproduces the case.", ["test", "status", "message"], rows)
 
 
-def _groups(benchmarks: list) -> dict:
-    """The sides of each (device, shape, dtype, op), in the order the run measured them."""
-    groups = defaultdict(dict)
-    for b in benchmarks:
-        groups[(b.device, b.shape, b.dtype, b.op)][b.side] = b
-    return groups
+def _ratio_tone(ratio: Optional[float]) -> str:
+    """How a time over torch's reads: about torch's (ok), up to 25 % slower (warn), slower (fail)."""
+    return "muted" if ratio is None else "ok" if ratio <= 1.05 else "warn" if ratio <= 1.25 else "fail"
 
 
-def _ms(b: Optional[Benchmark]) -> str:
-    return "" if b is None or b.min is None else f"{b.min * 1e3:.4g}"
+def _ms(side: Side) -> str:
+    return "" if side.median is None else f"{side.median * 1e3:.4g}"
 
 
-def _benchmark_table(run: Run, baseline: Optional[Run]) -> Table:
-    old = {_key(b.id): b for b in baseline.benchmarks} if baseline else {}
+def _interval_cell(b: Benchmark) -> Cell:
+    """The 95 % interval and its half width; warn where it is wider than the precision asked for."""
+    interval = b.interval
+    if interval is None:
+        return ("", "muted")
+    if interval.low is None:
+        return (f"none ({interval.pairs} pairs)", "warn")
+    precise = b.precision is None or interval.half_width <= b.precision
+    return (f"{interval.low:.2f}-{interval.high:.2f} (+-{100 * interval.half_width:.1f}%)", "ok" if precise else "warn")
+
+
+VERDICT_TONES = {paired.SLOWER: "fail", paired.NOT_SLOWER: "ok", paired.UNDECIDED: "warn"}
+
+
+def _benchmark_table(run: Run, timings: list) -> Table:
+    against = {t.after.id: t for t in timings}
     rows = []
-    for (device, shape, dtype, op), sides in _groups(run.benchmarks).items():
-        mine, ref = sides.get("impl"), sides.get("torch")
-        ratio = mine.ratio_to_torch if mine else None
-        before = old.get(_key(mine.id)) if mine else None
-        row = [op, dtype, shape, device, _ms(ref), _ms(mine),
-               ("" if ratio is None else f"{ratio:.2f}x", "muted" if ratio is None else
-                "ok" if ratio <= 1.05 else "warn" if ratio <= 1.25 else "fail")]
-        if baseline:
-            row.append("" if before is None or before.ratio_to_torch is None else f"{before.ratio_to_torch:.2f}x")
-        for b in (mine, ref):
-            row.append("" if b is None or b.bytes_per_second is None else
-                       f"{b.bytes_per_second / 1e9:.3g} ({b.roofline_percent:.0f}%)")
-        for b in (mine, ref):
-            row.append("" if b is None or b.peak_extra_bytes is None else f"{b.peak_extra_bytes / 2**20:.0f}")
+    for b in run.benchmarks:
+        ratio = b.ratio_to_torch
+        row = [b.op, b.dtype, b.shape, b.device, _ms(b.torch), _ms(b.impl),
+               ("" if ratio is None else f"{ratio:.2f}x", _ratio_tone(ratio)), _interval_cell(b), str(b.pairs)]
+        if timings:
+            t = against.get(b.id)
+            row += [("", "muted"), ("", "muted")] if t is None else [ratio_text(t.before),
+                                                                     (t.verdict, VERDICT_TONES[t.verdict])]
+        for side in (b.impl, b.torch):
+            row.append("" if side.bytes_per_second is None else
+                       f"{side.bytes_per_second / 1e9:.3g} ({side.roofline_percent:.0f}%)")
+        for side in (b.impl, b.torch):
+            row.append("" if side.peak_extra_bytes is None else f"{side.peak_extra_bytes / 2**20:.0f}")
         rows.append(row)
-    columns = ["op", "dtype", "shape", "device", "torch ms", "impl ms", "impl/torch"]
-    columns += ["baseline impl/torch"] * bool(baseline)
+    columns = ["op", "dtype", "shape", "device", "torch ms", "impl ms", "impl/torch", "95% interval", "pairs"]
+    columns += ["baseline impl/torch", "against baseline"] * bool(timings)
     columns += ["impl GB/s (roofline)", "torch GB/s (roofline)", "impl extra MiB", "torch extra MiB"]
     copy = sorted({f"{b.device} {b.copy_bytes_per_second / 1e9:.3g} GB/s" for b in run.benchmarks
                    if b.copy_bytes_per_second})
-    return Table("Benchmarks beside torch", "Best time of each side's rounds; bytes per second count the logits "
-                 "read once and the gradient written once, against the copy bandwidth measured in the same run (" +
-                 ", ".join(copy) + "); extra memory is the peak beyond the inputs.", columns, rows)
+    asked = sorted({f"+-{100 * b.precision:g}%" for b in run.benchmarks if b.precision is not None})
+    return Table("Benchmarks beside torch", "The two sides timed in alternating rounds on the same inputs; times are "
+                 "each side's median round; impl/torch is the median of the paired ratios, with its 95% interval "
+                 f"(marked where wider than the {', '.join(asked) or 'precision'} asked for). Against the baseline, a "
+                 "timing is slower only when its interval's lower end over the baseline's upper end exceeds the "
+                 "allowed slowdown, and too noisy to decide when the intervals neither show that nor rule it out. "
+                 "Bytes per second count the logits read once and the gradient written once, against the copy "
+                 "bandwidth measured in the same run (" + ", ".join(copy) + "); extra memory is the peak beyond the "
+                 "inputs.", columns, rows)
 
 
 def _regression_tables(found: list) -> list:
@@ -386,35 +445,44 @@ def _environment(run: Run) -> list:
 # The plot: the implementation's time over torch's, one bar per group, as inline SVG
 
 
+TONE_COLOURS = {"ok": "#3a9a5b", "warn": "#d99a1e", "fail": "#c8423b"}
+
+
 def ratio_plot(benchmarks: list, baseline: Optional[list] = None) -> str:
-    """A horizontal bar per benchmark group (impl/torch), a line at 1, baseline ratios as ticks."""
+    """A horizontal bar per benchmark group (impl/torch) with its 95 % interval as an error bar,
+    a line at 1, baseline ratios as ticks."""
     old = {_key(b.id): b.ratio_to_torch for b in baseline or [] if b.ratio_to_torch is not None}
-    bars = [(f"{op} {dtype} {shape} {device}", sides["impl"].ratio_to_torch, old.get(_key(sides["impl"].id)))
-            for (device, shape, dtype, op), sides in _groups(benchmarks).items()
-            if "impl" in sides and sides["impl"].ratio_to_torch is not None]
+    bars = [b for b in benchmarks if b.ratio_to_torch is not None]
     if not bars:
         return ""
     label_w, bar_w, row_h, top = 300, 420, 24, 30
-    xmax = max([2.0] + [1.1 * r for _, r, _ in bars] + [1.1 * o for *_, o in bars if o])
+    ends = [b.ratio_high if b.ratio_high is not None else b.ratio_to_torch for b in bars]
+    xmax = max([2.0] + [1.1 * r for r in ends] + [1.1 * old[_key(b.id)] for b in bars if _key(b.id) in old])
     x = lambda ratio: label_w + bar_w * ratio / xmax  # noqa: E731
     height = top + row_h * len(bars) + 30
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 90}" height="{height}" '
              f'font-family="sans-serif" font-size="12" role="img" aria-label="implementation time over torch time">',
              f'<text x="{label_w}" y="16" font-weight="bold">implementation time / torch time '
-             f'(shorter is faster{"; ticks: baseline" if old else ""})</text>']
+             f'(shorter is faster; error bars: 95% interval{"; ticks: baseline" if old else ""})</text>']
     step = 0.5 if xmax <= 4 else math.ceil(xmax / 8)
     for i in range(int(xmax / step) + 1):
         tick = i * step
         parts.append(f'<line x1="{x(tick):.1f}" y1="{top - 4}" x2="{x(tick):.1f}" y2="{height - 26}" stroke="#ddd"/>'
                      f'<text x="{x(tick):.1f}" y="{height - 12}" text-anchor="middle" fill="#555">{tick:g}</text>')
-    for i, (label, ratio, before) in enumerate(bars):
-        y = top + i * row_h
-        colour = "#3a9a5b" if ratio <= 1.05 else "#d99a1e" if ratio <= 1.25 else "#c8423b"
+    for i, (b, end) in enumerate(zip(bars, ends)):
+        y, ratio, mid = top + i * row_h, b.ratio_to_torch, top + i * row_h + row_h / 2
+        label = f"{b.op} {b.dtype} {b.shape} {b.device}"
         parts.append(f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{html.escape(label)}</text>'
                      f'<rect x="{label_w}" y="{y + 4}" width="{x(ratio) - label_w:.1f}" height="{row_h - 8}" '
-                     f'fill="{colour}"/><text x="{x(ratio) + 4:.1f}" y="{y + 15}">{ratio:.2f}x</text>')
-        if before is not None:
-            parts.append(f'<line x1="{x(before):.1f}" y1="{y + 1}" x2="{x(before):.1f}" y2="{y + row_h - 1}" '
+                     f'fill="{TONE_COLOURS[_ratio_tone(ratio)]}"/>'
+                     f'<text x="{x(end) + 4:.1f}" y="{y + 15}">{ratio:.2f}x</text>')
+        if b.ratio_low is not None and b.ratio_high is not None:
+            low, high = x(b.ratio_low), x(b.ratio_high)
+            parts.append(f'<path d="M{low:.1f} {mid - 4}V{mid + 4}M{low:.1f} {mid}H{high:.1f}M{high:.1f} {mid - 4}'
+                         f'V{mid + 4}" stroke="#222" fill="none"/>')
+        if _key(b.id) in old:
+            before = x(old[_key(b.id)])
+            parts.append(f'<line x1="{before:.1f}" y1="{y + 1}" x2="{before:.1f}" y2="{y + row_h - 1}" '
                          f'stroke="#000" stroke-width="2"/>')
     parts.append(f'<line x1="{x(1):.1f}" y1="{top - 4}" x2="{x(1):.1f}" y2="{height - 26}" stroke="#333" '
                  f'stroke-dasharray="4 3"/></svg>')
@@ -469,13 +537,13 @@ def _grade(run: Run) -> Table:
                  ["test", "identity", "worst element", "error/exact bound", "within"], rows)
 
 
-def _tables(run: Run, baseline: Optional[Run], found: list) -> list:
+def _tables(run: Run, found: list, timings: list) -> list:
     tables = [_verdict_table(run)] + (_regression_tables(found) if found else []) + _accuracy_tables(run)
     for table in (_failures_by_identity(run), _problems_table(run), _gaps_table(run), _grade(run)):
         if table.rows or table.title == "Accuracy grade":
             tables.append(table)
     if run.benchmarks:
-        tables.append(_benchmark_table(run, baseline))
+        tables.append(_benchmark_table(run, timings))
     return tables
 
 
@@ -510,18 +578,20 @@ def render_text(tables: list, width: int = 150) -> list[str]:
     return lines
 
 
-def _headline(run: Run, baseline: Optional[Run], found: list) -> tuple:
+def _headline(run: Run, baseline: Optional[Run], found: list, timings: list) -> tuple:
     failed = sum(c.status == "failed" for c in run.checks)
     verdict = f"{failed} failing check{'s' * (failed != 1)}" if failed else "all checks pass or are declared"
     if baseline is None:
         return verdict, "fail" if failed else "ok"
+    noisy = sum(t.verdict == paired.UNDECIDED for t in timings)
+    verdict = (f"{noisy} timing{'s' * (noisy != 1)} too noisy to decide; " if noisy else "") + verdict
     if found:
         kinds = defaultdict(int)
         for r in found:
             kinds[r.kind] += 1
         detail = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
         return f"{len(found)} regression{'s' * (len(found) != 1)} against the baseline ({detail}); {verdict}", "fail"
-    return f"no regressions against the baseline; {verdict}", "fail" if failed else "ok"
+    return f"no regressions against the baseline; {verdict}", "fail" if failed else "warn" if noisy else "ok"
 
 
 def _md_cell(cell: Cell) -> str:
@@ -529,10 +599,10 @@ def _md_cell(cell: Cell) -> str:
     return str(text).replace("|", "\\|").replace("\n", " / ")
 
 
-def _markdown(run: Run, baseline: Optional[Run], found: list, plot_name: Optional[str]) -> str:
-    headline, _ = _headline(run, baseline, found)
+def _markdown(run: Run, baseline: Optional[Run], found: list, timings: list, plot_name: Optional[str]) -> str:
+    headline, _ = _headline(run, baseline, found, timings)
     out = ["# Conformance report", "", f"**{headline}**", ""] + [f"- {line}" for line in _environment(run)]
-    for table in _tables(run, baseline, found):
+    for table in _tables(run, found, timings):
         out += ["", f"## {table.title}", ""] + ([table.note, ""] if table.note else [])
         if not table.rows:
             out.append("none")
@@ -551,7 +621,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;w
 th{background:#f0f0f0}td.ok{background:#dff3e4}td.warn{background:#fcefd2}td.fail{background:#f8d7d5;font-weight:bold}
 td.muted{color:#888;background:#f7f7f7}p.note{color:#555;font-size:13px;margin:.2em 0}
 .headline{padding:.6em 1em;font-size:16px;font-weight:bold;display:inline-block}
-.headline.ok{background:#dff3e4}.headline.fail{background:#f8d7d5}ul{font-size:13px}
+.headline.ok{background:#dff3e4}.headline.warn{background:#fcefd2}.headline.fail{background:#f8d7d5}ul{font-size:13px}
 summary{cursor:pointer;color:#245;margin:.3em 0}"""
 
 
@@ -564,13 +634,13 @@ def _html_cell(cell: Cell, tag: str = "td") -> str:
     return f"<{tag}{attr}>{html.escape(str(text))}</{tag}>"
 
 
-def _html(run: Run, baseline: Optional[Run], found: list) -> str:
-    headline, tone = _headline(run, baseline, found)
+def _html(run: Run, baseline: Optional[Run], found: list, timings: list) -> str:
+    headline, tone = _headline(run, baseline, found, timings)
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Conformance report</title>",
            f"<style>{_CSS}</style></head><body><h1>Conformance report</h1>",
            f"<div class='headline {tone}'>{html.escape(headline)}</div><ul>"]
     out += [f"<li>{html.escape(line)}</li>" for line in _environment(run)] + ["</ul>"]
-    for table in _tables(run, baseline, found):
+    for table in _tables(run, found, timings):
         out.append(f"<h2>{html.escape(table.title)}</h2>")
         if table.note:
             out.append(f"<p class='note'>{html.escape(table.note)}</p>")
@@ -590,12 +660,13 @@ def _html(run: Run, baseline: Optional[Run], found: list) -> str:
 
 
 def render(run: Run, fmt: str, *, baseline: Optional[Run] = None, found: Optional[list] = None,
-           plot_name: Optional[str] = None) -> str:
-    """The report as ``md`` or ``html``; ``found`` are the regressions against ``baseline``.
+           timings: Optional[list] = None, plot_name: Optional[str] = None) -> str:
+    """The report as ``md`` or ``html``; ``found`` are the regressions against ``baseline`` and
+    ``timings`` its ``timing_comparisons`` (the verdict of each benchmark, too noisy ones included).
 
     Markdown links the plot as ``plot_name`` (an SVG file written beside it); HTML embeds it.
     """
     if fmt not in ("md", "html"):
         raise ValueError(f"fmt={fmt!r}: expected 'md' or 'html'")
-    found = found or []
-    return _markdown(run, baseline, found, plot_name) if fmt == "md" else _html(run, baseline, found)
+    found, timings = found or [], timings or []
+    return _markdown(run, baseline, found, timings, plot_name) if fmt == "md" else _html(run, baseline, found, timings)

@@ -1,6 +1,6 @@
 """The run report: JSON round trip, the baseline diff, rendering, the CLI's exit status, and the
-proof end to end: a slower implementation and one with a planted accuracy bug each show their
-regressions and fail the report; identical runs pass it."""
+proof end to end: a slower implementation (fixtures/slow, three times torch's time) and one with
+a planted accuracy bug each show their regressions and fail the report; identical runs pass it."""
 import json
 import xml.etree.ElementTree as ET
 
@@ -8,16 +8,8 @@ import pytest
 
 from conformance import report
 from conformance.__main__ import main
-from conformance.report import Benchmark, Check, Run
-
-SLOW_IMPL = """
-import time
-import torch
-
-def cross_entropy(input, target, **options):
-    time.sleep(0.05)
-    return torch.nn.functional.cross_entropy(input, target, **options)
-"""
+from conformance.report import Benchmark, Check, Run, Side
+from suite_run import ROOT
 
 # Every loss 2^-22 too large: far beyond float64's bound, inside float32's but several times
 # torch's error there, and lost to rounding in float16 and bfloat16.
@@ -29,8 +21,9 @@ def cross_entropy(input, target, **options):
 """
 
 CHECKS = ("--pyargs", "conformance.suite.test_value", "-p", "no:cacheprovider", "-q")
-WITH_BENCH = ("conformance.suite.test_benchmark", "--conformance-bench", "--conformance-bench-shape", "8x300",
-              "--conformance-bench-rounds", "2", "-k", "test_value_matches_truth or float32")
+WITH_BENCH = ("conformance.suite.test_benchmark", "--conformance-bench", "--conformance-bench-shape", "64x1000",
+              "--conformance-bench-rounds", "20", "--conformance-bench-time", "0", "-k",
+              "test_value_matches_truth or float32")
 
 
 def _check(name, status="passed", ratio=0.1, **kw):
@@ -38,11 +31,12 @@ def _check(name, status="passed", ratio=0.1, **kw):
                  device="cpu", status=status, identity="value", ratio=ratio, **kw)
 
 
-def _bench(side, ratio, best):
-    return Benchmark(id=f"suite/test_benchmark.py::t[8x300-cpu-float32-forward-{side}]", group="forward float32",
-                     side=side, implementation="impl", op="forward", dtype="float32", device="cpu", shape="8x300",
-                     median=best, min=best, rounds=3, ratio_to_torch=ratio if side == "impl" else None,
-                     bytes_per_second=1e9, roofline_percent=10.0, peak_extra_bytes=2**20)
+def _bench(ratio, best, spread=0.02):
+    side = Side(median=best, min=best, bytes_per_second=1e9, roofline_percent=10.0, peak_extra_bytes=2**20)
+    return Benchmark(id="suite/test_benchmark.py::t[8x300-cpu-float32-forward]", group="forward float32",
+                     implementation="impl", op="forward", dtype="float32", device="cpu", shape="8x300", pairs=20,
+                     ratio_to_torch=ratio, ratio_low=ratio * (1 - spread), ratio_high=ratio * (1 + spread),
+                     precision=0.03, impl=side, torch=Side(median=best / ratio, min=best / ratio))
 
 
 def _run(checks=(), benchmarks=()):
@@ -53,7 +47,7 @@ def _run(checks=(), benchmarks=()):
 def test_run_round_trips_through_json(tmp_path):
     run = _run([_check("a"), _check("b", status="failed", ratio=float("inf"), reason="boom"),
                 _check("c", status="unsupported", ratio=None)],
-               [_bench("torch", None, 1e-3), _bench("impl", 1.1, 1.1e-3)])
+               [_bench(1.1, 1.1e-3)])
     report.save(run, tmp_path / "run.json")
     assert "Infinity" not in (tmp_path / "run.json").read_text()
     assert report.load(tmp_path / "run.json") == run
@@ -68,26 +62,27 @@ def test_unreadable_files_say_why(tmp_path):
 
 
 def test_pytest_benchmark_json_is_read(tmp_path):
-    entry = {"fullname": "x.py::t[impl]", "group": "g", "stats": {"median": 2.0, "min": 1.0, "rounds": 5},
-             "extra_info": {"side": "impl", "implementation": "i", "op": "forward", "dtype": "float32",
-                            "device": "cpu", "shape": "8x300", "ratio_to_torch": 1.5}}
+    entry = {"fullname": "x.py::t[forward]", "group": "g", "stats": {"median": 2.0, "min": 1.0, "rounds": 5},
+             "extra_info": {"implementation": "i", "op": "forward", "dtype": "float32", "device": "cpu",
+                            "shape": "8x300", "pairs": 5, "ratio_to_torch": 1.5, "ratio_low": None,
+                            "ratio_high": None, "impl": {"median": 2.0, "min": 1.0}, "torch": {"median": 1.3}}}
     other = {"fullname": "y.py::unrelated", "group": None, "stats": {}, "extra_info": {}}
     (tmp_path / "bench.json").write_text(json.dumps({"benchmarks": [entry, other]}))
     (b,) = report.load_benchmarks(tmp_path / "bench.json")
-    assert (b.id, b.min, b.ratio_to_torch) == ("x.py::t[impl]", 1.0, 1.5)
+    assert (b.id, b.impl.min, b.torch.median, b.ratio_to_torch) == ("x.py::t[forward]", 1.0, 1.3, 1.5)
+    assert b.interval.half_width == float("inf")
 
 
 def test_regressions_newly_failing_less_accurate_slower():
     before = _run([_check("a"), _check("b", ratio=0.2), _check("c", ratio=0.01), _check("d", ratio=0.3),
-                   _check("e", status="failed", ratio=3.0)], [_bench("torch", None, 1e-3), _bench("impl", 1.0, 1e-3)])
+                   _check("e", status="failed", ratio=3.0)], [_bench(1.0, 1e-3)])
     after = _run([_check("a", status="failed", ratio=2.0), _check("b", ratio=0.5), _check("c", ratio=0.09),
-                  _check("d", ratio=0.5), _check("e", status="failed", ratio=9.0)],
-                 [_bench("torch", None, 1e-4), _bench("impl", 1.3, 1.3e-4)])
+                  _check("d", ratio=0.5), _check("e", status="failed", ratio=9.0)], [_bench(1.4, 1.4e-4)])
     found = {(r.kind, r.id.rpartition(":")[2]) for r in report.regressions(after, before)}
     # c stays under the floor, d grew less than twice; e failed already but is three times worse;
     # the slowdown is relative to torch although the machine got ten times faster.
     assert found == {("newly failing", "a"), ("less accurate", "b"), ("less accurate", "e"),
-                     ("slower", "t[8x300-cpu-float32-forward-impl]")}
+                     ("slower", "t[8x300-cpu-float32-forward]")}
     assert report.regressions(before, before) == []
     assert report.regressions(after, before, slowdown=0.5, accuracy_factor=3) == [
         report.Regression("newly failing", "suite/test_value.py::a", "value", "float32", "passed", "failed")]
@@ -98,12 +93,15 @@ def test_regressions_newly_failing_less_accurate_slower():
 def test_markdown_and_html_show_matrix_accuracy_and_benchmarks():
     run = _run([_check("a", ratio=0.7), _check("b", status="xfailed", ratio=None, reason="declared"),
                 _check("c", status="unsupported", ratio=None)],
-               [_bench("torch", None, 1e-3), _bench("impl", 1.4, 1.4e-3)])
+               [_bench(1.4, 1.4e-3)])
     md = report.render(run, "md", plot_name="r.svg")
     assert "| value | pass 1 · 1 declared · 1 unsupported |" in md
-    assert "| value | 0.7 |" in md and "1.40x" in md and "![implementation time over torch time](r.svg)" in md
-    page = report.render(run, "html", baseline=run, found=[])
+    assert "| value | 0.7 |" in md and "1.40x | 1.37-1.43 (+-2.0%) | 20 |" in md
+    assert "![implementation time over torch time](r.svg)" in md
+    page = report.render(run, "html", baseline=run, found=[], timings=report.timing_comparisons(run, run))
     assert "<svg" in page and "no regressions against the baseline" in page
+    assert '<td class="ok">not slower</td>' in page
+    assert '<path d="M' in report.ratio_plot(run.benchmarks)   # the interval as an error bar
     with pytest.raises(ValueError, match="fmt='pdf'"):
         report.render(run, "pdf")
 
@@ -129,18 +127,22 @@ def _pytest_run(pytester, name, *args):
 
 
 def test_report_gates_ci_on_real_runs(pytester, capsys):
-    pytester.makepyfile(slow_impl=SLOW_IMPL, buggy_impl=BUGGY_IMPL)
+    pytester.makepyfile(buggy_impl=BUGGY_IMPL)
     pytester.syspathinsert()
+    pytester.syspathinsert(ROOT)
     base = _pytest_run(pytester, "base.json", *WITH_BENCH)
-    slow = _pytest_run(pytester, "slow.json", *WITH_BENCH, "--impl=slow_impl")
+    base_again = _pytest_run(pytester, "base_again.json", *WITH_BENCH)
+    slow = _pytest_run(pytester, "slow.json", *WITH_BENCH, "--impl=fixtures.slow.three_times")
     buggy = _pytest_run(pytester, "buggy.json", "--impl=buggy_impl")
     again = _pytest_run(pytester, "again.json")
     assert report.load(base).checks[0].device == "cpu"
 
     assert main(["report", slow, "--baseline", base, "-o", str(pytester.path / "slow.html")]) == 1
-    slow_found = {r.kind for r in report.regressions(report.load(slow), report.load(base))}
-    assert slow_found == {"slower"}
+    slow_found = [r.kind for r in report.regressions(report.load(slow), report.load(base))]
+    assert slow_found == ["slower"] * 3   # forward, backward, forward+backward
     assert "<svg" in (pytester.path / "slow.html").read_text()
+    # the same implementation timed again: never slower (at worst too noisy to decide)
+    assert main(["report", base_again, "--baseline", base]) == 0
 
     assert main(["report", buggy, "--baseline", base, "-o", str(pytester.path / "buggy.md")]) == 1
     kinds = [r.kind for r in report.regressions(report.load(buggy), report.load(base))]

@@ -1,46 +1,64 @@
 """Speed beside torch's own loss: forward, backward and both, in float32 and bfloat16, at
-language-model shapes. Each pytest-benchmark group holds torch's time and the implementation's,
-measured in the same run; ``extra_info`` carries the ratio to torch, the bytes per second
-against the copy bandwidth (a roofline percentage) and the extra memory one call needs. Ratios and
-rates use each side's fastest round, the one the machine disturbed least: with a few rounds of
-large calls, one page-fault storm moves a median by a factor of two.
+language-model shapes. One test per pytest-benchmark group times the implementation and torch
+in alternating rounds on the same inputs, after the same warm-up (one untimed call each, whose
+peak memory is recorded): torch first in even pairs, second in odd ones, so a disturbance of
+the machine longer than a pair hits both sides alike and neither side always follows the other.
+
+pytest-benchmark times the implementation's rounds (its table, JSON, autosave and
+``--benchmark-compare`` see them); torch's rounds are timed in the same rounds' setup and
+teardown with ``time.perf_counter``, pytest-benchmark's default timer. The ratio to torch is
+the median of the paired ratios with its 95 % interval (``conformance.paired``); rounds go on
+until the interval is within ``--conformance-bench-precision`` of the ratio or the benchmark's
+share of ``--conformance-bench-time`` (the run's, shared out as each starts) is spent.
+``extra_info`` carries the ratio and its interval, and per side the median and best time, the
+bytes per second against the copy bandwidth (a roofline percentage) and the extra memory one
+call needs.
 
 These run only when asked: ``--benchmark-only`` or ``--conformance-bench``.
 """
+import statistics
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import bench
+from conformance import bench, options, paired
 from conformance.cases import dtype_name
+from conformance.plugin import SESSION_KEY
 
 pytestmark = pytest.mark.conformance_bench
-
-TORCH_SPEC = "torch.nn.functional:cross_entropy"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     explicit = metafunc.config.getoption("conformance_bench_shape")
-    shapes = explicit or bench.shapes_for("cuda" if torch.cuda.is_available() else "cpu")
+    devices = metafunc.config.stash[SESSION_KEY].devices
+    shapes = explicit or list(dict.fromkeys(shape for device in devices for shape in bench.shapes_for(device)))
     metafunc.parametrize("shape", shapes, ids=lambda s: "%dx%d" % s)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _release_inputs():
-    """Drop the last benchmark problem (hundreds of MB) once the benchmarks are done."""
+    """Drop the last benchmark problem (tens of MB) once the benchmarks are done."""
     yield
     bench.inputs.cache_clear()
 
 
 @pytest.fixture(scope="session")
-def copy_bandwidths() -> dict:
-    """Per device, the copy bandwidth measured once in this run."""
-    return {}
+def bench_time(request) -> paired.TimeBudget:
+    """The run's time for timed rounds (``--conformance-bench-time``), shared out as each benchmark starts."""
+    return paired.TimeBudget(request.config.getoption("conformance_bench_time"))
+
+
+def _benchmarks_from(item: pytest.Item) -> int:
+    """How many benchmarks the run has still to time, ``item``'s included."""
+    items = item.session.items
+    return sum(other.get_closest_marker("conformance_bench") is not None for other in items[items.index(item):])
 
 
 @pytest.fixture(scope="session")
-def torch_times() -> dict:
-    """torch's best time per (device, shape, dtype, op), for the implementation's ratio."""
+def copy_bandwidths() -> dict:
+    """Per device, the copy bandwidth measured once in this run."""
     return {}
 
 
@@ -69,51 +87,99 @@ def _steps(loss_fn, x, t, device):
             "forward+backward": (forward_backward, fresh_grad)}
 
 
+def _arguments(setup):
+    """What a round's setup returns, as pytest-benchmark's pedantic reads it: ``(args, kwargs)`` or nothing."""
+    return (setup() or ((), {})) if setup else ((), {})
+
+
 def _once(target, setup):
     """One untimed call shaped like a round, its setup (the forward, for a backward) run now so
     that only the call counts: the warm-up whose peak memory is recorded."""
-    args, kwargs = (setup() or ((), {})) if setup else ((), {})
+    args, kwargs = _arguments(setup)
     return lambda: target(*args, **kwargs)
 
 
-@pytest.mark.parametrize("side", bench.SIDES)
+def _timed(target, setup) -> float:
+    """One round timed as pytest-benchmark's pedantic times one: the setup untimed, then the call."""
+    args, kwargs = _arguments(setup)
+    start = time.perf_counter()
+    target(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+class _Enough(Exception):
+    """Raised by a round's setup to end pytest-benchmark's pedantic loop, whose round count is
+    fixed in advance, once the plan says the pairs are enough."""
+
+
+def _paired_rounds(benchmark, torch_step, impl_step, plan: paired.RoundPlan) -> tuple[list, list]:
+    """The implementation's round times (timed by pytest-benchmark) and torch's, in pairs: torch
+    before the implementation in even pairs (in the round's setup), after it in odd ones (in its
+    teardown): T I I T T I ... Each check of the plan runs between complete pairs."""
+    torch_times, impl_setup = [], impl_step[1]
+    start = time.perf_counter()
+
+    def impl_times() -> list:
+        return benchmark.stats.stats.data if benchmark.stats is not None else []
+
+    def setup():
+        if plan.done(impl_times(), torch_times, time.perf_counter() - start):
+            raise _Enough
+        if len(torch_times) % 2 == 0:
+            torch_times.append(_timed(*torch_step))
+        return _arguments(impl_setup)
+
+    def teardown(*args, **kwargs):
+        if len(torch_times) < len(impl_times()):
+            torch_times.append(_timed(*torch_step))
+
+    try:
+        benchmark.pedantic(impl_step[0], setup=setup, teardown=teardown, rounds=paired.MAX_PAIRS)
+    except _Enough:
+        benchmark.has_error = False   # pedantic marks any exception an error; this one is the planned end
+    return list(impl_times()), torch_times
+
+
+def _side(times: list, traffic: int, copy_bandwidth: float, peak) -> dict:
+    """One side's record: its median and best round, the rate of the median round, its extra memory."""
+    median = statistics.median(times)
+    return {"median": median, "min": min(times), "bytes_per_second": traffic / median,
+            "roofline_percent": 100 * traffic / median / copy_bandwidth, "peak_extra_bytes": peak}
+
+
 @pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.feature("backward")) if "backward" in op else op
                                 for op in bench.OPS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
-def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, side, seed, copy_bandwidths,
-                            torch_times):
+def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time):
     config = request.config
     if not config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
-        pytest.skip(f"{shape[0]}x{shape[1]} is benchmarked on cuda only")
+        pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
     n, c = shape
     benchmark.group = f"{op} {dtype_name(dtype)} {n}x{c} {device}"
     logits, target = bench.inputs(n, c, dtype, device, seed)
-    if side == "torch":
-        loss_fn, (x, t) = F.cross_entropy, (logits, target)
-    else:
-        loss_fn, (x, t) = impl.call, impl.feed(logits, target)
-    x = x.detach().requires_grad_()
+    problems = {"torch": (F.cross_entropy, logits, target), "impl": (impl.call, *impl.feed(logits, target))}
+    steps, peaks = {}, {}
+    for side, (loss_fn, x, t) in problems.items():
+        x = x.detach().requires_grad_()
+        steps[side] = _steps(loss_fn, x, t, device)[op]
+        peaks[side] = bench.peak_extra_memory(_once(*steps[side]), device)
+        x.grad = None
     if device not in copy_bandwidths:
         copy_bandwidths[device] = bench.copy_bandwidth(device)
-    target_fn, setup = _steps(loss_fn, x, t, device)[op]
-    peak = bench.peak_extra_memory(_once(target_fn, setup), device)
-    x.grad = None
-    benchmark.pedantic(target_fn, setup=setup, rounds=config.getoption("conformance_bench_rounds"))
+    plan = options.round_plan(config, budget=bench_time.share(_benchmarks_from(request.node)))
+    start = time.perf_counter()
+    impl_times, torch_times = _paired_rounds(benchmark, steps["torch"], steps["impl"], plan)
+    bench_time.spend(time.perf_counter() - start)
 
     traffic = bench.traffic_bytes(op, n, c, dtype)
-    info = {"side": side, "implementation": TORCH_SPEC if side == "torch" else impl.spec, "op": op,
-            "dtype": dtype_name(dtype), "device": device, "shape": f"{n}x{c}", "traffic_bytes": traffic,
-            "copy_bytes_per_second": copy_bandwidths[device], "peak_extra_bytes": peak}
-    timing = {}
-    if benchmark.stats:
-        stats = benchmark.stats.stats
-        info["bytes_per_second"] = traffic / stats.min
-        info["roofline_percent"] = 100 * info["bytes_per_second"] / copy_bandwidths[device]
-        key = (device, shape, dtype, op)
-        if side == "torch":
-            torch_times[key] = stats.min
-        elif key in torch_times:
-            info["ratio_to_torch"] = stats.min / torch_times[key]
-        timing = {"median": stats.median, "min": stats.min, "rounds": stats.rounds}
+    info = {"implementation": impl.spec, "op": op, "dtype": dtype_name(dtype),
+            "device": device, "shape": f"{n}x{c}", "traffic_bytes": traffic,
+            "copy_bytes_per_second": copy_bandwidths[device], "precision": plan.precision}
+    if impl_times:   # none under --benchmark-disable
+        interval = paired.ratio_interval(impl_times, torch_times)
+        info.update(pairs=interval.pairs, ratio_to_torch=interval.ratio, ratio_low=interval.low,
+                    ratio_high=interval.high,
+                    **{side: _side(times, traffic, copy_bandwidths[device], peaks[side])
+                       for side, times in (("impl", impl_times), ("torch", torch_times))})
     benchmark.extra_info.update(info)
-    request.node.user_properties.append(("benchmark", dict(info, group=benchmark.group, **timing)))
+    request.node.user_properties.append(("benchmark", dict(info, group=benchmark.group)))
