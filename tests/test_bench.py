@@ -11,6 +11,8 @@ import torch
 
 from conformance import bench, paired, report
 from conformance.__main__ import main
+from fixtures import SLOW, _stretch
+from fixtures.slow import three_times
 
 # Six paired rounds (the fewest with a 95 % interval) and no time for more: each benchmark of a
 # self-test times exactly six pairs.
@@ -118,9 +120,6 @@ def test_bench_options_are_validated(pytester):
 def test_slow_fixtures_are_torch_with_a_sleep_after_forward_and_backward(monkeypatch):
     """fixtures/slow: torch's value and gradient, bit for bit; each of the two passes ends with a
     sleep of ``factor - 1`` times its own duration."""
-    from fixtures import SLOW, _stretch
-    from fixtures.slow import three_times
-
     assert SLOW == ("fixtures.slow.one_and_a_half_times", "fixtures.slow.three_times")
     sleeps = []
     monkeypatch.setattr(_stretch.time, "sleep", sleeps.append)
@@ -237,7 +236,9 @@ def test_compare_reads_both_intervals():
 
 
 def _run(rng: random.Random, ratio: float, *, pairs: int = 60, **noise) -> report.Run:
-    """A run file as the benchmarks write it, one benchmark per op, from synthetic paired rounds."""
+    """A run file as the benchmarks write it, one benchmark per op, from synthetic paired rounds;
+    60 pairs is about what a group of the default run paired on this machine under load (the
+    median of the loaded runs in the README: 65)."""
     benchmarks = []
     for op in bench.OPS:
         interval = paired.ratio_interval(*_pairs(rng, ratio, pairs, **noise))
