@@ -186,13 +186,22 @@ def _probabilities(ev: Evaluation) -> Tensor:
     return ev.log_probs.exp()
 
 
+def _logsumexp_error(ev: Evaluation, u: float) -> Tensor:
+    """``e``: the error of the logsumexp itself, its last rounding ``u |lse|`` included (Variants)."""
+    return _lse_error(ev, u) + u * _abs_lse(ev)
+
+
+def _z_loss_scale(ev: Evaluation) -> Tensor:
+    """``|lam k|`` per position: the z-loss's weight, its position's weight and share of the divisor."""
+    return (ev.variant.z_loss * ev.z_weight * ev.z_loss_share).abs()
+
+
 def _z_loss_error(ev: Evaluation, u: float) -> Tensor:
     """Per position, the error of the z-loss term (its share of the loss included)."""
     if ev.z_weight is None:
         return torch.zeros_like(ev.row_loss)
-    e = _lse_error(ev, u) + u * _abs_lse(ev)
-    scale = (ev.variant.z_loss * ev.z_weight * ev.z_loss_share).abs()
-    return scale * (2 * _abs_lse(ev) * e + e * e) + 3 * u * ev.row_z_loss.abs()
+    e = _logsumexp_error(ev, u)
+    return _z_loss_scale(ev) * (2 * _abs_lse(ev) * e + e * e) + 3 * u * ev.row_z_loss.abs()
 
 
 def _variant_value_error(ev: Evaluation, u: float) -> Tensor:
@@ -257,7 +266,7 @@ def lse_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRA
     _check_contract(contract)
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
     p = _probabilities(ev)
-    rows = _lse_error(ev, u) + u * _abs_lse(ev) + torch.where(p == 0, 0.0, p * _logit_error(ev, u)).sum(1)
+    rows = _logsumexp_error(ev, u) + torch.where(p == 0, 0.0, p * _logit_error(ev, u)).sum(1)
     if _is_half(dtype):
         rows = rows + HALF_PRECISION_ROUNDINGS * u_o * _abs_lse(ev)
     return rows.reshape(ev.position_shape) + underflow_floor(dtype)
@@ -304,8 +313,7 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract
             p_err = p_err.clamp(max=1.0)
         compute = s * (A * p_err + 3 * u * (A * p + a.abs()))
         if ev.z_weight is not None:  # the z-loss's coefficient 2 lam k lse, off by 2 lam k e
-            e = (_lse_error(ev, u) + u * _abs_lse(ev))[:, None]
-            compute = compute + s * p * (2 * ev.variant.z_loss * ev.z_weight * ev.z_loss_share).abs()[:, None] * e
+            compute = compute + s * p * (2 * _z_loss_scale(ev) * _logsumexp_error(ev, u))[:, None]
         if _is_half(dtype):
             saved = s * A * p * ev.log_probs.abs()
             compute = compute + SAVED_LOG_PROB_ROUNDINGS * u_o * torch.where(p == 0, torch.zeros_like(p), saved)
