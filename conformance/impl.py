@@ -38,6 +38,19 @@ __all__ = ["FEATURES", "DEVIATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURE
 
 DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
 
+VARIANTS = {  # reference.VARIANT_NAMES, described
+    "logit_scale": "the logits multiplied by a scale first",
+    "softcap": "logits soft-capped, cap * tanh(z / cap)",
+    "z_loss": "z-loss, lam * logsumexp^2 per kept position",
+}
+
+AUXILIARIES = {
+    "z_loss": "the z-loss alone, reduced as the loss",
+    "lse": "the logsumexp of the (capped) logits per position",
+}
+# The feature names of the variants and returned auxiliaries: unsupported unless declared.
+VARIANT_FEATURES = frozenset(VARIANTS) | {f"return_{name}" for name in AUXILIARIES}
+
 FEATURES = {
     "float64": "float64 inputs",
     "float32": "float32 inputs",
@@ -59,11 +72,8 @@ FEATURES = {
     "vmap": "torch.func.vmap",
     "noncontiguous": "non-contiguous input views",
     "input_validation": "raising on invalid targets and shapes",
-    "logit_scale": "a logit scale (declared in variants)",
-    "softcap": "logit soft-capping (declared in variants)",
-    "z_loss": "the z-loss (declared in variants)",
-    "return_z_loss": "returning the z-loss (declared in returns)",
-    "return_lse": "returning the logsumexp (declared in returns)",
+    **{name: f"{what} (declared in variants)" for name, what in VARIANTS.items()},
+    **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},
 }
 
 DEVIATIONS = {
@@ -72,18 +82,6 @@ DEVIATIONS = {
 
 TARGET_KINDS = ("index", "onehot")
 
-VARIANTS = {
-    "logit_scale": "the logits multiplied by a scale first",
-    "softcap": "logits soft-capped, cap * tanh(z / cap)",
-    "z_loss": "z-loss, lam * logsumexp^2 per kept position",
-}
-
-AUXILIARIES = {
-    "z_loss": "the z-loss alone, reduced as the loss",
-    "lse": "the logsumexp of the (capped) logits per position",
-}
-# The feature names of the variants and returned auxiliaries: unsupported unless declared.
-VARIANT_FEATURES = frozenset(VARIANTS) | {f"return_{name}" for name in AUXILIARIES}
 
 
 class ImplementationError(Exception):
@@ -105,13 +103,9 @@ class LossOptions:
         return {"weight": self.weight, "ignore_index": self.ignore_index, "reduction": self.reduction,
                 "label_smoothing": self.label_smoothing}
 
-    def variant_kwargs(self) -> dict[str, Any]:
-        """The variant's options that differ from torch's loss, by the kit's names."""
-        return self.variant.options()
-
     def describe(self) -> str:
         parts = [f"reduction={self.reduction!r}"]
-        parts += [f"{name}={value!r}" for name, value in self.variant_kwargs().items()]
+        parts += [f"{name}={value!r}" for name, value in self.variant.options().items()]
         if self.weight is not None:
             parts.append("weight=<%d classes>" % self.weight.numel())
         if self.ignore_index != -100:
@@ -156,7 +150,7 @@ class Implementation:
 
     def keywords(self, options: LossOptions) -> dict[str, Any]:
         """The call's keywords: torch's, and the variant's under the implementation's names."""
-        return {**options.kwargs(), **{self.variants[name]: value for name, value in options.variant_kwargs().items()}}
+        return {**options.kwargs(), **{self.variants[name]: value for name, value in options.variant.options().items()}}
 
     def reference_variant(self, options: LossOptions) -> Variant:
         """The problem's variant under this implementation's declared conventions."""
