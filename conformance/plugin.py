@@ -16,7 +16,7 @@ from . import adapters, bench, cases, hookspecs, options, report
 from .checks import FIRST_FAILURE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, crash_trampoline, time_limit, truncate_sections
-from .impl import Implementation, ImplementationError, adapt, load_implementation
+from .impl import FORMS, Implementation, ImplementationError, adapt, load_implementation
 from .session import ConformanceSession, is_check, item_dtype, item_form
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
@@ -273,6 +273,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     impl = session.impl
     tr.write_line(f"implementation: {impl.spec} (input {impl.input_kind}, target {impl.target_kind}); "
                   f"contract: {session.contract}; devices: {', '.join(session.devices)}")
+    others = [other.spec for form in FORMS if form != impl.form for other in session.implementations(form)]
+    if others:
+        tr.write_line(f"also judged (torch's own, no implementation named): {', '.join(others)}")
     for line in report.render_text(report.verdict_tables(run)):
         tr.write_line(line)
 
