@@ -32,7 +32,7 @@ SCALE_CASES = {
     "vocab_32000-sum": (9, 8, 32000, {}, dict(reduction="sum")),
     "vocab_262144-mean": (2, 4, 262144, {}, dict(reduction="mean")),
     "many_chunks_positive-mean": (256, 8, 1024, dict(positive=True), dict(reduction="mean")),
-    "ragged_chunks_ignored-sum": (515, 8, 512, dict(ignored=True), dict(reduction="sum", ignore_index=-100)),
+    "ragged_chunks_ignored-mean": (515, 8, 512, dict(ignored=True), dict(reduction="mean", ignore_index=-100)),
 }
 SCALE_DTYPES = [torch.float32, torch.bfloat16]
 _FEATURES = {"weight": "weight", "ignore_index": "ignore_index", "label_smoothing": "label_smoothing"}
@@ -103,7 +103,7 @@ def test_linear_leaves_its_arguments_unchanged(judge, device, dtype, seed):
     """Forward and backward leave the hidden states, weight, bias, target and upstream gradient as
     the caller handed them (a kernel that writes gradients into its inputs, or a buffer it
     reuses between calls, changes them)."""
-    problem = linear_problem("ragged_chunks_ignored-sum", dtype, device, seed)
+    problem = linear_problem("ragged_chunks_ignored-mean", dtype, device, seed)
     out, fed = run.linear_call(judge.impl, problem)
     for name, pristine in {**out.inputs, "target": out.target}.items():
         now = fed.get(name, problem.case.target)
