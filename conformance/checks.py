@@ -21,7 +21,7 @@ from .cases import LinearCase, Problem
 from .guards import ImplementationFault
 from .impl import Implementation
 
-__all__ = ["Comparison", "Show", "compare", "repro_snippet", "is_not_supported", "Judge", "FIRST_FAILURE",
+__all__ = ["Comparison", "Show", "compare", "repro_snippet", "linear_call_code", "is_not_supported", "Judge", "FIRST_FAILURE",
            "PROBED_PREFIX"]
 
 # The judge's first failure message on a check item: a property test's example survives a
@@ -42,7 +42,7 @@ _NOT_SUPPORTED = re.compile("|".join([
     r"vmap: .*(We cannot support this|data-dependent|not supported)",
     r"derivative for .* is not implemented",
     r"not implemented for forward.?(mode )?AD|does not support forward.?(mode )?AD|forward AD .*not (supported|implemented)",
-    r"retain_graph=True.* not supported",
+    r"retain_graph=True.* not supported|requires create_graph=False and retain_graph=False",
 ]))
 
 
@@ -145,6 +145,14 @@ def _truth_options(options) -> str:
             f"label_smoothing={options.label_smoothing!r}")
 
 
+def linear_call_code(impl: Implementation, problem: Problem) -> str:
+    """The snippet's call of a linear implementation with the problem's options."""
+    kw = impl.keywords(problem.options)
+    kw.pop("weight")
+    return ("impl.call(hidden, linear_weight, target, linear_bias=linear_bias, weight=weight, "
+            + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
+
+
 def _linear_snippet(problem: Problem, impl: Implementation, show: Show) -> list[str]:
     """The linear problem's lines: the recipe, the float64 truth, the call and its backward."""
     case, options = problem.case, problem.options
@@ -157,10 +165,7 @@ def _linear_snippet(problem: Problem, impl: Implementation, show: Show) -> list[
     lines += _load_line(impl)
     lines.append(f"truth = evaluate_linear(hidden, linear_weight, target, linear_bias, weight=weight, "
                  f"{_truth_options(options)})")
-    kw = impl.keywords(options)
-    kw.pop("weight")
-    call = ("impl.call(hidden, linear_weight, target, linear_bias=linear_bias, weight=weight, "
-            + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
+    call = linear_call_code(impl, problem)
     if show.steps is not None:
         return lines + list(show.steps)
     if problem.upstream is None:
@@ -366,17 +371,20 @@ class Judge:
         return loss.detach(), {name: None if t is None else t.grad for name, t in inputs.items()}
 
     def _linear_bounds(self, problem: Problem, kind: str, exact_terms: dict, parity_result: Callable,
-                       expected: Tensor) -> tuple[Tensor, Tensor]:
-        """The bound ``kind`` under the run's contract (``parity``: against torch's composition)
-        and under ``exact``."""
+                       expected: Tensor, declared: Optional[dict] = None) -> tuple[Tensor, Tensor]:
+        """The bound ``kind`` under the run's contract (``parity``: against torch's composition),
+        with the terms of a ``declared`` approximation, and under ``exact``, without them: the
+        grade shows what the approximation costs."""
         exact = tolerance.bound(kind, tolerance.EXACT, problem.dtype, **exact_terms)
         if self._parity(problem):
             return tolerance.parity_bound(parity_result(), expected, problem.dtype), exact
-        return self.bound(kind, problem.dtype, **exact_terms), exact
+        return self.bound(kind, problem.dtype, **exact_terms, **(declared or {})), exact
 
-    def linear_conforms(self, problem: Problem, out: Optional[run.LinearOutcome] = None) -> run.LinearOutcome:
+    def linear_conforms(self, problem: Problem, out: Optional[run.LinearOutcome] = None, *,
+                        show: Show = VALUE) -> run.LinearOutcome:
         """The loss and the gradient of every input that requires grad against the float64 truth
-        of the composition (``linear``); ``out``: an outcome the check has already produced."""
+        of the composition (``linear``); ``out``: an outcome the check has already produced, and
+        ``show`` what the snippet of a wrong loss runs."""
         __tracebackhide__ = True
         if out is None:
             out = run.linear_call(self.impl, problem, backward=problem.upstream is not None)[0]
@@ -389,10 +397,11 @@ class Judge:
             return torch_side["loss"] if name is None else torch_side["grads"][name]
 
         bound, exact = self._linear_bounds(problem, "linear value", {"lev": lev}, torch_result, lev.loss)
-        self._judge("value", problem, out.loss, lev.loss, bound, exact, VALUE, None)
+        self._judge("value", problem, out.loss, lev.loss, bound, exact, show, None)
         if out.upstream is None:
             return out
         upstream = out.upstream.to("cpu", torch.float64)
+        declared = {"filtered_below": self.impl.approximations.get("gradient_filter", 0.0)}
         for name, (kind, variable, truth) in LINEAR_GRADIENTS.items():
             if out.inputs[name] is None or name not in out.requires_grad:
                 continue
@@ -402,7 +411,7 @@ class Judge:
                           show=Show(f"{variable}.grad", "'a gradient'"))
             expected = getattr(lev, truth)(upstream)
             bound, exact = self._linear_bounds(problem, kind, {"lev": lev, "grad_output": upstream},
-                                               lambda: torch_result(name), expected)
+                                               lambda: torch_result(name), expected, declared)
             self._judge(f"{name} gradient", problem, out.grads[name], expected, bound, exact, show, None)
         return out
 

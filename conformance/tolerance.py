@@ -108,6 +108,8 @@ a weight or bias gradient accumulated in the half dtype over chunks fails):
 ``d/dh = G W`` within ``E |W| + gamma_V |G| |W|``, ``d/dW = G^T h`` within
 ``E^T |h| + gamma_N |G|^T |h|``, ``d/db`` within ``sum_i E_i + gamma_N sum_i |G_i|``, each
 ``gamma`` also at float64's ``u`` for the truth, and a half result rounded as every half result.
+A declared ``gradient_filter`` ``eps`` (``impl.APPROXIMATIONS``) lets each element of ``G`` be
+dropped below ``eps`` times its row's upstream gradient over the divisor: ``E += s eps``.
 
 Derived identities (Hessian-vector products, directional derivatives, sums of two bounds, the
 document's paths, the XOR trajectory) are bounded from these, each derivation at its function.
@@ -505,10 +507,15 @@ def linear_value_bound(lev, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT
     return _reduced_bound(ev, row_err, ev.row_loss, ev.loss, dtype)
 
 
-def _linear_logit_grad_error(lev, grad_output: Tensor, dtype: torch.dtype, contract: str) -> Tensor:
-    """``E`` (N, V): the logit gradient within ``grad_bound``, plus the probabilities' shift under ``delta``."""
-    return lev.memo(("logit gradient error", dtype, contract), grad_output,
-                    lambda: _compute_linear_logit_grad_error(lev, grad_output, dtype, contract))
+def _linear_logit_grad_error(lev, grad_output: Tensor, dtype: torch.dtype, contract: str,
+                             filtered_below: float) -> Tensor:
+    """``E`` (N, V): the logit gradient within ``grad_bound``, plus the probabilities' shift under
+    ``delta``, plus a declared filter's ``s eps``."""
+    error = lev.memo(("logit gradient error", dtype, contract), grad_output,
+                     lambda: _compute_linear_logit_grad_error(lev, grad_output, dtype, contract))
+    if filtered_below:
+        error = error + filtered_below * lev.logits.upstream_rows(grad_output).abs()[:, None]
+    return error
 
 
 def _compute_linear_logit_grad_error(lev, grad_output: Tensor, dtype: torch.dtype, contract: str) -> Tensor:
@@ -520,27 +527,30 @@ def _compute_linear_logit_grad_error(lev, grad_output: Tensor, dtype: torch.dtyp
     return grad_bound(ev, grad_output, dtype, contract) + shift
 
 
-def linear_input_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+def linear_input_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT,
+                            filtered_below: float = 0.0) -> Tensor:
     """``d/dh = G W``: ``E |W| + gamma_V |G| |W|`` (N, H)."""
     _check_contract(contract)
     g, w = lev.logit_grad(grad_output), lev.linear_weight.abs()
-    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract) @ w + _sums(g.shape[1], dtype) * g.abs() @ w
+    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below) @ w + _sums(g.shape[1], dtype) * g.abs() @ w
     return _with_half_rounding(compute, g @ lev.linear_weight, dtype)
 
 
-def linear_weight_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+def linear_weight_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT,
+                             filtered_below: float = 0.0) -> Tensor:
     """``d/dW = G^T h``: ``E^T |h| + gamma_N |G|^T |h|`` (V, H)."""
     _check_contract(contract)
     g, h = lev.logit_grad(grad_output), lev.hidden.abs()
-    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract).T @ h + _sums(g.shape[0], dtype) * g.abs().T @ h
+    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below).T @ h + _sums(g.shape[0], dtype) * g.abs().T @ h
     return _with_half_rounding(compute, g.T @ lev.hidden, dtype)
 
 
-def linear_bias_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+def linear_bias_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT,
+                           filtered_below: float = 0.0) -> Tensor:
     """``d/db = sum_i G_i``: ``sum_i E_i + gamma_N sum_i |G_i|`` (V,)."""
     _check_contract(contract)
     g = lev.logit_grad(grad_output)
-    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract).sum(0) + _sums(g.shape[0], dtype) * g.abs().sum(0)
+    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below).sum(0) + _sums(g.shape[0], dtype) * g.abs().sum(0)
     return _with_half_rounding(compute, g.sum(0), dtype)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conformance import cases, run
-from conformance.checks import Show
+from conformance.checks import Show, linear_call_code
 
 FORM = "linear"
 
@@ -47,8 +47,10 @@ def _params(table: dict) -> list:
     return [pytest.param(name, marks=pytest.mark.feature(*_features(*spec[3:]))) for name, spec in table.items()]
 
 
-def linear_problem(name: str, dtype, device, seed, *, upstream="random") -> cases.Problem:
+def linear_problem(name: str, impl, dtype, device, seed, *, upstream="random") -> cases.Problem:
+    """The named case; biased unless the case says otherwise or the implementation takes no bias."""
     n, h, v, case_options, loss_options = {**CASES, **SCALE_CASES}[name]
+    case_options = {"bias": "linear_bias" not in impl.unsupported, **case_options}
     case = cases.linear_problem_case(n, h, v, dtype, device, seed=seed, family=f"linear_{name}", **case_options)
     return cases.problem(case, upstream=upstream, **loss_options)
 
@@ -56,14 +58,14 @@ def linear_problem(name: str, dtype, device, seed, *, upstream="random") -> case
 @pytest.mark.parametrize("name", _params(CASES))
 def test_linear_loss_and_gradients(judge, device, dtype, name, seed):
     """The loss and the gradients of the hidden states, the weight and the bias."""
-    judge.linear_conforms(linear_problem(name, dtype, device, seed))
+    judge.linear_conforms(linear_problem(name, judge.impl, dtype, device, seed))
 
 
 @pytest.mark.parametrize("dtype", SCALE_DTYPES, ids=cases.dtype_name)
 @pytest.mark.parametrize("name", _params(SCALE_CASES))
 def test_linear_at_scale(judge, device, dtype, name, seed):
     """The same at the sizes where chunks and vocabulary blocks break."""
-    judge.linear_conforms(linear_problem(name, dtype, device, seed))
+    judge.linear_conforms(linear_problem(name, judge.impl, dtype, device, seed))
 
 
 LIFECYCLE_DTYPES = SCALE_DTYPES
@@ -73,10 +75,11 @@ LIFECYCLE_DTYPES = SCALE_DTYPES
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_linear_forward_without_autograd(judge, device, dtype, mode, seed):
     """Evaluation and generation call the loss under no_grad or inference_mode (Liger#930, #1156)."""
-    problem = linear_problem("odd-mean", dtype, device, seed, upstream=None)
+    problem = linear_problem("odd-mean", judge.impl, dtype, device, seed, upstream=None)
     with getattr(torch, mode)():
         out = run.linear_call(judge.impl, problem, backward=False)[0]
-    judge.linear_conforms(problem, out)
+    steps = (f"with torch.{mode}():", f"    loss = {linear_call_code(judge.impl, problem)}")
+    judge.linear_conforms(problem, out, show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
 
 
 # Which inputs require grad: a frozen classifier head (fine-tuning below it), and hidden states
@@ -88,7 +91,7 @@ SOME_INPUTS = {"frozen_head": ("input",), "frozen_features": ("linear_weight", "
 @pytest.mark.parametrize("which", list(SOME_INPUTS))
 def test_linear_gradients_of_some_inputs(judge, device, dtype, which, seed):
     """The gradients of the inputs that require grad, and none for those that do not."""
-    problem = linear_problem("weighted_ignored_smoothed-sum", dtype, device, seed)
+    problem = linear_problem("odd-mean", judge.impl, dtype, device, seed)
     out = run.linear_call(judge.impl, problem, requires_grad=SOME_INPUTS[which])[0]
     for name, grad in out.grads.items():
         if name not in SOME_INPUTS[which] and grad is not None:
@@ -103,7 +106,7 @@ def test_linear_leaves_its_arguments_unchanged(judge, device, dtype, seed):
     """Forward and backward leave the hidden states, weight, bias, target and upstream gradient as
     the caller handed them (a kernel that writes gradients into its inputs, or a buffer it
     reuses between calls, changes them)."""
-    problem = linear_problem("ragged_chunks_ignored-mean", dtype, device, seed)
+    problem = linear_problem("ragged_chunks_ignored-mean", judge.impl, dtype, device, seed)
     out, fed = run.linear_call(judge.impl, problem)
     for name, pristine in {**out.inputs, "target": out.target}.items():
         now = fed.get(name, problem.case.target)
@@ -117,14 +120,18 @@ def test_linear_leaves_its_arguments_unchanged(judge, device, dtype, seed):
 def test_linear_backward_twice(judge, device, dtype, seed):
     """``backward(retain_graph=True)`` twice accumulates twice the gradients (gradient accumulation
     over a shared graph); a loss that refuses it says so clearly (a probed gap)."""
-    problem = linear_problem("odd-mean", dtype, device, seed)
+    problem = linear_problem("odd-mean", judge.impl, dtype, device, seed)
     impl = judge.impl
     out, fed = run.linear_call(impl, problem, backward=False)
     loss = impl.linear(fed["input"], fed["linear_weight"], problem.case.target.clone(), fed["linear_bias"],
                        problem.call_options())
     grad = problem.upstream_gradient()
-    loss.backward(grad, retain_graph=True)
-    judge.probe("retain_graph", problem, lambda: loss.backward(grad), "a second backward with retain_graph=True")
+
+    def twice():
+        loss.backward(grad, retain_graph=True)
+        loss.backward(grad)
+
+    judge.probe("retain_graph", problem, twice, "backward twice, the first with retain_graph=True")
     twice = run.LinearOutcome(inputs=out.inputs, target=out.target, loss=out.loss,
                               grads={name: None if t is None else t.grad / 2 for name, t in fed.items()},
                               requires_grad=out.requires_grad, upstream=grad.detach().clone())
