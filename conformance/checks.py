@@ -381,14 +381,20 @@ class Judge:
         return self.bound(kind, problem.dtype, **exact_terms, **(declared or {})), exact
 
     def linear_conforms(self, problem: Problem, out: Optional[run.LinearOutcome] = None, *,
-                        show: Show = VALUE) -> run.LinearOutcome:
+                        show: Show = VALUE, autocast: Optional[torch.dtype] = None) -> run.LinearOutcome:
         """The loss and the gradient of every input that requires grad against the float64 truth
-        of the composition (``linear``); ``out``: an outcome the check has already produced, and
-        ``show`` what the snippet of a wrong loss runs."""
+        of the composition (``linear``); ``out``: an outcome the check has already produced,
+        ``show`` what the snippet of a wrong loss runs, ``autocast`` the dtype the call ran under
+        (``tolerance.linear_autocast_bound``)."""
         __tracebackhide__ = True
         if out is None:
             out = run.linear_call(self.impl, problem, backward=problem.upstream is not None)[0]
         lev = run.linear_truth(problem, out)
+        if autocast is not None:
+            rounded = replace(out, inputs={name: None if t is None else t.to(autocast).to(t.dtype)
+                                           for name, t in out.inputs.items()})
+            self._linear_autocast(problem, out, lev, run.linear_truth(problem, rounded), autocast)
+            return out
         torch_side = {}
 
         def torch_result(name: Optional[str] = None) -> Tensor:
@@ -414,6 +420,19 @@ class Judge:
                                                lambda: torch_result(name), expected, declared)
             self._judge(f"{name} gradient", problem, out.grads[name], expected, bound, exact, show, None)
         return out
+
+
+    def _linear_autocast(self, problem: Problem, out: run.LinearOutcome, lev, rounded, dtype: torch.dtype) -> None:
+        __tracebackhide__ = True
+        upstream = out.upstream.to("cpu", torch.float64)
+        terms = {"lev": lev, "rounded": rounded, "autocast_dtype": dtype, "grad_output": upstream}
+        self.within("value under autocast", problem, out.loss, lev.loss, "linear under autocast",
+                    quantity="value", **terms)
+        for name, (_, variable, truth) in LINEAR_GRADIENTS.items():
+            if out.inputs[name] is not None and name in out.requires_grad:
+                self.within(f"{name} gradient under autocast", problem, out.grads[name],
+                            getattr(lev, truth)(upstream), "linear under autocast", quantity=name,
+                            show=Show(f"{variable}.grad{{at}}.item()", f"truth.{truth}(grad){{at}}.item()"), **terms)
 
 
 # Each input of a linear loss: its bound (tolerance.BOUNDS), its name in the snippet, the truth's gradient.

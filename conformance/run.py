@@ -94,18 +94,20 @@ def linear_truth(problem: Problem, outcome: LinearOutcome) -> LinearEvaluation:
 
 
 def linear_call(impl: Implementation, problem: Problem, *, requires_grad=LINEAR_INPUTS,
-                backward: bool = True) -> tuple[LinearOutcome, dict]:
-    """Forward (and, with ``backward``, ``loss.backward(grad)`` with the problem's upstream
-    gradient), the inputs named in ``requires_grad`` requiring grad; also returns the tensors
-    as fed, for checks of what the call did to them."""
+                backward: bool = True, autocast: Optional[torch.dtype] = None) -> tuple[LinearOutcome, dict]:
+    """Forward (under ``torch.autocast`` to ``autocast`` if given) and, with ``backward``,
+    ``loss.backward(grad)`` with the problem's upstream gradient, the inputs named in
+    ``requires_grad`` requiring grad; also returns the tensors as fed, for checks of what the
+    call did to them."""
     case = problem.case
     fed = {"input": case.hidden, "linear_weight": case.linear_weight, "linear_bias": case.linear_bias}
     pristine = {name: None if t is None else _pristine(t) for name, t in fed.items()}
     fed = {name: None if t is None else t.detach().clone().requires_grad_(name in requires_grad)
            for name, t in fed.items()}
     target = _pristine(case.target)
-    loss = impl.linear(fed["input"], fed["linear_weight"], _pristine(case.target), fed["linear_bias"],
-                       problem.call_options())
+    with torch.autocast(problem.device, dtype=autocast, enabled=autocast is not None):
+        loss = impl.linear(fed["input"], fed["linear_weight"], _pristine(case.target), fed["linear_bias"],
+                           problem.call_options())
     grad = None
     if backward:
         grad = problem.upstream_gradient()

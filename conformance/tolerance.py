@@ -108,6 +108,9 @@ a weight or bias gradient accumulated in the half dtype over chunks fails):
 ``d/dh = G W`` within ``E |W| + gamma_V |G| |W|``, ``d/dW = G^T h`` within
 ``E^T |h| + gamma_N |G|^T |h|``, ``d/db`` within ``sum_i E_i + gamma_N sum_i |G_i|``, each
 ``gamma`` also at float64's ``u`` for the truth, and a half result rounded as every half result.
+Under autocast (float32 inputs, a half ``dtype`` for the matmuls) a loss may compute on the
+inputs or on their roundings to ``dtype``, as autocast's own ops do: the bound of the rounded
+problem in ``dtype``, plus how far the two problems' truths lie apart.
 A declared ``gradient_filter`` ``eps`` (``impl.APPROXIMATIONS``) lets each element of ``G`` be
 dropped below ``eps`` times its row's upstream gradient over the divisor: ``E += s eps``.
 
@@ -554,6 +557,24 @@ def linear_bias_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contrac
     return _with_half_rounding(compute, g.sum(0), dtype)
 
 
+# quantity -> (its bound's kind, the truth's method: None for the loss)
+_LINEAR_QUANTITIES = {"value": ("linear value", None), "input": ("linear input gradient", "input_grad"),
+                      "linear_weight": ("linear weight gradient", "weight_grad"),
+                      "linear_bias": ("linear bias gradient", "bias_grad")}
+
+
+def linear_autocast_bound(lev, rounded, quantity: str, autocast_dtype: torch.dtype, dtype: torch.dtype,
+                          contract: str = DEFAULT_CONTRACT, grad_output=None) -> Tensor:
+    """A linear ``quantity`` computed under autocast to ``autocast_dtype`` (see the module
+    docstring); ``lev`` is the problem on the float32 inputs, ``rounded`` on their roundings."""
+    kind, method = _LINEAR_QUANTITIES[quantity]
+    terms = {} if method is None else {"grad_output": grad_output}
+    bound = BOUNDS[kind](rounded, dtype=autocast_dtype, contract=contract, **terms)
+    if method is None:
+        return bound + (lev.loss - rounded.loss).abs()
+    return bound + (getattr(lev, method)(grad_output) - getattr(rounded, method)(grad_output)).abs()
+
+
 BOUNDS = {
     "value": value_bound,
     "gradient": grad_bound,
@@ -571,6 +592,7 @@ BOUNDS = {
     "linear input gradient": linear_input_grad_bound,
     "linear weight gradient": linear_weight_grad_bound,
     "linear bias gradient": linear_bias_grad_bound,
+    "linear under autocast": linear_autocast_bound,
 }
 
 

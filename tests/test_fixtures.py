@@ -109,6 +109,7 @@ CAUGHT_BY = {
     "linear_scales_saved_in_place": "test_linear_backward_twice",
     "linear_no_grad_drops_bias": "test_linear_forward_without_autograd",
     "linear_filter_undeclared": "test_linear_at_scale",
+    "linear_autocast_mismatch": "test_linear_under_autocast",
 }
 
 

@@ -136,3 +136,18 @@ def test_linear_backward_twice(judge, device, dtype, seed):
                               grads={name: None if t is None else t.grad / 2 for name, t in fed.items()},
                               requires_grad=out.requires_grad, upstream=grad.detach().clone())
     judge.linear_conforms(problem, twice)
+
+
+@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16], ids=cases.dtype_name)
+def test_linear_under_autocast(judge, device, autocast, seed):
+    """Mixed-precision training: float32 hidden states and weights, the loss called under
+    ``torch.autocast`` (Liger#318, #502: dtype mismatches there), backward after it. The result
+    may be computed on the inputs or on their roundings to the autocast dtype; the gradients
+    arrive in float32, the leaves' dtype."""
+    problem = linear_problem("odd-mean", judge.impl, torch.float32, device, seed)
+    out = run.linear_call(judge.impl, problem, autocast=autocast)[0]
+    for name, grad in out.grads.items():
+        if grad is not None and grad.dtype != torch.float32:
+            judge.fail(f"{name} gradient dtype", problem, f"under autocast the {name} gradient is {grad.dtype}, "
+                       "not its float32 leaf's dtype", show=Show(f"{name}.grad.dtype", "torch.float32"))
+    judge.linear_conforms(problem, out, autocast=autocast)
