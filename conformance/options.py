@@ -59,6 +59,13 @@ def _shape(value: str) -> tuple:
     return int(n), int(c)
 
 
+def _linear_shape(value: str) -> tuple:
+    parts = value.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise pytest.UsageError(f"--conformance-bench-linear-shape={value!r}: expected NxHxV, e.g. 4096x2048x32000")
+    return tuple(int(p) for p in parts)
+
+
 def _at_least_zero(option: str, what: str):
     """A ``type=`` for ``option``: a number >= 0 (NaN and words refused), described as ``what``."""
     def parse(value: str) -> float:
@@ -126,6 +133,11 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--conformance-bench-shape", action="append", type=_shape, default=None, metavar="NxC",
                     help="benchmark logits shape (repeatable); default on a cpu 256x32000 and 64x128256, "
                          "elsewhere 4096x32000 and 1024x128256, plus 8192x128256 on cuda")
+    group.addoption("--conformance-bench-linear-shape", action="append", type=_linear_shape, default=None,
+                    metavar="NxHxV",
+                    help="linear benchmark shape: tokens x hidden size x vocabulary (repeatable); default on a cpu "
+                         "128x64x4096 and 32x64x32768, elsewhere 4096x2048x32000 and 1024x2048x128256. With "
+                         "--conformance-bench-shape and without this, the linear benchmarks do not run")
     group.addoption("--conformance-bench-rounds", type=_rounds, default=DEFAULT_BENCH_ROUNDS, metavar="N",
                     help="the fewest paired rounds (torch's and the implementation's, alternating) per benchmark, "
                          f"after one untimed warm-up of each (default {DEFAULT_BENCH_ROUNDS})")

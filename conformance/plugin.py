@@ -141,8 +141,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 
     session = config.stash[SESSION_KEY]
 
+    # Explicit logits shapes narrow the benchmarks to them, unless linear shapes are given too.
+    linear_bench_wanted = bool(config.getoption("conformance_bench_linear_shape")
+                               or not config.getoption("conformance_bench_shape"))
+
     def unwanted(item) -> bool:
         is_bench = item.get_closest_marker("conformance_bench") is not None
+        if is_bench and item_form(item) == "linear" and not linear_bench_wanted:
+            return True
         judged = not is_check(item) or bool(session.implementations(item_form(item)))
         return ((wanted and item_dtype(item) not in (None, *wanted)) or (is_bench and not bench_wanted)
                 or (only and "benchmark" not in getattr(item, "fixturenames", ())) or not judged)

@@ -60,7 +60,8 @@ def test_machine_info_records_threads_and_allocator(monkeypatch):
 def test_benchmarks_do_not_run_by_default(pytester):
     result = pytester.runpytest_inprocess(*BENCH)
     outcomes = result.parseoutcomes()
-    assert outcomes["deselected"] == 6 and "passed" not in outcomes
+    # the six groups at 8x300, and the 16 of torch's two linear paths (2 ops, 2 dtypes, 2 shapes)
+    assert outcomes["deselected"] == 6 + 16 and "passed" not in outcomes
 
 
 def test_bad_shape_is_a_usage_error(pytester):
@@ -286,3 +287,16 @@ def test_gate_reports_a_run_too_noisy_to_decide(tmp_path, capsys):
     assert text.count("| too noisy to decide |") == 3
     err = capsys.readouterr().err
     assert "too noisy to decide: conformance/suite/test_benchmark.py::test_speed_beside_torch" in err
+
+
+def test_linear_benchmarks_run_at_their_own_shapes_beside_the_composition(pytester):
+    """A linear loss is timed beside torch's composition at --conformance-bench-linear-shape, and
+    its record carries the logits the composition materialises."""
+    result = pytester.runpytest_inprocess(*BENCH, "--benchmark-only", "--conformance-bench-linear-shape", "16x8x64",
+                                          "--impl=torch.nn.functional:linear_cross_entropy",
+                                          "--conformance-report=run.json")
+    result.assert_outcomes(passed=4)
+    benchmarks = json.loads((pytester.path / "run.json").read_text())["benchmarks"]
+    assert {b["shape"] for b in benchmarks} == {"16x8x64"}
+    assert all(b["logits_bytes"] == 16 * 64 * {"float32": 4, "bfloat16": 2}[b["dtype"]] for b in benchmarks)
+    assert all(b["pairs"] == 6 and b["impl"]["peak_extra_bytes"] is not None for b in benchmarks)

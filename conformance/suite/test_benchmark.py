@@ -33,7 +33,8 @@ pytestmark = pytest.mark.conformance_bench
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     devices = metafunc.config.stash[SESSION_KEY].devices
     if "linear_shape" in metafunc.fixturenames:
-        shapes = list(dict.fromkeys(shape for device in devices for shape in bench.linear_shapes_for(device)))
+        shapes = metafunc.config.getoption("conformance_bench_linear_shape") or \
+            list(dict.fromkeys(shape for device in devices for shape in bench.linear_shapes_for(device)))
         metafunc.parametrize("linear_shape", shapes, ids=lambda s: "x".join(map(str, s)))
     if "shape" not in metafunc.fixturenames:
         return
@@ -229,14 +230,14 @@ def test_linear_speed_beside_torch(benchmark, request, impl, device, linear_shap
     """A linear loss beside torch's composition (``linear_cross_entropy``'s reference path), which
     materialises the N x V logits: the point of a fused linear loss is the memory it saves, so
     the logits' bytes are recorded beside each side's extra memory."""
-    if linear_shape not in bench.linear_shapes_for(device):
+    if not request.config.getoption("conformance_bench_linear_shape") and linear_shape not in bench.linear_shapes_for(device):
         pytest.skip(f"{'x'.join(map(str, linear_shape))} is not a {device} linear benchmark shape")
     n, h, v = linear_shape
-    benchmark.group = f"linear {op} {dtype_name(dtype)} {n}x{h}x{v} {device}"
+    benchmark.group = f"{impl.name} {op} {dtype_name(dtype)} {n}x{h}x{v} {device}"
     inputs = bench.linear_inputs(n, h, v, dtype, device, seed)
     steps = {"torch": _linear_steps(F.linear_cross_entropy, inputs, device)[op],
              "impl": _linear_steps(impl.call, inputs, device)[op]}
-    info = {"implementation": impl.spec, "op": f"linear {op}", "dtype": dtype_name(dtype), "shape": f"{n}x{h}x{v}",
+    info = {"implementation": impl.spec, "op": f"{impl.name} {op}", "dtype": dtype_name(dtype), "shape": f"{n}x{h}x{v}",
             "logits_bytes": n * v * dtype.itemsize}
     _time_beside_torch(benchmark, request, steps, device, bench.linear_traffic_bytes(op, n, h, v, dtype), info,
                        copy_bandwidths, bench_time)
