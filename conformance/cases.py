@@ -53,7 +53,8 @@ class Case:
 @dataclass(frozen=True)
 class LinearCase:
     """A linear-CE problem: hidden states ``(N, H)``, the classifier weight ``(V, H)`` and bias
-    (or ``None``), index targets and class weights, built by its recipe like a ``Case``."""
+    (or ``None``), index targets and class weights, built by its recipe like a ``Case``, and
+    which of the three inputs are trainable (require grad)."""
 
     family: str
     recipe: str
@@ -63,6 +64,7 @@ class LinearCase:
     linear_bias: Optional[Tensor]
     target: Tensor
     weight: Optional[Tensor]
+    requires_grad: tuple = ("input", "linear_weight", "linear_bias")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -74,7 +76,8 @@ class LinearCase:
 
     def describe(self) -> str:
         (n, h), v = self.hidden.shape, self.linear_weight.shape[0]
-        return (f"case={self.family} N={n} H={h} V={v} bias={self.linear_bias is not None} "
+        trainable = "" if len(self.requires_grad) == 3 else f" requires_grad={'+'.join(self.requires_grad)}"
+        return (f"case={self.family} N={n} H={h} V={v} bias={self.linear_bias is not None}{trainable} "
                 f"dtype={dtype_name(self.dtype)} device={self.device}")
 
 

@@ -154,7 +154,8 @@ def linear_call_code(impl: Implementation, problem: Problem) -> str:
 
 
 def _linear_snippet(problem: Problem, impl: Implementation, show: Show) -> list[str]:
-    """The linear problem's lines: the recipe, the float64 truth, the call and its backward."""
+    """The linear problem's lines: the recipe, the float64 truth, the call and its backward, the
+    case's trainable tensors requiring grad."""
     case, options = problem.case, problem.options
     names = ("hidden", "linear_weight", "linear_bias", "target", "weight")
     lines = ["import torch", "from conformance.impl import load_implementation",
@@ -170,7 +171,8 @@ def _linear_snippet(problem: Problem, impl: Implementation, show: Show) -> list[
         return lines + list(show.steps)
     if problem.upstream is None:
         return lines + [f"loss = {call}"]
-    lines += ["for t in (hidden, linear_weight, linear_bias):", "    if t is not None:", "        t.requires_grad_()",
+    trainable = ", ".join({"input": "hidden"}.get(name, name) for name in case.requires_grad)
+    lines += [f"for t in ({trainable},):", "    if t is not None:", "        t.requires_grad_()",
               f"loss = {call}", problem.upstream]
     if case.device != "cpu":
         lines.append(f"grad = grad.to({case.device!r})")

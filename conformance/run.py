@@ -18,7 +18,7 @@ from .impl import Implementation
 from .linear import LinearEvaluation, evaluate_linear
 from .reference import Evaluation, evaluate
 
-__all__ = ["Outcome", "forward", "forward_backward", "truth", "LINEAR_INPUTS", "LinearOutcome", "linear_truth",
+__all__ = ["Outcome", "forward", "forward_backward", "truth", "LinearOutcome", "linear_truth",
            "linear_call"]
 
 
@@ -69,7 +69,6 @@ def forward_backward(impl: Implementation, problem: Problem) -> Outcome:
 # ---------------------------------------------------------------------------------------------
 # Linear cross entropy: the hidden states, the classifier weight and the bias are the inputs.
 
-LINEAR_INPUTS = ("input", "linear_weight", "linear_bias")
 
 
 @dataclass(frozen=True)
@@ -93,13 +92,13 @@ def linear_truth(problem: Problem, outcome: LinearOutcome) -> LinearEvaluation:
                            **problem.call_options().kwargs())
 
 
-def linear_call(impl: Implementation, problem: Problem, *, requires_grad=LINEAR_INPUTS,
-                backward: bool = True, autocast: Optional[torch.dtype] = None) -> tuple[LinearOutcome, dict]:
+def linear_call(impl: Implementation, problem: Problem, *, backward: bool = True,
+                autocast: Optional[torch.dtype] = None) -> tuple[LinearOutcome, dict]:
     """Forward (under ``torch.autocast`` to ``autocast`` if given) and, with ``backward``,
-    ``loss.backward(grad)`` with the problem's upstream gradient, the inputs named in
-    ``requires_grad`` requiring grad; also returns the tensors as fed, for checks of what the
-    call did to them."""
+    ``loss.backward(grad)`` with the problem's upstream gradient, the case's trainable inputs
+    requiring grad; also returns the tensors as fed, for checks of what the call did to them."""
     case = problem.case
+    requires_grad = case.requires_grad
     fed = {"input": case.hidden, "linear_weight": case.linear_weight, "linear_bias": case.linear_bias}
     pristine = {name: None if t is None else _pristine(t) for name, t in fed.items()}
     fed = {name: None if t is None else t.detach().clone().requires_grad_(name in requires_grad)

@@ -23,6 +23,7 @@ FAMILIES = {
     "returned auxiliaries": ("z_loss_gradient_dropped", "test_returned_auxiliary and float32"),
     "linear": ("linear_half_accumulator", "test_linear_at_scale and bfloat16"),
     "linear value": ("linear_no_grad_drops_bias", "test_linear_forward_without_autograd"),
+    "linear frozen head": ("linear_needs_grad_misindexed", "test_linear_gradients_of_some_inputs and float32"),
 }
 
 
