@@ -143,3 +143,29 @@ def test_require_names_only_probed_features(pytester):
     result = _run(pytester, "--conformance-require=weight", "-k", "test_value")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--conformance-require='weight': expected one of double_backward*"])
+
+
+def _collected_files(result) -> set:
+    return {line.split("::")[0].rpartition("/")[2] for line in result.outlines if "::" in line}
+
+
+def test_a_run_judges_the_forms_of_its_implementations(pytester):
+    """No implementation named: torch's logits loss and its two linear paths; a logits loss named:
+    the linear checks are deselected; a linear loss named (through the hook): only test_linear."""
+    default = _run(pytester, "--collect-only", "-k", "test_value_matches_truth or test_linear_loss_and_gradients")
+    assert {"test_value.py", "test_linear.py"} <= _collected_files(default)
+    assert "chunked_linear_cross_entropy-cpu-float32-odd-mean" in default.stdout.str()
+    named = _run(pytester, "--collect-only", "--impl=torch.nn.functional:cross_entropy", "-k",
+                 "test_value_matches_truth or test_linear_loss_and_gradients")
+    assert _collected_files(named) == {"test_value.py"}
+    pytester.makeconftest("""
+import torch.nn.functional as F
+def pytest_conformance_impl(config):
+    def loss(input, linear_weight, target, *, linear_bias=None, **options):
+        return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, **options)
+    return loss
+""")
+    linear = _run(pytester, "-k", "test_value_matches_truth or (test_linear_loss_and_gradients and odd-mean)")
+    assert linear.ret == pytest.ExitCode.OK
+    linear.assert_outcomes(passed=4, deselected=linear.parseoutcomes()["deselected"])
+    linear.stdout.fnmatch_lines(["*implementation: pytest_conformance_impl:*loss*", "*linear*pass 1*"])
