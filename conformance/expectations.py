@@ -54,26 +54,26 @@ def read_xfail_file(path: str) -> dict:
 
 
 class Expectations:
-    """The table for one run: the implementation's declarations, torch's pins under the run's
+    """The table for one run: each implementation's declarations, torch's pins under the run's
     contract, and the user's xfail file."""
 
-    def __init__(self, impl: Implementation, contract: str, xfail_path: Optional[str] = None) -> None:
-        self.impl = impl
+    def __init__(self, contract: str, xfail_path: Optional[str] = None) -> None:
+        self.contract = contract
         self.xfail_path = xfail_path
         self.listed = read_xfail_file(xfail_path) if xfail_path else {}
-        self.known = {**pinned_failures(impl.call, contract), **self.listed}
         self.matched: set = set()
 
-    def of(self, nodeid: str, features: Iterable[str]) -> Optional[Expected]:
-        """The expected outcome of the check ``nodeid`` that needs ``features``, if any."""
-        missing = [name for name in features if name in self.impl.unsupported]
+    def of(self, nodeid: str, features: Iterable[str], impl: Implementation) -> Optional[Expected]:
+        """The expected outcome of the check ``nodeid`` of ``impl`` that needs ``features``, if any."""
+        missing = [name for name in features if name in impl.unsupported]
         if missing:
-            return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{', '.join(missing)} (declared by {self.impl.spec})")
-        test_id = next((test_id for test_id in self.known if nodeid.endswith(test_id)), None)
+            return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{', '.join(missing)} (declared by {impl.spec})")
+        known = {**pinned_failures(impl.call, self.contract), **self.listed}
+        test_id = next((test_id for test_id in known if nodeid.endswith(test_id)), None)
         if test_id is None:
             return None
         self.matched.add(test_id)
-        reason, strict = self.known[test_id]
+        reason, strict = known[test_id]
         return Expected("xfail", reason, strict)
 
     def unmatched(self) -> list[str]:

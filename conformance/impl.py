@@ -19,6 +19,10 @@ attributes on the object declare what it is:
                  ``return_lse``).
 ``differentiable_returns``  ``{"z_loss"}`` if the returned z-loss's gradient flows; otherwise it
                  is for logging (the kit judges no gradient of a returned logsumexp).
+``form``         ``FORMS``: what the loss takes. Found from the signature where it is not declared:
+                 a ``linear_weight`` parameter is torch's ``linear_cross_entropy(input, linear_weight,
+                 target, *, linear_bias, ...)``; keyword-only ``group`` and ``vocab_start`` a
+                 vocab-parallel loss on a rank's class shard. Each suite module judges one form.
 """
 from __future__ import annotations
 
@@ -33,10 +37,22 @@ from torch import Tensor
 from .guards import GlobalState, ImplementationFault, calling
 from .reference import INPUT_KINDS, Z_LOSS_WEIGHTINGS, Variant
 
-__all__ = ["FEATURES", "DEVIATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
+__all__ = ["FORMS", "FEATURES", "DEVIATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
            "load_implementation", "adapt"]
 
 DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
+
+FORMS = {
+    "logits": "logits (N, C) and a target (torch's cross_entropy)",
+    "linear": "hidden states (N, H), the classifier weight (V, H) and bias, and a target (torch's linear_cross_entropy)",
+    "vocab_parallel": "each rank's class shard of the logits in a process group (keywords group and vocab_start)",
+}
+# What a run judges when no implementation is named: torch's own loss of each form it has
+# (``conformance.defaults``); torch has no vocab-parallel loss with this signature.
+DEFAULT_SPECS = {
+    "logits": (DEFAULT_SPEC,),
+    "linear": ("torch.nn.functional:linear_cross_entropy", "conformance.defaults:chunked_linear_cross_entropy"),
+}
 
 VARIANTS = {  # reference.VARIANT_NAMES, described
     "logit_scale": "the logits multiplied by a scale first",
@@ -130,18 +146,35 @@ class Implementation:
     z_loss_weighting: str = "unweighted"
     returns: dict = field(default_factory=dict)
     differentiable_returns: frozenset = field(default_factory=frozenset)
+    form: str = "logits"
+
+    @property
+    def name(self) -> str:
+        """The attribute the spec names: the implementation's part of a check's id where a run
+        judges several of one form (torch's linear loss and its chunked path)."""
+        return self.spec.rpartition(":")[2]
 
     def __call__(self, input: Tensor, target: Tensor, options: LossOptions = LossOptions()) -> Tensor:
         """Call the implementation, holding it to its conduct: it returns a tensor on the input's
         device and leaves global torch state as it found it (see ``guards``)."""
         called = self._describe_call(input, target, options)
-        return self._tensor(self._guarded(input, target, self.keywords(options), called), input, called)
+        return self._tensor(self._guarded((input, target), self.keywords(options), called), input, called)
+
+    def linear(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Optional[Tensor],
+               options: LossOptions = LossOptions()) -> Tensor:
+        """Call a linear-form implementation (torch's ``linear_cross_entropy`` convention)."""
+        called = (f"on input {tuple(input.shape)} {input.dtype}, linear_weight {tuple(linear_weight.shape)}, "
+                  f"linear_bias {None if linear_bias is None else tuple(linear_bias.shape)}, target "
+                  f"{tuple(target.shape)}, {options.describe()}")
+        result = self._guarded((input, linear_weight, target), {"linear_bias": linear_bias, **self.keywords(options)},
+                               called)
+        return self._tensor(result, input, called)
 
     def call_returning(self, auxiliary: str, input: Tensor, target: Tensor,
                        options: LossOptions = LossOptions()) -> tuple[Tensor, Tensor]:
         """Call it asking for ``auxiliary`` as well (its ``returns`` keyword set to True)."""
         called = self._describe_call(input, target, options) + f", {self.returns[auxiliary]}=True"
-        result = self._guarded(input, target, {**self.keywords(options), self.returns[auxiliary]: True}, called)
+        result = self._guarded((input, target), {**self.keywords(options), self.returns[auxiliary]: True}, called)
         if isinstance(result, (tuple, list)):
             loss, aux = result[0], result[1]
         else:
@@ -161,12 +194,12 @@ class Implementation:
         return (f"on input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} {target.dtype}, "
                 f"{options.describe()}")
 
-    def _guarded(self, input: Tensor, target: Tensor, keywords: dict, called: str) -> Any:
+    def _guarded(self, args: tuple, keywords: dict, called: str) -> Any:
         state = GlobalState()
         called = f"{self.spec} {called}"
         try:
             with calling(called):
-                result = self.call(input, target, **keywords)
+                result = self.call(*args, **keywords)
         except Exception as exc:
             state.restore_changes()
             exc.add_note(f"[conformance] raised by the implementation under test: {called}")
@@ -205,6 +238,22 @@ def _wrap_module_class(cls: type) -> Callable[..., Tensor]:
     def call(input, target, **options):
         return cls(**options)(input, target)
     return call
+
+
+def _form(obj: Any, call: Callable) -> str:
+    """The declared ``form``, else the one the signature shows (see the module docstring)."""
+    declared = getattr(obj, "form", None)
+    if declared is not None:
+        return declared
+    target = obj.forward if inspect.isclass(obj) else type(obj).forward if isinstance(obj, torch.nn.Module) else call
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return "logits"
+    if "linear_weight" in parameters:
+        return "linear"
+    keyword_only = {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return "vocab_parallel" if {"group", "vocab_start"} <= keyword_only else "logits"
 
 
 def adapt(obj: Any, spec: str) -> Implementation:
@@ -248,6 +297,12 @@ def adapt(obj: Any, spec: str) -> Implementation:
     if z_loss_weighting not in Z_LOSS_WEIGHTINGS:
         raise ImplementationError(f"{spec}: z_loss_weighting={z_loss_weighting!r}; expected one of "
                                   f"{Z_LOSS_WEIGHTINGS}")
+    form = _form(obj, call)
+    if form not in FORMS:
+        raise ImplementationError(f"{spec}: form={form!r}; expected one of {sorted(FORMS)}")
+    if form != "logits" and (input_kind != "logits" or target_kind != "index"):
+        raise ImplementationError(f"{spec}: a {form} loss takes logits and index targets, not "
+                                  f"input_kind={input_kind!r}, target_kind={target_kind!r}")
     if variants and input_kind != "logits":
         raise ImplementationError(f"{spec}: variants apply to logits, not input_kind={input_kind!r}")
     unsupported |= VARIANT_FEATURES - set(variants) - {f"return_{name}" for name in returns}
@@ -258,7 +313,8 @@ def adapt(obj: Any, spec: str) -> Implementation:
     return Implementation(spec=spec, call=call, unsupported=unsupported, input_kind=input_kind,
                           target_kind=target_kind, deviations=deviations,
                           framework=getattr(obj, "framework", "torch"), variants=variants,
-                          z_loss_weighting=z_loss_weighting, returns=returns, differentiable_returns=differentiable)
+                          z_loss_weighting=z_loss_weighting, returns=returns, differentiable_returns=differentiable,
+                          form=form)
 
 
 def load_implementation(spec: Optional[str] = None,

@@ -17,7 +17,7 @@ from .checks import FIRST_FAILURE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, crash_trampoline, time_limit, truncate_sections
 from .impl import Implementation, ImplementationError, adapt, load_implementation
-from .session import ConformanceSession, is_check, item_dtype
+from .session import ConformanceSession, is_check, item_dtype, item_form
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
 TIMEOUTS_KEY = pytest.StashKey[list]()
@@ -47,16 +47,17 @@ def pytest_addhooks(pluginmanager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def _resolve(config: pytest.Config) -> Implementation:
+def _resolve(config: pytest.Config) -> tuple[Implementation, bool]:
+    """The implementation under test, and whether the user named one."""
     framework = config.getoption("impl_framework")
     spec = config.getoption("impl")
     if spec:
-        return load_implementation(spec, wrap=lambda obj: adapters.wrap(obj, framework))
+        return load_implementation(spec, wrap=lambda obj: adapters.wrap(obj, framework)), True
     obj = config.hook.pytest_conformance_impl(config=config)
     if obj is None:
-        return load_implementation()
+        return load_implementation(), False
     return adapt(adapters.wrap(obj, framework),
-                 f"pytest_conformance_impl:{getattr(obj, '__qualname__', type(obj).__name__)}")
+                 f"pytest_conformance_impl:{getattr(obj, '__qualname__', type(obj).__name__)}"), True
 
 
 # tryfirst: the profile is loaded before hypothesis' own pytest_configure applies
@@ -70,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "conformance_bench: a benchmark beside torch; runs only with "
                                        "--benchmark-only or --conformance-bench")
     try:
-        impl = _resolve(config)
+        impl, named = _resolve(config)
     except ImplementationError as exc:
         raise pytest.UsageError(str(exc)) from None
     devices = config.getoption("device") or available_devices()
@@ -80,8 +81,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"{', '.join(available_devices())})")
     contract = config.getoption("conformance_contract")
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
-                                 expectations=Expectations(impl, contract, config.getoption("conformance_xfail")),
-                                 seed=config.getoption("conformance_seed"))
+                                 expectations=Expectations(contract, config.getoption("conformance_xfail")),
+                                 seed=config.getoption("conformance_seed"), named=named)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "conformance-session")
     config.stash[TIMEOUTS_KEY] = []
@@ -108,6 +109,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = metafunc.config.stash[SESSION_KEY]
+    form = item_form(metafunc.module)
+    if form != "logits" and "impl" in metafunc.fixturenames and session.implementations(form):
+        implementations = session.implementations(form)
+        metafunc.parametrize("impl", implementations, ids=[impl.name for impl in implementations])
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", session.devices)
     sweep = metafunc.definition.get_closest_marker("sweep")
@@ -125,22 +130,25 @@ def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """Deselect dtypes not asked for and benchmarks not asked for; describe every check and
-    apply its expected outcome; seed the property tests."""
+    """Deselect dtypes not asked for, benchmarks not asked for and checks of a form no
+    implementation of the run has (``session.implementations``); describe every check and apply
+    its expected outcome; seed the property tests."""
     wanted = config.getoption("dtype")
     only = config.getoption("benchmark_only", False)
     bench_wanted = only or config.getoption("conformance_bench")
 
+    session = config.stash[SESSION_KEY]
+
     def unwanted(item) -> bool:
         is_bench = item.get_closest_marker("conformance_bench") is not None
+        judged = not is_check(item) or bool(session.implementations(item_form(item)))
         return ((wanted and item_dtype(item) not in (None, *wanted)) or (is_bench and not bench_wanted)
-                or (only and "benchmark" not in getattr(item, "fixturenames", ())))
+                or (only and "benchmark" not in getattr(item, "fixturenames", ())) or not judged)
 
     dropped = [item for item in items if unwanted(item)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if not unwanted(item)]
-    session = config.stash[SESSION_KEY]
     for item in items:
         if is_check(item):
             session.describe(item)

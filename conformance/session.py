@@ -18,10 +18,10 @@ from . import bench
 from .cases import dtype_name
 from .checks import PROBED_PREFIX
 from .expectations import UNSUPPORTED_PREFIX, Expectations
-from .impl import Implementation
+from .impl import DEFAULT_SPECS, Implementation, load_implementation
 from .report import Benchmark, Check, Run
 
-__all__ = ["ITEM_PROPERTY", "ConformanceSession", "item_features", "is_check"]
+__all__ = ["ITEM_PROPERTY", "ConformanceSession", "item_features", "item_form", "is_check"]
 
 ITEM_PROPERTY = "conformance_item"
 _DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
@@ -31,6 +31,11 @@ _FAMILIES = frozenset(path.stem.removeprefix("test_") for path in (Path(__file__
 
 def is_check(item: pytest.Item) -> bool:
     return getattr(item, "module", None) is not None and item.module.__name__.startswith("conformance.suite.")
+
+
+def item_form(item_or_module) -> str:
+    """The form of implementation a check (or suite module) judges: its module's ``FORM``."""
+    return getattr(getattr(item_or_module, "module", item_or_module), "FORM", "logits")
 
 
 def _params(item: pytest.Item) -> dict:
@@ -84,16 +89,30 @@ class ConformanceSession:
     contract: str
     expectations: Expectations
     seed: int = 0
+    named: bool = True   # False: no implementation named, torch's own losses are judged (DEFAULT_SPECS)
     records: dict = field(default_factory=dict)   # nodeid -> the check's record (see _record)
+    _defaults: dict = field(default_factory=dict)
+
+    def implementations(self, form: str) -> list[Implementation]:
+        """The implementations a check of ``form`` judges: the named one if it has that form; with
+        none named, torch's own of that form."""
+        if self.impl.form == form:
+            return [self.impl]
+        if self.named:
+            return []
+        if form not in self._defaults:
+            self._defaults[form] = [load_implementation(spec) for spec in DEFAULT_SPECS.get(form, ())]
+        return self._defaults[form]
 
     def describe(self, item: pytest.Item) -> None:
         """Attach what the check is to the item (its reports carry it, also from xdist workers),
         and apply its expected outcome."""
         features = item_features(item)
+        impl = _params(item).get("impl", self.impl)
         item.user_properties.append((ITEM_PROPERTY, {
             "feature": _family(item.module.__name__), "dtype": item_dtype(item) or "-",
-            "device": _params(item).get("device", "-"), "features": features}))
-        expected = self.expectations.of(item.nodeid, features)
+            "device": _params(item).get("device", "-"), "features": features, "implementation": impl.spec}))
+        expected = self.expectations.of(item.nodeid, features, impl)
         if expected is not None:
             item.add_marker(expected.marker())
 
@@ -152,7 +171,7 @@ class ConformanceSession:
             graded = [c for c in comparisons if "exact_ratio" in c]
             worst_exact = max(graded, key=lambda c: c["exact_ratio"], default={})
             found.append(Check(
-                id=nodeid, implementation=self.impl.spec, feature=record["feature"], dtype=record["dtype"],
+                id=nodeid, implementation=record.get("implementation", self.impl.spec), feature=record["feature"], dtype=record["dtype"],
                 device=record["device"], status=record["status"], identity=worst.get("identity", ""),
                 ratio=worst.get("ratio"), error=worst.get("error"), bound=worst.get("bound"),
                 exact_ratio=worst_exact.get("exact_ratio"), exact_identity=worst_exact.get("identity", ""),

@@ -65,3 +65,40 @@ def test_a_returned_auxiliary_is_read_from_a_tuple_or_an_attribute():
         loss.returns = {"z_loss": "return_z_loss"}
         value, z = adapt(loss, "probe").call_returning("z_loss", torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
         assert (value.item(), z.item()) == (1.0, 2.0)
+
+
+def _vocab_parallel(local_logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                    *, group, vocab_start):
+    raise AssertionError("not called")
+
+
+class _LinearModule(torch.nn.Module):
+    def forward(self, input, linear_weight, target, linear_bias=None):
+        raise AssertionError("not called")
+
+
+@pytest.mark.parametrize("obj,form", [
+    (F.cross_entropy, "logits"), (torch.nn.CrossEntropyLoss, "logits"),
+    (F.linear_cross_entropy, "linear"), (_LinearModule, "linear"), (_vocab_parallel, "vocab_parallel"),
+    (_declaring(form="linear"), "linear"),
+], ids=["cross_entropy", "module", "linear_cross_entropy", "linear_module", "vocab_parallel", "declared"])
+def test_the_form_is_read_from_the_signature_unless_declared(obj, form):
+    assert adapt(obj, "probe").form == form
+
+
+@pytest.mark.parametrize("attributes,message", [
+    (dict(form="sparse"), "form='sparse'"),
+    (dict(form="linear", input_kind="probs"), "a linear loss takes logits and index targets"),
+])
+def test_form_declarations_are_checked(attributes, message):
+    with pytest.raises(ImplementationError, match=re.escape(message)):
+        adapt(_declaring(**attributes), "probe")
+
+
+def test_a_linear_loss_is_called_with_the_weight_and_bias_in_torchs_convention():
+    impl = adapt(F.linear_cross_entropy, "torch.nn.functional:linear_cross_entropy")
+    h, w, b = torch.randn(4, 3), torch.randn(5, 3), torch.randn(5)
+    t = torch.tensor([0, 4, 2, 1])
+    torch.testing.assert_close(impl.linear(h, w, t, b, LossOptions(reduction="sum")),
+                               F.cross_entropy(h @ w.T + b, t, reduction="sum"))
+    assert impl.name == "linear_cross_entropy"
