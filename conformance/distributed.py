@@ -23,17 +23,20 @@ every rank judges the same results in the same order.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import time
 import traceback
+import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -214,6 +217,20 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """multiprocessing re-imports the main module in every worker it starts (a script without a
+    main guard would run again, a program read from stdin cannot be found); the workers need
+    nothing of it (their target and the implementation are importable), so it is hidden while
+    they start."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class WorkerGroup:
     """``world_size`` worker processes in one process group, running ``call`` (pickled by reference:
     an importable module-level function)."""
@@ -230,15 +247,16 @@ class WorkerGroup:
         self._folder = tempfile.mkdtemp(prefix="conformance-vp-")
         context = _context()
         self._connections, self._processes = [], []
-        for rank in range(world_size):
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, name=f"conformance-rank-{rank}", daemon=True,
-                                      args=(rank, world_size, os.path.join(self._folder, "store"), backend,
-                                            collective_timeout, payload, theirs))
-            process.start()
-            theirs.close()
-            self._connections.append(ours)
-            self._processes.append(process)
+        with _main_module_hidden():
+            for rank in range(world_size):
+                ours, theirs = context.Pipe()
+                process = context.Process(target=_serve, name=f"conformance-rank-{rank}", daemon=True,
+                                          args=(rank, world_size, os.path.join(self._folder, "store"), backend,
+                                                collective_timeout, payload, theirs))
+                process.start()
+                theirs.close()
+                self._connections.append(ours)
+                self._processes.append(process)
         try:
             self._gather("starting the group", [f"the {backend} process group and the implementation's import"])
         except RankFailure:

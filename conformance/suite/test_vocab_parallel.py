@@ -60,8 +60,7 @@ def _problem(case, world_size, split, *, upstream="random", **loss_options):
 
 
 def _steps(problem, world_size, shards) -> tuple:
-    """The snippet's lines that run the problem on ``world_size`` ranks (as a script: under
-    ``if __name__ == "__main__":``, multiprocessing's fork server imports the main module)."""
+    """The snippet's lines that run the problem on ``world_size`` ranks."""
     options = problem.options
     return ("from conformance.distributed import Groups, Task", problem.upstream or "grad = None",
             f"task = Task(x, t, {tuple(shards)!r}, weight=weight, ignore_index={options.ignore_index!r}, "
@@ -91,12 +90,12 @@ def _conforms(impl, judge, rank_groups, problem, world_size, shards):
     """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
     slices joined against the full gradient; the results, for checks that look further."""
     results, ev, grad, steps = _on_ranks(impl, judge, rank_groups, problem, world_size, shards)
+    judge.within("value on rank 0", problem, results[0].loss, ev.loss, "value", ev=ev, shards=world_size,
+                 show=Show("results[0].loss{at}.item()", "truth.loss{at}.item()", steps))
     for result in results[1:]:
         judge.exactly(f"the loss is the same on every rank (rank {result.rank} against rank 0)", problem,
                       result.loss, results[0].loss,
                       show=Show(f"results[{result.rank}].loss{{at}}.item()", "results[0].loss{at}.item()", steps))
-    judge.within("value", problem, results[0].loss, ev.loss, "value", ev=ev, shards=world_size,
-                 show=Show("results[0].loss{at}.item()", "truth.loss{at}.item()", steps))
     if grad is not None:
         joined = torch.cat([result.grad for result in results], 1)
         judge.within("gradient (every rank's slice)", problem, joined, ev.grad(grad), "gradient", ev=ev,
