@@ -48,9 +48,10 @@ __all__ = ["Task", "RankResult", "RankFailure", "WorkerGroup", "LaunchedGroup", 
 
 # The namespaces of torch's collective operators: c10d's (``dist.all_reduce``), the functional
 # collectives' (``torch.distributed._functional_collectives``, DTensor's redistributions) and
-# their autograd variants. ``wait_tensor`` completes a functional collective: not another one.
+# their autograd variants. ``wait_tensor`` completes a functional collective and
+# ``_wrap_tensor_autograd`` wraps its result: neither is another one.
 _COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional", "_c10d_functional_autograd")
-_NOT_COLLECTIVES = ("wait_tensor", "barrier", "monitored_barrier")
+_NOT_COLLECTIVES = ("wait_tensor", "_wrap_tensor_autograd", "barrier", "monitored_barrier")
 
 
 def even_shards(num_classes: int, world_size: int) -> tuple:
@@ -236,7 +237,7 @@ class WorkerGroup:
     an importable module-level function)."""
 
     def __init__(self, call: Callable, world_size: int, *, backend: str, collective_timeout: float,
-                 deadline: float) -> None:
+                 deadline: float, start_deadline: Optional[float] = None) -> None:
         self.world_size, self.deadline = world_size, deadline
         try:
             payload = pickle.dumps(call)
@@ -258,10 +259,15 @@ class WorkerGroup:
                 self._connections.append(ours)
                 self._processes.append(process)
         try:
-            self._gather("starting the group", [f"the {backend} process group and the implementation's import"])
-        except RankFailure:
+            self._gather("starting the group", f"the {backend} process group and the implementation's import",
+                         start_deadline or deadline)
+        except BaseException:
             self.close()
             raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
 
     def run(self, task: Task) -> list[RankResult]:
         """Every rank's result for ``task`` (``RankFailure`` after tearing the group down if any rank
@@ -269,17 +275,18 @@ class WorkerGroup:
         try:
             for connection in self._connections:
                 connection.send(task)
-            return self._gather("the task", ["the call and its backward"])
-        except (RankFailure, OSError) as exc:
+            return self._gather("the task", "the call and its backward", self.deadline)
+        except OSError as exc:
             self.close()
-            if isinstance(exc, RankFailure):
-                raise
             raise RankFailure(f"the worker group broke while sending the task: {exc}") from None
+        except BaseException:  # a failure, or the check's own time limit: the group's state is unknown
+            self.close()
+            raise
 
-    def _gather(self, what: str, doing: list) -> list:
+    def _gather(self, what: str, doing: str, deadline: float) -> list:
         answers: dict = {}
         pending = dict(enumerate(self._connections))
-        ends = time.monotonic() + self.deadline
+        ends = time.monotonic() + deadline
         dead: dict = {}
         while pending:
             waiting = list(pending.values()) + [self._processes[r].sentinel for r in pending]
@@ -302,7 +309,7 @@ class WorkerGroup:
             problems.append(f"rank {rank} died (exit code {process.exitcode}) during {what}")
         if pending:
             problems.append(f"rank{'s' if len(pending) > 1 else ''} {', '.join(map(str, sorted(pending)))} did not "
-                            f"answer within the {self.deadline:g} s deadline of {what} ({doing[0]}): "
+                            f"answer within the {deadline:g} s deadline of {what} ({doing}): "
                             "it hangs or is far too slow")
         errors = {rank: text for rank, (kind, text) in answers.items() if kind == "error"}
         problems += [f"rank {rank} raised {text.strip()}" for rank, text in sorted(errors.items())]
@@ -367,8 +374,10 @@ class Groups:
     """The session's worker groups, one per world size and device, started on first use and
     restarted after a failure; ``close`` ends them all."""
 
-    def __init__(self, call: Callable, *, collective_timeout: float, deadline: float) -> None:
+    def __init__(self, call: Callable, *, collective_timeout: float, deadline: float,
+                 start_deadline: Optional[float] = None) -> None:
         self.call, self.collective_timeout, self.deadline = call, collective_timeout, deadline
+        self.start_deadline = start_deadline
         self._groups: dict = {}
 
     def run(self, world_size: int, device: str, task: Task) -> list[RankResult]:
@@ -379,12 +388,12 @@ class Groups:
             if launched_world_size() is not None:
                 group = LaunchedGroup(self.call, backend=backend, collective_timeout=self.collective_timeout)
             else:
-                group = WorkerGroup(self.call, world_size, backend=backend,
-                                    collective_timeout=self.collective_timeout, deadline=self.deadline)
+                group = WorkerGroup(self.call, world_size, backend=backend, collective_timeout=self.collective_timeout,
+                                    deadline=self.deadline, start_deadline=self.start_deadline)
             self._groups[key] = group
         try:
             return group.run(task)
-        except RankFailure:
+        except BaseException:
             if isinstance(group, WorkerGroup):
                 del self._groups[key]  # torn down: the next task starts a fresh group
             raise

@@ -21,6 +21,8 @@ FAMILIES = {
     "properties": ("small_bias", "test_implementation_matches_reference and float64"),
     "variants": ("z_loss_uncapped", "test_variant_value_and_gradient and float32 and plain"),
     "returned auxiliaries": ("z_loss_gradient_dropped", "test_returned_auxiliary and float32"),
+    "vocab parallel": ("vp_target_gather_plain_all_reduce",
+                       "test_vocab_parallel_value_and_gradient and ws2 and float32 and mean-even"),
 }
 
 

@@ -23,13 +23,15 @@ SPLIT_PARAMS = ["even", pytest.param("uneven", marks=pytest.mark.feature("uneven
 @pytest.fixture(scope="session")
 def rank_groups(request):
     """The session's worker groups, one set per implementation (``distributed.Groups``); each task
-    has half the check's time limit, each collective a quarter."""
+    has half the check's time limit, each collective a quarter, and a group's start (the fork
+    server's first, which imports torch) the whole limit."""
     limit = request.config.getoption("conformance_timeout") or options.DEFAULT_TIMEOUT
     registry: dict = {}
 
     def groups_for(impl) -> distributed.Groups:
         if impl.spec not in registry:
-            registry[impl.spec] = distributed.Groups(impl.call, collective_timeout=limit / 4, deadline=limit / 2)
+            registry[impl.spec] = distributed.Groups(impl.call, collective_timeout=limit / 4, deadline=limit / 2,
+                                                     start_deadline=limit)
         return registry[impl.spec]
     yield groups_for
     for groups in registry.values():
