@@ -324,8 +324,9 @@ class WorkerGroup:
                 connection.send(None)
             except OSError:
                 pass
+        ends = time.monotonic() + 2  # for all of them: a hung rank never reads the stop
         for process in self._processes:
-            process.join(2)
+            process.join(max(0.0, ends - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join(5)

@@ -38,7 +38,7 @@ def test_collectives_are_counted_in_forward_and_in_backward():
     smoothing); torch.distributed.nn's all_reduce runs its backward's collectives."""
     for call, expected in [(vocab_parallel_reference.cross_entropy, ((3, 0), (4, 0))),
                            (vp_backward_all_reduce.cross_entropy, ((3, 2), (4, 3)))]:
-        group = WorkerGroup(call, 2, backend="gloo", collective_timeout=10, deadline=30)
+        group = WorkerGroup(call, 2, backend="gloo", collective_timeout=10, deadline=30, start_deadline=60)
         try:
             for smoothing, (forward, backward) in zip((0.0, 0.1), expected):
                 result = group.run(_task(2, label_smoothing=smoothing))[0]
@@ -62,7 +62,7 @@ def _gone(pid: int) -> bool:
     (vp_rank_dies.cross_entropy, r"rank 1 died \(exit code 3\) during the task"),
 ])
 def test_a_rank_that_hangs_or_dies_fails_the_task_naming_it_and_no_worker_survives(call, message):
-    group = WorkerGroup(call, 4, backend="gloo", collective_timeout=1.5, deadline=3)
+    group = WorkerGroup(call, 4, backend="gloo", collective_timeout=1.5, deadline=3, start_deadline=60)
     pids = group.pids
     began = time.monotonic()
     with pytest.raises(RankFailure, match=message):

@@ -15,9 +15,16 @@ from conformance.distributed import RankFailure, Task
 
 FORM = "vocab_parallel"
 REDUCTIONS = ["none", "mean", "sum"]
-NUM_CLASSES = 1003   # odd: torch.chunk's split over 4 ranks is 251, 251, 251, 250
-SPLITS = {"even": distributed.even_shards, "uneven": distributed.uneven_shards}
 SPLIT_PARAMS = ["even", pytest.param("uneven", marks=pytest.mark.feature("uneven_shards"))]
+
+
+def _shards(split: str, world_size: int) -> tuple:
+    """``even``: about 1000 classes in equal shards (torch.chunk's split, and the only one of an
+    implementation that takes offsets as ``rank * V_local``, as Megatron's does); ``uneven``:
+    1003 classes with a single one on rank 1 (``distributed.uneven_shards``)."""
+    if split == "even":
+        return distributed.even_shards(world_size * -(-1000 // world_size), world_size)
+    return distributed.uneven_shards(1003, world_size)
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +47,10 @@ def rank_groups(request):
 
 def _case(dtype, device, seed, shards, *, family="vocab_parallel", n=12, body="", weight=False, ignore_index=None,
           skip_rank=None):
-    """Standard-normal logits over ``NUM_CLASSES`` classes; rows 1, 4, 7, ... target each shard's
+    """Standard-normal logits over the shards' classes; rows 1, 4, 7, ... target each shard's
     first class and rows 2, 5, 8, ... its last (``skip_rank``'s shard excepted), the rest drawn;
     every third row ignored with ``ignore_index``; ``body`` then edits the logits."""
-    base = cases.well_conditioned(n, NUM_CLASSES, dtype, device, seed=seed, weight=weight)
+    base = cases.well_conditioned(n, shards[-1][1], dtype, device, seed=seed, weight=weight)
     owners = [r for r, (start, stop) in enumerate(shards) if stop > start and r != skip_rank]
     firsts, lasts = [shards[r][0] for r in owners], [shards[r][1] - 1 for r in owners]
     lines = [base.recipe, f"target[1::3][:{len(firsts)}] = torch.tensor({firsts})",
@@ -51,14 +58,13 @@ def _case(dtype, device, seed, shards, *, family="vocab_parallel", n=12, body=""
     if ignore_index is not None:
         lines.append(f"target[::3] = {ignore_index}")
     if body:
-        lines += [f"z = logits.double()", body, f"logits = z.to(torch.{cases.dtype_name(dtype)})"]
+        lines += ["z = logits.double()", body, f"logits = z.to(torch.{cases.dtype_name(dtype)})"]
     return cases.from_recipe(family, "\n".join(lines), device)
 
 
-def _problem(case, world_size, split, *, upstream="random", **loss_options):
-    shards = SPLITS[split](NUM_CLASSES, world_size)
-    return cases.problem(case, upstream=upstream, note=f", world size {world_size}, {split} shards {list(shards)}",
-                         **loss_options), shards
+def _problem(case, world_size, shards, *, upstream="random", **loss_options):
+    return cases.problem(case, upstream=upstream, note=f", world size {world_size}, shards {list(shards)}",
+                         **loss_options)
 
 
 def _steps(problem, world_size, shards) -> tuple:
@@ -112,14 +118,14 @@ def _conforms(impl, judge, rank_groups, problem, world_size, shards):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_vocab_parallel_value_and_gradient(impl, judge, rank_groups, device, dtype, reduction, split, world_size, seed):
     """Targets at both ends of every shard and drawn elsewhere; a random upstream gradient."""
-    problem, shards = _problem(_case(dtype, device, seed, SPLITS[split](NUM_CLASSES, world_size)), world_size, split,
-                               reduction=reduction)
+    shards = _shards(split, world_size)
+    problem = _problem(_case(dtype, device, seed, shards), world_size, shards, reduction=reduction)
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
 
 
-# -100; a class of the first shard and the last class (a class of the last shard) as ignore_index.
-IGNORE_INDICES = [-100, pytest.param(2, marks=pytest.mark.feature("custom_ignore_index")),
-                  pytest.param(NUM_CLASSES - 1, marks=pytest.mark.feature("custom_ignore_index"))]
+# -100; a class of the first shard and the last class (of the last shard) as ignore_index.
+IGNORE_INDICES = ["-100", pytest.param("2", marks=pytest.mark.feature("custom_ignore_index")),
+                  pytest.param("V-1", marks=pytest.mark.feature("custom_ignore_index"))]
 
 
 @pytest.mark.feature("ignore_index")
@@ -128,9 +134,10 @@ IGNORE_INDICES = [-100, pytest.param(2, marks=pytest.mark.feature("custom_ignore
 def test_vocab_parallel_ignore_index(impl, judge, rank_groups, device, reduction, ignore_index, world_size, seed):
     """Ignored rows, which no shard owns: zero loss and exactly zero gradient on every rank, out of
     the mean's divisor."""
-    shards = distributed.even_shards(NUM_CLASSES, world_size)
+    shards = _shards("even", world_size)
+    ignore_index = shards[-1][1] - 1 if ignore_index == "V-1" else int(ignore_index)
     case = _case(torch.float32, device, seed, shards, ignore_index=ignore_index)
-    problem, shards = _problem(case, world_size, "even", reduction=reduction, ignore_index=ignore_index)
+    problem = _problem(case, world_size, shards, reduction=reduction, ignore_index=ignore_index)
     results, steps = _conforms(impl, judge, rank_groups, problem, world_size, shards)
     ignored = case.target == ignore_index
     for result in results:
@@ -153,9 +160,9 @@ def test_vocab_parallel_ignore_index(impl, judge, rank_groups, device, reduction
 def test_vocab_parallel_label_smoothing(impl, judge, rank_groups, device, reduction, split, weighted, world_size, seed):
     """torch's ``eps / V`` on every class of the global vocabulary, not of a rank's shard
     (Megatron-LM #737), with ignored rows out of it."""
-    shards = SPLITS[split](NUM_CLASSES, world_size)
+    shards = _shards(split, world_size)
     case = _case(torch.float32, device, seed, shards, weight=weighted, ignore_index=-100)
-    problem, shards = _problem(case, world_size, split, reduction=reduction, label_smoothing=0.1)
+    problem = _problem(case, world_size, shards, reduction=reduction, label_smoothing=0.1)
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
 
 
@@ -164,9 +171,8 @@ def test_vocab_parallel_label_smoothing(impl, judge, rank_groups, device, reduct
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_vocab_parallel_class_weights(impl, judge, rank_groups, device, reduction, split, world_size, seed):
     """The full class weights on every rank; ``mean`` divides by the kept rows' ``sum w[y]``."""
-    shards = SPLITS[split](NUM_CLASSES, world_size)
-    problem, shards = _problem(_case(torch.float32, device, seed, shards, weight=True), world_size, split,
-                               reduction=reduction)
+    shards = _shards(split, world_size)
+    problem = _problem(_case(torch.float32, device, seed, shards, weight=True), world_size, shards, reduction=reduction)
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
 
 
@@ -175,9 +181,9 @@ def test_vocab_parallel_class_weights(impl, judge, rank_groups, device, reductio
 def test_vocab_parallel_upstream_gradients(impl, judge, rank_groups, device, upstream, world_size, seed):
     """Per-row losses backpropagated with a broadcast scalar and a stride-0 upstream gradient (the
     random, non-uniform one runs in every other check)."""
-    shards = distributed.even_shards(NUM_CLASSES, world_size)
-    problem, shards = _problem(_case(torch.float32, device, seed, shards), world_size, "even", upstream=upstream,
-                               reduction="none")
+    shards = _shards("even", world_size)
+    problem = _problem(_case(torch.float32, device, seed, shards), world_size, shards, upstream=upstream,
+                       reduction="none")
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
 
 
@@ -185,11 +191,11 @@ def test_vocab_parallel_upstream_gradients(impl, judge, rank_groups, device, ups
 def test_vocab_parallel_masked_shard(impl, judge, rank_groups, device, dtype, reduction, world_size, seed):
     """Every class of rank 1's shard masked with -inf (its local max is -inf): the loss is finite,
     that rank's gradient is exactly zero."""
-    shards = distributed.even_shards(NUM_CLASSES, world_size)
+    shards = _shards("even", world_size)
     start, stop = shards[1]
     case = _case(dtype, device, seed, shards, family="vocab_parallel_masked_shard", skip_rank=1,
                  body=f"z[:, {start}:{stop}] = -float('inf')\ntarget[(target >= {start}) & (target < {stop})] = 0")
-    problem, shards = _problem(case, world_size, "even", reduction=reduction)
+    problem = _problem(case, world_size, shards, reduction=reduction)
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
 
 
@@ -197,8 +203,8 @@ def test_vocab_parallel_masked_shard(impl, judge, rank_groups, device, dtype, re
 def test_vocab_parallel_shard_far_from_the_others(impl, judge, rank_groups, device, dtype, shift, world_size, seed):
     """Rank 1's logits 200 below (or above) the other shards': its sum of exponentials relative to
     its own max must be rescaled to the global max (exp(-200) underflows in float32)."""
-    shards = distributed.even_shards(NUM_CLASSES, world_size)
+    shards = _shards("even", world_size)
     start, stop = shards[1]
     case = _case(dtype, device, seed, shards, family="vocab_parallel_far_shard", body=f"z[:, {start}:{stop}] += {shift}")
-    problem, shards = _problem(case, world_size, "even", reduction="none")
+    problem = _problem(case, world_size, shards, reduction="none")
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
