@@ -84,6 +84,9 @@ def _steps(problem, world_size, shards) -> tuple:
 
 def _on_ranks(impl, judge, rank_groups, problem, world_size, shards):
     """Run the problem on every rank: the results, the truth, the snippet's steps."""
+    if problem.device == "cuda" and distributed.launched_world_size() is None \
+            and torch.cuda.device_count() < world_size:
+        pytest.skip(f"world size {world_size} on cuda needs a device per rank (nccl); {torch.cuda.device_count()} here")
     x, t = impl.feed(problem.case.logits, problem.case.target)
     options = problem.call_options()
     grad = None if problem.upstream is None else problem.upstream_gradient()
