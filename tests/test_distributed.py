@@ -102,3 +102,19 @@ def test_a_logits_run_collects_no_vocab_parallel_check_and_starts_no_worker(suit
     result = suite("--impl=fixtures.correct.torch_default", "--collect-only", "-k", "vocab_parallel")
     assert "test_vocab_parallel" not in result.stdout.str()
     assert os.environ.get("RANK") is None  # the kit never sets a launcher's environment
+
+
+def test_a_hook_loss_the_workers_cannot_import_fails_with_what_to_do(suite, pytester):
+    """The ranks import the implementation by reference: a closure from the hook cannot reach them."""
+    pytester.makeconftest("""
+def pytest_conformance_impl(config):
+    from fixtures.correct.vocab_parallel_reference import cross_entropy as reference
+    def closure(local_logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
+                group, vocab_start):
+        return reference(local_logits, target, weight, ignore_index, reduction, label_smoothing, group=group,
+                         vocab_start=vocab_start)
+    return closure
+""")
+    result = suite("-k", "test_vocab_parallel_upstream_gradients and ws2 and scalar")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*cannot be sent to the worker processes*must be importable there*"])
