@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["OPS", "ACCELERATOR_SHAPES", "CPU_SHAPES", "LARGE_SHAPE", "shapes_for", "synchronize", "inputs",
-           "traffic_bytes", "copy_bandwidth", "peak_extra_memory", "machine_info"]
+           "LINEAR_OPS", "LINEAR_CPU_SHAPES", "LINEAR_ACCELERATOR_SHAPES", "linear_shapes_for", "linear_inputs",
+           "linear_traffic_bytes", "traffic_bytes", "copy_bandwidth", "peak_extra_memory", "machine_info"]
 
 OPS = ("forward", "backward", "forward+backward")
 
@@ -40,6 +41,35 @@ LARGE_SHAPE = (8192, 128256)
 SETTINGS = ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_AFFINITY", "LD_PRELOAD",
             "MALLOC_CONF", "MALLOC_ARENA_MAX", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF",
             "CUDA_VISIBLE_DEVICES")
+
+
+# Linear cross entropy (N, H, V): hidden states of a small model's width at the same token counts
+# and vocabularies (the cpu's a sixteenth again); the composition materialises N x V logits.
+LINEAR_ACCELERATOR_SHAPES = ((4096, 2048, 32000), (1024, 2048, 128256))
+LINEAR_CPU_SHAPES = ((256, 128, 32000), (64, 128, 128256))
+LINEAR_OPS = ("forward", "forward+backward")
+
+
+def linear_shapes_for(device: str) -> tuple:
+    return LINEAR_CPU_SHAPES if device == "cpu" else LINEAR_ACCELERATOR_SHAPES
+
+
+@functools.lru_cache(maxsize=1)
+def linear_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, seed: int) -> tuple:
+    """Hidden states, a classifier weight (scaled for unit-sized logits) and bias, and targets."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=generator).to(dtype)
+    weight = (torch.randn(v, h, generator=generator) / h ** 0.5).to(dtype)
+    bias = (torch.randn(v, generator=generator) / 4).to(dtype)
+    target = torch.randint(v, (n,), generator=generator)
+    return tuple(t.to(device) for t in (hidden, weight, bias, target))
+
+
+def linear_traffic_bytes(op: str, n: int, h: int, v: int, dtype: torch.dtype) -> int:
+    """What a linear loss must move at least: the hidden states and the weight read once (forward),
+    and their gradients written once more (forward and backward); the logits need never exist."""
+    inputs = (n * h + v * h + v) * dtype.itemsize
+    return inputs if op == "forward" else 2 * inputs
 
 
 def shapes_for(device: str) -> tuple:

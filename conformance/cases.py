@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .impl import LossOptions
 
-__all__ = ["Case", "Problem", "problem", "from_recipe", "dtype_name", "well_conditioned", "document_example",
+__all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "dtype_name", "well_conditioned", "document_example",
            "upstream_recipe", "UPSTREAM_KINDS"]
 
 
@@ -39,9 +39,43 @@ class Case:
     def dtype(self) -> torch.dtype:
         return self.logits.dtype
 
+    @property
+    def positions(self) -> tuple:
+        """The shape of the per-position loss (the input's shape without the class dimension)."""
+        shape = tuple(self.logits.shape)
+        return shape[:1] + shape[2:] if len(shape) > 1 else ()
+
     def describe(self) -> str:
         shape = "x".join(str(s) for s in self.logits.shape) or "scalar"
         return f"case={self.family} shape={shape} dtype={dtype_name(self.dtype)} device={self.device}"
+
+
+@dataclass(frozen=True)
+class LinearCase:
+    """A linear-CE problem: hidden states ``(N, H)``, the classifier weight ``(V, H)`` and bias
+    (or ``None``), index targets and class weights, built by its recipe like a ``Case``."""
+
+    family: str
+    recipe: str
+    device: str
+    hidden: Tensor
+    linear_weight: Tensor
+    linear_bias: Optional[Tensor]
+    target: Tensor
+    weight: Optional[Tensor]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hidden.dtype
+
+    @property
+    def positions(self) -> tuple:
+        return tuple(self.target.shape)
+
+    def describe(self) -> str:
+        (n, h), v = self.hidden.shape, self.linear_weight.shape[0]
+        return (f"case={self.family} N={n} H={h} V={v} bias={self.linear_bias is not None} "
+                f"dtype={dtype_name(self.dtype)} device={self.device}")
 
 
 @dataclass(frozen=True)
@@ -65,9 +99,7 @@ class Problem:
 
     @property
     def positions(self) -> tuple:
-        """The shape of the per-position loss (the input's shape without the class dimension)."""
-        shape = tuple(self.case.logits.shape)
-        return shape[:1] + shape[2:] if len(shape) > 1 else ()
+        return self.case.positions
 
     def call_options(self) -> LossOptions:
         """The call's keywords, with a fresh copy of the case's class weights: a loss that writes
@@ -126,6 +158,48 @@ def from_recipe(family: str, recipe: str, device: str) -> Case:
     return Case(family=family, recipe=recipe.strip(), device=device,
                 logits=namespace["logits"].to(device), target=namespace["target"].to(device),
                 weight=None if weight is None else weight.to(device))
+
+
+def linear_case(family: str, recipe: str, device: str) -> LinearCase:
+    """Execute a linear recipe: it defines ``hidden``, ``linear_weight``, ``linear_bias``,
+    ``target`` and optionally ``weight``, on the cpu."""
+    namespace: dict = {"torch": torch, "weight": None, "linear_bias": None}
+    exec(recipe, namespace)
+    moved = {name: None if namespace[name] is None else namespace[name].to(device)
+             for name in ("hidden", "linear_weight", "linear_bias", "target", "weight")}
+    return LinearCase(family=family, recipe=recipe.strip(), device=device, **moved)
+
+
+def linear_problem_case(n: int, hidden_size: int, vocab: int, dtype: torch.dtype, device: str, *, seed: int = 0,
+                        family: str, bias: bool = True, positive: bool = False, confident: bool = False,
+                        weight: bool = False, ignored: bool = False) -> LinearCase:
+    """Hidden states ``(n, hidden_size)`` and a classifier of ``vocab`` classes, standard-normal
+    (the weight scaled by ``1/sqrt(H)``, so logits are about unit-sized; the bias by 1/4).
+
+    ``positive``: hidden states of one sign (a ReLU's output), so no product of a weight or bias
+    gradient cancels another and an accumulator's rounding shows instead of averaging out;
+    ``confident``: each row's weight is aligned with its hidden state (cut-cross-entropy's tests
+    plant them so), its target logit about 12 above the rest; ``ignored``: a masked prompt (the
+    first 30 % of the rows) and every 7th row after the middle, so chunks of rows keep different
+    numbers of positions; ``weight``: class weights in [0.25, 1.25).
+    """
+    lines = [f"g = torch.Generator().manual_seed({seed})",
+             f"hidden = torch.randn({n}, {hidden_size}, dtype=torch.float64, generator=g)" + ".abs()" * positive,
+             f"linear_weight = torch.randn({vocab}, {hidden_size}, dtype=torch.float64, generator=g) / {hidden_size ** 0.5!r}"]
+    if confident:
+        lines += [f"target = torch.randperm({vocab}, generator=g)[:{n}]",
+                  "linear_weight[target] += 12 * hidden / hidden.square().sum(1, keepdim=True)"]
+    else:
+        lines.append(f"target = torch.randint({vocab}, ({n},), generator=g)")
+    if bias:
+        lines.append(f"linear_bias = torch.randn({vocab}, dtype=torch.float64, generator=g) / 4")
+    if ignored:
+        lines += [f"target[:{n * 3 // 10}] = -100", f"target[{n // 2}::7] = -100"]
+    if weight:
+        lines.append(f"weight = torch.rand({vocab}, dtype=torch.float64, generator=g) + 0.25")
+    lines.append(f"hidden, linear_weight, linear_bias, weight = (None if t is None else t.to(torch.{dtype_name(dtype)}) "
+                 "for t in (hidden, linear_weight, linear_bias, weight))")
+    return linear_case(family, "\n".join(lines), device)
 
 
 def well_conditioned(n: int, c: int, dtype: torch.dtype, device: str, *, seed: int = 0, scale: float = 1.0,

@@ -17,11 +17,11 @@ import torch
 from torch import Tensor
 
 from . import run, tolerance
-from .cases import Problem
+from .cases import LinearCase, Problem
 from .guards import ImplementationFault
 from .impl import Implementation
 
-__all__ = ["Comparison", "Show", "compare", "repro_snippet", "is_not_supported", "Judge", "FIRST_FAILURE",
+__all__ = ["Comparison", "Show", "compare", "repro_snippet", "linear_call_code", "is_not_supported", "Judge", "FIRST_FAILURE",
            "PROBED_PREFIX"]
 
 # The judge's first failure message on a check item: a property test's example survives a
@@ -42,6 +42,7 @@ _NOT_SUPPORTED = re.compile("|".join([
     r"vmap: .*(We cannot support this|data-dependent|not supported)",
     r"derivative for .* is not implemented",
     r"not implemented for forward.?(mode )?AD|does not support forward.?(mode )?AD|forward AD .*not (supported|implemented)",
+    r"retain_graph=True.* not supported|requires create_graph=False and retain_graph=False",
 ]))
 
 
@@ -139,9 +140,51 @@ def _load_line(impl: Implementation) -> list[str]:
             f"impl = load_implementation({impl.spec!r}, wrap=lambda obj: wrap(obj, {impl.framework!r}))"]
 
 
+def _truth_options(options) -> str:
+    return (f"ignore_index={options.ignore_index!r}, reduction={options.reduction!r}, "
+            f"label_smoothing={options.label_smoothing!r}")
+
+
+def linear_call_code(impl: Implementation, problem: Problem) -> str:
+    """The snippet's call of a linear implementation with the problem's options."""
+    kw = impl.keywords(problem.options)
+    kw.pop("weight")
+    return ("impl.call(hidden, linear_weight, target, linear_bias=linear_bias, weight=weight, "
+            + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
+
+
+def _linear_snippet(problem: Problem, impl: Implementation, show: Show) -> list[str]:
+    """The linear problem's lines: the recipe, the float64 truth, the call and its backward."""
+    case, options = problem.case, problem.options
+    names = ("hidden", "linear_weight", "linear_bias", "target", "weight")
+    lines = ["import torch", "from conformance.impl import load_implementation",
+             "from conformance.linear import evaluate_linear", "weight = linear_bias = None", case.recipe]
+    if case.device != "cpu":
+        lines.append(f"{', '.join(names)} = (None if t is None else t.to({case.device!r}) for t in "
+                     f"({', '.join(names)}))")
+    lines += _load_line(impl)
+    lines.append(f"truth = evaluate_linear(hidden, linear_weight, target, linear_bias, weight=weight, "
+                 f"{_truth_options(options)})")
+    call = linear_call_code(impl, problem)
+    if show.steps is not None:
+        return lines + list(show.steps)
+    if problem.upstream is None:
+        return lines + [f"loss = {call}"]
+    lines += ["for t in (hidden, linear_weight, linear_bias):", "    if t is not None:", "        t.requires_grad_()",
+              f"loss = {call}", problem.upstream]
+    if case.device != "cpu":
+        lines.append(f"grad = grad.to({case.device!r})")
+    return lines + ["loss.backward(grad)", "grad = grad.double().cpu()"]
+
+
 def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tuple = ()) -> str:
     """Plain-torch code that rebuilds the problem, calls the implementation and the float64 truth
     (on the inputs as fed, before the call), and prints the compared quantities."""
+    at = f"[{', '.join(map(str, index))}]" if index else ""
+    if isinstance(problem.case, LinearCase):
+        lines = _linear_snippet(problem, impl, show)
+        lines.append(f"print('actual', {show.actual.format(at=at)}, 'expected', {show.expected.format(at=at)})")
+        return "\n".join(lines)
     case, options = problem.case, problem.options
     lines = ["import torch", "from conformance.impl import load_implementation",
              "from conformance.reference import evaluate", "weight = None", case.recipe]
@@ -152,8 +195,7 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
     variant = f", variant={impl.reference_variant(options)!r}" if options.variant.active else ""
     if variant:
         lines.insert(2, "from conformance.reference import Variant")
-    lines.append(f"truth = evaluate(x, t, weight=weight, ignore_index={options.ignore_index!r}, "
-                 f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, "
+    lines.append(f"truth = evaluate(x, t, weight=weight, {_truth_options(options)}, "
                  f"input_kind={impl.input_kind!r}{variant})")
     if show.steps is not None:
         lines += list(show.steps)
@@ -164,7 +206,6 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
         if case.device != "cpu":
             lines.append(f"grad = grad.to({case.device!r})")
         lines.append("loss.backward(grad)")
-    at = f"[{', '.join(map(str, index))}]" if index else ""
     actual, expected = show.actual.format(at=at), show.expected.format(at=at)
     lines.append(f"print('actual', {actual}, 'expected', {expected})")
     return "\n".join(lines)
@@ -314,3 +355,70 @@ class Judge:
         self.value(problem, out, ev)
         self.gradient(problem, out, ev)
         return out
+
+    # -- linear cross entropy -------------------------------------------------------------------
+
+    def _torch_linear_on(self, problem: Problem, out: run.LinearOutcome) -> tuple[Tensor, dict]:
+        """torch's composition (``linear_cross_entropy``'s reference path) on what the
+        implementation was fed, with the same upstream gradient: the loss and the gradients."""
+        inputs = {name: None if t is None else t.clone().requires_grad_(name in out.requires_grad)
+                  for name, t in out.inputs.items()}
+        loss = torch.nn.functional.linear_cross_entropy(inputs["input"], inputs["linear_weight"], out.target,
+                                                        linear_bias=inputs["linear_bias"],
+                                                        **problem.call_options().kwargs())
+        if out.upstream is not None:
+            loss.backward(out.upstream)
+        return loss.detach(), {name: None if t is None else t.grad for name, t in inputs.items()}
+
+    def _linear_bounds(self, problem: Problem, kind: str, exact_terms: dict, parity_result: Callable,
+                       expected: Tensor, declared: Optional[dict] = None) -> tuple[Tensor, Tensor]:
+        """The bound ``kind`` under the run's contract (``parity``: against torch's composition),
+        with the terms of a ``declared`` approximation, and under ``exact``, without them: the
+        grade shows what the approximation costs."""
+        exact = tolerance.bound(kind, tolerance.EXACT, problem.dtype, **exact_terms)
+        if self._parity(problem):
+            return tolerance.parity_bound(parity_result(), expected, problem.dtype), exact
+        return self.bound(kind, problem.dtype, **exact_terms, **(declared or {})), exact
+
+    def linear_conforms(self, problem: Problem, out: Optional[run.LinearOutcome] = None, *,
+                        show: Show = VALUE) -> run.LinearOutcome:
+        """The loss and the gradient of every input that requires grad against the float64 truth
+        of the composition (``linear``); ``out``: an outcome the check has already produced, and
+        ``show`` what the snippet of a wrong loss runs."""
+        __tracebackhide__ = True
+        if out is None:
+            out = run.linear_call(self.impl, problem, backward=problem.upstream is not None)[0]
+        lev = run.linear_truth(problem, out)
+        torch_side = {}
+
+        def torch_result(name: Optional[str] = None) -> Tensor:
+            if not torch_side:
+                torch_side["loss"], torch_side["grads"] = self._torch_linear_on(problem, out)
+            return torch_side["loss"] if name is None else torch_side["grads"][name]
+
+        bound, exact = self._linear_bounds(problem, "linear value", {"lev": lev}, torch_result, lev.loss)
+        self._judge("value", problem, out.loss, lev.loss, bound, exact, show, None)
+        if out.upstream is None:
+            return out
+        upstream = out.upstream.to("cpu", torch.float64)
+        declared = {"filtered_below": self.impl.approximations.get("gradient_filter", 0.0)}
+        for name, (kind, variable, truth) in LINEAR_GRADIENTS.items():
+            if out.inputs[name] is None or name not in out.requires_grad:
+                continue
+            show = Show(f"{variable}.grad{{at}}.item()", f"truth.{truth}(grad){{at}}.item()")
+            if out.grads[name] is None:
+                self.fail(f"{name} gradient", problem, f"{name} requires grad but has no gradient after backward",
+                          show=Show(f"{variable}.grad", "'a gradient'"))
+            expected = getattr(lev, truth)(upstream)
+            bound, exact = self._linear_bounds(problem, kind, {"lev": lev, "grad_output": upstream},
+                                               lambda: torch_result(name), expected, declared)
+            self._judge(f"{name} gradient", problem, out.grads[name], expected, bound, exact, show, None)
+        return out
+
+
+# Each input of a linear loss: its bound (tolerance.BOUNDS), its name in the snippet, the truth's gradient.
+LINEAR_GRADIENTS = {
+    "input": ("linear input gradient", "hidden", "input_grad"),
+    "linear_weight": ("linear weight gradient", "linear_weight", "weight_grad"),
+    "linear_bias": ("linear bias gradient", "linear_bias", "bias_grad"),
+}

@@ -19,6 +19,8 @@ attributes on the object declare what it is:
                  ``return_lse``).
 ``differentiable_returns``  ``{"z_loss"}`` if the returned z-loss's gradient flows; otherwise it
                  is for logging (the kit judges no gradient of a returned logsumexp).
+``approximations``  ``{name: bound}`` from ``APPROXIMATIONS``: a documented approximation the loss
+                 makes on purpose; the kit judges it by that bound and reports it as declared.
 ``form``         ``FORMS``: what the loss takes. Found from the signature where it is not declared:
                  a ``linear_weight`` parameter is torch's ``linear_cross_entropy(input, linear_weight,
                  target, *, linear_bias, ...)``; keyword-only ``group`` and ``vocab_start`` a
@@ -37,7 +39,7 @@ from torch import Tensor
 from .guards import GlobalState, ImplementationFault, calling
 from .reference import INPUT_KINDS, Z_LOSS_WEIGHTINGS, Variant
 
-__all__ = ["FORMS", "FEATURES", "DEVIATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
+__all__ = ["FORMS", "FEATURES", "DEVIATIONS", "APPROXIMATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
            "load_implementation", "adapt"]
 
 DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
@@ -89,12 +91,18 @@ FEATURES = {
     "noncontiguous": "non-contiguous input views",
     "input_validation": "raising on invalid targets and shapes",
     "uneven_shards": "vocab parallel: a split of the classes over the ranks other than torch.chunk's",
+    "linear_bias": "a classifier bias (linear losses; without it their checks run unbiased)",
     **{name: f"{what} (declared in variants)" for name, what in VARIANTS.items()},
     **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},
 }
 
 DEVIATIONS = {
     "all_ignored_mean_zero": "reduction='mean' over no kept position returns 0 instead of NaN (Liger#153)",
+}
+
+APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear)
+    "gradient_filter": "linear losses: logit-gradient elements below eps (before the upstream gradient and the "
+                       "divisor) are dropped, as cut-cross-entropy's filter_eps drops them",
 }
 
 TARGET_KINDS = ("index", "onehot")
@@ -148,6 +156,7 @@ class Implementation:
     returns: dict = field(default_factory=dict)
     differentiable_returns: frozenset = field(default_factory=frozenset)
     form: str = "logits"
+    approximations: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -298,6 +307,12 @@ def adapt(obj: Any, spec: str) -> Implementation:
     if z_loss_weighting not in Z_LOSS_WEIGHTINGS:
         raise ImplementationError(f"{spec}: z_loss_weighting={z_loss_weighting!r}; expected one of "
                                   f"{Z_LOSS_WEIGHTINGS}")
+    approximations = dict(getattr(obj, "approximations", {}) or {})
+    if set(approximations) - set(APPROXIMATIONS):
+        raise ImplementationError(f"{spec}: approximations names unknown {sorted(set(approximations) - set(APPROXIMATIONS))}; "
+                                  f"known: {sorted(APPROXIMATIONS)}")
+    if any(not (isinstance(eps, (int, float)) and 0 <= eps < 1) for eps in approximations.values()):
+        raise ImplementationError(f"{spec}: approximations={approximations!r}: each bound is a number in [0, 1)")
     form = _form(obj, call)
     if form not in FORMS:
         raise ImplementationError(f"{spec}: form={form!r}; expected one of {sorted(FORMS)}")
@@ -315,7 +330,7 @@ def adapt(obj: Any, spec: str) -> Implementation:
                           target_kind=target_kind, deviations=deviations,
                           framework=getattr(obj, "framework", "torch"), variants=variants,
                           z_loss_weighting=z_loss_weighting, returns=returns, differentiable_returns=differentiable,
-                          form=form)
+                          form=form, approximations=approximations)
 
 
 def load_implementation(spec: Optional[str] = None,

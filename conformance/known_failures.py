@@ -4,7 +4,9 @@ unexpected pass into a failure, so it is noticed and the pin is revisited. Failu
 only on some seeds' data are pinned without strictness."""
 import torch
 
-__all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "pinned_failures"]
+from . import defaults
+
+__all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "TORCH_CHUNKED_LINEAR_FAILURES", "pinned_failures"]
 
 _CONFIDENT_HALF = ("torch 2.13's CPU float16/bfloat16 cross_entropy subtracts a logsumexp rounded to the dtype: "
                    "confident rows (target logit = max + 10, true loss about 1e-4) give loss -0.0 and a target "
@@ -34,10 +36,26 @@ TORCH_CPU_DATA_DEPENDENT = {
 }
 
 
+_CHUNKED_HALF_ACCUMULATORS = (
+    "torch 2.13's chunked linear_cross_entropy (LinearCrossEntropyOptions(), also with acc_dtype=float32 and "
+    "acc_policy='accurate') accumulates the weight gradient over its row chunks in bfloat16: with 128 chunks "
+    "(N=256, H=8, V=1024) the weight gradient errs by up to 2.1e-3 where the reference path errs by 9.5e-5 and one "
+    "chunk (batch_chunk_size=256) by 1.1e-4 (confirmed by hand against float64); float32 is clean")
+
+# torch's chunked linear path, judged as a default (conformance.defaults) by the standard contract.
+TORCH_CHUNKED_LINEAR_FAILURES = {
+    "test_linear.py::test_linear_at_scale[chunked_linear_cross_entropy-cpu-many_chunks_positive-mean-bfloat16]":
+        _CHUNKED_HALF_ACCUMULATORS,
+}
+
+
 def pinned_failures(call, contract: str) -> dict:
-    """The pins that apply to this callable, test id -> (reason, strict): torch's own loss, judged
-    by the standard or the exact contract (parity compares torch with itself)."""
-    if call is not torch.nn.functional.cross_entropy or contract == "parity":
-        return {}
-    return {**{test_id: (reason, False) for test_id, reason in TORCH_CPU_DATA_DEPENDENT.items()},
-            **{test_id: (reason, True) for test_id, reason in TORCH_CPU_FAILURES.items()}}
+    """The pins that apply to this callable, test id -> (reason, strict): torch's own losses,
+    judged by the standard contract (the logits loss also by the exact one; parity compares torch
+    with itself)."""
+    if call is torch.nn.functional.cross_entropy and contract != "parity":
+        return {**{test_id: (reason, False) for test_id, reason in TORCH_CPU_DATA_DEPENDENT.items()},
+                **{test_id: (reason, True) for test_id, reason in TORCH_CPU_FAILURES.items()}}
+    if call is defaults.chunked_linear_cross_entropy and contract == "standard":
+        return {test_id: (reason, True) for test_id, reason in TORCH_CHUNKED_LINEAR_FAILURES.items()}
+    return {}

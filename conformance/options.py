@@ -15,7 +15,7 @@ __all__ = ["DTYPES", "PROBED_FEATURES", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES"
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Optional capabilities: a not-supported error from torch reports them as probed gaps.
-PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_loss")
+PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_loss", "retain_graph")
 
 # A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core
 # machine (see plugin: after a few timeouts the remaining checks fail at once).

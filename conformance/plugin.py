@@ -16,7 +16,7 @@ from . import adapters, bench, cases, hookspecs, options, report
 from .checks import FIRST_FAILURE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, crash_trampoline, time_limit, truncate_sections
-from .impl import Implementation, ImplementationError, adapt, load_implementation
+from .impl import FORMS, Implementation, ImplementationError, adapt, load_implementation
 from .session import ConformanceSession, is_check, item_dtype, item_form
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
@@ -68,6 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "feature(name): the checks need this feature of the implementation")
     config.addinivalue_line("markers", "sweep(name, values, features={}): a boundary sweep, parametrized by the "
                                        "kit over (value, dtype, reduction): see cases.sweep")
+    config.addinivalue_line("markers", "form(name): the form of implementation the check judges (impl.FORMS; "
+                                       "default: its module's FORM, else logits)")
     config.addinivalue_line("markers", "conformance_bench: a benchmark beside torch; runs only with "
                                        "--benchmark-only or --conformance-bench")
     try:
@@ -109,7 +111,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = metafunc.config.stash[SESSION_KEY]
-    form = item_form(metafunc.module)
+    form = item_form(metafunc.definition)
     if form != "logits" and "impl" in metafunc.fixturenames and session.implementations(form):
         implementations = session.implementations(form)
         metafunc.parametrize("impl", implementations, ids=[impl.name for impl in implementations])
@@ -275,6 +277,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     impl = session.impl
     tr.write_line(f"implementation: {impl.spec} (input {impl.input_kind}, target {impl.target_kind}); "
                   f"contract: {session.contract}; devices: {', '.join(session.devices)}")
+    if impl.approximations:
+        tr.write_line("declared approximations, judged by their bounds: " + ", ".join(
+            f"{name} <= {bound:g}" for name, bound in impl.approximations.items()))
+    others = [other.spec for form in FORMS if form != impl.form for other in session.implementations(form)]
+    if others:
+        tr.write_line(f"also judged (torch's own, no implementation named): {', '.join(others)}")
     for line in report.render_text(report.verdict_tables(run)):
         tr.write_line(line)
 

@@ -108,6 +108,7 @@ class Benchmark:
     ratio_high: Optional[float] = None
     precision: Optional[float] = None
     traffic_bytes: Optional[int] = None
+    logits_bytes: Optional[int] = None   # linear losses: the N x V logits the composition materialises
     copy_bytes_per_second: Optional[float] = None
     impl: Side = Side()
     torch: Side = Side()
@@ -383,6 +384,7 @@ VERDICT_TONES = {paired.SLOWER: "fail", paired.NOT_SLOWER: "ok", paired.UNDECIDE
 
 def _benchmark_table(run: Run, timings: list) -> Table:
     against = {t.after.id: t for t in timings}
+    linear = any(b.logits_bytes is not None for b in run.benchmarks)
     rows = []
     for b in run.benchmarks:
         ratio = b.ratio_to_torch
@@ -397,10 +399,13 @@ def _benchmark_table(run: Run, timings: list) -> Table:
                        f"{side.bytes_per_second / 1e9:.3g} ({side.roofline_percent:.0f}%)")
         for side in (b.impl, b.torch):
             row.append("" if side.peak_extra_bytes is None else f"{side.peak_extra_bytes / 2**20:.0f}")
+        if linear:
+            row.append("" if b.logits_bytes is None else f"{b.logits_bytes / 2**20:.0f}")
         rows.append(row)
     columns = ["op", "dtype", "shape", "device", "torch ms", "impl ms", "impl/torch", "95% interval", "pairs"]
     columns += ["baseline impl/torch", "against baseline"] * bool(timings)
     columns += ["impl GB/s (roofline)", "torch GB/s (roofline)", "impl extra MiB", "torch extra MiB"]
+    columns += ["logits MiB"] * linear
     copy = sorted({f"{b.device} {b.copy_bytes_per_second / 1e9:.3g} GB/s" for b in run.benchmarks
                    if b.copy_bytes_per_second})
     asked = sorted({f"+-{100 * b.precision:g}%" for b in run.benchmarks if b.precision is not None})
@@ -411,7 +416,9 @@ def _benchmark_table(run: Run, timings: list) -> Table:
                  "allowed slowdown, and too noisy to decide when the intervals neither show that nor rule it out. "
                  "Bytes per second count the logits read once and the gradient written once, against the copy "
                  "bandwidth measured in the same run (" + ", ".join(copy) + "); extra memory is the peak beyond the "
-                 "inputs.", columns, rows)
+                 "inputs" + ("; a linear loss's bytes count its hidden states and weight instead, and logits MiB is "
+                             "what the composition materialises, the memory a fused linear loss exists to save"
+                             if linear else "") + ".", columns, rows)
 
 
 def _regression_tables(found: list) -> list:

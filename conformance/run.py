@@ -15,9 +15,11 @@ from torch import Tensor
 
 from .cases import Problem
 from .impl import Implementation
+from .linear import LinearEvaluation, evaluate_linear
 from .reference import Evaluation, evaluate
 
-__all__ = ["Outcome", "forward", "forward_backward", "truth"]
+__all__ = ["Outcome", "forward", "forward_backward", "truth", "LINEAR_INPUTS", "LinearOutcome", "linear_truth",
+           "linear_call"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,54 @@ def forward_backward(impl: Implementation, problem: Problem) -> Outcome:
     pristine_grad = _pristine(grad)
     loss.backward(grad)
     return Outcome(input=pristine_x, target=pristine_t, loss=loss.detach(), grad=x.grad, upstream=pristine_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear cross entropy: the hidden states, the classifier weight and the bias are the inputs.
+
+LINEAR_INPUTS = ("input", "linear_weight", "linear_bias")
+
+
+@dataclass(frozen=True)
+class LinearOutcome:
+    """Pristine copies of the fed inputs (``inputs``: name -> tensor or None) and upstream
+    gradient, the loss, the inputs that required grad, and each input's gradient after backward
+    (None where it had none)."""
+
+    inputs: dict
+    target: Tensor
+    loss: Tensor
+    grads: dict
+    requires_grad: frozenset
+    upstream: Optional[Tensor] = None
+
+
+def linear_truth(problem: Problem, outcome: LinearOutcome) -> LinearEvaluation:
+    """The float64 reference on exactly what the implementation was fed."""
+    inputs = outcome.inputs
+    return evaluate_linear(inputs["input"], inputs["linear_weight"], outcome.target, inputs["linear_bias"],
+                           **problem.call_options().kwargs())
+
+
+def linear_call(impl: Implementation, problem: Problem, *, requires_grad=LINEAR_INPUTS,
+                backward: bool = True) -> tuple[LinearOutcome, dict]:
+    """Forward (and, with ``backward``, ``loss.backward(grad)`` with the problem's upstream
+    gradient), the inputs named in ``requires_grad`` requiring grad; also returns the tensors
+    as fed, for checks of what the call did to them."""
+    case = problem.case
+    fed = {"input": case.hidden, "linear_weight": case.linear_weight, "linear_bias": case.linear_bias}
+    pristine = {name: None if t is None else _pristine(t) for name, t in fed.items()}
+    fed = {name: None if t is None else t.detach().clone().requires_grad_(name in requires_grad)
+           for name, t in fed.items()}
+    target = _pristine(case.target)
+    loss = impl.linear(fed["input"], fed["linear_weight"], _pristine(case.target), fed["linear_bias"],
+                       problem.call_options())
+    grad = None
+    if backward:
+        grad = problem.upstream_gradient()
+        upstream = _pristine(grad)
+        loss.backward(grad)
+        grad = upstream
+    grads = {name: None if t is None else t.grad for name, t in fed.items()}
+    return LinearOutcome(inputs=pristine, target=target, loss=loss.detach(), grads=grads,
+                         requires_grad=frozenset(requires_grad), upstream=grad), fed

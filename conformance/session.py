@@ -33,9 +33,10 @@ def is_check(item: pytest.Item) -> bool:
     return getattr(item, "module", None) is not None and item.module.__name__.startswith("conformance.suite.")
 
 
-def item_form(item_or_module) -> str:
-    """The form of implementation a check (or suite module) judges: its module's ``FORM``."""
-    return getattr(getattr(item_or_module, "module", item_or_module), "FORM", "logits")
+def item_form(item: pytest.Item) -> str:
+    """The form of implementation a check judges: its ``form`` marker, else its module's ``FORM``."""
+    marker = item.get_closest_marker("form")
+    return marker.args[0] if marker else getattr(item.module, "FORM", "logits")
 
 
 def _params(item: pytest.Item) -> dict:
@@ -187,6 +188,7 @@ class ConformanceSession:
         environment = {
             "implementation": impl.spec, "input_kind": impl.input_kind, "target_kind": impl.target_kind,
             "unsupported": sorted(impl.unsupported), "deviations": sorted(impl.deviations),
+            "approximations": impl.approximations, "form": impl.form,
             "contract": self.contract, "torch": torch.__version__, "kit": _kit_version(), "devices": self.devices,
             "seed": self.seed, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "platform": platform.platform(), "machine": bench.machine_info(),

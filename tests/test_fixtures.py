@@ -3,6 +3,7 @@ by the check aimed at its mechanism (fixtures/README.md lists them with their so
 import pytest
 
 import fixtures
+from conformance.impl import load_implementation
 from suite_run import ROOT, SUITE
 
 
@@ -33,10 +34,11 @@ CORRECT = {
     # vocab parallel (test_vocab_parallel, world sizes 2 and 4)
     "vocab_parallel_reference": (),
     "vocab_parallel_loss_parallel": (),
+    # linear cross entropy (test_linear.py)
+    "linear_composed": (),
+    "linear_chunked": (),
+    "linear_filtered": (),
 }
-# The fewest checks a correct fixture passes: the vocab-parallel suite has 138 (loss_parallel
-# declares smoothing and uneven splits unsupported).
-FEWEST_PASSED = {"vocab_parallel_reference": 130, "vocab_parallel_loss_parallel": 80}
 
 # broken fixture -> the suite test that must catch it
 CAUGHT_BY = {
@@ -105,6 +107,16 @@ CAUGHT_BY = {
     "vp_ignored_outside_every_shard": "test_vocab_parallel_ignore_index",
     "vp_backward_all_reduce": "test_vocab_parallel_value_and_gradient",
     "vp_target_gather_plain_all_reduce": "test_vocab_parallel_value_and_gradient",
+    "linear_none_first_upstream": "test_linear_loss_and_gradients",
+    "linear_upstream_ignored": "test_linear_loss_and_gradients",
+    "linear_bias_grad_dropped": "test_linear_loss_and_gradients",
+    "linear_half_accumulator": "test_linear_at_scale",
+    "linear_per_chunk_mean": "test_linear_at_scale",
+    "linear_grad_into_hidden": "test_linear_leaves_its_arguments_unchanged",
+    "linear_needs_grad_misindexed": "test_linear_gradients_of_some_inputs",
+    "linear_scales_saved_in_place": "test_linear_backward_twice",
+    "linear_no_grad_drops_bias": "test_linear_forward_without_autograd",
+    "linear_filter_undeclared": "test_linear_at_scale",
 }
 
 
@@ -123,11 +135,15 @@ def test_every_fixture_is_proven():
     assert all(test in globals() for test in OWN_TESTS.values())
 
 
+# The fewest checks a correct fixture of each form passes (a run judges the checks of its form).
+MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80}   # vocab parallel: 138 checks, 84 for loss_parallel
+
+
 @pytest.mark.parametrize("name", CORRECT)
 def test_correct_fixture_passes(suite, name):
     result = suite(f"--impl=fixtures.correct.{name}", *CORRECT[name])
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
-    assert result.parseoutcomes()["passed"] > FEWEST_PASSED.get(name, 500)
+    assert result.parseoutcomes()["passed"] > MIN_PASSED[load_implementation(f"fixtures.correct.{name}").form]
 
 
 @pytest.mark.parametrize("name,check", sorted(CAUGHT_BY.items()))

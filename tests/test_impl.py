@@ -88,6 +88,8 @@ def test_the_form_is_read_from_the_signature_unless_declared(obj, form):
 
 @pytest.mark.parametrize("attributes,message", [
     (dict(form="sparse"), "form='sparse'"),
+    (dict(approximations={"top_k": 5}), "approximations names unknown ['top_k']"),
+    (dict(approximations={"gradient_filter": 2.0}), "each bound is a number in [0, 1)"),
     (dict(form="linear", input_kind="probs"), "a linear loss takes logits and index targets"),
 ])
 def test_form_declarations_are_checked(attributes, message):

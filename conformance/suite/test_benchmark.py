@@ -31,17 +31,23 @@ pytestmark = pytest.mark.conformance_bench
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    explicit = metafunc.config.getoption("conformance_bench_shape")
     devices = metafunc.config.stash[SESSION_KEY].devices
+    if "linear_shape" in metafunc.fixturenames:
+        shapes = list(dict.fromkeys(shape for device in devices for shape in bench.linear_shapes_for(device)))
+        metafunc.parametrize("linear_shape", shapes, ids=lambda s: "x".join(map(str, s)))
+    if "shape" not in metafunc.fixturenames:
+        return
+    explicit = metafunc.config.getoption("conformance_bench_shape")
     shapes = explicit or list(dict.fromkeys(shape for device in devices for shape in bench.shapes_for(device)))
     metafunc.parametrize("shape", shapes, ids=lambda s: "%dx%d" % s)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _release_inputs():
-    """Drop the last benchmark problem (tens of MB) once the benchmarks are done."""
+    """Drop the last benchmark problems (tens of MB) once the benchmarks are done."""
     yield
     bench.inputs.cache_clear()
+    bench.linear_inputs.cache_clear()
 
 
 @pytest.fixture(scope="session")
@@ -147,34 +153,23 @@ def _side(times: list, traffic: int, copy_bandwidth: float, peak) -> dict:
             "roofline_percent": 100 * traffic / median / copy_bandwidth, "peak_extra_bytes": peak}
 
 
-@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.feature("backward")) if "backward" in op else op
-                                for op in bench.OPS])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
-def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time):
-    config = request.config
-    if not config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
-        pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
-    n, c = shape
-    benchmark.group = f"{op} {dtype_name(dtype)} {n}x{c} {device}"
-    logits, target = bench.inputs(n, c, dtype, device, seed)
-    problems = {"torch": (F.cross_entropy, logits, target), "impl": (impl.call, *impl.feed(logits, target))}
-    steps, peaks = {}, {}
-    for side, (loss_fn, x, t) in problems.items():
-        x = x.detach().requires_grad_()
-        steps[side] = _steps(loss_fn, x, t, device)[op]
-        peaks[side] = bench.peak_extra_memory(_once(*steps[side]), device)
-        x.grad = None
+def _backward_marked(ops) -> list:
+    return [pytest.param(op, marks=pytest.mark.feature("backward")) if "backward" in op else op for op in ops]
+
+
+def _time_beside_torch(benchmark, request, steps: dict, device: str, traffic: int, info: dict,
+                       copy_bandwidths, bench_time) -> None:
+    """Record each side's warm-up memory, time the pairs, and record what they measured."""
+    peaks = {side: bench.peak_extra_memory(_once(*step), device) for side, step in steps.items()}
     if device not in copy_bandwidths:
         copy_bandwidths[device] = bench.copy_bandwidth(device)
+    config = request.config
     plan = options.round_plan(config, budget=bench_time.share(_benchmarks_from(request.node)))
     start = time.perf_counter()
     impl_times, torch_times = _paired_rounds(benchmark, steps["torch"], steps["impl"], plan)
     bench_time.spend(time.perf_counter() - start)
-
-    traffic = bench.traffic_bytes(op, n, c, dtype)
-    info = {"implementation": impl.spec, "op": op, "dtype": dtype_name(dtype),
-            "device": device, "shape": f"{n}x{c}", "traffic_bytes": traffic,
-            "copy_bytes_per_second": copy_bandwidths[device], "precision": plan.precision}
+    info = dict(info, device=device, traffic_bytes=traffic, copy_bytes_per_second=copy_bandwidths[device],
+                precision=plan.precision)
     if impl_times:   # none under --benchmark-disable
         interval = paired.ratio_interval(impl_times, torch_times)
         info.update(pairs=interval.pairs, ratio_to_torch=interval.ratio, ratio_low=interval.low,
@@ -183,3 +178,65 @@ def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, 
                        for side, times in (("impl", impl_times), ("torch", torch_times))})
     benchmark.extra_info.update(info)
     request.node.user_properties.append(("benchmark", dict(info, group=benchmark.group)))
+
+
+@pytest.mark.parametrize("op", _backward_marked(bench.OPS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
+def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time):
+    if not request.config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
+        pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
+    n, c = shape
+    benchmark.group = f"{op} {dtype_name(dtype)} {n}x{c} {device}"
+    logits, target = bench.inputs(n, c, dtype, device, seed)
+    problems = {"torch": (F.cross_entropy, logits, target), "impl": (impl.call, *impl.feed(logits, target))}
+    steps = {}
+    for side, (loss_fn, x, t) in problems.items():
+        steps[side] = _steps(loss_fn, x.detach().requires_grad_(), t, device)[op]
+    info = {"implementation": impl.spec, "op": op, "dtype": dtype_name(dtype), "shape": f"{n}x{c}"}
+    _time_beside_torch(benchmark, request, steps, device, bench.traffic_bytes(op, n, c, dtype), info,
+                       copy_bandwidths, bench_time)
+
+
+def _linear_steps(call, inputs: tuple, device: str) -> dict:
+    """``_steps`` for a linear loss: ``call(hidden, weight, target, linear_bias=bias)``, the
+    hidden states, weight and bias requiring grad."""
+    hidden, weight, bias, target = inputs
+    leaves = [t.detach().requires_grad_() for t in (hidden, weight, bias)]
+
+    def loss():
+        return call(leaves[0], leaves[1], target, linear_bias=leaves[2])
+
+    def forward():
+        loss()
+        bench.synchronize(device)
+
+    def forward_backward():
+        loss().backward()
+        bench.synchronize(device)
+
+    def fresh_grads():
+        for leaf in leaves:
+            leaf.grad = None
+
+    return {"forward": (forward, None), "forward+backward": (forward_backward, fresh_grads)}
+
+
+@pytest.mark.form("linear")
+@pytest.mark.parametrize("op", _backward_marked(bench.LINEAR_OPS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
+def test_linear_speed_beside_torch(benchmark, request, impl, device, linear_shape, dtype, op, seed,
+                                   copy_bandwidths, bench_time):
+    """A linear loss beside torch's composition (``linear_cross_entropy``'s reference path), which
+    materialises the N x V logits: the point of a fused linear loss is the memory it saves, so
+    the logits' bytes are recorded beside each side's extra memory."""
+    if linear_shape not in bench.linear_shapes_for(device):
+        pytest.skip(f"{'x'.join(map(str, linear_shape))} is not a {device} linear benchmark shape")
+    n, h, v = linear_shape
+    benchmark.group = f"linear {op} {dtype_name(dtype)} {n}x{h}x{v} {device}"
+    inputs = bench.linear_inputs(n, h, v, dtype, device, seed)
+    steps = {"torch": _linear_steps(F.linear_cross_entropy, inputs, device)[op],
+             "impl": _linear_steps(impl.call, inputs, device)[op]}
+    info = {"implementation": impl.spec, "op": f"linear {op}", "dtype": dtype_name(dtype), "shape": f"{n}x{h}x{v}",
+            "logits_bytes": n * v * dtype.itemsize}
+    _time_beside_torch(benchmark, request, steps, device, bench.linear_traffic_bytes(op, n, h, v, dtype), info,
+                       copy_bandwidths, bench_time)
