@@ -158,9 +158,9 @@ def execute(call: Callable, task: Task, rank: int, group: Any, device: torch.dev
         with _CollectiveCounter() as counter:
             loss = call(x, target, weight=weight, ignore_index=task.ignore_index, reduction=task.reduction,
                         label_smoothing=task.label_smoothing, group=group, vocab_start=start)
-        if not isinstance(loss, Tensor):
+        if not isinstance(loss, Tensor) or type(loss).__name__ == "DTensor":
             raise TypeError(f"the implementation returned {type(loss).__module__}.{type(loss).__qualname__}, "
-                            "expected a torch.Tensor")
+                            "expected a torch.Tensor (of a replicated DTensor loss: its to_local())")
         forward = counter.counts
         if upstream is not None:
             with _CollectiveCounter() as counter:
@@ -169,7 +169,6 @@ def execute(call: Callable, task: Task, rank: int, group: Any, device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - began)
-    loss = getattr(loss, "full_tensor", lambda: loss)()  # a DTensor's value, replicated
     grad = None if x.grad is None else x.grad.detach().cpu()
     if upstream is not None and grad is None:
         grad = torch.zeros_like(x, device="cpu")  # nothing reached this rank's logits
