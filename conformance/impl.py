@@ -90,6 +90,7 @@ FEATURES = {
     "vmap": "torch.func.vmap",
     "noncontiguous": "non-contiguous input views",
     "input_validation": "raising on invalid targets and shapes",
+    "uneven_shards": "vocab parallel: a split of the classes over the ranks other than torch.chunk's",
     "linear_bias": "a classifier bias (linear losses; without it their checks run unbiased)",
     **{name: f"{what} (declared in variants)" for name, what in VARIANTS.items()},
     **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},

@@ -6,12 +6,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings as hypothesis_settings
 
-from . import adapters, paired
+from . import adapters, distributed, paired
 from .cases import dtype_name
 from .tolerance import CONTRACTS, DEFAULT_CONTRACT
 
-__all__ = ["DTYPES", "PROBED_FEATURES", "DEFAULT_TIMEOUT", "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION",
-           "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE", "add_options", "round_plan", "load_hypothesis_profile"]
+__all__ = ["DTYPES", "PROBED_FEATURES", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES", "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION",
+           "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE", "add_options", "world_sizes", "round_plan", "load_hypothesis_profile"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Optional capabilities: a not-supported error from torch reports them as probed gaps.
@@ -20,6 +20,10 @@ PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_lo
 # A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core
 # machine (see plugin: after a few timeouts the remaining checks fail at once).
 DEFAULT_TIMEOUT = 30.0
+
+# The vocab-parallel checks' world sizes: an even and an odd number of classes per rank, and four
+# ranks (one of them holding a single class in the uneven split) on a 2-core machine.
+DEFAULT_WORLD_SIZES = (2, 4)
 
 # Benchmarks: at least 10 paired rounds (an interval from the 2nd to the 9th ratio), then until the
 # ratio's 95 % interval is within +-3 % of it or the benchmark's share of 140 s is spent: the
@@ -86,6 +90,12 @@ def _rounds(value: str) -> int:
     return int(value)
 
 
+def _world_size(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"--conformance-world-size={value!r}: expected a number of ranks >= 1")
+    return int(value)
+
+
 def _probed_feature(value: str) -> str:
     if value not in PROBED_FEATURES:
         raise pytest.UsageError(f"--conformance-require={value!r}: expected one of {', '.join(PROBED_FEATURES)} "
@@ -125,6 +135,9 @@ def add_options(parser: pytest.Parser) -> None:
                     default=DEFAULT_TIMEOUT, metavar="SECONDS",
                     help=f"time limit per check (default {DEFAULT_TIMEOUT:g}; 0: none). After "
                          "10 timeouts the remaining checks fail at once")
+    group.addoption("--conformance-world-size", action="append", type=_world_size, default=None, metavar="RANKS",
+                    help="ranks of the vocab-parallel checks' process group (repeatable; default "
+                         f"{' and '.join(map(str, DEFAULT_WORLD_SIZES))}; under torchrun: the launched world size)")
     group.addoption("--conformance-report", default=None, metavar="PATH.json",
                     help="write every check of the run (and its benchmarks) as JSON, for "
                          "'python -m conformance report'")
@@ -150,6 +163,14 @@ def add_options(parser: pytest.Parser) -> None:
                     help="... or once the benchmark's share of SECONDS, the time all the run's benchmarks may "
                          "spend in timed rounds, is spent, precise or not: each gets an equal share of what is "
                          f"left when it starts (default {DEFAULT_BENCH_TIME:g})")
+
+
+def world_sizes(config: pytest.Config) -> tuple:
+    """The vocab-parallel world sizes: the launcher's under torchrun, else the option's or the default."""
+    launched = distributed.launched_world_size()
+    if launched is not None:
+        return (launched,)
+    return tuple(config.getoption("conformance_world_size") or DEFAULT_WORLD_SIZES)
 
 
 def round_plan(config: pytest.Config, budget: float) -> paired.RoundPlan:

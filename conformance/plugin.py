@@ -117,6 +117,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("impl", implementations, ids=[impl.name for impl in implementations])
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", session.devices)
+    if "world_size" in metafunc.fixturenames:
+        metafunc.parametrize("world_size", options.world_sizes(metafunc.config), ids=lambda w: f"ws{w}")
     sweep = metafunc.definition.get_closest_marker("sweep")
     if sweep is not None:
         name, values = sweep.args

@@ -93,6 +93,22 @@ error is absolute, ``|s| u``-sized, not relative. The returned auxiliaries: the 
 within ``e`` (plus the transform's ``sum_j p_j delta_j``), the z-loss within its term above,
 each reduced as the value is.
 
+Vocab parallel (the classes sharded over ``W`` ranks, ``test_vocab_parallel``). The logsumexp is
+combined from the shards, ``s = sum_r exp(m_r - m) s_r`` with ``s_r`` a shard's sum relative to
+its own max ``m_r`` (or directly to the global ``m``). Against one process: ``z_j - m_r`` rounds
+by no more than ``z_j - m`` does (``m_r`` lies between them); ``m_r - m`` rounds once more, at
+most ``u |z_j - m|`` for every ``j`` of the shard, so ``u * spread`` once more; the rescaling
+``exp`` (2 ulp) and its product add ``_RESCALE_ULPS u``; the two-level sum, ``V_r - 1`` additions
+in a shard and one per other non-empty shard, stays within the ``(n - 1) u`` of any summation
+order. So ``d`` gains ``u (spread + _RESCALE_ULPS)`` (``shards`` > 1), and everything built on
+``d`` (the value, the probabilities in the gradient) with it. The target logit all-reduced is
+one value plus zeros (exact); the smoothing part ``sum_c a_c (z_c - m)`` is ``n`` products summed
+in some order, within ``(n + 2) u sum_c |a_c log p_c|`` since ``|z_c - m| <= |log p_c|``. The
+loss is the same on every rank *exactly* (bound 0): the all-reduced statistics are bitwise
+identical on every rank (gloo and nccl reduce each element once and broadcast it), and what a
+rank computes afterwards from them and the replicated target and weights is the same
+arithmetic on the same values; a rank whose loss differs used something only it holds.
+
 Linear cross entropy (``linear.LinearEvaluation``): the loss of ``z = h W^T + b``, ``H`` the
 hidden size. Each logit is an inner product of ``H`` terms plus the bias, formed at the compute
 precision with any summation order: ``|dz_c| <= gamma_{H+1} (|h| |W|^T + |b|)_c`` (Higham 3.1,
@@ -136,6 +152,8 @@ EXACT = "exact"
 PARITY_FACTOR = 2.0
 
 _EXP_LOG_ULPS = 4
+# Vocab parallel: rescaling a shard's sum to the global max, an exp (2 ulp) and a product.
+_RESCALE_ULPS = 3
 # Roundings in forming the loss's logits (see Variants): the scale's product; the cap's division,
 # tanh (2 ulp) and product, and one more where both apply.
 _SCALE_ULPS, _CAP_ULPS = 1, 4
@@ -187,9 +205,11 @@ def _log_sum(ev: Evaluation) -> Tensor:
     return (ev.logsumexp - ev.inputs.amax(1)).nan_to_num(0.0, 0.0, 0.0) if ev.num_classes else ev.logsumexp
 
 
-def _lse_error(ev: Evaluation, u: float) -> Tensor:
-    """Error of ``log p_j = (z_j - m) - log s`` apart from its own last rounding (shift-invariant)."""
-    return u * (_log_sum(ev) + ev.spread + ev.num_classes + _EXP_LOG_ULPS)
+def _lse_error(ev: Evaluation, u: float, shards: int = 1) -> Tensor:
+    """Error of ``log p_j = (z_j - m) - log s`` apart from its own last rounding (shift-invariant);
+    with the classes over ``shards`` ranks, the rescaling of each shard's sum (Vocab parallel)."""
+    sharded = u * (ev.spread + _RESCALE_ULPS) if shards > 1 else 0.0
+    return u * (_log_sum(ev) + ev.spread + ev.num_classes + _EXP_LOG_ULPS) + sharded
 
 
 def _abs_lse(ev: Evaluation) -> Tensor:
@@ -232,12 +252,12 @@ def _variant_value_error(ev: Evaluation, u: float) -> Tensor:
     return torch.where(sensitivity == 0, 0.0, sensitivity * _logit_error(ev, u)).sum(1) + _z_loss_error(ev, u)
 
 
-def _row_value_error(ev: Evaluation, u: float, contract: str) -> Tensor:
+def _row_value_error(ev: Evaluation, u: float, contract: str, shards: int = 1) -> Tensor:
     """Forward error of each position's loss when computed at unit roundoff ``u``."""
     a, n = ev.weighted_target, ev.num_classes
     terms = _abs_products(a, ev.log_probs)
     if ev.input_kind == "logits":
-        error = a.sum(1) * _lse_error(ev, u) + (n + 2) * u * terms
+        error = a.sum(1) * _lse_error(ev, u, shards) + (n + 2) * u * terms
         if contract != EXACT:
             error = error + u * (3 * a.sum(1) * _abs_lse(ev) + (n + 1) * _abs_products(a, ev.inputs))
         if ev.variant.active:
@@ -265,11 +285,12 @@ def _reduced_bound(ev: Evaluation, row_err: Tensor, row_values: Tensor, expected
     return compute + rounding + underflow_floor(dtype)
 
 
-def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
-    """Largest acceptable ``|loss - reference|``, shaped like the reduced loss."""
+def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT, shards: int = 1) -> Tensor:
+    """Largest acceptable ``|loss - reference|``, shaped like the reduced loss (the classes over
+    ``shards`` ranks: Vocab parallel)."""
     _check_contract(contract)
     u = unit_roundoff(compute_dtype(dtype))
-    return _reduced_bound(ev, _row_value_error(ev, u, contract), ev.row_loss, ev.loss, dtype)
+    return _reduced_bound(ev, _row_value_error(ev, u, contract, shards), ev.row_loss, ev.loss, dtype)
 
 
 def z_loss_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
@@ -309,8 +330,10 @@ def _derivative_error(ev: Evaluation, u: float) -> Tensor:
     return abs(ev.variant.logit_scale) * (2 * t * t_error + u * t * t + u * (1 - t * t)) + u * d.abs()
 
 
-def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
-    """Largest acceptable ``|grad - reference grad|`` per input element, shaped like the input."""
+def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT,
+               shards: int = 1) -> Tensor:
+    """Largest acceptable ``|grad - reference grad|`` per input element, shaped like the input
+    (the classes over ``shards`` ranks: Vocab parallel)."""
     _check_contract(contract)
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
     s = ev.upstream_rows(grad_output).abs()[:, None]
@@ -322,7 +345,7 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract
         A = (a.sum(1, keepdim=True) + ev.z_coefficient).abs()  # the z-loss adds to the softmax term
         p = _probabilities(ev)
         z_minus_m = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs().nan_to_num(0.0, 0.0, 0.0)
-        rel_p = _lse_error(ev, u)[:, None] + u * (z_minus_m + ev.log_probs.abs().nan_to_num(0.0, 0.0, 0.0)) \
+        rel_p = _lse_error(ev, u, shards)[:, None] + u * (z_minus_m + ev.log_probs.abs().nan_to_num(0.0, 0.0, 0.0)) \
             + _EXP_LOG_ULPS * u
         if contract != EXACT:
             rel_p = rel_p + torch.expm1(u * _abs_lse(ev))[:, None]

@@ -31,6 +31,9 @@ CORRECT = {
     "flexible_log_probs": ("--conformance-contract=exact",),
     "flexible_probs": ("--conformance-contract=exact",),
     "flexible_onehot": ("--conformance-contract=exact",),
+    # vocab parallel (test_vocab_parallel, world sizes 2 and 4)
+    "vocab_parallel_reference": (),
+    "vocab_parallel_loss_parallel": (),
     # linear cross entropy (test_linear.py)
     "linear_composed": (),
     "linear_chunked": (),
@@ -99,6 +102,11 @@ CAUGHT_BY = {
     "strided_target_misread": "test_target_layouts",
     "threads_remainder": "test_values_and_gradients_with_threads",
     "wide_block_neg_inf_nan": "test_wide_masked_prefix",
+    "vp_local_smoothing": "test_vocab_parallel_label_smoothing",
+    "vp_offset_rank_times_local": "test_vocab_parallel_value_and_gradient",
+    "vp_ignored_outside_every_shard": "test_vocab_parallel_ignore_index",
+    "vp_backward_all_reduce": "test_vocab_parallel_value_and_gradient",
+    "vp_target_gather_plain_all_reduce": "test_vocab_parallel_value_and_gradient",
     "linear_none_first_upstream": "test_linear_loss_and_gradients",
     "linear_upstream_ignored": "test_linear_loss_and_gradients",
     "linear_bias_grad_dropped": "test_linear_loss_and_gradients",
@@ -129,7 +137,7 @@ def test_every_fixture_is_proven():
 
 
 # The fewest checks a correct fixture of each form passes (a run judges the checks of its form).
-MIN_PASSED = {"logits": 500, "linear": 30}
+MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80}   # vocab parallel: 138 checks, 84 for loss_parallel
 
 
 @pytest.mark.parametrize("name", CORRECT)

@@ -21,6 +21,8 @@ FAMILIES = {
     "properties": ("small_bias", "test_implementation_matches_reference and float64"),
     "variants": ("z_loss_uncapped", "test_variant_value_and_gradient and float32 and plain"),
     "returned auxiliaries": ("z_loss_gradient_dropped", "test_returned_auxiliary and float32"),
+    "vocab parallel": ("vp_target_gather_plain_all_reduce",
+                       "test_vocab_parallel_value_and_gradient and ws2 and float32 and mean-even"),
     "linear": ("linear_half_accumulator", "test_linear_at_scale and bfloat16"),
     "linear value": ("linear_no_grad_drops_bias", "test_linear_forward_without_autograd"),
     "linear frozen head": ("linear_needs_grad_misindexed", "test_linear_gradients_of_some_inputs and float32"),

@@ -128,3 +128,34 @@ def test_z_loss_bound_refuses_a_one_percent_z_loss_weight():
     z = torch.randn(5, 9, dtype=torch.float64) * 3 + 8
     ev = evaluate(z, torch.randint(9, (5,)), reduction="mean", variant=Variant(z_loss=1e-3))
     assert abs(float(ev.z_loss_value) * 0.01) > float(tolerance.z_loss_bound(ev, torch.float32))
+
+
+def _sharded_float32(z: torch.Tensor, y: torch.Tensor, shards: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """A vocab-parallel loss and gradient emulated in one process, in float32: each shard's sum
+    relative to its own max, rescaled to the global max, summed over the shards."""
+    z32 = z.float()
+    parts = [z32[:, a:b] for a, b in shards]
+    local_max = torch.stack([p.amax(1) for p in parts])
+    m = local_max.amax(0)
+    s = sum(torch.exp(lm - m) * torch.exp(p - lm[:, None]).sum(1) for lm, p in zip(local_max, parts))
+    loss = s.log() - (z32.gather(1, y[:, None])[:, 0] - m)
+    p = torch.exp((z32 - m[:, None]) - s.log()[:, None])
+    return loss.double(), (p - torch.nn.functional.one_hot(y, z.shape[1]).float()).double()
+
+
+def test_vocab_parallel_bounds_cover_the_sharded_logsumexp():
+    """Per-shard maxima rescaled to the global one, over spread-out and far-apart shards (one 60
+    below the rest): within the exact bounds with the shards' terms (Vocab parallel)."""
+    torch.manual_seed(0)
+    for scale, gap in [(1.0, 0.0), (8.0, 0.0), (3.0, -60.0), (3.0, 60.0)]:
+        z = (torch.randn(64, 1003, dtype=torch.float64) * scale).float().double()
+        z[:, 501:502] += gap
+        z = z.float().double()
+        y = torch.randint(1003, (64,))
+        shards = [(0, 501), (501, 502), (502, 836), (836, 1003)]
+        loss, grad = _sharded_float32(z, y, shards)
+        ev = evaluate(z, y, reduction="none")
+        upstream = torch.ones(64, dtype=torch.float64)
+        assert ((loss - ev.loss).abs() <= tolerance.value_bound(ev, torch.float32, "exact", shards=4)).all()
+        assert ((grad - ev.grad(upstream)).abs() <= tolerance.grad_bound(ev, upstream, torch.float32, "exact",
+                                                                          shards=4)).all()

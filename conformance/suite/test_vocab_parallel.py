@@ -1,0 +1,271 @@
+"""Vocab-parallel cross entropy: the logits' classes sharded over the ranks of a process group
+(``conformance.distributed``). Every rank calls the implementation on its shard and backpropagates
+its own copy of the replicated loss with the same upstream gradient; on every rank the loss must
+equal the float64 truth of the full problem, and be the same on every rank, and each rank's
+gradient must be its slice of the full gradient: for torch.chunk's split and an uneven one (a
+rank with a single class), targets in and out of each shard, ignored rows, smoothing over the
+global vocabulary, class weights, every reduction and upstream gradient, a shard masked with
+-inf, a shard whose logits lie far below the others', and half precision."""
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformance import bench, cases, distributed, options, paired, run
+from conformance.checks import Show
+from conformance.distributed import RankFailure, Task
+
+FORM = "vocab_parallel"
+REDUCTIONS = ["none", "mean", "sum"]
+SPLIT_PARAMS = ["even", pytest.param("uneven", marks=pytest.mark.feature("uneven_shards"))]
+
+
+def _shards(split: str, world_size: int) -> tuple:
+    """``even``: about 1000 classes in equal shards (torch.chunk's split, and the only one of an
+    implementation that takes offsets as ``rank * V_local``, as Megatron's does); ``uneven``:
+    1003 classes with a single one on rank 1 (``distributed.uneven_shards``)."""
+    if split == "even":
+        return distributed.even_shards(world_size * -(-1000 // world_size), world_size)
+    return distributed.uneven_shards(1003, world_size)
+
+
+@pytest.fixture(scope="session")
+def rank_groups(request):
+    """The session's worker groups, one set per implementation (``distributed.Groups``); each task
+    has half the check's time limit, each collective a quarter, and a group's start (the fork
+    server's first, which imports torch) the whole limit."""
+    limit = request.config.getoption("conformance_timeout") or options.DEFAULT_TIMEOUT
+    registry: dict = {}
+
+    def groups_for(impl) -> distributed.Groups:
+        if impl.spec not in registry:
+            registry[impl.spec] = distributed.Groups(impl.call, collective_timeout=limit / 4, deadline=limit / 2,
+                                                     start_deadline=limit)
+        return registry[impl.spec]
+    yield groups_for
+    for groups in registry.values():
+        groups.close()
+
+
+def _case(dtype, device, seed, shards, *, family="vocab_parallel", n=12, body="", weight=False, ignore_index=None,
+          skip_rank=None):
+    """Standard-normal logits over the shards' classes; rows 1, 4, 7, ... target each shard's
+    first class and rows 2, 5, 8, ... its last (``skip_rank``'s shard excepted), the rest drawn;
+    every third row ignored with ``ignore_index``; ``body`` then edits the logits."""
+    base = cases.well_conditioned(n, shards[-1][1], dtype, device, seed=seed, weight=weight)
+    owners = [r for r, (start, stop) in enumerate(shards) if stop > start and r != skip_rank]
+    firsts, lasts = [shards[r][0] for r in owners], [shards[r][1] - 1 for r in owners]
+    lines = [base.recipe, f"target[1::3][:{len(firsts)}] = torch.tensor({firsts})",
+             f"target[2::3][:{len(lasts)}] = torch.tensor({lasts})"]
+    if ignore_index is not None:
+        lines.append(f"target[::3] = {ignore_index}")
+    if body:
+        lines += ["z = logits.double()", body, f"logits = z.to(torch.{cases.dtype_name(dtype)})"]
+    return cases.from_recipe(family, "\n".join(lines), device)
+
+
+def _problem(case, world_size, shards, *, upstream="random", **loss_options):
+    return cases.problem(case, upstream=upstream, note=f", world size {world_size}, shards {list(shards)}",
+                         **loss_options)
+
+
+def _steps(problem, world_size, shards) -> tuple:
+    """The snippet's lines that run the problem on ``world_size`` ranks."""
+    options = problem.options
+    return ("from conformance.distributed import Groups, Task", problem.upstream or "grad = None",
+            f"task = Task(x, t, {tuple(shards)!r}, weight=weight, ignore_index={options.ignore_index!r}, "
+            f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, upstream=grad)",
+            "groups = Groups(impl.call, collective_timeout=30.0, deadline=60.0)",
+            f"results = groups.run({world_size}, {problem.device!r}, task)", "groups.close()",
+            "x_grad = None if grad is None else torch.cat([r.grad for r in results], 1)")
+
+
+def _on_ranks(impl, judge, rank_groups, problem, world_size, shards):
+    """Run the problem on every rank: the results, the truth, the snippet's steps."""
+    if problem.device == "cuda" and distributed.launched_world_size() is None \
+            and torch.cuda.device_count() < world_size:
+        pytest.skip(f"world size {world_size} on cuda needs a device per rank (nccl); {torch.cuda.device_count()} here")
+    x, t = impl.feed(problem.case.logits, problem.case.target)
+    options = problem.call_options()
+    grad = None if problem.upstream is None else problem.upstream_gradient()
+    task = Task(x.detach().clone(), t.clone(), tuple(shards), weight=options.weight, ignore_index=options.ignore_index,
+                reduction=options.reduction, label_smoothing=options.label_smoothing, upstream=grad)
+    steps = _steps(problem, world_size, shards)
+    try:
+        results = rank_groups(impl).run(world_size, problem.device, task)
+    except RankFailure as exc:
+        judge.fail("every rank answers", problem, str(exc), show=Show("results", "'(every rank's result)'", steps))
+    truth = run.truth(impl, problem, run.Outcome(input=x.detach(), target=t, loss=torch.empty(0)))
+    return results, truth, grad, steps
+
+
+def _conforms(impl, judge, rank_groups, problem, world_size, shards):
+    """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
+    slices joined against the full gradient; the results, for checks that look further."""
+    results, ev, grad, steps = _on_ranks(impl, judge, rank_groups, problem, world_size, shards)
+    judge.within("value on rank 0", problem, results[0].loss, ev.loss, "value", ev=ev, shards=world_size,
+                 show=Show("results[0].loss{at}.item()", "truth.loss{at}.item()", steps))
+    for result in results[1:]:
+        judge.exactly(f"the loss is the same on every rank (rank {result.rank} against rank 0)", problem,
+                      result.loss, results[0].loss,
+                      show=Show(f"results[{result.rank}].loss{{at}}.item()", "results[0].loss{at}.item()", steps))
+    if grad is not None:
+        joined = torch.cat([result.grad for result in results], 1)
+        judge.within("gradient (every rank's slice)", problem, joined, ev.grad(grad), "gradient", ev=ev,
+                     grad_output=grad, shards=world_size, show=Show("x_grad{at}.item()", "truth.grad(grad){at}.item()",
+                                                                    steps))
+    judge.item.user_properties.append(("collectives", {"forward": distributed.collective_ops(results[0].forward),
+                                                       "backward": distributed.collective_ops(results[0].backward)}))
+    return results, steps
+
+
+@pytest.mark.parametrize("split", SPLIT_PARAMS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_vocab_parallel_value_and_gradient(impl, judge, rank_groups, device, dtype, reduction, split, world_size, seed):
+    """Targets at both ends of every shard and drawn elsewhere; a random upstream gradient."""
+    shards = _shards(split, world_size)
+    problem = _problem(_case(dtype, device, seed, shards), world_size, shards, reduction=reduction)
+    _conforms(impl, judge, rank_groups, problem, world_size, shards)
+
+
+# -100; a class of the first shard and the last class (of the last shard) as ignore_index.
+IGNORE_INDICES = ["-100", pytest.param("2", marks=pytest.mark.feature("custom_ignore_index")),
+                  pytest.param("V-1", marks=pytest.mark.feature("custom_ignore_index"))]
+
+
+@pytest.mark.feature("ignore_index")
+@pytest.mark.parametrize("ignore_index", IGNORE_INDICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_vocab_parallel_ignore_index(impl, judge, rank_groups, device, reduction, ignore_index, world_size, seed):
+    """Ignored rows, which no shard owns: zero loss and exactly zero gradient on every rank, out of
+    the mean's divisor."""
+    shards = _shards("even", world_size)
+    ignore_index = shards[-1][1] - 1 if ignore_index == "V-1" else int(ignore_index)
+    case = _case(torch.float32, device, seed, shards, ignore_index=ignore_index)
+    problem = _problem(case, world_size, shards, reduction=reduction, ignore_index=ignore_index)
+    results, steps = _conforms(impl, judge, rank_groups, problem, world_size, shards)
+    ignored = case.target == ignore_index
+    for result in results:
+        leaked = float(result.grad[ignored].abs().max())
+        if leaked != 0.0:
+            judge.fail("ignored rows have exactly zero gradient", problem, f"rank {result.rank}: largest |gradient| "
+                       f"on an ignored row is {leaked!r}",
+                       show=Show(f"results[{result.rank}].grad[t == {ignore_index}].abs().max()", "0.0", steps))
+        if reduction == "none" and bool((result.loss[ignored] != 0).any()):
+            judge.fail("ignored rows have zero loss", problem, f"rank {result.rank}: losses "
+                       f"{result.loss[ignored].tolist()}", show=Show(f"results[{result.rank}].loss[t == {ignore_index}]",
+                                                                     "0.0", steps))
+
+
+@pytest.mark.feature("label_smoothing")
+@pytest.mark.parametrize("weighted", [False, pytest.param(True, marks=pytest.mark.feature("weight"))],
+                         ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("split", SPLIT_PARAMS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_vocab_parallel_label_smoothing(impl, judge, rank_groups, device, reduction, split, weighted, world_size, seed):
+    """torch's ``eps / V`` on every class of the global vocabulary, not of a rank's shard
+    (Megatron-LM #737), with ignored rows out of it."""
+    shards = _shards(split, world_size)
+    case = _case(torch.float32, device, seed, shards, weight=weighted, ignore_index=-100)
+    problem = _problem(case, world_size, shards, reduction=reduction, label_smoothing=0.1)
+    _conforms(impl, judge, rank_groups, problem, world_size, shards)
+
+
+@pytest.mark.feature("weight")
+@pytest.mark.parametrize("split", SPLIT_PARAMS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_vocab_parallel_class_weights(impl, judge, rank_groups, device, reduction, split, world_size, seed):
+    """The full class weights on every rank; ``mean`` divides by the kept rows' ``sum w[y]``."""
+    shards = _shards(split, world_size)
+    problem = _problem(_case(torch.float32, device, seed, shards, weight=True), world_size, shards, reduction=reduction)
+    _conforms(impl, judge, rank_groups, problem, world_size, shards)
+
+
+@pytest.mark.feature("reduction_none")
+@pytest.mark.parametrize("upstream", ["scalar", "expanded"])
+def test_vocab_parallel_upstream_gradients(impl, judge, rank_groups, device, upstream, world_size, seed):
+    """Per-row losses backpropagated with a broadcast scalar and a stride-0 upstream gradient (the
+    random, non-uniform one runs in every other check)."""
+    shards = _shards("even", world_size)
+    problem = _problem(_case(torch.float32, device, seed, shards), world_size, shards, upstream=upstream,
+                       reduction="none")
+    _conforms(impl, judge, rank_groups, problem, world_size, shards)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_vocab_parallel_masked_shard(impl, judge, rank_groups, device, dtype, reduction, world_size, seed):
+    """Every class of rank 1's shard masked with -inf (its local max is -inf): the loss is finite,
+    that rank's gradient is exactly zero."""
+    shards = _shards("even", world_size)
+    start, stop = shards[1]
+    case = _case(dtype, device, seed, shards, family="vocab_parallel_masked_shard", skip_rank=1,
+                 body=f"z[:, {start}:{stop}] = -float('inf')\ntarget[(target >= {start}) & (target < {stop})] = 0")
+    problem = _problem(case, world_size, shards, reduction=reduction)
+    _conforms(impl, judge, rank_groups, problem, world_size, shards)
+
+
+@pytest.mark.parametrize("shift", [-200.0, 200.0], ids=["below", "above"])
+def test_vocab_parallel_shard_far_from_the_others(impl, judge, rank_groups, device, dtype, shift, world_size, seed):
+    """Rank 1's logits 200 below (or above) the other shards': its sum of exponentials relative to
+    its own max must be rescaled to the global max (exp(-200) underflows in float32)."""
+    shards = _shards("even", world_size)
+    start, stop = shards[1]
+    case = _case(dtype, device, seed, shards, family="vocab_parallel_far_shard", body=f"z[:, {start}:{stop}] += {shift}")
+    problem = _problem(case, world_size, shards, reduction="none")
+    _conforms(impl, judge, rank_groups, problem, world_size, shards)
+
+
+# Rounds of the benchmark come in blocks (one task of BLOCK calls on the ranks, then BLOCK calls of
+# the single process), so that the logits cross to the workers once per block; pairs are formed
+# within blocks, blocks alternate, until the plan (--conformance-bench-*) says the pairs are enough.
+BLOCK = 5
+
+
+@pytest.mark.conformance_bench
+@pytest.mark.feature("backward")
+def test_vocab_parallel_speed_beside_one_process(request, impl, rank_groups, device, world_size, seed):
+    """Forward and backward on ``world_size`` single-threaded ranks (a call takes as long as its
+    slowest rank) beside torch's ``F.cross_entropy`` of the whole vocabulary in one single-threaded
+    process, float32 at the device's first benchmark shape; ``extra_info`` (and the run report)
+    carry the ratio with its 95 % interval and the collectives of one call and the bytes handed
+    to them. The ranks time themselves, so pytest-benchmark's table does not show this one: it
+    runs with ``--conformance-bench``."""
+    n, c = bench.shapes_for(device)[0]
+    group = f"vocab parallel forward+backward float32 {n}x{c} {device} ws{world_size}"
+    logits, target = bench.inputs(n, c, torch.float32, device, seed)
+    shards = distributed.even_shards(c, world_size)
+    upstream = torch.tensor(1.0, device=device)
+    task = Task(logits.cpu(), target.cpu(), shards, upstream=upstream.cpu(), repeats=BLOCK)
+    x = logits.detach().requires_grad_()
+
+    def single_process() -> float:
+        x.grad = None
+        began = time.perf_counter()
+        F.cross_entropy(x, target).backward(upstream)
+        bench.synchronize(device)
+        return time.perf_counter() - began
+
+    budget = request.config.getoption("conformance_bench_time") / len(options.world_sizes(request.config))
+    plan = options.round_plan(request.config, budget=budget)
+    ranks_times, torch_times, began = [], [], time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single_process()   # warm-up, as the ranks' first call is
+        while not plan.done(ranks_times, torch_times, time.perf_counter() - began):
+            results = rank_groups(impl).run(world_size, device, task)
+            ranks_times += [max(times) for times in zip(*(result.seconds for result in results))]
+            torch_times += [single_process() for _ in range(BLOCK)]
+    finally:
+        torch.set_num_threads(threads)
+    interval = paired.ratio_interval(ranks_times, torch_times)
+    info = {"implementation": impl.spec, "op": "forward+backward", "dtype": "float32", "device": device,
+            "shape": f"{n}x{c}", "world_size": world_size, "precision": plan.precision, "pairs": interval.pairs,
+            "ratio_to_torch": interval.ratio, "ratio_low": interval.low, "ratio_high": interval.high,
+            "impl": {"median": statistics.median(ranks_times), "min": min(ranks_times)},
+            "torch": {"median": statistics.median(torch_times), "min": min(torch_times)},
+            "collectives": {phase: dict(zip(("count", "bytes"), distributed.collective_ops(getattr(results[0], phase))))
+                            for phase in ("forward", "backward")}}
+    request.node.user_properties.append(("benchmark", dict(info, group=group)))
