@@ -126,11 +126,16 @@ VALUE = Show("loss{at}.item()", "truth.loss{at}.item()")
 GRADIENT = Show("x.grad{at}.item()", "truth.grad(grad){at}.item()")
 
 
-def call_code(impl: Implementation, problem: Problem, x: str = "x") -> str:
-    """The snippet's call of the implementation on ``x`` and ``t`` with the problem's options."""
+def _keywords_code(impl: Implementation, problem: Problem) -> str:
+    """The snippet's keywords of a call: the problem's options under the implementation's names."""
     kw = impl.keywords(problem.options)
     kw.pop("weight")
-    return f"impl.call({x}, t, weight=weight, " + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")"
+    return "weight=weight, " + ", ".join(f"{k}={v!r}" for k, v in kw.items())
+
+
+def call_code(impl: Implementation, problem: Problem, x: str = "x") -> str:
+    """The snippet's call of the implementation on ``x`` and ``t`` with the problem's options."""
+    return f"impl.call({x}, t, {_keywords_code(impl, problem)})"
 
 
 def _load_line(impl: Implementation) -> list[str]:
@@ -147,10 +152,7 @@ def _truth_options(options) -> str:
 
 def linear_call_code(impl: Implementation, problem: Problem) -> str:
     """The snippet's call of a linear implementation with the problem's options."""
-    kw = impl.keywords(problem.options)
-    kw.pop("weight")
-    return ("impl.call(hidden, linear_weight, target, linear_bias=linear_bias, weight=weight, "
-            + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")
+    return f"impl.call(hidden, linear_weight, target, linear_bias=linear_bias, {_keywords_code(impl, problem)})"
 
 
 def _linear_snippet(problem: Problem, impl: Implementation, show: Show) -> list[str]:
@@ -417,7 +419,7 @@ class Judge:
         for name, (kind, variable, truth) in LINEAR_GRADIENTS.items():
             if out.inputs[name] is None or name not in out.requires_grad:
                 continue
-            show = Show(f"{variable}.grad{{at}}.item()", f"truth.{truth}(grad){{at}}.item()")
+            show = _linear_gradient_show(variable, truth)
             if out.grads[name] is None:
                 self.fail(f"{name} gradient", problem, f"{name} requires grad but has no gradient after backward",
                           show=Show(f"{variable}.grad", "'a gradient'"))
@@ -427,18 +429,19 @@ class Judge:
             self._judge(f"{name} gradient", problem, out.grads[name], expected, bound, exact, show, None)
         return out
 
-
     def _linear_autocast(self, problem: Problem, out: run.LinearOutcome, lev, rounded, dtype: torch.dtype) -> None:
         __tracebackhide__ = True
-        upstream = out.upstream.to("cpu", torch.float64)
-        terms = {"lev": lev, "rounded": rounded, "autocast_dtype": dtype, "grad_output": upstream}
         self.within("value under autocast", problem, out.loss, lev.loss, "linear under autocast",
-                    quantity="value", **terms)
-        for name, (_, variable, truth) in LINEAR_GRADIENTS.items():
+                    bound_of="linear value", rounded=rounded, autocast_dtype=dtype,
+                    truth_distance=(lev.loss - rounded.loss).abs())
+        upstream = out.upstream.to("cpu", torch.float64)
+        for name, (kind, variable, truth) in LINEAR_GRADIENTS.items():
             if out.inputs[name] is not None and name in out.requires_grad:
-                self.within(f"{name} gradient under autocast", problem, out.grads[name],
-                            getattr(lev, truth)(upstream), "linear under autocast", quantity=name,
-                            show=Show(f"{variable}.grad{{at}}.item()", f"truth.{truth}(grad){{at}}.item()"), **terms)
+                expected = getattr(lev, truth)(upstream)
+                self.within(f"{name} gradient under autocast", problem, out.grads[name], expected,
+                            "linear under autocast", bound_of=kind, rounded=rounded, autocast_dtype=dtype,
+                            truth_distance=(expected - getattr(rounded, truth)(upstream)).abs(),
+                            grad_output=upstream, show=_linear_gradient_show(variable, truth))
 
 
 # Each input of a linear loss: its bound (tolerance.BOUNDS), its name in the snippet, the truth's gradient.
@@ -447,3 +450,7 @@ LINEAR_GRADIENTS = {
     "linear_weight": ("linear weight gradient", "linear_weight", "weight_grad"),
     "linear_bias": ("linear bias gradient", "linear_bias", "bias_grad"),
 }
+
+
+def _linear_gradient_show(variable: str, truth: str) -> Show:
+    return Show(f"{variable}.grad{{at}}.item()", f"truth.{truth}(grad){{at}}.item()")

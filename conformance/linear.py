@@ -13,6 +13,7 @@ keeps the magnitudes it needs: ``|h| |W|^T + |b|`` per logit).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -39,8 +40,8 @@ class LinearEvaluation:
     _memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def memo(self, key: tuple, grad_output: Tensor, compute: Callable[[], Tensor]) -> Tensor:
-        """``compute()`` once per key and upstream gradient (the same tensor object): the bounds
-        of the three gradients share the logit gradient's bound, an (N, V) computation (``tolerance``)."""
+        """``compute()`` once per key and upstream gradient (the same tensor object): the three
+        gradients and their bounds share the logit gradient and its bound, (N, V) computations."""
         pinned, value = self._memo.get(key, (None, None))
         if pinned is not grad_output:
             value = compute()
@@ -51,14 +52,14 @@ class LinearEvaluation:
     def loss(self) -> Tensor:
         return self.logits.loss
 
-    @property
+    @functools.cached_property
     def logit_magnitudes(self) -> Tensor:
         """``|h| |W|^T + |b|`` (N, V): what bounds the rounding of each logit's inner product."""
         products = self.hidden.abs() @ self.linear_weight.abs().T
         return products if self.linear_bias is None else products + self.linear_bias.abs()
 
     def logit_grad(self, grad_output: Tensor) -> Tensor:
-        return self.logits.grad(grad_output)
+        return self.memo(("logit gradient",), grad_output, lambda: self.logits.grad(grad_output))
 
     def input_grad(self, grad_output: Tensor) -> Tensor:
         return self.logit_grad(grad_output) @ self.linear_weight

@@ -70,7 +70,6 @@ def forward_backward(impl: Implementation, problem: Problem) -> Outcome:
 # Linear cross entropy: the hidden states, the classifier weight and the bias are the inputs.
 
 
-
 @dataclass(frozen=True)
 class LinearOutcome:
     """Pristine copies of the fed inputs (``inputs``: name -> tensor or None) and upstream
@@ -98,10 +97,9 @@ def linear_call(impl: Implementation, problem: Problem, *, backward: bool = True
     ``loss.backward(grad)`` with the problem's upstream gradient, the case's trainable inputs
     requiring grad; also returns the tensors as fed, for checks of what the call did to them."""
     case = problem.case
-    requires_grad = case.requires_grad
     fed = {"input": case.hidden, "linear_weight": case.linear_weight, "linear_bias": case.linear_bias}
     pristine = {name: None if t is None else _pristine(t) for name, t in fed.items()}
-    fed = {name: None if t is None else t.detach().clone().requires_grad_(name in requires_grad)
+    fed = {name: None if t is None else t.detach().clone().requires_grad_(name in case.requires_grad)
            for name, t in fed.items()}
     target = _pristine(case.target)
     with torch.autocast(problem.device, dtype=autocast, enabled=autocast is not None):
@@ -115,4 +113,4 @@ def linear_call(impl: Implementation, problem: Problem, *, backward: bool = True
         grad = upstream
     grads = {name: None if t is None else t.grad for name, t in fed.items()}
     return LinearOutcome(inputs=pristine, target=target, loss=loss.detach(), grads=grads,
-                         requires_grad=frozenset(requires_grad), upstream=grad), fed
+                         requires_grad=frozenset(case.requires_grad), upstream=grad), fed

@@ -580,23 +580,12 @@ def linear_bias_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contrac
     return _with_half_rounding(compute, g.sum(0), dtype)
 
 
-# quantity -> (its bound's kind, the truth's method: None for the loss)
-_LINEAR_QUANTITIES = {"value": ("linear value", None), "input": ("linear input gradient", "input_grad"),
-                      "linear_weight": ("linear weight gradient", "weight_grad"),
-                      "linear_bias": ("linear bias gradient", "bias_grad")}
-
-
-def linear_autocast_bound(lev, rounded, quantity: str, autocast_dtype: torch.dtype, dtype: torch.dtype,
-                          contract: str = DEFAULT_CONTRACT, grad_output=None) -> Tensor:
-    """A linear ``quantity`` computed under autocast to ``autocast_dtype`` (see the module
-    docstring); ``lev`` is the problem on the float32 inputs, ``rounded`` on their roundings."""
-    kind, method = _LINEAR_QUANTITIES[quantity]
-    terms = {} if method is None else {"grad_output": grad_output}
-    bound = BOUNDS[kind](rounded, dtype=autocast_dtype, contract=contract, **terms)
-    if method is None:
-        return bound + (lev.loss - rounded.loss).abs()
-    return bound + (getattr(lev, method)(grad_output) - getattr(rounded, method)(grad_output)).abs()
-
+def linear_autocast_bound(bound_of: str, rounded, truth_distance: Tensor, autocast_dtype: torch.dtype,
+                          dtype: torch.dtype, contract: str = DEFAULT_CONTRACT, **terms) -> Tensor:
+    """A linear quantity (its bound ``bound_of``) computed under autocast to ``autocast_dtype`` (see
+    the module docstring): ``bound_of``'s bound of ``rounded``, the problem on the inputs rounded to
+    that dtype, plus ``truth_distance``, how far its truth lies from the float32 inputs' truth."""
+    return BOUNDS[bound_of](rounded, dtype=autocast_dtype, contract=contract, **terms) + truth_distance
 
 BOUNDS = {
     "value": value_bound,
