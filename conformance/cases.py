@@ -153,24 +153,24 @@ def sweep(values, *, deep: bool = False, features: Optional[dict] = None) -> lis
             for v, d, r in combos]
 
 
+def _execute(recipe: str, device: str, names: tuple, optional: tuple) -> dict:
+    """Run ``recipe`` and move what it defined (``names``; ``optional`` ones default to None) to ``device``."""
+    namespace: dict = {"torch": torch, **dict.fromkeys(optional)}
+    exec(recipe, namespace)
+    return {name: None if namespace[name] is None else namespace[name].to(device) for name in names + optional}
+
+
 def from_recipe(family: str, recipe: str, device: str) -> Case:
     """Execute ``recipe`` and wrap what it defined."""
-    namespace: dict = {"torch": torch, "weight": None}
-    exec(recipe, namespace)
-    weight = namespace["weight"]
     return Case(family=family, recipe=recipe.strip(), device=device,
-                logits=namespace["logits"].to(device), target=namespace["target"].to(device),
-                weight=None if weight is None else weight.to(device))
+                **_execute(recipe, device, ("logits", "target"), ("weight",)))
 
 
 def linear_case(family: str, recipe: str, device: str) -> LinearCase:
-    """Execute a linear recipe: it defines ``hidden``, ``linear_weight``, ``linear_bias``,
-    ``target`` and optionally ``weight``, on the cpu."""
-    namespace: dict = {"torch": torch, "weight": None, "linear_bias": None}
-    exec(recipe, namespace)
-    moved = {name: None if namespace[name] is None else namespace[name].to(device)
-             for name in ("hidden", "linear_weight", "linear_bias", "target", "weight")}
-    return LinearCase(family=family, recipe=recipe.strip(), device=device, **moved)
+    """Execute a linear recipe: it defines ``hidden``, ``linear_weight``, ``target`` and
+    optionally ``linear_bias`` and ``weight``, on the cpu."""
+    return LinearCase(family=family, recipe=recipe.strip(), device=device,
+                      **_execute(recipe, device, ("hidden", "linear_weight", "target"), ("linear_bias", "weight")))
 
 
 def linear_problem_case(n: int, hidden_size: int, vocab: int, dtype: torch.dtype, device: str, *, seed: int = 0,

@@ -173,7 +173,7 @@ def _linear_snippet(problem: Problem, impl: Implementation, show: Show) -> list[
         return lines + list(show.steps)
     if problem.upstream is None:
         return lines + [f"loss = {call}"]
-    trainable = ", ".join({"input": "hidden"}.get(name, name) for name in case.requires_grad)
+    trainable = ", ".join(LINEAR_GRADIENTS[name][1] for name in case.requires_grad)
     lines += [f"for t in ({trainable},):", "    if t is not None:", "        t.requires_grad_()",
               f"loss = {call}", problem.upstream]
     if case.device != "cpu":

@@ -62,13 +62,16 @@ class Expectations:
         self.xfail_path = xfail_path
         self.listed = read_xfail_file(xfail_path) if xfail_path else {}
         self.matched: set = set()
+        self._known: dict = {}   # implementation spec -> its pins and the xfail file's entries
 
     def of(self, nodeid: str, features: Iterable[str], impl: Implementation) -> Optional[Expected]:
         """The expected outcome of the check ``nodeid`` of ``impl`` that needs ``features``, if any."""
         missing = [name for name in features if name in impl.unsupported]
         if missing:
             return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{', '.join(missing)} (declared by {impl.spec})")
-        known = {**pinned_failures(impl.call, self.contract), **self.listed}
+        if impl.spec not in self._known:
+            self._known[impl.spec] = {**pinned_failures(impl.call, self.contract), **self.listed}
+        known = self._known[impl.spec]
         test_id = next((test_id for test_id in known if nodeid.endswith(test_id)), None)
         if test_id is None:
             return None
