@@ -95,22 +95,23 @@ def linear_call(impl: Implementation, problem: Problem, *, backward: bool = True
                 autocast: Optional[torch.dtype] = None) -> tuple[LinearOutcome, dict]:
     """Forward (under ``torch.autocast`` to ``autocast`` if given) and, with ``backward``,
     ``loss.backward(grad)`` with the problem's upstream gradient, the case's trainable inputs
-    requiring grad; also returns the tensors as fed, for checks of what the call did to them."""
+    requiring grad. Also returns the call's live tensors, for checks of what it did to them and
+    to go on from it: the inputs, target and upstream gradient as fed, and the loss with its graph."""
     case = problem.case
     fed = {"input": case.hidden, "linear_weight": case.linear_weight, "linear_bias": case.linear_bias}
     pristine = {name: None if t is None else _pristine(t) for name, t in fed.items()}
     fed = {name: None if t is None else t.detach().clone().requires_grad_(name in case.requires_grad)
            for name, t in fed.items()}
     target = _pristine(case.target)
+    fed["target"] = _pristine(case.target)
     with torch.autocast(problem.device, dtype=autocast, enabled=autocast is not None):
-        loss = impl.linear(fed["input"], fed["linear_weight"], _pristine(case.target), fed["linear_bias"],
-                           problem.call_options())
-    grad = None
+        fed["loss"] = impl.linear(fed["input"], fed["linear_weight"], fed["target"], fed["linear_bias"],
+                                  problem.call_options())
+    upstream = None
     if backward:
-        grad = problem.upstream_gradient()
-        upstream = _pristine(grad)
-        loss.backward(grad)
-        grad = upstream
-    grads = {name: None if t is None else t.grad for name, t in fed.items()}
-    return LinearOutcome(inputs=pristine, target=target, loss=loss.detach(), grads=grads,
-                         requires_grad=frozenset(case.requires_grad), upstream=grad), fed
+        fed["upstream"] = problem.upstream_gradient()
+        upstream = _pristine(fed["upstream"])
+        fed["loss"].backward(fed["upstream"])
+    grads = {name: None if fed[name] is None else fed[name].grad for name in pristine}
+    return LinearOutcome(inputs=pristine, target=target, loss=fed["loss"].detach(), grads=grads,
+                         requires_grad=frozenset(case.requires_grad), upstream=upstream), fed

@@ -111,8 +111,8 @@ def test_linear_leaves_its_arguments_unchanged(judge, device, dtype, seed):
     reuses between calls, changes them)."""
     problem = linear_problem("ragged_chunks_ignored-mean", judge.impl, dtype, device, seed)
     out, fed = run.linear_call(judge.impl, problem)
-    for name, pristine in {**out.inputs, "target": out.target}.items():
-        now = fed.get(name, problem.case.target)
+    for name, pristine in {**out.inputs, "target": out.target, "upstream": out.upstream}.items():
+        now = fed[name]
         if pristine is not None and not torch.equal(now.detach(), pristine):
             judge.fail("arguments unchanged", problem, f"the call changed its {name} argument "
                        f"({int((now.detach() != pristine).sum())} elements)", show=Show(name, "'unchanged'"))
@@ -124,21 +124,16 @@ def test_linear_backward_twice(judge, device, dtype, seed):
     """``backward(retain_graph=True)`` twice accumulates twice the gradients (gradient accumulation
     over a shared graph); a loss that refuses it says so clearly (a probed gap)."""
     problem = linear_problem("odd-mean", judge.impl, dtype, device, seed)
-    impl = judge.impl
-    out, fed = run.linear_call(impl, problem, backward=False)
-    loss = impl.linear(fed["input"], fed["linear_weight"], problem.case.target.clone(), fed["linear_bias"],
-                       problem.call_options())
+    out, fed = run.linear_call(judge.impl, problem, backward=False)
     grad = problem.upstream_gradient()
 
     def twice():
-        loss.backward(grad, retain_graph=True)
-        loss.backward(grad)
+        fed["loss"].backward(grad, retain_graph=True)
+        fed["loss"].backward(grad)
 
     judge.probe("retain_graph", problem, twice, "backward twice, the first with retain_graph=True")
-    twice = run.LinearOutcome(inputs=out.inputs, target=out.target, loss=out.loss,
-                              grads={name: None if t is None else t.grad / 2 for name, t in fed.items()},
-                              requires_grad=out.requires_grad, upstream=grad.detach().clone())
-    judge.linear_conforms(problem, twice)
+    halved = {name: None if fed[name] is None else fed[name].grad / 2 for name in out.inputs}
+    judge.linear_conforms(problem, replace(out, grads=halved, upstream=grad.detach().clone()))
 
 
 @pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16], ids=cases.dtype_name)
