@@ -35,3 +35,17 @@ def _inner_runs_are_not_xdist_workers(monkeypatch):
     subprocess) inherits the worker's PYTEST_XDIST_WORKER, and pytest-benchmark then disables
     itself in that run as if it were the worker: the run is its own session, not a worker."""
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+
+
+# Self-tests that time real runs and must see a 3x slowdown, and self-tests that start groups of
+# rank processes (two to four busy processes on this 2-core machine): under ``--dist loadgroup``
+# one worker runs them one after another, so no timing is taken while ranks load both cores.
+_EXCLUSIVE_TESTS = ("test_report_gates_ci_on_real_runs", "test_benchmark_compare_fail_still_gates")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        spawns_ranks = item.path.name == "test_distributed.py" or "vocab_parallel" in item.nodeid.replace(" ", "_") \
+            or "vp_" in item.nodeid
+        if spawns_ranks or item.originalname in _EXCLUSIVE_TESTS:
+            item.add_marker(pytest.mark.xdist_group("exclusive"))
