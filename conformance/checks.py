@@ -20,6 +20,7 @@ from . import run, tolerance
 from .cases import LinearCase, Problem
 from .guards import ImplementationFault
 from .impl import Implementation
+from .reference import position
 
 __all__ = ["Comparison", "Show", "compare", "repro_snippet", "linear_call_code", "is_not_supported", "Judge", "FIRST_FAILURE",
            "PROBED_PREFIX"]
@@ -105,7 +106,7 @@ def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor, *,
         error = torch.minimum(error, torch.where(torch.isnan(alternative), torch.inf, errors(alternative)))
     ratio = torch.where(error == 0, 0.0, error / b)
     flat = int(ratio.reshape(-1).argmax())
-    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), e.shape)) if e.dim() else ()
+    index = position(flat, e.shape)
     return Comparison(identity, float(ratio.reshape(-1)[flat]), index, float(a.reshape(-1)[flat]),
                       float(e.reshape(-1)[flat]), float(error.reshape(-1)[flat]), float(b.reshape(-1)[flat]))
 

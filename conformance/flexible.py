@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .reference import INPUT_KINDS, REDUCTIONS, Z_LOSS_WEIGHTINGS
+from .reference import INPUT_KINDS, REDUCTIONS, Z_LOSS_WEIGHTINGS, position
 from .tolerance import compute_dtype, unit_roundoff
 
 __all__ = ["TARGET_KINDS", "Z_LOSS_WEIGHTINGS", "flexible_cross_entropy"]
@@ -247,7 +247,7 @@ def _check_values(input: Tensor, target: Tensor, input_kind: str, target_kind: s
         ones = (target == 1).sum(class_dim)
         bad = (others != 0) | (ones != 1)
         if bool(bad.any()):
-            at = _position(bad.reshape(-1).int().argmax(), bad.shape)
+            at = position(bad.reshape(-1).int().argmax(), bad.shape)
             raise ValueError(f"target_kind='onehot': the target at position {at} is not one-hot: {int(ones[at])} "
                              f"entries equal 1 and {int(others[at])} are neither 0 nor 1 ({int(bad.sum())} such "
                              f"positions)")
@@ -255,7 +255,7 @@ def _check_values(input: Tensor, target: Tensor, input_kind: str, target_kind: s
         num_classes, target = input.shape[class_dim], target.long()
         bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
         if bool(bad.any()):
-            at = _position(bad.reshape(-1).int().argmax(), bad.shape)
+            at = position(bad.reshape(-1).int().argmax(), bad.shape)
             raise ValueError(f"target {int(target[at])} at position {at} is out of range for {num_classes} classes "
                              f"(0 to {num_classes - 1}, or ignore_index={ignore_index}); {int(bad.sum())} such positions")
 
@@ -271,7 +271,7 @@ def _check_distribution(name: str, kind: str, p: Tensor, class_dim: int) -> None
     wide = p.to(compute)
     lowest = wide.amin(class_dim)
     if bool((lowest < 0).any()):
-        at = _position(lowest.reshape(-1).argmin(), lowest.shape)
+        at = position(lowest.reshape(-1).argmin(), lowest.shape)
         raise ValueError(f"{kind}: the {name} is not a distribution: {int((lowest < 0).sum())} positions hold a "
                          f"negative entry; the most negative, {float(lowest[at]):.4g}, is at position {at}")
     num_classes = p.shape[class_dim]
@@ -279,12 +279,7 @@ def _check_distribution(name: str, kind: str, p: Tensor, class_dim: int) -> None
     off = (wide.sum(class_dim) - 1).abs()
     bad = ~(off <= tolerance)
     if bool(bad.any()):
-        at = _position(torch.where(bad, off.nan_to_num(nan=math.inf), -1.0).reshape(-1).argmax(), off.shape)
+        at = position(torch.where(bad, off.nan_to_num(nan=math.inf), -1.0).reshape(-1).argmax(), off.shape)
         raise ValueError(f"{kind}: the {name} is not a distribution: {int(bad.sum())} positions do not sum to 1 "
                          f"within {tolerance:.2g} ({p.dtype}, {num_classes} classes); the worst, at position {at}, "
                          f"sums to {float(wide.sum(class_dim)[at]):.6g}")
-
-
-def _position(flat_index: Tensor, shape: torch.Size) -> tuple[int, ...]:
-    """A flat index into the positions as the tuple a user indexes with."""
-    return tuple(int(i) for i in torch.unravel_index(flat_index, shape))
