@@ -81,6 +81,22 @@ def _positions(shape: tuple[int, ...]) -> int:
     return shape[0] * math.prod(shape[2:])
 
 
+# The composites are decorated once, here: ``st.composite`` reads its function's source
+# (inspect.getsource), which took 1.2 s of a default run when each call made a new one.
+@st.composite
+def _draw_shape(draw, min_batch: int, max_batch: int, min_classes: int, max_classes: int, max_extra_dims: int,
+                max_extra_size: int, max_elements: int) -> tuple:
+    batch_floor = max(min_batch, 1)
+    c = draw(st.integers(min_classes, min(max_classes, max_elements // batch_floor)))
+    extra: list[int] = []
+    for _ in range(draw(st.integers(0, max_extra_dims))):
+        room = max_elements // (batch_floor * c * math.prod(extra))
+        extra.append(draw(st.integers(1, max(1, min(max_extra_size, room)))))
+    room = max_elements // (c * math.prod(extra))
+    n = draw(st.integers(min_batch, max(min_batch, min(max_batch, room))))
+    return (n, c, *extra)
+
+
 def shapes(*, max_elements: int = 200, min_batch: int = 0, max_batch: int = 16, min_classes: int = 1,
            max_classes: int = 16, max_extra_dims: int = 2, max_extra_size: int = 4) -> st.SearchStrategy[tuple]:
     """Input shapes ``(N, C, *extra)`` with ``N * C * prod(extra) <= max_elements``.
@@ -98,20 +114,34 @@ def shapes(*, max_elements: int = 200, min_batch: int = 0, max_batch: int = 16, 
     if max(min_batch, 1) * min_classes > max_elements:
         raise InvalidArgument(f"min_batch={min_batch} and min_classes={min_classes} exceed "
                               f"max_elements={max_elements}")
+    return _draw_shape(min_batch, max_batch, min_classes, max_classes, max_extra_dims, max_extra_size,
+                       max_elements)
 
-    @st.composite
-    def draw_shape(draw) -> tuple:
-        batch_floor = max(min_batch, 1)
-        c = draw(st.integers(min_classes, min(max_classes, max_elements // batch_floor)))
-        extra: list[int] = []
-        for _ in range(draw(st.integers(0, max_extra_dims))):
-            room = max_elements // (batch_floor * c * math.prod(extra))
-            extra.append(draw(st.integers(1, max(1, min(max_extra_size, room)))))
-        room = max_elements // (c * math.prod(extra))
-        n = draw(st.integers(min_batch, max(min_batch, min(max_batch, room))))
-        return (n, c, *extra)
 
-    return draw_shape()
+@st.composite
+def _draw_logits(draw, shape: tuple, family: str, target: Optional[Sequence[int]], ignore_index: int,
+                 dominant_class: bool, element: st.SearchStrategy[float]) -> list:
+    count = math.prod(shape)
+    values = draw(st.lists(element, min_size=count, max_size=count))
+    if family == "shifted":
+        shift = draw(st.integers(*SHIFT_RANGE)) * draw(st.sampled_from((1, -1)))
+        values = [v + shift for v in values]
+    for position, row in enumerate(_position_rows(shape)):
+        kept = target is not None and target[position] != ignore_index
+        if family == "confident" and kept:
+            values[row[target[position]]] = max(values[i] for i in row) + CONFIDENT_MARGIN
+        top = sorted(row, key=values.__getitem__, reverse=True)[:2]
+        if not dominant_class and len(top) == 2:
+            values[top[1]] = values[top[0]]
+        if family == "masked":
+            protected = {row[target[position]]} if kept else {top[0]}
+            if not dominant_class:
+                protected |= set(top)
+            mask = draw(st.lists(st.booleans(), min_size=len(row), max_size=len(row)))
+            for i, masked in zip(row, mask):
+                if masked and i not in protected:
+                    values[i] = -math.inf
+    return values
 
 
 def logits(shape: tuple, *, family: str = "moderate", target: Optional[Sequence[int]] = None,
@@ -137,33 +167,8 @@ def logits(shape: tuple, *, family: str = "moderate", target: Optional[Sequence[
     if not isinstance(ignore_index, int):
         raise InvalidArgument(f"ignore_index={ignore_index!r}: expected an int")
     bound = HUGE if family == "huge" else MODERATE
-    count = math.prod(shape)
     element = st.floats(-bound, bound, allow_nan=False, allow_infinity=False)
-
-    @st.composite
-    def draw_logits(draw) -> list:
-        values = draw(st.lists(element, min_size=count, max_size=count))
-        if family == "shifted":
-            shift = draw(st.integers(*SHIFT_RANGE)) * draw(st.sampled_from((1, -1)))
-            values = [v + shift for v in values]
-        for position, row in enumerate(_position_rows(shape)):
-            kept = target is not None and target[position] != ignore_index
-            if family == "confident" and kept:
-                values[row[target[position]]] = max(values[i] for i in row) + CONFIDENT_MARGIN
-            top = sorted(row, key=values.__getitem__, reverse=True)[:2]
-            if not dominant_class and len(top) == 2:
-                values[top[1]] = values[top[0]]
-            if family == "masked":
-                protected = {row[target[position]]} if kept else {top[0]}
-                if not dominant_class:
-                    protected |= set(top)
-                mask = draw(st.lists(st.booleans(), min_size=len(row), max_size=len(row)))
-                for i, masked in zip(row, mask):
-                    if masked and i not in protected:
-                        values[i] = -math.inf
-        return values
-
-    return draw_logits()
+    return _draw_logits(shape, family, target, ignore_index, dominant_class, element)
 
 
 def ignore_indices(num_classes: int) -> st.SearchStrategy[int]:
@@ -231,6 +236,45 @@ def _dims(shape: Sequence[int]) -> str:
 Problem = cases.Problem
 
 
+@st.composite
+def _draw_problem(draw, shape_strategy: st.SearchStrategy[tuple], families: tuple, target_kinds: tuple,
+                  exclude: frozenset, dominant_class: bool, excluded_reductions: list, name: str,
+                  device: str) -> Problem:
+    shape = draw(shape_strategy)
+    family = draw(st.sampled_from(families))
+    kinds = [k for k in target_kinds if k == "index" or family not in _NEEDS_INDEX_TARGET]
+    target_kind = draw(st.sampled_from(kinds))
+    c, position_shape = shape[1], (shape[0], *shape[2:])
+    ignore_index = -100
+    if target_kind == "index":
+        ignoring = "ignore_index" not in exclude and draw(st.booleans())
+        if ignoring:   # -100 alone where only the default ignore_index is supported
+            ignore_index = -100 if "custom_ignore_index" in exclude else draw(ignore_indices(c))
+        target = draw(index_targets(shape, ignore_index=ignore_index if ignoring else None))
+        values = draw(logits(shape, family=family, target=target, ignore_index=ignore_index,
+                             dominant_class=dominant_class))
+        target_line = (f"target = torch.tensor({_literal(target)}, dtype=torch.int64)"
+                       f".reshape({_dims(position_shape)})")
+    else:
+        values = draw(logits(shape, family=family, dominant_class=dominant_class))
+        scores = draw(probability_targets(shape))
+        target_line = (f"target = torch.tensor({_literal(scores)}, dtype=torch.float64).reshape({_dims(shape)})"
+                       f".softmax(1).to(torch.{name})")
+    lines = [f"logits = torch.tensor({_literal(values)}, dtype=torch.float64).reshape({_dims(shape)})"
+             f".to(torch.{name})", target_line]
+    if "weight" not in exclude and draw(st.booleans()):
+        lines.append(f"weight = torch.tensor({_literal(draw(class_weights(c)))}, dtype=torch.float64)"
+                     f".to(torch.{name})")
+    else:
+        lines.append("weight = None")   # the snippet passes weight=weight
+    smoothing = 0.0
+    if family != "masked" and "label_smoothing" not in exclude:
+        smoothing = draw(label_smoothings())
+    case = cases.from_recipe(f"hypothesis-{family}", "\n".join(lines), device)
+    return cases.problem(case, ignore_index=ignore_index, reduction=draw(reductions(exclude=excluded_reductions)),
+                         label_smoothing=smoothing, upstream="random", note=f", hypothesis family={family}")
+
+
 def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str] = LOGIT_FAMILIES,
              target_kinds: Iterable[str] = TARGET_KINDS, exclude: Iterable[str] = (),
              dominant_class: bool = True, max_elements: int = 200) -> st.SearchStrategy[Problem]:
@@ -272,41 +316,5 @@ def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str]
     name = cases.dtype_name(dtype)
     shape_strategy = shapes(max_elements=max_elements, min_batch=1 if "empty_batch" in exclude else 0,
                             max_extra_dims=0 if "kdim" in exclude else 2)
-
-    @st.composite
-    def draw_problem(draw) -> Problem:
-        shape = draw(shape_strategy)
-        family = draw(st.sampled_from(families))
-        kinds = [k for k in target_kinds if k == "index" or family not in _NEEDS_INDEX_TARGET]
-        target_kind = draw(st.sampled_from(kinds))
-        c, position_shape = shape[1], (shape[0], *shape[2:])
-        ignore_index = -100
-        if target_kind == "index":
-            ignoring = "ignore_index" not in exclude and draw(st.booleans())
-            if ignoring:   # -100 alone where only the default ignore_index is supported
-                ignore_index = -100 if "custom_ignore_index" in exclude else draw(ignore_indices(c))
-            target = draw(index_targets(shape, ignore_index=ignore_index if ignoring else None))
-            values = draw(logits(shape, family=family, target=target, ignore_index=ignore_index,
-                                 dominant_class=dominant_class))
-            target_line = (f"target = torch.tensor({_literal(target)}, dtype=torch.int64)"
-                           f".reshape({_dims(position_shape)})")
-        else:
-            values = draw(logits(shape, family=family, dominant_class=dominant_class))
-            scores = draw(probability_targets(shape))
-            target_line = (f"target = torch.tensor({_literal(scores)}, dtype=torch.float64).reshape({_dims(shape)})"
-                           f".softmax(1).to(torch.{name})")
-        lines = [f"logits = torch.tensor({_literal(values)}, dtype=torch.float64).reshape({_dims(shape)})"
-                 f".to(torch.{name})", target_line]
-        if "weight" not in exclude and draw(st.booleans()):
-            lines.append(f"weight = torch.tensor({_literal(draw(class_weights(c)))}, dtype=torch.float64)"
-                         f".to(torch.{name})")
-        else:
-            lines.append("weight = None")   # the snippet passes weight=weight
-        smoothing = 0.0
-        if family != "masked" and "label_smoothing" not in exclude:
-            smoothing = draw(label_smoothings())
-        case = cases.from_recipe(f"hypothesis-{family}", "\n".join(lines), device)
-        return cases.problem(case, ignore_index=ignore_index, reduction=draw(reductions(exclude=excluded_reductions)),
-                             label_smoothing=smoothing, upstream="random", note=f", hypothesis family={family}")
-
-    return draw_problem()
+    return _draw_problem(shape_strategy, families, target_kinds, exclude, dominant_class, excluded_reductions,
+                         name, device)
