@@ -13,7 +13,7 @@ REDUCTIONS = ["none", "mean"]
 def _case(family: str, dtype: torch.dtype, device: str, body: str, *, n: int = 6, c: int = 10, seed: int = 0):
     """Standard-normal float64 ``z`` and a random target, transformed by ``body`` into ``logits``."""
     recipe = f"""
-torch.manual_seed({seed})
+torch.default_generator.manual_seed({seed})
 z = torch.randn({n}, {c}, dtype=torch.float64)
 target = torch.randint({c}, ({n},))
 {body.strip()}

@@ -130,7 +130,7 @@ def test_k_dimensional_probability_target(judge, device, dtype, reduction, seed)
 def test_unbatched(judge, device, dtype, reduction, seed):
     """Input (C,) with a scalar target."""
     recipe = f"""
-torch.manual_seed({seed})
+torch.default_generator.manual_seed({seed})
 logits = torch.randn(7, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
 target = torch.where(logits <= 0, torch.rand(7), -1.0).argmax()
 """
@@ -165,7 +165,7 @@ target = torch.empty(0, dtype=torch.long)
 def test_all_targets_ignored(impl, judge, device, dtype, reduction):
     """No kept position: mean is NaN in torch (pytorch#116349), sum and none are 0, the gradient 0."""
     recipe = f"""
-torch.manual_seed(3)
+torch.default_generator.manual_seed(3)
 logits = torch.randn(4, 6, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
 target = torch.full((4,), -100)
 """
@@ -187,7 +187,7 @@ target = torch.full((4,), -100)
 def test_single_class(judge, device, dtype, reduction, seed):
     """C = 1: every log-probability is 0, so is the loss and its gradient."""
     recipe = f"""
-torch.manual_seed({seed})
+torch.default_generator.manual_seed({seed})
 logits = torch.randn(5, 1, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
 target = torch.zeros(5, dtype=torch.long)
 """
@@ -207,7 +207,7 @@ INVALID_INPUTS = {
 def test_invalid_input_raises(impl, judge, device, problem_name):
     """Silently accepting an invalid target hides data bugs (pytorch#108148): it must raise."""
     recipe = f"""
-torch.manual_seed(0)
+torch.default_generator.manual_seed(0)
 logits = torch.randn(4, 5)
 {INVALID_INPUTS[problem_name]}
 """

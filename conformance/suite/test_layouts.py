@@ -141,7 +141,7 @@ def check_in_layout(impl, judge, problem: cases.Problem) -> None:
 def test_noncontiguous_logits(impl, judge, device, dtype, reduction, layout, seed):
     n, c = 9, 7
     build, expected = LOGIT_LAYOUTS[layout]
-    recipe = "\n".join([f"torch.manual_seed({seed})", build.format(n=n, c=c, name=cases.dtype_name(dtype)),
+    recipe = "\n".join([f"torch.default_generator.manual_seed({seed})", build.format(n=n, c=c, name=cases.dtype_name(dtype)),
                         WELL_CONDITIONED_TARGET])
     case = _layout_case(f"layout: {layout}", recipe, device, expected.format(c=c))
     check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream="random", note=f", layout={layout}"))
@@ -153,7 +153,7 @@ def test_target_view_at_storage_offset(impl, judge, device, dtype, reduction, se
     """``labels[1:]``: the target starts 8 bytes into its storage (flash-attention bedf8774)."""
     n, c = 11, 6
     recipe = f"""
-torch.manual_seed({seed})
+torch.default_generator.manual_seed({seed})
 logits = torch.randn(({n}, {c}), dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
 labels = torch.where(logits <= 0, torch.rand(logits.shape), -1.0).argmax(1)
 labels = torch.cat([torch.tensor([{c - 1}]), labels])
@@ -183,7 +183,7 @@ def test_target_layouts(impl, judge, device, dtype, reduction, layout, seed):
     """The target read through its strides, never as if contiguous from its storage."""
     n, c = 9, 7
     build, expected, _ = TARGET_LAYOUTS[layout]
-    recipe = "\n".join([f"torch.manual_seed({seed})",
+    recipe = "\n".join([f"torch.default_generator.manual_seed({seed})",
                         f"logits = torch.randn(({n}, {c}), dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})",
                         build.format(n=n, c=c, name=cases.dtype_name(dtype))])
     case = _layout_case(f"layout: target {layout}", recipe, device, expected)
@@ -213,7 +213,7 @@ def test_kdim_layouts(impl, judge, device, dtype, layout, reduction, upstream, s
     with a per-position or stride-0 upstream gradient."""
     suffix, expected = KDIM_LAYOUTS[layout]
     recipe = "\n".join([
-        f"torch.manual_seed({seed})",
+        f"torch.default_generator.manual_seed({seed})",
         f"logits = torch.randn({KDIM_SHAPE}, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)}){suffix}",
         WELL_CONDITIONED_TARGET])
     case = _layout_case(f"layout: K-dim {layout}", recipe, device, expected)

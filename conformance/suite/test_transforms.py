@@ -172,7 +172,7 @@ def test_vmap_over_independent_problems(impl, judge, device, dtype, reduction, v
     (torch 2.13: its smoothing term calls masked_select, which has no batching rule): a probed gap."""
     n, c, name = 6, 5, cases.dtype_name(dtype)
     batch_recipe = "\n".join(
-        [f"torch.manual_seed({seed})",
+        [f"torch.default_generator.manual_seed({seed})",
          f"logits = (torch.randn(({VMAP_BATCH}, {n}, {c}), dtype=torch.float64)"
          f" * {LOSS_VARIANT_SCALE if variant == CAPPED_Z_LOSS else 1.0}).to(torch.{name})",
          "target = torch.where(logits <= 0, torch.rand(logits.shape), -1.0).argmax(2)"]
