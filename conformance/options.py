@@ -127,8 +127,8 @@ def add_options(parser: pytest.Parser) -> None:
                     metavar="FEATURE",
                     help="fail instead of reporting a probed gap: " + ", ".join(PROBED_FEATURES) + " (repeatable)")
     group.addoption("--conformance-deep", action="store_true",
-                    help="run the boundary sweeps (test_boundaries.py) in every dtype and reduction, "
-                         "not each boundary once")
+                    help="the deep run: the boundary sweeps (test_boundaries.py) in every dtype and reduction, "
+                         "not each boundary once; XOR training in every dtype; the reference's own identities")
     group.addoption("--conformance-seed", type=int, default=0, metavar="SEED",
                     help="offset added to every case's seed, for exact reruns with other data (default 0)")
     group.addoption("--conformance-timeout", type=_at_least_zero("--conformance-timeout", "seconds"),

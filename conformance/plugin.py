@@ -72,6 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "default: its module's FORM, else logits)")
     config.addinivalue_line("markers", "conformance_bench: a benchmark beside torch; runs only with "
                                        "--benchmark-only or --conformance-bench")
+    config.addinivalue_line("markers", "deep: a check of the deep run only (--conformance-deep)")
+    config.addinivalue_line("markers", "default_dtypes(*dtypes): the dtypes of a check in the default run; every "
+                                       "dtype under --conformance-deep or --dtype")
     try:
         impl, named = _resolve(config)
     except ImplementationError as exc:
@@ -126,7 +129,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              cases.sweep(values, deep=metafunc.config.getoption("conformance_deep"),
                                          features=sweep.kwargs.get("features", {})))
     elif "dtype" in metafunc.fixturenames and not _parametrized(metafunc, "dtype"):
-        metafunc.parametrize("dtype", options.DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+        metafunc.parametrize("dtype", _dtypes(metafunc), ids=lambda d: str(d).removeprefix("torch."))
+
+
+def _dtypes(metafunc: pytest.Metafunc) -> tuple:
+    """Every dtype, or a costly check's ``default_dtypes`` in a default run (neither
+    ``--conformance-deep`` nor ``--dtype``), which must stay within 20 s on two cores."""
+    marker = metafunc.definition.get_closest_marker("default_dtypes")
+    if marker is None or metafunc.config.getoption("conformance_deep") or metafunc.config.getoption("dtype"):
+        return options.DTYPES
+    return marker.args
 
 
 def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
@@ -134,10 +146,11 @@ def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """Deselect dtypes not asked for, benchmarks not asked for and checks of a form no
-    implementation of the run has (``session.implementations``); describe every check and apply
-    its expected outcome; seed the property tests."""
+    """Deselect dtypes not asked for, benchmarks not asked for, deep checks outside a deep run and
+    checks of a form no implementation of the run has (``session.implementations``); describe
+    every check and apply its expected outcome; seed the property tests."""
     wanted = config.getoption("dtype")
+    deep = config.getoption("conformance_deep")
     only = config.getoption("benchmark_only", False)
     bench_wanted = only or config.getoption("conformance_bench")
 
@@ -153,7 +166,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             return True
         judged = not is_check(item) or bool(session.implementations(item_form(item)))
         return ((wanted and item_dtype(item) not in (None, *wanted)) or (is_bench and not bench_wanted)
-                or (only and "benchmark" not in getattr(item, "fixturenames", ())) or not judged)
+                or (only and "benchmark" not in getattr(item, "fixturenames", ())) or not judged
+                or (not deep and item.get_closest_marker("deep") is not None))
 
     dropped = [item for item in items if unwanted(item)]
     if dropped:

@@ -169,3 +169,23 @@ def pytest_conformance_impl(config):
     assert linear.ret == pytest.ExitCode.OK
     linear.assert_outcomes(passed=4, deselected=linear.parseoutcomes()["deselected"])
     linear.stdout.fnmatch_lines(["*implementation: pytest_conformance_impl:*loss*", "*linear*pass 1*"])
+
+
+REFERENCE_IDENTITIES = ("test_document_paths_agree_in_float64", "test_one_hot_probability_target_equals_index_target",
+                        "test_reference_loss_is_nonnegative", "test_reference_is_shift_invariant")
+
+
+def test_the_deep_run_adds_xor_dtypes_and_the_reference_identities(pytester):
+    """The default run trains XOR in float32 and bfloat16 and leaves out the reference's own
+    identities; ``--conformance-deep`` (or an explicit ``--dtype``) trains in every dtype asked
+    for, and the identities hold in the deep run."""
+    selection = ("-k", "test_network_learns_xor or " + " or ".join(REFERENCE_IDENTITIES))
+    default = _run(pytester, "--collect-only", *selection)
+    assert sorted(line.rpartition("::")[2] for line in default.outlines if "::" in line) == \
+        ["test_network_learns_xor[cpu-bfloat16]", "test_network_learns_xor[cpu-float32]"]
+    chosen = _run(pytester, "--collect-only", "--dtype=float16", *selection)
+    assert [line.rpartition("::")[2] for line in chosen.outlines if "::" in line] == \
+        ["test_network_learns_xor[cpu-float16]"]
+    deep = _run(pytester, "--conformance-deep", "-k", "test_network_learns_xor and float64 or "
+                + " or ".join(REFERENCE_IDENTITIES))
+    deep.assert_outcomes(passed=5, deselected=deep.parseoutcomes()["deselected"])

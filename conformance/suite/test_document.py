@@ -109,6 +109,8 @@ def train_xor(loss_fn, dtype: torch.dtype, device: str) -> tuple:
     return model(x).argmax(1).tolist(), torch.stack(losses), torch.stack(logits)
 
 
+# 2 s a dtype (two 1000-step trainings): the document's float32 and the coarsest dtype by default.
+@pytest.mark.default_dtypes(torch.float32, torch.bfloat16)
 @pytest.mark.feature("backward")
 def test_network_learns_xor(impl, judge, device, dtype):
     if impl.input_kind != "logits":

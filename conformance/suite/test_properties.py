@@ -10,6 +10,7 @@ prints an exact, self-contained snippet. Hypothesis runs the "conformance-ci" pr
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
@@ -105,7 +106,8 @@ def test_implementation_matches_reference(impl, judge, device, dtype, data):
     judge.conforms(problem)
 
 
-# The reference's own identities, in float64 (no implementation involved).
+# The reference's own identities, in float64 (no implementation involved): the deep run's, and
+# the kit's self-tests' (tests/test_plugin.py), not every user's default run.
 FLOAT64 = torch.float64
 
 
@@ -117,6 +119,7 @@ def _unit_upstream(ev: Evaluation) -> torch.Tensor:
     return torch.ones(ev.position_shape if ev.reduction == "none" else (), dtype=FLOAT64)
 
 
+@pytest.mark.deep
 @property_settings
 @given(problem=_reference_problems(families=("moderate", "shifted", "confident"), target_kinds=("index",),
                                    exclude={"weight", "ignore_index", "label_smoothing", "kdim"}))
@@ -133,6 +136,7 @@ def test_document_paths_agree_in_float64(judge, problem):
                      ev=ev, logs_rounded_probability=logs_rounded_probability)
 
 
+@pytest.mark.deep
 @property_settings
 @given(problem=_reference_problems(target_kinds=("index",), exclude={"weight", "ignore_index"}))
 def test_one_hot_probability_target_equals_index_target(judge, problem):
@@ -157,6 +161,7 @@ def test_one_hot_probability_target_equals_index_target(judge, problem):
                  ev=ev_index, other=ev_probs, grad_output=ones)
 
 
+@pytest.mark.deep
 @property_settings
 @given(problem=_reference_problems())
 def test_reference_loss_is_nonnegative(judge, problem):
@@ -174,6 +179,7 @@ def test_reference_loss_is_nonnegative(judge, problem):
 GRID = 2 ** 20    # logits rounded to multiples of 2^-20, |z| < 2^14: z + c is exact for |c| <= 2^20
 
 
+@pytest.mark.deep
 @property_settings
 @given(problem=_reference_problems(), shift=st.integers(-GRID, GRID))
 def test_reference_is_shift_invariant(judge, problem, shift):
