@@ -43,6 +43,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .guards import bits
+
 __all__ = ["Task", "RankResult", "RankFailure", "WorkerGroup", "LaunchedGroup", "Groups", "even_shards",
            "uneven_shards", "launched_world_size", "collective_ops"]
 
@@ -98,7 +100,8 @@ class Task:
 class RankResult:
     """What one rank computed, on the cpu: its loss, its gradient slice (``None`` for forward
     only), the collectives of one forward and of one backward (``{operator: (count, bytes)}``,
-    bytes of the tensors handed to each) and the seconds of each timed call."""
+    bytes of the tensors handed to each), the seconds of each timed call and the arguments the
+    calls changed (``ARGUMENTS`` names)."""
 
     rank: int
     loss: Tensor
@@ -106,6 +109,11 @@ class RankResult:
     forward: dict = field(default_factory=dict)
     backward: dict = field(default_factory=dict)
     seconds: tuple = ()
+    changed: tuple = ()
+
+
+# What a rank hands the implementation, and which of it the caller owns (all of it).
+ARGUMENTS = ("logits shard", "target", "class weights", "upstream gradient")
 
 
 class RankFailure(AssertionError):
@@ -151,9 +159,11 @@ def execute(call: Callable, task: Task, rank: int, group: Any, device: torch.dev
     target = task.target.to(device)
     weight = None if task.weight is None else task.weight.to(device)
     upstream = None if task.upstream is None else task.upstream.to(device)
-    seconds, forward, backward = [], {}, {}
+    seconds, forward, backward, changed = [], {}, {}, set()
     for _ in range(task.repeats):
         x = local.detach().clone().requires_grad_(upstream is not None)
+        handed = dict(zip(ARGUMENTS, (x, target, weight, upstream)))
+        before = {name: bits(t) for name, t in handed.items() if t is not None}
         began = time.perf_counter()
         with _CollectiveCounter() as counter:
             loss = call(x, target, weight=weight, ignore_index=task.ignore_index, reduction=task.reduction,
@@ -169,11 +179,12 @@ def execute(call: Callable, task: Task, rank: int, group: Any, device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - began)
+        changed |= {name for name, kept in before.items() if not torch.equal(bits(handed[name]), kept)}
     grad = None if x.grad is None else x.grad.detach().cpu()
     if upstream is not None and grad is None:
         grad = torch.zeros_like(x, device="cpu")  # nothing reached this rank's logits
     return RankResult(rank=rank, loss=loss.detach().cpu(), grad=grad, forward=forward, backward=backward,
-                      seconds=tuple(seconds))
+                      seconds=tuple(seconds), changed=tuple(name for name in ARGUMENTS if name in changed))
 
 
 def _failure_text(exc: BaseException) -> str:

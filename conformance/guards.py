@@ -19,7 +19,13 @@ from typing import Callable, Iterator, Optional
 import torch
 
 __all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections", "calling",
-           "crash_trampoline"]
+           "crash_trampoline", "bits"]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """A bitwise copy of a caller's tensor (NaN-safe equality), 0-dim tensors included: what a
+    check compares after a call to tell whether the implementation wrote into it."""
+    return t.detach().clone().contiguous().reshape(-1).view(torch.uint8) if t.numel() else t.detach().clone()
 
 
 class ImplementationFault(AssertionError):

@@ -107,6 +107,7 @@ CAUGHT_BY = {
     "vp_ignored_outside_every_shard": "test_vocab_parallel_ignore_index",
     "vp_backward_all_reduce": "test_vocab_parallel_value_and_gradient",
     "vp_target_gather_plain_all_reduce": "test_vocab_parallel_value_and_gradient",
+    "vp_shifts_shard_in_place": "test_vocab_parallel_leaves_its_arguments_unchanged",
     "linear_none_first_upstream": "test_linear_loss_and_gradients",
     "linear_upstream_ignored": "test_linear_loss_and_gradients",
     "linear_bias_grad_dropped": "test_linear_loss_and_gradients",
@@ -138,7 +139,7 @@ def test_every_fixture_is_proven():
 
 
 # The fewest checks a correct fixture of each form passes (a run judges the checks of its form).
-MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80}   # vocab parallel: 138 checks, 84 for loss_parallel
+MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80}   # vocab parallel: 154 checks, 100 for loss_parallel
 
 
 @pytest.mark.parametrize("name", CORRECT)

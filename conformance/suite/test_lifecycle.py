@@ -13,7 +13,7 @@ import torch
 
 from conformance import cases, checks, run
 from conformance.checks import Show
-from conformance.suite.test_structure import bits
+from conformance.guards import bits
 
 pytestmark = pytest.mark.feature("weight", "label_smoothing")
 

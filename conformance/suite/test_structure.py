@@ -7,13 +7,9 @@ import torch
 from conformance import cases, run
 from conformance import checks
 from conformance.checks import Show
+from conformance.guards import bits
 
 REDUCTIONS = ["none", "mean", "sum"]
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """A bitwise copy (NaN-safe equality), 0-dim tensors included."""
-    return t.detach().clone().contiguous().reshape(-1).view(torch.uint8) if t.numel() else t.detach().clone()
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

@@ -5,7 +5,8 @@ equal the float64 truth of the full problem, and be the same on every rank, and 
 gradient must be its slice of the full gradient: for torch.chunk's split and an uneven one (a
 rank with a single class), targets in and out of each shard, ignored rows, smoothing over the
 global vocabulary, class weights, every reduction and upstream gradient, a shard masked with
--inf, a shard whose logits lie far below the others', and half precision."""
+-inf, a shard whose logits lie far below the others', and half precision; and every rank's
+arguments are unchanged by the call."""
 import statistics
 import time
 
@@ -215,6 +216,23 @@ def test_vocab_parallel_shard_far_from_the_others(impl, judge, rank_groups, devi
     case = _case(dtype, device, seed, shards, family="vocab_parallel_far_shard", body=f"z[:, {start}:{stop}] += {shift}")
     problem = _problem(case, world_size, shards, reduction="none")
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_vocab_parallel_leaves_its_arguments_unchanged(impl, judge, rank_groups, device, dtype, reduction, world_size,
+                                                      seed):
+    """Every rank's logits shard, target, class weights (where supported) and upstream gradient
+    are bitwise as the caller handed them after forward and backward (a loss that shifts its shard by the max in
+    place writes into the caller's tensor wherever its cast to the compute dtype is a no-op:
+    Megatron-LM#1594)."""
+    shards = _shards("even", world_size)
+    case = _case(dtype, device, seed, shards, family="vocab_parallel_arguments", weight="weight" not in impl.unsupported)
+    problem = _problem(case, world_size, shards, reduction=reduction)
+    results, steps = _conforms(impl, judge, rank_groups, problem, world_size, shards)
+    changed = [f"rank {result.rank}: {', '.join(result.changed)}" for result in results if result.changed]
+    if changed:
+        judge.fail("arguments unchanged on every rank", problem, "the call changed " + "; ".join(changed),
+                   show=Show("[r.changed for r in results]", "[()] * len(results)", steps))
 
 
 # Rounds of the benchmark come in blocks (one task of BLOCK calls on the ranks, then BLOCK calls of
