@@ -65,6 +65,9 @@ class Check:
     exact_worst: str = ""
     reason: str = ""
     duration: float = 0.0
+    # Vocab parallel: rank 0's collectives in one call, {"world_size": W, "forward": [count, bytes],
+    # "backward": [count, bytes]} (conformance.distributed counts them).
+    collectives: Optional[dict] = None
 
     @property
     def probed(self) -> bool:
@@ -529,6 +532,32 @@ def _gaps_table(run: Run) -> Table:
                  ["how", "feature", "checks", "first reason"], rows)
 
 
+def _span(values: list) -> str:
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def _kib(count: int) -> str:
+    return f"{count / 1024:.1f} KiB"
+
+
+def _collectives_table(run: Run) -> Table:
+    """Per implementation and world size, the collectives of one call in forward and in backward
+    over its vocab-parallel checks: the fewest to the most, and the most bytes handed to them."""
+    groups = defaultdict(list)
+    for c in run.checks:
+        if c.collectives:
+            groups[(c.implementation, c.collectives["world_size"])].append(c.collectives)
+    rows = [[impl, str(world_size), str(len(found))]
+            + [text for phase in ("forward", "backward")
+               for text in (_span([f[phase][0] for f in found]), _kib(max(f[phase][1] for f in found)))]
+            for (impl, world_size), found in sorted(groups.items())]
+    return Table("Collectives per call", "Rank 0's, in one forward and one backward of each vocab-parallel check "
+                 "(torch's own test of loss_parallel expects 3 all-reduces in forward and none in backward).",
+                 ["implementation", "ranks", "checks", "forward", "forward bytes (most)", "backward",
+                  "backward bytes (most)"], rows)
+
+
 GRADE_WORST = 5
 
 
@@ -546,7 +575,8 @@ def _grade(run: Run) -> Table:
 
 def _tables(run: Run, found: list, timings: list) -> list:
     tables = [_verdict_table(run)] + (_regression_tables(found) if found else []) + _accuracy_tables(run)
-    for table in (_failures_by_identity(run), _problems_table(run), _gaps_table(run), _grade(run)):
+    for table in (_failures_by_identity(run), _problems_table(run), _gaps_table(run), _collectives_table(run),
+                  _grade(run)):
         if table.rows or table.title == "Accuracy grade":
             tables.append(table)
     if run.benchmarks:
@@ -556,10 +586,11 @@ def _tables(run: Run, found: list, timings: list) -> list:
 
 def verdict_tables(run: Run) -> list:
     """What the terminal shows at the end of a run: the verdict matrix, the failures by identity,
-    the unsupported features, the accuracy grade and the closest passes."""
+    the unsupported features, the collectives, the accuracy grade and the closest passes."""
     closest = _accuracy_tables(run)[1]
     closest = Table(closest.title, closest.note, closest.columns, closest.rows[:3])
-    return [t for t in (_verdict_table(run), _failures_by_identity(run), _gaps_table(run), _grade(run), closest)
+    return [t for t in (_verdict_table(run), _failures_by_identity(run), _gaps_table(run), _collectives_table(run),
+                        _grade(run), closest)
             if t.rows or t.title == "Accuracy grade"]
 
 

@@ -135,6 +135,7 @@ class ConformanceSession:
         if report.when == "call":
             record["comparisons"] = [value for key, value in report.user_properties if key == "conformance"]
             record["benchmark"] = next((value for key, value in report.user_properties if key == "benchmark"), None)
+            record["collectives"] = next((value for key, value in report.user_properties if key == "collectives"), None)
         status = self._status(report)
         if status and (record["status"] in (None, "passed") or status == "failed"):
             record["status"] = status
@@ -177,7 +178,7 @@ class ConformanceSession:
                 ratio=worst.get("ratio"), error=worst.get("error"), bound=worst.get("bound"),
                 exact_ratio=worst_exact.get("exact_ratio"), exact_identity=worst_exact.get("identity", ""),
                 exact_worst=worst_exact.get("exact_worst", ""), reason=record["reason"],
-                duration=record["duration"]))
+                duration=record["duration"], collectives=record.get("collectives")))
         return found
 
     def run(self) -> Run:

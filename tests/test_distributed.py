@@ -98,6 +98,17 @@ def test_world_sizes_are_chosen_by_the_option(suite):
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
 
 
+@pytest.mark.parametrize("name,backward", [("correct.vocab_parallel_reference", "0"),
+                                           ("broken.vp_backward_all_reduce", "2")])
+def test_the_verdict_counts_each_calls_collectives(suite, name, backward):
+    """Three all-reduces in forward, and none in backward unless the loss all-reduces the
+    replicated upstream there (the planted bug's two), in the verdict's collectives table."""
+    result = suite(f"--impl=fixtures.{name}", "--conformance-world-size=2", "-k",
+                   "test_vocab_parallel_upstream_gradients")
+    result.stdout.fnmatch_lines(["Collectives per call:*", "*implementation*ranks*checks*forward*backward*",
+                                 f"*{name.partition('.')[2]}:cross_entropy  2  * 2  * 3  * {backward}  *"])
+
+
 def test_a_logits_run_collects_no_vocab_parallel_check_and_starts_no_worker(suite):
     result = suite("--impl=fixtures.correct.torch_default", "--collect-only", "-k", "vocab_parallel")
     assert "test_vocab_parallel" not in result.stdout.str()

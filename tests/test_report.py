@@ -45,12 +45,26 @@ def _run(checks=(), benchmarks=()):
 
 
 def test_run_round_trips_through_json(tmp_path):
-    run = _run([_check("a"), _check("b", status="failed", ratio=float("inf"), reason="boom"),
+    run = _run([_check("a", collectives={"world_size": 2, "forward": [3, 288], "backward": [0, 0]}),
+                _check("b", status="failed", ratio=float("inf"), reason="boom"),
                 _check("c", status="unsupported", ratio=None)],
                [_bench(1.1, 1.1e-3)])
     report.save(run, tmp_path / "run.json")
     assert "Infinity" not in (tmp_path / "run.json").read_text()
     assert report.load(tmp_path / "run.json") == run
+
+
+def test_collectives_per_call_span_the_checks_of_each_world_size():
+    """The verdict's collectives table: per implementation and world size, the fewest to the most
+    collectives of one forward and one backward, and the most bytes; no table without them."""
+    def counted(name, world_size, forward, backward):
+        return _check(name, collectives={"world_size": world_size, "forward": [forward, 96 * forward],
+                                         "backward": [backward, 2048 * backward]})
+    run = _run([counted("a", 2, 3, 0), counted("b", 2, 4, 2), counted("c", 4, 3, 0), _check("d")])
+    table = next(t for t in report.verdict_tables(run) if t.title == "Collectives per call")
+    assert table.rows == [["impl", "2", "2", "3-4", "0.4 KiB", "0-2", "4.0 KiB"],
+                          ["impl", "4", "1", "3", "0.3 KiB", "0", "0.0 KiB"]]
+    assert "Collectives per call" not in [t.title for t in report.verdict_tables(_run([_check("d")]))]
 
 
 def test_unreadable_files_say_why(tmp_path):

@@ -106,6 +106,9 @@ def _conforms(impl, judge, rank_groups, problem, world_size, shards):
     """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
     slices joined against the full gradient; the results, for checks that look further."""
     results, ev, grad, steps = _on_ranks(impl, judge, rank_groups, problem, world_size, shards)
+    judge.item.user_properties.append(("collectives", {
+        "world_size": world_size, "forward": list(distributed.collective_ops(results[0].forward)),
+        "backward": list(distributed.collective_ops(results[0].backward))}))
     judge.within("value on rank 0", problem, results[0].loss, ev.loss, "value", ev=ev, shards=world_size,
                  show=Show("results[0].loss{at}.item()", "truth.loss{at}.item()", steps))
     for result in results[1:]:
@@ -117,8 +120,6 @@ def _conforms(impl, judge, rank_groups, problem, world_size, shards):
         judge.within("gradient (every rank's slice)", problem, joined, ev.grad(grad), "gradient", ev=ev,
                      grad_output=grad, shards=world_size, show=Show("x_grad{at}.item()", "truth.grad(grad){at}.item()",
                                                                     steps))
-    judge.item.user_properties.append(("collectives", {"forward": distributed.collective_ops(results[0].forward),
-                                                       "backward": distributed.collective_ops(results[0].backward)}))
     return results, steps
 
 
