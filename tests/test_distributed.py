@@ -75,18 +75,22 @@ def test_a_rank_that_hangs_or_dies_fails_the_task_naming_it_and_no_worker_surviv
 
 
 def test_a_hanging_rank_fails_its_checks_with_the_rank_named_and_the_run_ends(suite, pytester):
-    """Both checks fail naming rank 1 (the second on a fresh group: the first group was torn down)."""
+    """Both checks fail naming rank 1 (the second on a fresh group: the first group was torn down).
+
+    The check's limit must leave room, beside the task's deadline (half the limit), for starting
+    the group and tearing it down: at a 12 s limit a start slowed by the other worker's load once
+    ran the check past it (a timeout, not the rank named)."""
     report = pytester.path / "run.json"
     began = time.monotonic()
-    result = suite("--impl=fixtures.hostile.vp_rank_hangs", "--conformance-timeout=12", f"--conformance-report={report}",
+    result = suite("--impl=fixtures.hostile.vp_rank_hangs", "--conformance-timeout=20", f"--conformance-report={report}",
                    "-k", "test_vocab_parallel_value_and_gradient and float32 and mean-even")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     reasons = {check["id"].partition("-ws")[2][0]: check["reason"] for check in json.loads(report.read_text())["checks"]}
     assert sorted(reasons) == ["2", "4"], reasons
     for world_size, reason in reasons.items():
         assert "[every rank answers]" in reason, reason
-        assert f"world size {world_size}: rank 1 did not answer within the 6 s deadline" in reason, reason
-    assert time.monotonic() - began < 60
+        assert f"world size {world_size}: rank 1 did not answer within the 10 s deadline" in reason, reason
+    assert time.monotonic() - began < 75
 
 
 def test_world_sizes_are_chosen_by_the_option(suite):
