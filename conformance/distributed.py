@@ -112,7 +112,7 @@ class RankResult:
     changed: tuple = ()
 
 
-# What a rank hands the implementation, and which of it the caller owns (all of it).
+# The arguments a rank hands the implementation, every one the caller's: compared bitwise after each call.
 ARGUMENTS = ("logits shard", "target", "class weights", "upstream gradient")
 
 
