@@ -98,6 +98,9 @@ FEATURES = {
 
 DEVIATIONS = {
     "all_ignored_mean_zero": "reduction='mean' over no kept position returns 0 instead of NaN (Liger#153)",
+    "overwrites_logits": "forward or backward writes into the caller's logits to save memory (Megatron's "
+                         "vocab-parallel loss, flash-attention's inplace_backward); elsewhere in their storage, "
+                         "and every other argument, it must not",
 }
 
 APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear)

@@ -62,11 +62,17 @@ def test_gradients_accumulate(impl, judge, device, dtype, seed):
     problem = _problem(impl, dtype, device, seed)
     pristine, x, t = _leaf(impl, problem)
     grad = problem.upstream_gradient()
+    # A loss that declares overwrites_logits gets its logits anew before each call, as from a new forward.
+    restore = "overwrites_logits" in impl.deviations
     for _ in range(2):
+        if restore:
+            with torch.no_grad():
+                x.copy_(pristine)
         impl(x, t, problem.call_options()).backward(grad)
     out = run.Outcome(input=pristine, target=t, loss=torch.empty(()), grad=x.grad, upstream=2 * grad.double())
-    steps = ("x.requires_grad_()", problem.upstream,
-             f"{checks.call_code(impl, problem)}.backward(grad)", f"{checks.call_code(impl, problem)}.backward(grad)")
+    call = f"{checks.call_code(impl, problem)}.backward(grad)"
+    kept, renew = (("x0 = x.detach().clone()",), ("with torch.no_grad(): x.copy_(x0)",)) if restore else ((), ())
+    steps = ("x.requires_grad_()", problem.upstream, *kept, *renew, call, *renew, call)
     judge.gradient(problem, out, run.truth(impl, problem, out), identity="gradients accumulate over two backward passes",
                    show=Show("x.grad{at}.item()", "truth.grad(2 * grad.double()){at}.item()", steps))
 
@@ -105,10 +111,12 @@ def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, seed):
     with torch.no_grad():
         impl(x, t, options)
         x.mul_(2)
+        changed = x.clone()   # what the second call is handed (a loss may overwrite it: overwrites_logits)
         loss = impl(x, t, options)
-    out = run.Outcome(input=x.clone(), target=t, loss=loss)
-    steps = (f"first = {checks.call_code(impl, problem)}", "x.mul_(2)", f"loss = {checks.call_code(impl, problem)}",
-             "truth = evaluate(x, t, weight=weight, label_smoothing=0.1, reduction='none')")
+    out = run.Outcome(input=changed, target=t, loss=loss)
+    steps = (f"first = {checks.call_code(impl, problem)}", "x.mul_(2)", "changed = x.clone()",
+             f"loss = {checks.call_code(impl, problem)}",
+             "truth = evaluate(changed, t, weight=weight, label_smoothing=0.1, reduction='none')")
     judge.value(problem, out, run.truth(impl, problem, out), identity="a call after an in-place change",
                 show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
 

@@ -59,14 +59,22 @@ def test_inputs_never_modified(impl, judge, device, dtype, reduction, seed):
     after_forward = (bits(leaf), bits(t))
     loss.backward(problem.upstream_gradient())
     after_backward = (bits(leaf), bits(t))
+    declared = "overwrites_logits" in impl.deviations
+    overwritten = []
     for stage, (xa, ta) in (("forward", after_forward), ("backward", after_backward)):
         for name, now, then in (("logits", xa, before[0]), ("target", ta, before[1])):
-            if not torch.equal(now, then):
-                judge.fail("input unmodified", problem, f"the {name} were modified during {stage}",
-                           show=Show("torch.equal(x, x0) and torch.equal(t, t0)", "True",
-                                     steps=("x0, t0 = x.clone(), t.clone()", "x.requires_grad_()",
-                                            f"loss = {checks.call_code(impl, problem)}", problem.upstream,
-                                            "loss.backward(grad)")))
+            if torch.equal(now, then):
+                continue
+            if name == "logits" and declared:
+                overwritten.append(stage)
+                continue
+            judge.fail("input unmodified", problem, f"the {name} were modified during {stage}",
+                       show=Show("torch.equal(x, x0) and torch.equal(t, t0)", "True",
+                                 steps=("x0, t0 = x.clone(), t.clone()", "x.requires_grad_()",
+                                        f"loss = {checks.call_code(impl, problem)}", problem.upstream,
+                                        "loss.backward(grad)")))
+    if overwritten:
+        pytest.xfail(f"declared deviation overwrites_logits: the logits were overwritten during {overwritten[0]}")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

@@ -225,15 +225,20 @@ def test_vocab_parallel_leaves_its_arguments_unchanged(impl, judge, rank_groups,
     """Every rank's logits shard, target, class weights (where supported) and upstream gradient
     are bitwise as the caller handed them after forward and backward (a loss that shifts its shard by the max in
     place writes into the caller's tensor wherever its cast to the compute dtype is a no-op:
-    Megatron-LM#1594)."""
+    Megatron-LM#1594). A loss that declares ``overwrites_logits`` may write into its shard: the
+    check is then a declared failure, and the other arguments must still be left alone."""
     shards = _shards("even", world_size)
     case = _case(dtype, device, seed, shards, family="vocab_parallel_arguments", weight="weight" not in impl.unsupported)
     problem = _problem(case, world_size, shards, reduction=reduction)
     results, steps = _conforms(impl, judge, rank_groups, problem, world_size, shards)
-    changed = [f"rank {result.rank}: {', '.join(result.changed)}" for result in results if result.changed]
+    allowed = {"logits shard"} if "overwrites_logits" in impl.deviations else set()
+    changed = [f"rank {r.rank}: {', '.join(name for name in r.changed if name not in allowed)}" for r in results
+               if set(r.changed) - allowed]
     if changed:
         judge.fail("arguments unchanged on every rank", problem, "the call changed " + "; ".join(changed),
                    show=Show("[r.changed for r in results]", "[()] * len(results)", steps))
+    if any(result.changed for result in results):
+        pytest.xfail("declared deviation overwrites_logits: the call overwrote the logits shard")
 
 
 # Rounds of the benchmark come in blocks (one task of BLOCK calls on the ranks, then BLOCK calls of
