@@ -38,7 +38,7 @@ def _storage_bytes(t: torch.Tensor, *, skipped_only: bool = False) -> torch.Tens
     copy = torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage().clone())
     if skipped_only:
         copy.as_strided(t.shape, t.stride(), t.storage_offset()).zero_()
-    return copy.view(torch.uint8) if copy.numel() else torch.empty(0, dtype=torch.uint8, device=t.device)
+    return copy.view(torch.uint8)
 
 
 def _on_device(t: torch.Tensor, device: str) -> torch.Tensor:
