@@ -1,9 +1,10 @@
 """``python -m conformance report RUN.json [--baseline OLD.json] [--benchmarks BENCH.json] --format md|html -o OUT``
 
 Renders a run (``--conformance-report``) and, with a baseline run, its regressions. The exit
-status gates CI: 1 when there are regressions, 0 otherwise, 2 for unreadable input. A timing
-whose interval cannot tell a slowdown from noise is reported as too noisy to decide, and does
-not fail the gate.
+status gates CI: 0 when there are no regressions, 1 when there are, 2 when the report could not
+be made (an unreadable input, an unwritable output, bad arguments), so that a gate never takes a
+broken job for a regression. OUT's folder is created if missing. A timing whose interval cannot
+tell a slowdown from noise is reported as too noisy to decide, and does not fail the gate.
 """
 from __future__ import annotations
 
@@ -46,13 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--format", choices=("md", "html"), default=None,
                      help="default: html when OUT ends in .html, else md")
     cmd.add_argument("-o", "--output", type=Path, metavar="OUT", help="default: standard output")
-    cmd.add_argument("--max-accuracy-loss", type=_number_at_least(1), default=2.0, metavar="FACTOR",
-                     help="a check whose error/bound grew by more than FACTOR regressed (default 2; errors under "
+    cmd.add_argument("--max-accuracy-loss", type=_number_at_least(1), default=report.ACCURACY_FACTOR, metavar="FACTOR",
+                     help=f"a check whose error/bound grew by more than FACTOR regressed (default "
+                          f"{report.ACCURACY_FACTOR:g}; errors under "
                           f"{report.ACCURACY_FLOOR:g} of their bound never count)")
-    cmd.add_argument("--max-slowdown", type=_number_at_least(0, " (0.25 means 25% slower)"), default=0.25,
+    cmd.add_argument("--max-slowdown", type=_number_at_least(0, " (0.25 means 25% slower)"), default=report.SLOWDOWN,
                      metavar="FRACTION",
                      help="a timing regressed when the lower end of its ratio to torch's 95%% interval is more "
-                          "than FRACTION above the upper end of the baseline's (default 0.25)")
+                          f"than FRACTION above the upper end of the baseline's (default {report.SLOWDOWN:g})")
+    cmd.epilog = ("exit status: 0 no regressions; 1 regressions against the baseline; 2 the report could not be "
+                  "made (unreadable input, unwritable output, bad arguments)")
     return parser
 
 
@@ -63,11 +67,20 @@ def _with_benchmarks(run: report.Run, path: Optional[Path]) -> report.Run:
 def main(argv: Optional[list] = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.output:
+            report.writable(args.output)
         run = _with_benchmarks(report.load(args.run), args.benchmarks)
         baseline = _with_benchmarks(report.load(args.baseline), args.baseline_benchmarks) if args.baseline else None
+        return _report(args, run, baseline)
     except report.ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:   # the output became unwritable after the check (a full disk)
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace, run: report.Run, baseline: Optional[report.Run]) -> int:
     found = report.regressions(run, baseline, accuracy_factor=args.max_accuracy_loss,
                                slowdown=args.max_slowdown) if baseline else []
     timings = report.timing_comparisons(run, baseline, slowdown=args.max_slowdown) if baseline else []
@@ -91,6 +104,8 @@ def main(argv: Optional[list] = None) -> int:
             print(f"{t.verdict}: {t.after.id} ({report.ratio_text(t.before)} -> {report.ratio_text(t.after)})",
                   file=sys.stderr)
     if baseline:
+        for text, _ in report.baseline_lines(run, baseline):
+            print(text, file=sys.stderr)
         print(f"{len(found)} regressions against {args.baseline}", file=sys.stderr)
     return 1 if found else 0
 

@@ -141,6 +141,9 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--conformance-report", default=None, metavar="PATH.json",
                     help="write every check of the run (and its benchmarks) as JSON, for "
                          "'python -m conformance report'")
+    group.addoption("--conformance-baseline", default=None, metavar="OLD.json",
+                    help="an earlier run's --conformance-report: the verdict lists this run's regressions against it "
+                         "(the rule of 'python -m conformance report --baseline') and the run exits 1 on any")
     group.addoption("--conformance-bench", action="store_true",
                     help="also run the benchmarks beside torch (they run only with this or --benchmark-only)")
     group.addoption("--conformance-bench-shape", action="append", type=_shape, default=None, metavar="NxC",

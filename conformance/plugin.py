@@ -20,6 +20,7 @@ from .impl import FORMS, Implementation, ImplementationError, adapt, load_implem
 from .session import ConformanceSession, is_check, item_dtype, item_form
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
+VERDICT_KEY = pytest.StashKey[tuple]()   # ConformanceSession.judged(), taken once at the session's end
 TIMEOUTS_KEY = pytest.StashKey[list]()
 STACK_DUMP_FD_KEY = pytest.StashKey[Optional[int]]()
 
@@ -87,11 +88,37 @@ def pytest_configure(config: pytest.Config) -> None:
     contract = config.getoption("conformance_contract")
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
                                  expectations=Expectations(contract, config.getoption("conformance_xfail")),
-                                 seed=config.getoption("conformance_seed"), named=named)
+                                 seed=config.getoption("conformance_seed"), named=named,
+                                 baseline=_files_at_start(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "conformance-session")
     config.stash[TIMEOUTS_KEY] = []
     config.stash[STACK_DUMP_FD_KEY] = _stack_dump_fd(config)
+
+
+def _files_at_start(config: pytest.Config) -> Optional[report.Run]:
+    """Refuse, before any check runs, what would only fail at the end: benchmarks under xdist
+    (pytest-benchmark disables itself there, and a speed gate would pass on nothing timed), a
+    report path that cannot be written (its folder is created if missing), a baseline that cannot
+    be read. Returns the baseline run (on xdist's controller; workers need none)."""
+    if hasattr(config, "workerinput"):
+        return None
+    benchmarks = config.getoption("benchmark_only", False) or config.getoption("conformance_bench")
+    if benchmarks and config.getoption("dist", "no") != "no":
+        raise pytest.UsageError("benchmarks (--conformance-bench, --benchmark-only) cannot run under pytest-xdist "
+                                "(-n, --dist): pytest-benchmark times nothing there, and the speed gate would pass "
+                                "on no timings. Drop -n for a benchmark run (run the checks under -n in a run of "
+                                "their own)")
+    path, baseline = config.getoption("conformance_report"), config.getoption("conformance_baseline")
+    try:
+        if path:
+            report.writable(path)
+    except report.ReportError as exc:
+        raise pytest.UsageError(f"--conformance-report: {exc}") from None
+    try:
+        return report.load(baseline) if baseline else None
+    except report.ReportError as exc:
+        raise pytest.UsageError(f"--conformance-baseline: {exc}") from None
 
 
 def _stack_dump_fd(config: pytest.Config) -> Optional[int]:
@@ -287,11 +314,10 @@ def seed(request) -> int:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.records:
+    judged = config.stash.get(VERDICT_KEY, None)
+    if session is None or judged is None or not judged[0].checks:
         return
-    run = session.run()
-    if not run.checks:
-        return
+    run, found, timings = judged
     tr = terminalreporter
     tr.section("conformance verdict")
     impl = session.impl
@@ -303,8 +329,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     others = [other.spec for form in FORMS if form != impl.form for other in session.implementations(form)]
     if others:
         tr.write_line(f"also judged (torch's own, no implementation named): {', '.join(others)}")
-    for line in report.render_text(report.verdict_tables(run)):
+    if session.baseline is not None:
+        for text, tone in report.baseline_lines(run, session.baseline):
+            tr.write_line(text, yellow=bool(tone))
+    for line in report.render_text(report.verdict_tables(run, found, timings)):
         tr.write_line(line)
+    if session.baseline is not None:
+        tr.write_line(f"{len(found)} regressions against {session.baseline.source}", red=bool(found), green=not found)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -314,7 +345,14 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
-    """Write the run report (under pytest-xdist, once, on the controller, from every worker's checks)."""
-    path = session.config.getoption("conformance_report")
-    if path and SESSION_KEY in session.config.stash and not hasattr(session.config, "workerinput"):
-        report.save(session.config.stash[SESSION_KEY].run(), path)
+    """Judge the run once (under pytest-xdist, on the controller, from every worker's checks):
+    write the run report, and fail the run on a regression against ``--conformance-baseline``."""
+    config = session.config
+    if SESSION_KEY not in config.stash or hasattr(config, "workerinput"):
+        return
+    config.stash[VERDICT_KEY] = run, found, _ = config.stash[SESSION_KEY].judged()
+    path = config.getoption("conformance_report")
+    if path:
+        report.save(run, path)
+    if found and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -12,6 +12,7 @@ import dataclasses
 import html
 import json
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Optional, Union
 
 from . import paired
 
-__all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ReportError", "Check", "Side", "Benchmark", "Run", "Regression",
-           "TimingComparison", "save", "load", "load_benchmarks", "regressions", "timing_comparisons", "ratio_text",
-           "ratio_plot", "render", "verdict_tables", "render_text"]
+__all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ACCURACY_FACTOR", "SLOWDOWN", "ReportError", "Check", "Side",
+           "Benchmark", "Run", "Regression", "TimingComparison", "save", "load", "load_benchmarks", "writable",
+           "regressions", "timing_comparisons", "ratio_text", "ratio_plot", "render", "verdict_tables",
+           "baseline_lines", "benchmark_summary", "render_text"]
 
 # 2: one benchmark per group, both sides timed in paired rounds, the ratio with its interval.
 SCHEMA = "ce-conformance-run/2"
@@ -30,6 +32,10 @@ STATUSES = ("passed", "failed", "unsupported", "xfailed", "xpassed", "skipped")
 # A check whose error stays under a tenth of its bound is not an accuracy regression however far
 # it moved: the bound, not the last run, is the contract, and tiny errors move with the data.
 ACCURACY_FLOOR = 0.1
+# The regression rule's defaults: an error/bound grown by more than ACCURACY_FACTOR, a timing more
+# than SLOWDOWN (a fraction) slower relative to torch (``regressions``).
+ACCURACY_FACTOR = 2.0
+SLOWDOWN = 0.25
 
 
 class ReportError(Exception):
@@ -141,6 +147,7 @@ class Run:
     environment: dict
     checks: list = field(default_factory=list)
     benchmarks: list = field(default_factory=list)
+    source: str = field(default="", compare=False)   # the file it was loaded from, to name a baseline
 
     def to_json(self) -> dict:
         checks = [dict(dataclasses.asdict(c), ratio=_json_number(c.ratio), error=_json_number(c.error),
@@ -178,10 +185,26 @@ def _read_json(path: Union[str, Path]):
 
 def load(path: Union[str, Path]) -> Run:
     """Read a run file written by ``--conformance-report``."""
+    data = _read_json(path)
     try:
-        return Run.from_json(_read_json(path))
+        return dataclasses.replace(Run.from_json(data), source=str(path))
     except ReportError as exc:
         raise ReportError(f"{path}: {exc}") from None
+
+
+def writable(path: Union[str, Path]) -> Path:
+    """``path``, checked before a run spends its time: its folder is created if missing (as
+    ``--junitxml`` does) and must accept a file there; ``ReportError`` names the path otherwise."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot create its folder {path.parent} ({exc.strerror})") from None
+    if path.is_dir():
+        raise ReportError(f"{path}: is a folder, not a file")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ReportError(f"{path}: not writable")
+    return path
 
 
 def load_benchmarks(path: Union[str, Path]) -> list:
@@ -225,28 +248,41 @@ class TimingComparison:
     verdict: str
 
 
-def timing_comparisons(run: Run, baseline: Run, *, slowdown: float = 0.25) -> list:
+def _timed(run: Run) -> dict:
+    """The benchmarks of ``run`` that timed something, by ``_key`` of their id."""
+    return {_key(b.id): b for b in run.benchmarks if b.interval is not None}
+
+
+def timing_comparisons(run: Run, baseline: Run, *, slowdown: float = SLOWDOWN) -> list:
     """Each benchmark timed in both runs, judged on the implementation's time over torch's in
     the same run (which does not depend on the machine's speed) with ``slowdown`` (a fraction)
     allowed."""
     if not slowdown >= 0:
         raise ValueError(f"slowdown={slowdown!r}: must be >= 0")
-    before = {_key(b.id): b for b in baseline.benchmarks if b.interval is not None}
+    before = _timed(baseline)
     return [TimingComparison(old, new, paired.compare(new.interval, old.interval, slowdown))
             for new in run.benchmarks if new.interval is not None and (old := before.get(_key(new.id))) is not None]
 
 
 def ratio_text(b: Benchmark) -> str:
     """``1.23x torch [1.20, 1.26]``: the ratio and its interval."""
+    if b.ratio_to_torch is None:
+        return NOT_TIMED
     if b.ratio_low is None or b.ratio_high is None:
         return f"{b.ratio_to_torch:.2f}x torch (no interval: {b.pairs} pairs)"
     return f"{b.ratio_to_torch:.2f}x torch [{b.ratio_low:.2f}, {b.ratio_high:.2f}]"
 
 
-def regressions(run: Run, baseline: Run, *, accuracy_factor: float = 2.0, slowdown: float = 0.25) -> list:
+NOT_TIMED = "not timed (0 pairs)"
+
+
+def regressions(run: Run, baseline: Run, *, accuracy_factor: float = ACCURACY_FACTOR,
+                slowdown: float = SLOWDOWN) -> list:
     """Checks that newly fail (a declared failure, xfailed, was failing already), errors that
-    grew by more than ``accuracy_factor`` (and exceed ``ACCURACY_FLOOR`` of their bound), and
-    timings that ``timing_comparisons`` finds slower than in ``baseline``.
+    grew by more than ``accuracy_factor`` (and exceed ``ACCURACY_FLOOR`` of their bound), timings
+    that ``timing_comparisons`` finds slower than in ``baseline``, and benchmarks that ran without
+    timing anything (``--benchmark-disable``) where the baseline timed them: a benchmark with no
+    pairs never passes the gate.
     """
     if not accuracy_factor >= 1:
         raise ValueError(f"accuracy_factor={accuracy_factor!r}: must be >= 1")
@@ -264,6 +300,9 @@ def regressions(run: Run, baseline: Run, *, accuracy_factor: float = 2.0, slowdo
                                     f"error/bound {old.ratio:.3g}", f"error/bound {check.ratio:.3g}"))
     found += [Regression("slower", t.after.id, "benchmark", t.after.dtype, ratio_text(t.before), ratio_text(t.after))
               for t in timings if t.verdict == paired.SLOWER]
+    timed_before = _timed(baseline)
+    found += [Regression("not timed", b.id, "benchmark", b.dtype, ratio_text(timed_before[_key(b.id)]), NOT_TIMED)
+              for b in run.benchmarks if b.interval is None and _key(b.id) in timed_before]
     return found
 
 
@@ -385,18 +424,44 @@ def _interval_cell(b: Benchmark) -> Cell:
 VERDICT_TONES = {paired.SLOWER: "fail", paired.NOT_SLOWER: "ok", paired.UNDECIDED: "warn"}
 
 
+_TIMING_COLUMNS = ["torch ms", "impl ms", "impl/torch", "95% interval", "pairs"]
+_AGAINST_COLUMNS = ["baseline impl/torch", "against baseline"]
+
+
+def _timing_cells(b: Benchmark, against: dict) -> list:
+    """How fast a benchmark ran: each side's median round, the ratio with its interval and pairs,
+    and, where ``against`` (its timing comparisons by id) is not empty, its verdict against the
+    baseline. A benchmark that timed nothing says so, in the colour of a failure."""
+    ratio = b.ratio_to_torch
+    cells = [_ms(b.torch), _ms(b.impl), (NOT_TIMED, "fail") if ratio is None else (f"{ratio:.2f}x", _ratio_tone(ratio)),
+             _interval_cell(b), str(b.pairs)]
+    if against:
+        t = against.get(b.id)
+        cells += [("", "muted"), ("", "muted")] if t is None else [ratio_text(t.before),
+                                                                   (t.verdict, VERDICT_TONES[t.verdict])]
+    return cells
+
+
+def benchmark_summary(run: Run, timings: list) -> Table:
+    """The terminal's view of the benchmarks: per group, the implementation's time beside torch's,
+    the ratio with its interval, and (``timings``: against a baseline) the gate's verdict."""
+    against = {t.after.id: t for t in timings}
+    rows = [[_label(b)] + _timing_cells(b, against) for b in run.benchmarks]
+    return Table("Speed beside torch", "median round of each side; impl/torch is the median of the paired ratios "
+                 "with its 95% interval (below 1: faster than torch)",
+                 ["benchmark"] + _TIMING_COLUMNS + _AGAINST_COLUMNS * bool(against), rows)
+
+
+def _label(b: Benchmark) -> str:
+    return f"{b.op} {b.dtype} {b.shape} {b.device}"
+
+
 def _benchmark_table(run: Run, timings: list) -> Table:
     against = {t.after.id: t for t in timings}
     linear = any(b.logits_bytes is not None for b in run.benchmarks)
     rows = []
     for b in run.benchmarks:
-        ratio = b.ratio_to_torch
-        row = [b.op, b.dtype, b.shape, b.device, _ms(b.torch), _ms(b.impl),
-               ("" if ratio is None else f"{ratio:.2f}x", _ratio_tone(ratio)), _interval_cell(b), str(b.pairs)]
-        if timings:
-            t = against.get(b.id)
-            row += [("", "muted"), ("", "muted")] if t is None else [ratio_text(t.before),
-                                                                     (t.verdict, VERDICT_TONES[t.verdict])]
+        row = [b.op, b.dtype, b.shape, b.device] + _timing_cells(b, against)
         for side in (b.impl, b.torch):
             row.append("" if side.bytes_per_second is None else
                        f"{side.bytes_per_second / 1e9:.3g} ({side.roofline_percent:.0f}%)")
@@ -405,8 +470,7 @@ def _benchmark_table(run: Run, timings: list) -> Table:
         if linear:
             row.append("" if b.logits_bytes is None else f"{b.logits_bytes / 2**20:.0f}")
         rows.append(row)
-    columns = ["op", "dtype", "shape", "device", "torch ms", "impl ms", "impl/torch", "95% interval", "pairs"]
-    columns += ["baseline impl/torch", "against baseline"] * bool(timings)
+    columns = ["op", "dtype", "shape", "device"] + _TIMING_COLUMNS + _AGAINST_COLUMNS * bool(against)
     columns += ["impl GB/s (roofline)", "torch GB/s (roofline)", "impl extra MiB", "torch extra MiB"]
     columns += ["logits MiB"] * linear
     copy = sorted({f"{b.device} {b.copy_bytes_per_second / 1e9:.3g} GB/s" for b in run.benchmarks
@@ -430,6 +494,7 @@ def _regression_tables(found: list) -> list:
         groups[(r.kind, r.feature)].append(r.dtype)
     summary = [[(kind, "fail"), feature, str(len(dtypes)), ", ".join(sorted(set(dtypes)))]
                for (kind, feature), dtypes in groups.items()]
+    # no rows without regressions: ``_shown`` drops both tables
     return [Table("Regressions against the baseline", "", ["kind", "feature", "checks", "dtypes"], summary),
             Table("Each regression", "", ["kind", "test", "baseline", "this run"],
                   [[(r.kind, "fail"), r.id, r.before, r.after] for r in found])]
@@ -481,8 +546,7 @@ def ratio_plot(benchmarks: list, baseline: Optional[list] = None) -> str:
                      f'<text x="{x(tick):.1f}" y="{height - 12}" text-anchor="middle" fill="#555">{tick:g}</text>')
     for i, (b, end) in enumerate(zip(bars, ends)):
         y, ratio, mid = top + i * row_h, b.ratio_to_torch, top + i * row_h + row_h / 2
-        label = f"{b.op} {b.dtype} {b.shape} {b.device}"
-        parts.append(f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{html.escape(label)}</text>'
+        parts.append(f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{html.escape(_label(b))}</text>'
                      f'<rect x="{label_w}" y="{y + 4}" width="{x(ratio) - label_w:.1f}" height="{row_h - 8}" '
                      f'fill="{TONE_COLOURS[_ratio_tone(ratio)]}"/>'
                      f'<text x="{x(end) + 4:.1f}" y="{y + 15}">{ratio:.2f}x</text>')
@@ -561,9 +625,12 @@ def _collectives_table(run: Run) -> Table:
 GRADE_WORST = 5
 
 
-def _grade(run: Run) -> Table:
-    """How many checks meet the ``exact`` (shift-invariant) bound, and the worst that do not."""
+def _grade(run: Run) -> Optional[Table]:
+    """How many checks meet the ``exact`` (shift-invariant) bound, and the worst that do not;
+    ``None`` when the run graded nothing (benchmarks only)."""
     graded = [c for c in run.checks if c.exact_ratio is not None and c.status in ("passed", "xpassed", "failed")]
+    if not graded:
+        return None
     meeting = sum(c.exact_ratio <= 1 for c in graded)
     worst = sorted((c for c in graded if c.exact_ratio > 1), key=lambda c: -c.exact_ratio)[:GRADE_WORST]
     rows = [[c.id, c.exact_identity, c.exact_worst, f"{c.exact_ratio:.3g}",
@@ -573,25 +640,30 @@ def _grade(run: Run) -> Table:
                  ["test", "identity", "worst element", "error/exact bound", "within"], rows)
 
 
+def _shown(tables: list) -> list:
+    """The tables with something to say: rows, or the grade's count (its rows are only the checks
+    that miss the exact bound; ``_grade`` is None when nothing was graded)."""
+    return [t for t in tables if t is not None and (t.rows or t.title == "Accuracy grade")]
+
+
 def _tables(run: Run, found: list, timings: list) -> list:
-    tables = [_verdict_table(run)] + (_regression_tables(found) if found else []) + _accuracy_tables(run)
-    for table in (_failures_by_identity(run), _problems_table(run), _gaps_table(run), _collectives_table(run),
-                  _grade(run)):
-        if table.rows or table.title == "Accuracy grade":
-            tables.append(table)
+    tables = [_verdict_table(run)] + _shown(_regression_tables(found) + _accuracy_tables(run) + [
+        _failures_by_identity(run), _problems_table(run), _gaps_table(run), _collectives_table(run), _grade(run)])
     if run.benchmarks:
         tables.append(_benchmark_table(run, timings))
     return tables
 
 
-def verdict_tables(run: Run) -> list:
-    """What the terminal shows at the end of a run: the verdict matrix, the failures by identity,
-    the unsupported features, the collectives, the accuracy grade and the closest passes."""
+def verdict_tables(run: Run, found: list = (), timings: list = ()) -> list:
+    """What the terminal shows at the end of a run: the verdict matrix, the regressions against a
+    baseline (``found``), the failures by identity, the unsupported features, the collectives, the
+    accuracy grade, the closest passes and the speed beside torch (with ``timings``, the gate's
+    verdict of each benchmark)."""
     closest = _accuracy_tables(run)[1]
     closest = Table(closest.title, closest.note, closest.columns, closest.rows[:3])
-    return [t for t in (_verdict_table(run), _failures_by_identity(run), _gaps_table(run), _collectives_table(run),
-                        _grade(run), closest)
-            if t.rows or t.title == "Accuracy grade"]
+    return [_verdict_table(run)] + _shown(_regression_tables(list(found)) + [
+        _failures_by_identity(run), _gaps_table(run), _collectives_table(run), _grade(run), closest,
+        benchmark_summary(run, list(timings))])
 
 
 def _cell_text(cell: Cell) -> str:
@@ -616,11 +688,39 @@ def render_text(tables: list, width: int = 150) -> list[str]:
     return lines
 
 
+def baseline_lines(run: Run, baseline: Run) -> list[tuple]:
+    """What a regression report judged against, as ``(text, tone)``: the baseline's file,
+    implementation, versions, date and seed (tone ""), and warnings (tone "warn") where it measured something other than this
+    run did (another loss, other benchmark shapes), which the gate cannot see."""
+    env, old = run.environment, baseline.environment
+    lines = [(f"baseline: {baseline.source or '(not from a file)'}: {old.get('implementation', '?')}, kit "
+              f"{old.get('kit', '?')}, torch {old.get('torch', '?')}, created {old.get('created', '?')}, seed "
+              f"{old.get('seed', '?')}", "")]
+    if old.get("implementation") != env.get("implementation"):
+        lines.append((f"warning: the baseline judged {old.get('implementation', '?')}, this run "
+                      f"{env.get('implementation', '?')}: the regressions compare two different losses", "warn"))
+    shapes, old_shapes = (sorted({f"{b.shape} {b.device}" for b in r.benchmarks}) for r in (run, baseline))
+    if run.benchmarks and shapes != old_shapes:
+        lines.append((f"warning: the benchmark shapes differ: this run {', '.join(shapes)}; the baseline "
+                      f"{', '.join(old_shapes) or 'none'}; only the groups of both are compared", "warn"))
+    return lines
+
+
+def _measured(run: Run) -> str:
+    """What a run without failures found: its checks pass, or, a benchmark-only run, how many
+    groups it timed (a group that timed nothing is no pass)."""
+    if any(c.feature != "benchmark" for c in run.checks):
+        return "all checks pass or are declared"
+    timed = sum(b.interval is not None for b in run.benchmarks)
+    return f"benchmarks only: {timed} of {len(run.benchmarks)} groups timed beside torch; no conformance checks in this run"
+
+
 def _headline(run: Run, baseline: Optional[Run], found: list, timings: list) -> tuple:
     failed = sum(c.status == "failed" for c in run.checks)
-    verdict = f"{failed} failing check{'s' * (failed != 1)}" if failed else "all checks pass or are declared"
+    verdict = f"{failed} failing check{'s' * (failed != 1)}" if failed else _measured(run)
+    untimed = any(b.interval is None for b in run.benchmarks)
     if baseline is None:
-        return verdict, "fail" if failed else "ok"
+        return verdict, "fail" if failed else "warn" if untimed else "ok"
     noisy = sum(t.verdict == paired.UNDECIDED for t in timings)
     verdict = (f"{noisy} timing{'s' * (noisy != 1)} too noisy to decide; " if noisy else "") + verdict
     if found:
@@ -629,7 +729,7 @@ def _headline(run: Run, baseline: Optional[Run], found: list, timings: list) -> 
             kinds[r.kind] += 1
         detail = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
         return f"{len(found)} regression{'s' * (len(found) != 1)} against the baseline ({detail}); {verdict}", "fail"
-    return f"no regressions against the baseline; {verdict}", "fail" if failed else "warn" if noisy else "ok"
+    return f"no regressions against the baseline; {verdict}", "fail" if failed else "warn" if noisy or untimed else "ok"
 
 
 def _md_cell(cell: Cell) -> str:
@@ -640,6 +740,8 @@ def _md_cell(cell: Cell) -> str:
 def _markdown(run: Run, baseline: Optional[Run], found: list, timings: list, plot_name: Optional[str]) -> str:
     headline, _ = _headline(run, baseline, found, timings)
     out = ["# Conformance report", "", f"**{headline}**", ""] + [f"- {line}" for line in _environment(run)]
+    if baseline is not None:
+        out += [""] + [f"- **{text}**" if tone else f"- {text}" for text, tone in baseline_lines(run, baseline)]
     for table in _tables(run, found, timings):
         out += ["", f"## {table.title}", ""] + ([table.note, ""] if table.note else [])
         if not table.rows:
@@ -660,6 +762,7 @@ th{background:#f0f0f0}td.ok{background:#dff3e4}td.warn{background:#fcefd2}td.fai
 td.muted{color:#888;background:#f7f7f7}p.note{color:#555;font-size:13px;margin:.2em 0}
 .headline{padding:.6em 1em;font-size:16px;font-weight:bold;display:inline-block}
 .headline.ok{background:#dff3e4}.headline.warn{background:#fcefd2}.headline.fail{background:#f8d7d5}ul{font-size:13px}
+li.warn{background:#fcefd2;font-weight:bold}
 summary{cursor:pointer;color:#245;margin:.3em 0}"""
 
 
@@ -678,6 +781,8 @@ def _html(run: Run, baseline: Optional[Run], found: list, timings: list) -> str:
            f"<style>{_CSS}</style></head><body><h1>Conformance report</h1>",
            f"<div class='headline {tone}'>{html.escape(headline)}</div><ul>"]
     out += [f"<li>{html.escape(line)}</li>" for line in _environment(run)] + ["</ul>"]
+    if baseline is not None:
+        out += ["<ul>"] + [_html_cell(line, "li") for line in baseline_lines(run, baseline)] + ["</ul>"]
     for table in _tables(run, found, timings):
         out.append(f"<h2>{html.escape(table.title)}</h2>")
         if table.note:

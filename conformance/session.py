@@ -19,7 +19,7 @@ from .cases import dtype_name
 from .checks import PROBED_PREFIX
 from .expectations import UNSUPPORTED_PREFIX, Expectations
 from .impl import DEFAULT_SPECS, Implementation, load_implementation
-from .report import Benchmark, Check, Run
+from .report import Benchmark, Check, Run, regressions, timing_comparisons
 
 __all__ = ["ITEM_PROPERTY", "ConformanceSession", "item_features", "item_form", "is_check"]
 
@@ -91,6 +91,7 @@ class ConformanceSession:
     expectations: Expectations
     seed: int = 0
     named: bool = True   # False: no implementation named, torch's own losses are judged (DEFAULT_SPECS)
+    baseline: Optional[Run] = None   # --conformance-baseline
     records: dict = field(default_factory=dict)   # nodeid -> the check's record (see _record)
     _defaults: dict = field(default_factory=dict)
 
@@ -196,6 +197,14 @@ class ConformanceSession:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         return Run(environment=environment, checks=self.checks(), benchmarks=benchmarks)
+
+    def judged(self) -> tuple[Run, list, list]:
+        """The run, its regressions against the baseline and its timing comparisons (the rule of
+        ``python -m conformance report --baseline``); no regressions without a baseline."""
+        run = self.run()
+        if self.baseline is None:
+            return run, [], []
+        return run, regressions(run, self.baseline), timing_comparisons(run, self.baseline)
 
 
 def _kit_version() -> str:

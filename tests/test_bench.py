@@ -95,6 +95,42 @@ def test_conformance_bench_runs_checks_and_benchmarks(pytester):
     result.stdout.fnmatch_lines(["*benchmark*pass 1*", "*value*pass 3*"])
 
 
+def test_benchmarks_under_xdist_are_a_usage_error(pytester):
+    """pytest-benchmark disables itself under pytest-xdist: a run that asked for benchmarks there
+    would pass its speed gate on nothing timed, so it stops before it starts, saying what to do."""
+    for asked in ("--conformance-bench", "--benchmark-only"):
+        result = pytester.runpytest_inprocess(*BENCH, asked, "-n", "2")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*cannot run under pytest-xdist*Drop -n for a benchmark run*"])
+
+
+def test_a_benchmark_that_timed_nothing_is_no_pass(pytester):
+    """Under --benchmark-disable a benchmark runs once, untimed: the verdict says skipped, never
+    pass, and against a baseline that timed it the run and the report both find a regression."""
+    only = ("--conformance-bench", "-k", "float32 and not backward")
+    pytester.runpytest_inprocess(*BENCH, *only, "--conformance-report=base.json").assert_outcomes(passed=1)
+    untimed = pytester.runpytest_inprocess(*BENCH, *only, "--benchmark-disable", "--conformance-baseline=base.json",
+                                           "--conformance-report=untimed.json")
+    untimed.assert_outcomes(skipped=1)
+    assert untimed.ret == pytest.ExitCode.TESTS_FAILED
+    untimed.stdout.fnmatch_lines(["*benchmark*skipped*", "*not timed*forward]*x torch*not timed (0 pairs)*",
+                                  "*forward float32 8x300 cpu*not timed (0 pairs)*", "1 regressions against base.json"])
+    assert "pass" not in untimed.stdout.str().split("conformance verdict")[1].split("Speed beside torch")[0]
+    assert main(["report", "untimed.json", "--baseline", "base.json", "-o", "untimed.md"]) == 1
+    assert "**1 regression against the baseline (1 not timed)" in (pytester.path / "untimed.md").read_text()
+
+
+def test_benchmark_only_verdict_shows_the_speed_beside_torch(pytester):
+    """The terminal says how fast the loss is: per group, torch's time, the loss's, the ratio with
+    its interval; no accuracy grade or empty section for a run that graded nothing."""
+    result = pytester.runpytest_inprocess(*BENCH, "--benchmark-only", "-k", "bfloat16")
+    result.assert_outcomes(passed=3)
+    verdict = result.stdout.str().split("conformance verdict")[1]
+    result.stdout.fnmatch_lines(["Speed beside torch:*", "*benchmark*torch ms*impl ms*impl/torch*95% interval*pairs",
+                                 "*forward bfloat16 8x300 cpu*x*-*(+-*%)*6"])
+    assert "Accuracy grade" not in verdict and "Closest passes" not in verdict and verdict.count("8x300 cpu") == 3
+
+
 def test_benchmark_compare_fail_still_gates(pytester):
     pytester.makepyfile(slow_impl=SLOW_IMPL)
     pytester.syspathinsert()

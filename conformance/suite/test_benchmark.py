@@ -179,6 +179,9 @@ def _time_beside_torch(benchmark, request, steps: dict, device: str, traffic: in
                        for side, times in (("impl", impl_times), ("torch", torch_times))})
     benchmark.extra_info.update(info)
     request.node.user_properties.append(("benchmark", dict(info, group=benchmark.group)))
+    if not impl_times:   # recorded all the same: against a baseline that timed it, "not timed" is a regression
+        pytest.skip("not timed: pytest-benchmark is disabled (--benchmark-disable); a benchmark that timed "
+                    "nothing is no pass")
 
 
 @pytest.mark.parametrize("op", _backward_marked(bench.OPS))
