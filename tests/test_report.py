@@ -1,6 +1,7 @@
 """The run report: JSON round trip, the baseline diff, rendering, the CLI's exit status, and the
 proof end to end: a slower implementation (fixtures/slow, three times torch's time) and one with
 a planted accuracy bug each show their regressions and fail the report; identical runs pass it."""
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 
@@ -130,8 +131,78 @@ def test_cli_exit_status(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "# Conformance report" in out and "regression: newly failing: suite/test_value.py::a" in err
     assert main(["report", str(tmp_path / "missing.json")]) == 2
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as bad_arguments:
         main(["report", str(good), "--max-slowdown", "-0.1"])
+    assert bad_arguments.value.code == 2
+
+
+def test_cli_output_paths_create_their_folder_or_exit_2(tmp_path, capsys):
+    """2, not 1 (regressions), when the report cannot be written: a CI gate tells a broken job
+    from a regression. A missing folder is created, as --junitxml does."""
+    good = tmp_path / "good.json"
+    report.save(_run([_check("a")]), good)
+    assert main(["report", str(good), "-o", str(tmp_path / "new" / "dir" / "x.html")]) == 0
+    assert "<table>" in (tmp_path / "new" / "dir" / "x.html").read_text()
+    capsys.readouterr()
+    assert main(["report", str(good), "--baseline", str(good), "-o", str(good / "x.md")]) == 2
+    assert f"error: {good / 'x.md'}: cannot create its folder {good}" in capsys.readouterr().err
+    assert main(["report", str(good), "-o", str(tmp_path)]) == 2
+    assert "is a folder, not a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "exit status: 0 no regressions; 1 regressions against the baseline; 2 the report could not be made" \
+        in " ".join(capsys.readouterr().out.split())
+
+
+def test_run_output_paths_are_checked_before_any_check_runs(pytester):
+    """--conformance-report into a missing folder creates it; one that cannot be written and a
+    baseline that cannot be read stop the run at start-up with a usage error naming the path."""
+    pytester.makefile(".json", blocker="")
+    fast = ("-k", "test_value_matches_truth and float32 and 1x10")
+    written = pytester.runpytest_inprocess(*CHECKS, *fast, "--conformance-report=out2/run.json")
+    assert written.ret == pytest.ExitCode.OK and report.load(pytester.path / "out2" / "run.json").checks
+    for option, message in (("--conformance-report=blocker.json/run.json", "--conformance-report: blocker.json/run.json: "
+                                                                          "cannot create its folder blocker.json"),
+                            ("--conformance-baseline=missing.json", "--conformance-baseline: missing.json: No such file")):
+        refused = pytester.runpytest_inprocess(*CHECKS, *fast, option)
+        assert refused.ret == pytest.ExitCode.USAGE_ERROR and "passed" not in refused.stdout.str()
+        refused.stderr.fnmatch_lines([f"ERROR: {message}*"])
+
+
+def test_every_regression_report_names_its_baseline(tmp_path, capsys):
+    """File, implementation, kit and torch versions, date and seed, in Markdown, HTML and on
+    stderr; a warning where the baseline judged another loss or timed other shapes."""
+    environment = {"implementation": "old_loss", "kit": "0.0.9", "torch": "2.12.0", "created": "2026-11-30T10:00:00",
+                   "seed": 3}
+    report.save(Run(environment=environment, checks=[_check("a")], benchmarks=[_bench(1.0, 1e-3)]),
+                tmp_path / "old.json")
+    moved = dataclasses.replace(_bench(1.0, 1e-3), shape="16x300")
+    report.save(_run([_check("a")], [moved]), tmp_path / "new.json")
+    assert main(["report", str(tmp_path / "new.json"), "--baseline", str(tmp_path / "old.json"),
+                 "-o", str(tmp_path / "r.md")]) == 0
+    named = f"baseline: {tmp_path / 'old.json'}: old_loss, kit 0.0.9, torch 2.12.0, created 2026-11-30T10:00:00, seed 3"
+    other_loss = "warning: the baseline judged old_loss, this run impl: the regressions compare two different losses"
+    other_shapes = "warning: the benchmark shapes differ: this run 16x300 cpu; the baseline 8x300 cpu"
+    md = (tmp_path / "r.md").read_text()
+    assert f"- {named}" in md and f"- **{other_loss}**" in md and other_shapes in md
+    assert main(["report", str(tmp_path / "new.json"), "--baseline", str(tmp_path / "old.json"),
+                 "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert f"<li>{named}</li>" in page and f'<li class="warn">{other_loss}</li>' in page
+    err = capsys.readouterr().err
+    assert named in err and other_loss in err and other_shapes in err
+    same = report.render(report.load(tmp_path / "old.json"), "md", baseline=report.load(tmp_path / "old.json"))
+    assert "baseline: " in same and "warning" not in same
+
+
+def test_a_benchmark_only_report_says_what_it_measured():
+    """No accuracy sections for a run that graded nothing; its headline counts the groups timed."""
+    run = _run([Check(id="suite/test_benchmark.py::t[8x300-cpu-float32-forward]", implementation="impl",
+                      feature="benchmark", dtype="float32", device="cpu", status="passed")], [_bench(1.1, 1e-3)])
+    md = report.render(run, "md")
+    assert "**benchmarks only: 1 of 1 groups timed beside torch; no conformance checks in this run**" in md
+    assert "## Benchmarks beside torch" in md and "none" not in md and "Accuracy" not in md
+    assert [t.title for t in report.verdict_tables(run)] == ["Verdict", "Speed beside torch"]
 
 
 def _pytest_run(pytester, name, *args):
@@ -146,8 +217,12 @@ def test_report_gates_ci_on_real_runs(pytester, capsys):
     pytester.syspathinsert(ROOT)
     base = _pytest_run(pytester, "base.json", *WITH_BENCH)
     base_again = _pytest_run(pytester, "base_again.json", *WITH_BENCH)
-    slow = _pytest_run(pytester, "slow.json", *WITH_BENCH, "--impl=fixtures.slow.three_times")
-    buggy = _pytest_run(pytester, "buggy.json", "--impl=buggy_impl")
+    slow_gated = pytester.runpytest_inprocess(*CHECKS, *WITH_BENCH, "--impl=fixtures.slow.three_times",
+                                              "--conformance-report=slow.json", f"--conformance-baseline={base}")
+    slow = str(pytester.path / "slow.json")
+    buggy_gated = pytester.runpytest_inprocess(*CHECKS, "--impl=buggy_impl", "--conformance-report=buggy.json",
+                                               f"--conformance-baseline={base}")
+    buggy = str(pytester.path / "buggy.json")
     again = _pytest_run(pytester, "again.json")
     assert report.load(base).checks[0].device == "cpu"
 
@@ -155,6 +230,16 @@ def test_report_gates_ci_on_real_runs(pytester, capsys):
     slow_found = [r.kind for r in report.regressions(report.load(slow), report.load(base))]
     assert slow_found == ["slower"] * 3   # forward, backward, forward+backward
     assert "<svg" in (pytester.path / "slow.html").read_text()
+    # the same gate in one command: the pytest run against its baseline, named, exits 1 on the regressions
+    assert slow_gated.ret == pytest.ExitCode.TESTS_FAILED and "failed" not in slow_gated.parseoutcomes()
+    slow_gated.stdout.fnmatch_lines([f"baseline: {base}: torch.nn.functional:cross_entropy, kit *, torch *, created *, seed 0",
+                                     "warning: the baseline judged torch.nn.functional:cross_entropy, this run "
+                                     "fixtures.slow.three_times:cross_entropy: *",
+                                     "Regressions against the baseline:*", "*slower*benchmark*3*float32*",
+                                     "Speed beside torch:*", "*forward+backward float32 64x1000 cpu*x torch*slower",
+                                     f"3 regressions against {base}"])
+    buggy_gated.stdout.fnmatch_lines(["Regressions against the baseline:*", "*newly failing*value*9*float64*",
+                                      f"* regressions against {base}"])
     # the same implementation timed again: never slower (at worst too noisy to decide)
     assert main(["report", base_again, "--baseline", base]) == 0
 
