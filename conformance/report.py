@@ -16,7 +16,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from . import paired
 
@@ -264,6 +264,9 @@ def timing_comparisons(run: Run, baseline: Run, *, slowdown: float = SLOWDOWN) -
             for new in run.benchmarks if new.interval is not None and (old := before.get(_key(new.id))) is not None]
 
 
+NOT_TIMED = "not timed (0 pairs)"   # a benchmark under --benchmark-disable: never a pass
+
+
 def ratio_text(b: Benchmark) -> str:
     """``1.23x torch [1.20, 1.26]``: the ratio and its interval."""
     if b.ratio_to_torch is None:
@@ -271,9 +274,6 @@ def ratio_text(b: Benchmark) -> str:
     if b.ratio_low is None or b.ratio_high is None:
         return f"{b.ratio_to_torch:.2f}x torch (no interval: {b.pairs} pairs)"
     return f"{b.ratio_to_torch:.2f}x torch [{b.ratio_low:.2f}, {b.ratio_high:.2f}]"
-
-
-NOT_TIMED = "not timed (0 pairs)"
 
 
 def regressions(run: Run, baseline: Run, *, accuracy_factor: float = ACCURACY_FACTOR,
@@ -654,7 +654,7 @@ def _tables(run: Run, found: list, timings: list) -> list:
     return tables
 
 
-def verdict_tables(run: Run, found: list = (), timings: list = ()) -> list:
+def verdict_tables(run: Run, found: Sequence = (), timings: Sequence = ()) -> list:
     """What the terminal shows at the end of a run: the verdict matrix, the regressions against a
     baseline (``found``), the failures by identity, the unsupported features, the collectives, the
     accuracy grade, the closest passes and the speed beside torch (with ``timings``, the gate's
@@ -690,8 +690,9 @@ def render_text(tables: list, width: int = 150) -> list[str]:
 
 def baseline_lines(run: Run, baseline: Run) -> list[tuple]:
     """What a regression report judged against, as ``(text, tone)``: the baseline's file,
-    implementation, versions, date and seed (tone ""), and warnings (tone "warn") where it measured something other than this
-    run did (another loss, other benchmark shapes), which the gate cannot see."""
+    implementation, versions, date and seed (tone ""), and warnings (tone "warn") where it
+    measured something other than this run did (another loss, other benchmark shapes), which
+    the gate cannot see."""
     env, old = run.environment, baseline.environment
     lines = [(f"baseline: {baseline.source or '(not from a file)'}: {old.get('implementation', '?')}, kit "
               f"{old.get('kit', '?')}, torch {old.get('torch', '?')}, created {old.get('created', '?')}, seed "
@@ -712,7 +713,8 @@ def _measured(run: Run) -> str:
     if any(c.feature != "benchmark" for c in run.checks):
         return "all checks pass or are declared"
     timed = sum(b.interval is not None for b in run.benchmarks)
-    return f"benchmarks only: {timed} of {len(run.benchmarks)} groups timed beside torch; no conformance checks in this run"
+    return (f"benchmarks only: {timed} of {len(run.benchmarks)} groups timed beside torch; "
+            "no conformance checks in this run")
 
 
 def _headline(run: Run, baseline: Optional[Run], found: list, timings: list) -> tuple:
