@@ -89,14 +89,14 @@ def pytest_configure(config: pytest.Config) -> None:
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
                                  expectations=Expectations(contract, config.getoption("conformance_xfail")),
                                  seed=config.getoption("conformance_seed"), named=named,
-                                 baseline=_files_at_start(config))
+                                 baseline=_checked_at_start(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "conformance-session")
     config.stash[TIMEOUTS_KEY] = []
     config.stash[STACK_DUMP_FD_KEY] = _stack_dump_fd(config)
 
 
-def _files_at_start(config: pytest.Config) -> Optional[report.Run]:
+def _checked_at_start(config: pytest.Config) -> Optional[report.Run]:
     """Refuse, before any check runs, what would only fail at the end: benchmarks under xdist
     (pytest-benchmark disables itself there, and a speed gate would pass on nothing timed), a
     report path that cannot be written (its folder is created if missing), a baseline that cannot

@@ -14,7 +14,9 @@ share of ``--conformance-bench-time`` (the run's, shared out as each starts) is 
 bytes per second against the copy bandwidth (a roofline percentage) and the extra memory one
 call needs.
 
-These run only when asked: ``--benchmark-only`` or ``--conformance-bench``.
+These run only when asked: ``--benchmark-only`` or ``--conformance-bench``, and never under
+pytest-xdist, where pytest-benchmark times nothing (a usage error). Under ``--benchmark-disable``
+each runs once untimed and is skipped: a benchmark without pairs is never a pass.
 """
 import statistics
 import time
