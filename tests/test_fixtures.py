@@ -28,6 +28,9 @@ CORRECT = {
     "variants_fused": (),
     # an in-place loss that declares overwrites_logits: its input checks are declared failures
     "grad_into_input_declared": (),
+    # optional transforms refused in the kernel's own words, and by vmap's dynamic-shape error: probed gaps
+    "refuses_transforms_in_own_words": (),
+    "refuses_vmap_dynamic_shape": (),
     # the kit's own loss, held to the shift-invariant contract it claims
     "flexible_logits": ("--conformance-contract=exact",),
     "flexible_log_probs": ("--conformance-contract=exact",),
@@ -183,6 +186,21 @@ def test_fused_algorithm_shows_probed_gaps_and_accuracy_grade(suite):
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["Unsupported features:*", "*probed*vmap*", "Accuracy grade: * of * checks meet*",
                                  "*test_large_common_shift[[]cpu-float64-1e+30[]]*actual=*fused lse - z_y*"])
+
+
+@pytest.mark.parametrize("name,gaps", [
+    ("refuses_transforms_in_own_words", ["*probed*double_backward*raised RuntimeError: fused_ce*",
+                                         "*probed*forward_ad*raised RuntimeError: fused_ce*",
+                                         "*probed*vmap*raised RuntimeError: fused_ce*"]),
+    ("refuses_vmap_dynamic_shape", ["*probed*vmap*raised RuntimeError: vmap: We do not support*"]),
+])
+def test_a_transform_refused_in_any_words_is_a_probed_gap(suite, name, gaps):
+    """Kernels refuse transforms in words of their own and of torch's that no list keeps up with
+    (cut-cross-entropy's boolean indexing meets vmap's dynamic-shape error): any error is a probed
+    gap with its first line, never a failure."""
+    result = suite(f"--impl=fixtures.correct.{name}", "-k", "test_transforms and float64 and mean")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["Unsupported features:*", *gaps])
 
 
 def test_a_loss_that_overwrites_its_logits_fails_only_the_mutation_checks(suite):

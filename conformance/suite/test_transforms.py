@@ -12,11 +12,10 @@ gradient bound, are in ``tolerance``.) Second-order and tangent checks run in fl
 float32: the contracts bound a half-precision value and gradient, not derivatives or tangents
 carried in a half dtype.
 
-Double backward, forward mode and vmap are optional capabilities: where torch says a transform
-is not supported (an autograd.Function without setup_context, jvp or a vmap rule, a backward
-marked once_differentiable or built from detached tensors, a batching rule torch itself lacks)
-the check reports the capability unsupported (probed); any other error, and every wrong result,
-fails.
+Double backward, forward mode and vmap are optional capabilities: where a transform raises,
+whatever its words (torch's for an autograd.Function without setup_context, jvp or a vmap rule, a
+backward marked once_differentiable, a batching rule torch lacks, an operator of dynamic shape; a
+kernel's own), the check reports the capability unsupported (probed); every wrong result fails.
 """
 
 import pytest
