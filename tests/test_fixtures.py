@@ -1,5 +1,7 @@
 """Proof that the kit works: each correct fixture passes the suite, and each broken one is caught
 by the check aimed at its mechanism (fixtures/README.md lists them with their sources)."""
+import json
+
 import pytest
 
 import fixtures
@@ -250,3 +252,16 @@ def test_a_partial_variant_declaration_runs_only_its_variants(suite):
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] >= 36 and outcomes["skipped"] >= 76, outcomes
     assert "unsupported: softcap" in result.stdout.str() and "unsupported: return_z_loss" in result.stdout.str()
+
+
+def test_checks_stated_for_logits_are_unsupported_for_other_input_kinds(suite, pytester):
+    """A log-probability loss meets checks stated for logits (shift invariance, the softmax from
+    the gradient, second order, XOR): resolved at collection, reported unsupported with the
+    reason, never a bare skip."""
+    report = pytester.path / "run.json"
+    result = suite("--impl=fixtures.correct.nll_log_probs", "-k", "row_shift or argmax or soft_target or xor",
+                   f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    statuses = {check["status"] for check in json.loads(report.read_text())["checks"]}
+    assert statuses == {"unsupported"}, statuses
+    result.stdout.fnmatch_lines(["*declared*logits input*"])

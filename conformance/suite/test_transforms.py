@@ -44,11 +44,6 @@ LOSS_VARIANT_SCALE = 25.0
 WITH_LOSS_VARIANT = VARIANTS + [pytest.param(CAPPED_Z_LOSS, marks=pytest.mark.feature("softcap", "z_loss"))]
 
 
-def _logits_only(impl) -> None:
-    if impl.input_kind != "logits":
-        pytest.skip("the identities are stated for logits input")
-
-
 def _variant_problem(variant: str, n: int, c: int, dtype: torch.dtype, device: str, seed: int, reduction: str, *,
                      upstream) -> cases.Problem:
     weighted, capped = variant == "weighted+smoothed", variant == CAPPED_Z_LOSS
@@ -85,12 +80,12 @@ def _fed(impl, problem: cases.Problem) -> tuple:
 
 
 @pytest.mark.feature("backward", "double_backward")
+@pytest.mark.input_kind("logits")
 @WIDE_DTYPES
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, seed):
     """grad of <dL/dz, v> is s A (diag(p) - p p^T) v per position."""
-    _logits_only(impl)
     problem = _variant_problem(variant, 7, 5, dtype, device, seed, reduction, upstream="random")
     direction = _direction_recipe(problem.case.logits.shape, dtype, seed)
     grad_output, v = problem.upstream_gradient(), _build(direction, "v", device)
@@ -116,12 +111,12 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
 
 
 @pytest.mark.feature("forward_ad")
+@pytest.mark.input_kind("logits")
 @WIDE_DTYPES
 @pytest.mark.parametrize("variant", WITH_LOSS_VARIANT)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_forward_mode_directional_derivative(impl, judge, device, dtype, reduction, variant, seed):
     """torch.func.jvp of the loss along t is <dL/dz, t> (per position for reduction='none')."""
-    _logits_only(impl)
     problem = _variant_problem(variant, 8, 6, dtype, device, seed, reduction, upstream=None)
     direction = _direction_recipe(problem.case.logits.shape, dtype, seed)
     tangent = _build(direction, "v", device)
