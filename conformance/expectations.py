@@ -1,6 +1,7 @@
 """Every expected outcome of a check, known before it runs, in one table applied in one place
 (torch OpInfo's ``DecorateInfo`` is the model): features the implementation declares
-unsupported (the check is reported as unsupported, never run), torch's own failures pinned in
+unsupported or an input kind a check is not stated for (the check is reported as unsupported,
+never run), torch's own failures pinned in
 ``known_failures`` and the user's ``--conformance-xfail`` file (strict xfails; ``~``: not strict).
 
 Outcomes found while a check runs are the judge's (``checks.Judge.gap``: a capability probed and
@@ -64,11 +65,16 @@ class Expectations:
         self.matched: set = set()
         self._known: dict = {}   # implementation spec -> its pins and the xfail file's entries
 
-    def of(self, nodeid: str, features: Iterable[str], impl: Implementation) -> Optional[Expected]:
-        """The expected outcome of the check ``nodeid`` of ``impl`` that needs ``features``, if any."""
+    def of(self, nodeid: str, features: Iterable[str], impl: Implementation,
+           input_kinds: Optional[tuple] = None) -> Optional[Expected]:
+        """The expected outcome of the check ``nodeid`` of ``impl`` that needs ``features`` and,
+        where it is stated for them only, one of ``input_kinds``, if any."""
         missing = [name for name in features if name in impl.unsupported]
         if missing:
             return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{', '.join(missing)} (declared by {impl.spec})")
+        if input_kinds and impl.input_kind not in input_kinds:
+            return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{' or '.join(input_kinds)} input (declared by "
+                                           f"{impl.spec}: input_kind={impl.input_kind!r})")
         if impl.spec not in self._known:
             self._known[impl.spec] = {**pinned_failures(impl.call, self.contract), **self.listed}
         known = self._known[impl.spec]

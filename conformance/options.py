@@ -14,7 +14,7 @@ __all__ = ["DTYPES", "PROBED_FEATURES", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES"
            "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE", "add_options", "world_sizes", "round_plan", "load_hypothesis_profile"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-# Optional capabilities: a not-supported error from torch reports them as probed gaps.
+# Optional capabilities: any error they raise reports them as probed gaps (checks.Judge.probe).
 PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_loss", "retain_graph")
 
 # A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core

@@ -69,6 +69,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "feature(name): the checks need this feature of the implementation")
     config.addinivalue_line("markers", "sweep(name, values, features={}): a boundary sweep, parametrized by the "
                                        "kit over (value, dtype, reduction): see cases.sweep")
+    config.addinivalue_line("markers", "input_kind(*kinds): the input kinds the check's identity is stated for; "
+                                       "an implementation taking another is reported unsupported")
     config.addinivalue_line("markers", "form(name): the form of implementation the check judges (impl.FORMS; "
                                        "default: its module's FORM, else logits)")
     config.addinivalue_line("markers", "conformance_bench: a benchmark beside torch; runs only with "

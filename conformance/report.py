@@ -591,8 +591,8 @@ def _gaps_table(run: Run) -> Table:
     rows = [[how, feature, str(count), reason.removeprefix(f"unsupported (probed): {feature}: ")[:160]
              if how == "probed" else ""]
             for (how, feature), (count, reason) in sorted(gaps.items())]
-    return Table("Unsupported features", "Declared in the implementation's `unsupported`, or probed: the check met "
-                 "torch's own not-supported error (--conformance-require FEATURE makes a probed gap fail).",
+    return Table("Unsupported features", "Declared in the implementation's `unsupported`, or probed: an optional "
+                 "transform raised (--conformance-require FEATURE makes a probed gap fail).",
                  ["how", "feature", "checks", "first reason"], rows)
 
 

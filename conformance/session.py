@@ -114,7 +114,8 @@ class ConformanceSession:
         item.user_properties.append((ITEM_PROPERTY, {
             "feature": _family(item.module.__name__), "dtype": item_dtype(item) or "-",
             "device": _params(item).get("device", "-"), "features": features, "implementation": impl.spec}))
-        expected = self.expectations.of(item.nodeid, features, impl)
+        kinds = item.get_closest_marker("input_kind")
+        expected = self.expectations.of(item.nodeid, features, impl, kinds.args if kinds else None)
         if expected is not None:
             item.add_marker(expected.marker())
 

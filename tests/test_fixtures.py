@@ -1,5 +1,7 @@
 """Proof that the kit works: each correct fixture passes the suite, and each broken one is caught
 by the check aimed at its mechanism (fixtures/README.md lists them with their sources)."""
+import json
+
 import pytest
 
 import fixtures
@@ -28,6 +30,9 @@ CORRECT = {
     "variants_fused": (),
     # an in-place loss that declares overwrites_logits: its input checks are declared failures
     "grad_into_input_declared": (),
+    # optional transforms refused in the kernel's own words, and by vmap's dynamic-shape error: probed gaps
+    "refuses_transforms_in_own_words": (),
+    "refuses_vmap_dynamic_shape": (),
     # the kit's own loss, held to the shift-invariant contract it claims
     "flexible_logits": ("--conformance-contract=exact",),
     "flexible_log_probs": ("--conformance-contract=exact",),
@@ -185,6 +190,21 @@ def test_fused_algorithm_shows_probed_gaps_and_accuracy_grade(suite):
                                  "*test_large_common_shift[[]cpu-float64-1e+30[]]*actual=*fused lse - z_y*"])
 
 
+@pytest.mark.parametrize("name,gaps", [
+    ("refuses_transforms_in_own_words", ["*probed*double_backward*raised RuntimeError: fused_ce*",
+                                         "*probed*forward_ad*raised RuntimeError: fused_ce*",
+                                         "*probed*vmap*raised RuntimeError: fused_ce*"]),
+    ("refuses_vmap_dynamic_shape", ["*probed*vmap*raised RuntimeError: vmap: We do not support*"]),
+])
+def test_a_transform_refused_in_any_words_is_a_probed_gap(suite, name, gaps):
+    """Kernels refuse transforms in words of their own and of torch's that no list keeps up with
+    (cut-cross-entropy's boolean indexing meets vmap's dynamic-shape error): any error is a probed
+    gap with its first line, never a failure."""
+    result = suite(f"--impl=fixtures.correct.{name}", "-k", "test_transforms and float64 and mean")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["Unsupported features:*", *gaps])
+
+
 def test_a_loss_that_overwrites_its_logits_fails_only_the_mutation_checks(suite):
     """The truth comes from a pristine copy: Liger's in-place gradient does not make every value
     and gradient check fail, only the checks that the caller's tensors stay unmodified."""
@@ -232,3 +252,16 @@ def test_a_partial_variant_declaration_runs_only_its_variants(suite):
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] >= 36 and outcomes["skipped"] >= 76, outcomes
     assert "unsupported: softcap" in result.stdout.str() and "unsupported: return_z_loss" in result.stdout.str()
+
+
+def test_checks_stated_for_logits_are_unsupported_for_other_input_kinds(suite, pytester):
+    """A log-probability loss meets checks stated for logits (shift invariance, the softmax from
+    the gradient, second order, XOR): resolved at collection, reported unsupported with the
+    reason, never a bare skip."""
+    report = pytester.path / "run.json"
+    result = suite("--impl=fixtures.correct.nll_log_probs", "-k", "row_shift or argmax or soft_target or xor",
+                   f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    statuses = {check["status"] for check in json.loads(report.read_text())["checks"]}
+    assert statuses == {"unsupported"}, statuses
+    result.stdout.fnmatch_lines(["*declared*logits input*"])

@@ -112,9 +112,8 @@ def train_xor(loss_fn, dtype: torch.dtype, device: str) -> tuple:
 # 2 s a dtype (two 1000-step trainings): the document's float32 and the coarsest dtype by default.
 @pytest.mark.default_dtypes(torch.float32, torch.bfloat16)
 @pytest.mark.feature("backward")
+@pytest.mark.input_kind("logits")   # the document's network outputs logits
 def test_network_learns_xor(impl, judge, device, dtype):
-    if impl.input_kind != "logits":
-        pytest.skip("the document's network outputs logits")
     name = cases.dtype_name(dtype)
     recipe = f"""
 logits = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.{name})

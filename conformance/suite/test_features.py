@@ -92,10 +92,9 @@ def test_probability_targets(judge, device, dtype, reduction, variant, seed):
 
 
 @pytest.mark.feature("probability_target", "backward")
+@pytest.mark.input_kind("logits")
 def test_gradient_with_respect_to_soft_target(impl, judge, device, dtype, seed):
     """d(loss)/d(target) is -log softmax(z) (times the weights and the upstream)."""
-    if impl.input_kind != "logits":
-        pytest.skip("the identity is stated for logits")
     problem = cases.problem(cases.well_conditioned(6, 5, dtype, device, seed=seed, soft_target=True),
                             reduction="sum", upstream=None)
     logits, target = problem.case.logits.clone(), problem.case.target.clone().requires_grad_()

@@ -15,15 +15,22 @@ from conformance import cases, checks, run
 from conformance.checks import Show
 from conformance.guards import bits
 
-pytestmark = pytest.mark.feature("weight", "label_smoothing")
+# A call's life does not depend on its options, but a buffer kept between calls may hold them:
+# every check runs plainly (so a loss without class weights or smoothing is judged on all the
+# rest) and with weights and smoothing where the loss takes them.
+OPTIONS = pytest.mark.parametrize("options", [
+    pytest.param("plain"),
+    pytest.param("weighted+smoothed", marks=pytest.mark.feature("weight", "label_smoothing")),
+])
 
 
-def _problem(impl, dtype, device, seed, *, reduction="none", upstream="random"):
-    """Weighted, smoothed, some positions ignored (where the loss takes ignore_index): every
-    option a buffer could hold."""
-    case = cases.well_conditioned(11, 9, dtype, device, seed=seed, weight=True,
+def _problem(impl, options, dtype, device, seed, *, reduction="none", upstream="random"):
+    """Some positions ignored (where the loss takes ignore_index); with ``weighted+smoothed``,
+    every option a buffer could hold."""
+    weighted = options == "weighted+smoothed"
+    case = cases.well_conditioned(11, 9, dtype, device, seed=seed, weight=weighted,
                                   ignore_index=cases.ignore_index_for(impl), family="life of a call")
-    return cases.problem(case, reduction=reduction, label_smoothing=0.1, upstream=upstream)
+    return cases.problem(case, reduction=reduction, label_smoothing=0.1 if weighted else 0.0, upstream=upstream)
 
 
 def _leaf(impl, problem):
@@ -32,17 +39,20 @@ def _leaf(impl, problem):
 
 
 @pytest.mark.feature("backward")
-def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, seed):
+@OPTIONS
+def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, options, seed):
     """``retain_graph=True``: a second backward through the same graph returns the same gradient,
     and the first one returned is not changed by it (a backward that scales a saved buffer in
-    place returns it scaled twice)."""
-    problem = _problem(impl, dtype, device, seed)
+    place returns it scaled twice). A loss that refuses the second backward (a compiled graph's
+    donated buffers) has a probed gap, ``retain_graph``."""
+    problem = _problem(impl, options, dtype, device, seed)
     pristine, x, t = _leaf(impl, problem)
     grad = problem.upstream_gradient()
     loss = impl(x, t, problem.call_options())
     first, = torch.autograd.grad(loss, x, grad, retain_graph=True)
     kept = bits(first)
-    second, = torch.autograd.grad(loss, x, grad)
+    second, = judge.probe("retain_graph", problem, lambda: torch.autograd.grad(loss, x, grad),
+                          "a second backward over the graph kept with retain_graph=True")
     out = run.Outcome(input=pristine, target=t, loss=loss.detach(), grad=second, upstream=grad)
     ev = run.truth(impl, problem, out)
     steps = ("x.requires_grad_()", f"loss = {checks.call_code(impl, problem)}", problem.upstream,
@@ -57,9 +67,10 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, seed
 
 
 @pytest.mark.feature("backward")
-def test_gradients_accumulate(impl, judge, device, dtype, seed):
+@OPTIONS
+def test_gradients_accumulate(impl, judge, device, dtype, options, seed):
     """Two forward and backward passes into the same leaf: ``.grad`` holds the sum of both."""
-    problem = _problem(impl, dtype, device, seed)
+    problem = _problem(impl, options, dtype, device, seed)
     pristine, x, t = _leaf(impl, problem)
     grad = problem.upstream_gradient()
     # A loss that declares overwrites_logits gets its logits anew before each call, as from a new forward.
@@ -78,54 +89,60 @@ def test_gradients_accumulate(impl, judge, device, dtype, seed):
 
 
 @pytest.mark.feature("backward")
+@OPTIONS
 @pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_caller_tensors_unchanged(impl, judge, device, dtype, reduction, seed):
+def test_caller_tensors_unchanged(impl, judge, device, dtype, reduction, options, seed):
     """The upstream gradient, the class weights and the target belong to the caller: bitwise
     unchanged after forward and after backward."""
-    problem = _problem(impl, dtype, device, seed, reduction=reduction)
+    problem = _problem(impl, options, dtype, device, seed, reduction=reduction)
     _, x, t = _leaf(impl, problem)
     grad = problem.upstream_gradient()
-    options = problem.call_options()
-    owned = {"upstream gradient": grad, "class weights": options.weight, "target": t}
-    before = {name: bits(tensor) for name, tensor in owned.items()}
-    loss = impl(x, t, options)
-    changed = [f"{name} (during forward)" for name, tensor in owned.items() if not torch.equal(bits(tensor), before[name])]
+    call = problem.call_options()
+    owned = {"upstream gradient": ("grad", grad), "class weights": ("weight", call.weight), "target": ("t", t)}
+    owned = {name: (variable, tensor) for name, (variable, tensor) in owned.items() if tensor is not None}
+    before = {name: bits(tensor) for name, (_, tensor) in owned.items()}
+    loss = impl(x, t, call)
+    changed = [f"{name} (during forward)" for name, (_, tensor) in owned.items()
+               if not torch.equal(bits(tensor), before[name])]
     loss.backward(grad)
-    changed += [f"{name} (during backward)" for name, tensor in owned.items()
+    changed += [f"{name} (during backward)" for name, (_, tensor) in owned.items()
                 if not torch.equal(bits(tensor), before[name]) and f"{name} (during forward)" not in changed]
     if changed:
+        variables = [variable for variable, _ in owned.values()]
         judge.fail("caller's tensors unchanged", problem, "modified: " + ", ".join(changed),
-                   show=Show("torch.equal(grad, grad0) and torch.equal(weight, weight0) and torch.equal(t, t0)", "True",
+                   show=Show(" and ".join(f"torch.equal({v}, {v}0)" for v in variables), "True",
                              steps=("x.requires_grad_()", problem.upstream,
-                                    "grad0, weight0, t0 = grad.clone(), weight.clone(), t.clone()",
+                                    f"{', '.join(v + '0' for v in variables)} = "
+                                    f"{', '.join(v + '.clone()' for v in variables)}",
                                     f"{checks.call_code(impl, problem)}.backward(grad)")))
 
 
-def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, seed):
+@OPTIONS
+def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, options, seed):
     """The caller changes its logits in place between two calls: the second call's loss is the
     loss of the new logits (no result cached by the tensor's address: a known exploit of
     kernel judges)."""
-    problem = _problem(impl, dtype, device, seed, upstream=None)
+    problem = _problem(impl, options, dtype, device, seed, upstream=None)
     x, t = impl.feed(problem.case.logits, problem.case.target)
-    x, options = x.clone(), problem.call_options()   # the same tensors both times, as a training loop passes them
+    x, call = x.clone(), problem.call_options()   # the same tensors both times, as a training loop passes them
     with torch.no_grad():
-        impl(x, t, options)
+        impl(x, t, call)
         x.mul_(2)
         changed = x.clone()   # what the second call is handed (a loss may overwrite it: overwrites_logits)
-        loss = impl(x, t, options)
+        loss = impl(x, t, call)
     out = run.Outcome(input=changed, target=t, loss=loss)
     steps = (f"first = {checks.call_code(impl, problem)}", "x.mul_(2)", "changed = x.clone()",
-             f"loss = {checks.call_code(impl, problem)}",
-             "truth = evaluate(changed, t, weight=weight, label_smoothing=0.1, reduction='none')")
+             f"loss = {checks.call_code(impl, problem)}", checks.truth_code(impl, problem, "changed"))
     judge.value(problem, out, run.truth(impl, problem, out), identity="a call after an in-place change",
                 show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
 
 
+@OPTIONS
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
-def test_no_grad_and_inference_mode_agree(impl, judge, device, dtype, mode, seed):
+def test_no_grad_and_inference_mode_agree(impl, judge, device, dtype, mode, options, seed):
     """Under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation loops) the loss is the
     grad-enabled one: same shape, same value against the truth."""
-    problem = _problem(impl, dtype, device, seed, upstream=None)
+    problem = _problem(impl, options, dtype, device, seed, upstream=None)
     x, t = impl.feed(problem.case.logits, problem.case.target)
     pristine = x.clone()
     with getattr(torch, mode)():

@@ -104,11 +104,10 @@ target = torch.tensor([0, 1, {num_classes - 1}, 1])
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.input_kind("logits")
 def test_row_shift_changes_nothing(impl, judge, device, dtype, reduction, seed):
     """Logits on a 1/8 grid in [-4, 4] shifted by 16 stay exact in every dtype, so both calls see
-    the same mathematical problem."""
-    if impl.input_kind != "logits":
-        pytest.skip("shift invariance is a property of logits")
+    the same mathematical problem (shift invariance is a property of logits)."""
     name = cases.dtype_name(dtype)
     base = f"""
 g = torch.Generator().manual_seed({seed + 11})
@@ -125,12 +124,11 @@ target = torch.randint(9, (6,), generator=g)
 
 
 @pytest.mark.feature("backward")
+@pytest.mark.input_kind("logits")
 def test_argmax_of_logits_is_argmax_of_softmax(impl, judge, device, dtype, seed):
     """softmax(z) = dL/dz + y for reduction='sum' with a unit upstream: its argmax is z's, on every
     row where the gradient's tolerance cannot reorder the two largest probabilities (in bfloat16
     a gradient near -1 is rounded by up to 2^-9, more than some gaps between probabilities)."""
-    if impl.input_kind != "logits":
-        pytest.skip("the softmax is recovered from the gradient with respect to logits")
     case = cases.well_conditioned(40, 12, dtype, device, seed=seed)
     problem = cases.Problem(case, cases.LossOptions(reduction="sum"),
                             upstream=f"grad = torch.tensor(1.0, dtype=torch.{cases.dtype_name(dtype)})")

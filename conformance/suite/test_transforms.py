@@ -12,11 +12,10 @@ gradient bound, are in ``tolerance``.) Second-order and tangent checks run in fl
 float32: the contracts bound a half-precision value and gradient, not derivatives or tangents
 carried in a half dtype.
 
-Double backward, forward mode and vmap are optional capabilities: where torch says a transform
-is not supported (an autograd.Function without setup_context, jvp or a vmap rule, a backward
-marked once_differentiable or built from detached tensors, a batching rule torch itself lacks)
-the check reports the capability unsupported (probed); any other error, and every wrong result,
-fails.
+Double backward, forward mode and vmap are optional capabilities: where a transform raises,
+whatever its words (torch's for an autograd.Function without setup_context, jvp or a vmap rule, a
+backward marked once_differentiable, a batching rule torch lacks, an operator of dynamic shape; a
+kernel's own), the check reports the capability unsupported (probed); every wrong result fails.
 """
 
 import pytest
@@ -43,11 +42,6 @@ CAPPED_Z_LOSS = "capped+z_loss"
 LOSS_VARIANT = Variant(softcap=20.0, z_loss=1e-3)
 LOSS_VARIANT_SCALE = 25.0
 WITH_LOSS_VARIANT = VARIANTS + [pytest.param(CAPPED_Z_LOSS, marks=pytest.mark.feature("softcap", "z_loss"))]
-
-
-def _logits_only(impl) -> None:
-    if impl.input_kind != "logits":
-        pytest.skip("the identities are stated for logits input")
 
 
 def _variant_problem(variant: str, n: int, c: int, dtype: torch.dtype, device: str, seed: int, reduction: str, *,
@@ -86,12 +80,12 @@ def _fed(impl, problem: cases.Problem) -> tuple:
 
 
 @pytest.mark.feature("backward", "double_backward")
+@pytest.mark.input_kind("logits")
 @WIDE_DTYPES
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, seed):
     """grad of <dL/dz, v> is s A (diag(p) - p p^T) v per position."""
-    _logits_only(impl)
     problem = _variant_problem(variant, 7, 5, dtype, device, seed, reduction, upstream="random")
     direction = _direction_recipe(problem.case.logits.shape, dtype, seed)
     grad_output, v = problem.upstream_gradient(), _build(direction, "v", device)
@@ -117,12 +111,12 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
 
 
 @pytest.mark.feature("forward_ad")
+@pytest.mark.input_kind("logits")
 @WIDE_DTYPES
 @pytest.mark.parametrize("variant", WITH_LOSS_VARIANT)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_forward_mode_directional_derivative(impl, judge, device, dtype, reduction, variant, seed):
     """torch.func.jvp of the loss along t is <dL/dz, t> (per position for reduction='none')."""
-    _logits_only(impl)
     problem = _variant_problem(variant, 8, 6, dtype, device, seed, reduction, upstream=None)
     direction = _direction_recipe(problem.case.logits.shape, dtype, seed)
     tangent = _build(direction, "v", device)
