@@ -266,26 +266,31 @@ class Judge:
                            tolerance.bound(kind, tolerance.EXACT, problem.dtype, **terms), show, also)
 
     def value(self, problem: Problem, out: run.Outcome, ev, *, identity: str = "value",
-              expected: Optional[Tensor] = None, also: Optional[Tensor] = None, show: Show = VALUE) -> Comparison:
-        """The loss against the truth (``expected``: another exact statement of it, such as log C)."""
+              expected: Optional[Tensor] = None, also: Optional[Tensor] = None, show: Show = VALUE,
+              **terms) -> Comparison:
+        """The loss against the truth (``expected``: another exact statement of it, such as log C);
+        ``terms``: the value bound's further terms (``shards``). Under ``parity`` a half-precision
+        loss is held to torch's own error on what it was fed (``out.input``: every form's full
+        logits, a vocab-parallel loss's gathered from its ranks)."""
         __tracebackhide__ = True
         expected = ev.loss if expected is None else expected
-        exact = tolerance.value_bound(ev, problem.dtype, tolerance.EXACT)
+        exact = tolerance.bound("value", tolerance.EXACT, problem.dtype, ev=ev, **terms)
         if self._parity(problem):
             bound = tolerance.parity_bound(self._torch_on(problem, out)[0], expected, problem.dtype)
         else:
-            bound = self.bound("value", problem.dtype, ev=ev)
+            bound = self.bound("value", problem.dtype, ev=ev, **terms)
         return self._judge(identity, problem, out.loss, expected, bound, exact, show, also)
 
     def gradient(self, problem: Problem, out: run.Outcome, ev, *, identity: str = "gradient",
-                 show: Show = GRADIENT) -> Comparison:
+                 show: Show = GRADIENT, **terms) -> Comparison:
+        """The logit gradient against the truth, as ``value`` judges the loss."""
         __tracebackhide__ = True
         expected = ev.grad(out.upstream)
-        exact = tolerance.grad_bound(ev, out.upstream, problem.dtype, tolerance.EXACT)
+        exact = tolerance.bound("gradient", tolerance.EXACT, problem.dtype, ev=ev, grad_output=out.upstream, **terms)
         if self._parity(problem):
             bound = tolerance.parity_bound(self._torch_on(problem, out)[1], expected, problem.dtype)
         else:
-            bound = self.bound("gradient", problem.dtype, ev=ev, grad_output=out.upstream)
+            bound = self.bound("gradient", problem.dtype, ev=ev, grad_output=out.upstream, **terms)
         return self._judge(identity, problem, out.grad, expected, bound, exact, show, None)
 
     def exactly(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, *,

@@ -1,4 +1,5 @@
 """Properties of the tolerance policy: shift invariance, and that it separates one rounding from a bug."""
+import pytest
 import torch
 
 from conformance import tolerance
@@ -159,3 +160,19 @@ def test_vocab_parallel_bounds_cover_the_sharded_logsumexp():
         assert ((loss - ev.loss).abs() <= tolerance.value_bound(ev, torch.float32, "exact", shards=4)).all()
         assert ((grad - ev.grad(upstream)).abs() <= tolerance.grad_bound(ev, upstream, torch.float32, "exact",
                                                                           shards=4)).all()
+
+
+@pytest.mark.parametrize("form,broken,selection", [
+    ("logits", "grad_wrong_sign", "test_gradient_is_softmax_minus_target and float16"),
+    ("linear", "linear_upstream_ignored", "test_linear_loss_and_gradients and float16 and odd-mean"),
+    ("vocab_parallel", "vp_offset_rank_times_local", "test_vocab_parallel_value_and_gradient and ws2 and float16"),
+])
+def test_parity_reaches_every_form(suite, monkeypatch, form, broken, selection):
+    """--conformance-contract=parity holds a half-precision value and gradient of every form to
+    torch's own error: a broken loss of each form fails its half checks, and passes them once
+    parity's bound is made boundless, so no form is quietly judged by another contract."""
+    impl = f"--impl=fixtures.broken.{broken}"
+    assert suite(impl, "--conformance-contract=parity", "-k", selection).ret == pytest.ExitCode.TESTS_FAILED
+    monkeypatch.setattr(tolerance, "parity_bound", lambda torch_result, expected, dtype: torch.full_like(expected, torch.inf))
+    result = suite(impl, "--conformance-contract=parity", "-k", selection)
+    assert result.ret == pytest.ExitCode.OK, (form, result.stdout.str()[-2000:])

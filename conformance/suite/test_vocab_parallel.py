@@ -9,6 +9,7 @@ global vocabulary, class weights, every reduction and upstream gradient, a shard
 arguments are unchanged by the call."""
 import statistics
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -98,28 +99,28 @@ def _on_ranks(impl, judge, rank_groups, problem, world_size, shards):
         results = rank_groups(impl).run(world_size, problem.device, task)
     except RankFailure as exc:
         judge.fail("every rank answers", problem, str(exc), show=Show("results", "'(every rank's result)'", steps))
-    truth = run.truth(impl, problem, run.Outcome(input=x.detach(), target=t, loss=torch.empty(0)))
-    return results, truth, grad, steps
+    fed = run.Outcome(input=x.detach(), target=t, loss=torch.empty(0), upstream=grad)
+    return results, fed, run.truth(impl, problem, fed), steps
 
 
 def _conforms(impl, judge, rank_groups, problem, world_size, shards):
     """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
     slices joined against the full gradient; the results, for checks that look further."""
-    results, ev, grad, steps = _on_ranks(impl, judge, rank_groups, problem, world_size, shards)
+    results, fed, ev, steps = _on_ranks(impl, judge, rank_groups, problem, world_size, shards)
     judge.item.user_properties.append(("collectives", {
         "world_size": world_size, "forward": list(distributed.collective_ops(results[0].forward)),
         "backward": list(distributed.collective_ops(results[0].backward))}))
-    judge.within("value on rank 0", problem, results[0].loss, ev.loss, "value", ev=ev, shards=world_size,
-                 show=Show("results[0].loss{at}.item()", "truth.loss{at}.item()", steps))
+    joined = None if fed.upstream is None else torch.cat([result.grad for result in results], 1)
+    out = replace(fed, loss=results[0].loss, grad=joined)
+    judge.value(problem, out, ev, identity="value on rank 0", shards=world_size,
+                show=Show("results[0].loss{at}.item()", "truth.loss{at}.item()", steps))
     for result in results[1:]:
         judge.exactly(f"the loss is the same on every rank (rank {result.rank} against rank 0)", problem,
                       result.loss, results[0].loss,
                       show=Show(f"results[{result.rank}].loss{{at}}.item()", "results[0].loss{at}.item()", steps))
-    if grad is not None:
-        joined = torch.cat([result.grad for result in results], 1)
-        judge.within("gradient (every rank's slice)", problem, joined, ev.grad(grad), "gradient", ev=ev,
-                     grad_output=grad, shards=world_size, show=Show("x_grad{at}.item()", "truth.grad(grad){at}.item()",
-                                                                    steps))
+    if joined is not None:
+        judge.gradient(problem, out, ev, identity="gradient (every rank's slice)", shards=world_size,
+                       show=Show("x_grad{at}.item()", "truth.grad(grad){at}.item()", steps))
     return results, steps
 
 
