@@ -15,10 +15,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from . import run, tolerance
+from . import records, run, tolerance
 from .cases import LinearCase, Problem
 from .guards import ImplementationFault
 from .impl import Implementation
+from .records import Gap, Measured
 from .reference import position
 
 __all__ = ["Comparison", "Show", "compare", "repro_snippet", "call_code", "truth_code", "linear_call_code", "Judge", "FIRST_FAILURE",
@@ -235,10 +236,9 @@ class Judge:
     # -- comparisons ----------------------------------------------------------------------------
 
     def _record(self, comparison: Comparison, graded: Comparison) -> None:
-        self.item.user_properties.append(("conformance", {
-            "identity": comparison.identity, "ratio": comparison.ratio, "error": comparison.error,
-            "bound": comparison.bound, "exact_ratio": graded.ratio,
-            "exact_worst": f"actual={graded.actual:.5g} expected={graded.expected:.5g}"}))
+        records.attach(self.item.user_properties, "measured", Measured(
+            comparison.identity, comparison.ratio, comparison.error, comparison.bound, graded.ratio,
+            f"actual={graded.actual:.5g} expected={graded.expected:.5g}").to_json())
 
     def _raise(self, headline: str, problem: Problem, details: str, show: Show, index: tuple = ()) -> None:
         __tracebackhide__ = True
@@ -304,7 +304,7 @@ class Judge:
              show: Show = Show("loss", "'(see the message)'")) -> None:
         """A failure that is not a numeric comparison (shape, dtype, modified input...)."""
         __tracebackhide__ = True
-        self.item.user_properties.append(("conformance", {"identity": identity, "ratio": float("inf")}))
+        records.attach(self.item.user_properties, "measured", Measured(identity, float("inf")).to_json())
         self._raise(f"{identity}] {self.impl.spec}: {message}", problem, "", show)
 
     # -- capabilities ---------------------------------------------------------------------------
@@ -315,6 +315,7 @@ class Judge:
         __tracebackhide__ = True
         if feature in self.required:
             self.fail(feature, problem, f"required feature {feature!r} is not supported: {reason}")
+        records.attach(self.item.user_properties, "gap", Gap("probed", (feature,), reason).to_json())
         pytest.skip(f"{PROBED_PREFIX}{feature}: {reason}")
 
     def probe(self, feature: str, problem: Problem, action: Callable[[], object], what: str):

@@ -17,6 +17,7 @@ import pytest
 
 from .impl import Implementation
 from .known_failures import pinned_failures
+from .records import Gap
 
 __all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX"]
 
@@ -25,11 +26,12 @@ UNSUPPORTED_PREFIX = "unsupported: "
 
 @dataclass(frozen=True)
 class Expected:
-    """``status`` is ``unsupported`` (the check is skipped) or ``xfail``."""
+    """``status`` is ``unsupported`` (the check is skipped; ``gap`` says what is missing) or ``xfail``."""
 
     status: str
     reason: str
     strict: bool = True
+    gap: Optional[Gap] = None
 
     def marker(self) -> pytest.MarkDecorator:
         if self.status == "unsupported":
@@ -69,12 +71,15 @@ class Expectations:
            input_kinds: Optional[tuple] = None) -> Optional[Expected]:
         """The expected outcome of the check ``nodeid`` of ``impl`` that needs ``features`` and,
         where it is stated for them only, one of ``input_kinds``, if any."""
-        missing = [name for name in features if name in impl.unsupported]
+        missing = tuple(name for name in features if name in impl.unsupported)
+        if not missing and input_kinds and impl.input_kind not in input_kinds:
+            missing = (f"{' or '.join(input_kinds)} input",)
+            declared = f"declared by {impl.spec}: input_kind={impl.input_kind!r}"
+        else:
+            declared = f"declared by {impl.spec}"
         if missing:
-            return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{', '.join(missing)} (declared by {impl.spec})")
-        if input_kinds and impl.input_kind not in input_kinds:
-            return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{' or '.join(input_kinds)} input (declared by "
-                                           f"{impl.spec}: input_kind={impl.input_kind!r})")
+            reason = f"{UNSUPPORTED_PREFIX}{', '.join(missing)} ({declared})"
+            return Expected("unsupported", reason, gap=Gap("declared", missing, reason))
         if impl.spec not in self._known:
             self._known[impl.spec] = {**pinned_failures(impl.call, self.contract), **self.listed}
         known = self._known[impl.spec]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from . import paired
+from .records import STATUSES, Check, Gap, ReportError, Status
 
 __all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ACCURACY_FACTOR", "SLOWDOWN", "ReportError", "Check", "Side",
            "Benchmark", "Run", "Regression", "TimingComparison", "save", "load", "load_benchmarks", "writable",
@@ -27,7 +28,6 @@ __all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ACCURACY_FACTOR", "SLOWDOWN"
 
 # 2: one benchmark per group, both sides timed in paired rounds, the ratio with its interval.
 SCHEMA = "ce-conformance-run/2"
-STATUSES = ("passed", "failed", "unsupported", "xfailed", "xpassed", "skipped")
 
 # A check whose error stays under a tenth of its bound is not an accuracy regression however far
 # it moved: the bound, not the last run, is the contract, and tiny errors move with the data.
@@ -36,53 +36,6 @@ ACCURACY_FLOOR = 0.1
 # than SLOWDOWN (a fraction) slower relative to torch (``regressions``).
 ACCURACY_FACTOR = 2.0
 SLOWDOWN = 0.25
-
-
-class ReportError(Exception):
-    """A run or benchmark file that cannot be read as one."""
-
-
-def _number(value) -> Optional[float]:
-    """JSON has no inf or nan: they travel as strings."""
-    return float(value) if isinstance(value, str) else value
-
-
-def _json_number(value: Optional[float]):
-    return str(value) if value is not None and not math.isfinite(value) else value
-
-
-@dataclass(frozen=True)
-class Check:
-    """One test of the run. ``ratio`` is the worst measured error over its bound (``identity`` names
-    that comparison); ``None`` where the test compared nothing."""
-
-    id: str
-    implementation: str
-    feature: str
-    dtype: str
-    device: str
-    status: str
-    identity: str = ""
-    ratio: Optional[float] = None
-    error: Optional[float] = None
-    bound: Optional[float] = None
-    exact_ratio: Optional[float] = None   # the worst error over the ``exact`` bound: the accuracy grade
-    exact_identity: str = ""
-    exact_worst: str = ""
-    reason: str = ""
-    duration: float = 0.0
-    # Vocab parallel: rank 0's collectives in one call, {"world_size": W, "forward": [count, bytes],
-    # "backward": [count, bytes]} (conformance.distributed counts them).
-    collectives: Optional[dict] = None
-
-    @property
-    def probed(self) -> bool:
-        """An optional capability found missing while the check ran (not declared)."""
-        return self.status == "unsupported" and self.reason.startswith("unsupported (probed)")
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ReportError(f"check {self.id!r}: status={self.status!r}; expected one of {STATUSES}")
 
 
 @dataclass(frozen=True)
@@ -150,9 +103,7 @@ class Run:
     source: str = field(default="", compare=False)   # the file it was loaded from, to name a baseline
 
     def to_json(self) -> dict:
-        checks = [dict(dataclasses.asdict(c), ratio=_json_number(c.ratio), error=_json_number(c.error),
-                       bound=_json_number(c.bound), exact_ratio=_json_number(c.exact_ratio)) for c in self.checks]
-        return {"schema": SCHEMA, "environment": self.environment, "checks": checks,
+        return {"schema": SCHEMA, "environment": self.environment, "checks": [c.to_json() for c in self.checks],
                 "benchmarks": [dataclasses.asdict(b) for b in self.benchmarks]}
 
     @classmethod
@@ -160,12 +111,7 @@ class Run:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ReportError(f"not a conformance run (schema {SCHEMA!r} expected, "
                               f"found {data.get('schema') if isinstance(data, dict) else type(data).__name__!r})")
-        try:
-            checks = [Check(**dict(c, ratio=_number(c.get("ratio")), error=_number(c.get("error")),
-                                   bound=_number(c.get("bound")), exact_ratio=_number(c.get("exact_ratio"))))
-                      for c in data["checks"]]
-        except TypeError as exc:
-            raise ReportError(f"malformed check: {exc}") from None
+        checks = [Check.from_json(c) for c in data["checks"]]
         return cls(environment=data.get("environment", {}), checks=checks,
                    benchmarks=[Benchmark.from_dict(b) for b in data.get("benchmarks", [])])
 
@@ -579,17 +525,15 @@ def _failures_by_identity(run: Run) -> Table:
 
 
 def _gaps_table(run: Run) -> Table:
-    """Features reported as unsupported: declared by the implementation, or probed (torch said the
-    transform is not supported while the check ran), with the first reason."""
+    """Features reported as unsupported: declared by the implementation, or probed (an optional
+    transform raised while the check ran), with the first reason."""
     gaps = {}
     for c in run.checks:
-        if c.status == "unsupported":
-            key = ("probed" if c.probed else "declared", c.reason.split(":")[1].split("(")[0].strip() if
-                   c.probed else c.reason.removeprefix("unsupported: ").split(" (declared")[0])
-            count, reason = gaps.get(key, (0, c.reason))
-            gaps[key] = (count + 1, reason)
-    rows = [[how, feature, str(count), reason.removeprefix(f"unsupported (probed): {feature}: ")[:160]
-             if how == "probed" else ""]
+        if c.status == Status.UNSUPPORTED:
+            gap = c.gap or Gap("declared", ("(not recorded in this run file)",), c.reason)
+            count, reason = gaps.get((gap.how, ", ".join(gap.features)), (0, gap.reason))
+            gaps[(gap.how, ", ".join(gap.features))] = (count + 1, reason)
+    rows = [[how, feature, str(count), reason[:160] if how == "probed" else ""]
             for (how, feature), (count, reason) in sorted(gaps.items())]
     return Table("Unsupported features", "Declared in the implementation's `unsupported`, or probed: an optional "
                  "transform raised (--conformance-require FEATURE makes a probed gap fail).",

@@ -6,27 +6,20 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import platform
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import pytest
 import torch
 
-from . import bench
+from . import bench, records
 from .cases import dtype_name
-from .checks import PROBED_PREFIX
-from .expectations import UNSUPPORTED_PREFIX, Expectations
+from .expectations import Expectations
 from .impl import DEFAULT_SPECS, Implementation, load_implementation
-from .report import Benchmark, Check, Run, regressions, timing_comparisons
+from .records import Check, Gap, Measured, Status
+from .report import Benchmark, Run, regressions, timing_comparisons
 
-__all__ = ["ITEM_PROPERTY", "ConformanceSession", "item_features", "item_form", "is_check"]
-
-ITEM_PROPERTY = "conformance_item"
-_DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
-_DEVICES = ("cpu", "cuda", "mps")
-_FAMILIES = frozenset(path.stem.removeprefix("test_") for path in (Path(__file__).parent / "suite").glob("test_*.py"))
+__all__ = ["ConformanceSession", "item_features", "item_form", "is_check"]
 
 
 def is_check(item: pytest.Item) -> bool:
@@ -64,17 +57,6 @@ def _family(module_name: str) -> str:
     return module_name.rpartition(".")[2].removeprefix("test_")
 
 
-def _info_from_nodeid(nodeid: str) -> Optional[dict]:
-    """What a report without the kit's description (a check whose worker crashed, reported by
-    pytest-xdist) can still say: its family, dtype and device from its id."""
-    module = re.search(r"(?:^|/)test_(\w+)\.py::", nodeid)
-    if module is None or module.group(1) not in _FAMILIES:
-        return None
-    params = nodeid.partition("[")[2].rstrip("]").split("-")
-    return {"feature": module.group(1), "dtype": next((p for p in params if p in _DTYPE_NAMES), "-"),
-            "device": next((p for p in params if p in _DEVICES), "-"), "features": []}
-
-
 def _skip_reason(report: pytest.TestReport) -> str:
     if isinstance(report.longrepr, tuple):
         return report.longrepr[2].removeprefix("Skipped: ")
@@ -92,7 +74,7 @@ class ConformanceSession:
     seed: int = 0
     named: bool = True   # False: no implementation named, torch's own losses are judged (DEFAULT_SPECS)
     baseline: Optional[Run] = None   # --conformance-baseline
-    records: dict = field(default_factory=dict)   # nodeid -> the check's record (see _record)
+    by_nodeid: dict = field(default_factory=dict)   # nodeid -> the check's record (pytest_runtest_logreport)
     _defaults: dict = field(default_factory=dict)
 
     def implementations(self, form: str) -> list[Implementation]:
@@ -111,48 +93,51 @@ class ConformanceSession:
         and apply its expected outcome."""
         features = item_features(item)
         impl = _params(item).get("impl", self.impl)
-        item.user_properties.append((ITEM_PROPERTY, {
-            "feature": _family(item.module.__name__), "dtype": item_dtype(item) or "-",
-            "device": _params(item).get("device", "-"), "features": features, "implementation": impl.spec}))
         kinds = item.get_closest_marker("input_kind")
         expected = self.expectations.of(item.nodeid, features, impl, kinds.args if kinds else None)
+        records.attach(item.user_properties, "item", {
+            "feature": _family(item.module.__name__), "dtype": item_dtype(item) or "-",
+            "device": _params(item).get("device", "-"), "features": features, "implementation": impl.spec,
+            "gap": expected.gap.to_json() if expected is not None and expected.gap else None})
         if expected is not None:
             item.add_marker(expected.marker())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        info = next((value for key, value in report.user_properties if key == ITEM_PROPERTY), None)
-        crashed = info is None and report.failed and _info_from_nodeid(report.nodeid) is not None
-        if crashed:  # pytest-xdist's report of a check whose worker died
-            info = _info_from_nodeid(report.nodeid)
-        if info is None:  # not a check of the suite
+        """Fold each phase's report into the check's record. The record starts from the setup
+        report, which carries what the check is; a check whose xdist worker died arrives as a
+        failed report without it, and is told by the record its setup report started."""
+        info = next(iter(records.read(report.user_properties, "item")), None)
+        if info is None and report.nodeid not in self.by_nodeid:  # not a check of the suite
             return
-        record = self.records.setdefault(report.nodeid, {**info, "duration": 0.0, "comparisons": [],
-                                                         "status": None, "reason": ""})
-        if crashed:
-            record.update(status="failed", comparisons=[{"identity": "process crash", "ratio": float("inf")}],
+        if report.nodeid not in self.by_nodeid:
+            self.by_nodeid[report.nodeid] = {**info, "duration": 0.0, "measured": [], "status": None, "reason": "",
+                                              "probed": None}
+        record = self.by_nodeid[report.nodeid]
+        if info is None and report.failed:  # pytest-xdist's report of a check whose worker died
+            record.update(status=Status.FAILED, measured=[Measured("process crash", float("inf")).to_json()],
                           reason="the implementation crashed the process (a segfault or an abort) in this check; "
                                  f"pytest-xdist replaced the worker ({self._reason(report).splitlines()[0]})")
             return
         record["duration"] += report.duration
         if report.when == "call":
-            record["comparisons"] = [value for key, value in report.user_properties if key == "conformance"]
-            record["benchmark"] = next((value for key, value in report.user_properties if key == "benchmark"), None)
-            record["collectives"] = next((value for key, value in report.user_properties if key == "collectives"), None)
-        status = self._status(report)
-        if status and (record["status"] in (None, "passed") or status == "failed"):
+            record["measured"] = records.read(report.user_properties, "measured")
+            record["probed"] = next(iter(records.read(report.user_properties, "gap")), None)
+            record["benchmark"] = next(iter(records.read(report.user_properties, "benchmark")), None)
+            record["collectives"] = next(iter(records.read(report.user_properties, "collectives")), None)
+        status = self._status(report, record)
+        if status and (record["status"] in (None, Status.PASSED) or status == Status.FAILED):
             record["status"] = status
             record["reason"] = self._reason(report)
 
     @staticmethod
-    def _status(report: pytest.TestReport) -> Optional[str]:
+    def _status(report: pytest.TestReport, record: dict) -> Optional[Status]:
         if hasattr(report, "wasxfail"):
-            return "xfailed" if report.skipped else "xpassed"
+            return Status.XFAILED if report.skipped else Status.XPASSED
         if report.skipped:
-            reason = _skip_reason(report)
-            return "unsupported" if reason.startswith((UNSUPPORTED_PREFIX, PROBED_PREFIX)) else "skipped"
+            return Status.UNSUPPORTED if record["gap"] or record["probed"] else Status.SKIPPED
         if report.failed:
-            return "failed"
-        return "passed" if report.when == "call" else None
+            return Status.FAILED
+        return Status.PASSED if report.when == "call" else None
 
     @staticmethod
     def _reason(report: pytest.TestReport) -> str:
@@ -167,27 +152,30 @@ class ConformanceSession:
 
     def checks(self) -> list[Check]:
         found = []
-        for nodeid, record in self.records.items():
+        for nodeid, record in self.by_nodeid.items():
             if record["status"] is None:
                 continue
-            comparisons = record["comparisons"]
-            worst = max(comparisons, key=lambda c: c["ratio"], default={})
-            graded = [c for c in comparisons if "exact_ratio" in c]
-            worst_exact = max(graded, key=lambda c: c["exact_ratio"], default={})
+            measured = [Measured.from_json(m) for m in record["measured"]]
+            worst = max(measured, key=lambda m: m.ratio, default=None)
+            worst_exact = max((m for m in measured if m.exact_ratio is not None), key=lambda m: m.exact_ratio,
+                              default=None)
+            gap = record["probed"] or record["gap"] if record["status"] == Status.UNSUPPORTED else None
             found.append(Check(
-                id=nodeid, implementation=record.get("implementation", self.impl.spec), feature=record["feature"], dtype=record["dtype"],
-                device=record["device"], status=record["status"], identity=worst.get("identity", ""),
-                ratio=worst.get("ratio"), error=worst.get("error"), bound=worst.get("bound"),
-                exact_ratio=worst_exact.get("exact_ratio"), exact_identity=worst_exact.get("identity", ""),
-                exact_worst=worst_exact.get("exact_worst", ""), reason=record["reason"],
-                duration=record["duration"], collectives=record.get("collectives")))
+                id=nodeid, implementation=record.get("implementation", self.impl.spec), feature=record["feature"],
+                dtype=record["dtype"], device=record["device"], status=record["status"],
+                identity=worst.identity if worst else "", ratio=worst and worst.ratio, error=worst and worst.error,
+                bound=worst and worst.bound, exact_ratio=worst_exact and worst_exact.exact_ratio,
+                exact_identity=worst_exact.identity if worst_exact else "",
+                exact_worst=worst_exact.exact_worst if worst_exact else "", reason=record["reason"],
+                duration=record["duration"], collectives=record.get("collectives"),
+                gap=Gap.from_json(gap) if gap else None))
         return found
 
     def run(self) -> Run:
         """The run as data: every check, the benchmarks, and the environment they ran in."""
         impl = self.impl
         benchmarks = [Benchmark.from_dict(dict(record["benchmark"], id=nodeid))
-                      for nodeid, record in self.records.items() if record.get("benchmark")]
+                      for nodeid, record in self.by_nodeid.items() if record.get("benchmark")]
         environment = {
             "implementation": impl.spec, "input_kind": impl.input_kind, "target_kind": impl.target_kind,
             "unsupported": sorted(impl.unsupported), "deviations": sorted(impl.deviations),

@@ -259,3 +259,20 @@ def test_junit_xml_carries_readable_ids(pytester):
     result.assert_outcomes(passed=9)
     names = [case.get("name") for case in ET.parse(pytester.path / "j.xml").iter("testcase")]
     assert "test_value_matches_truth[cpu-float32-mean-7x3]" in names
+
+
+def test_records_travel_as_json_both_ways():
+    """A check's record, its gap and a measured comparison survive JSON (a run file, an xdist
+    worker's report) unchanged, inf and nan included; a gap says how, not a reason's prefix."""
+    from conformance.records import Check, Gap, Measured, Status
+    gap = Gap("probed", ("vmap",), "torch.func.vmap over 4 problems raised RuntimeError: no batched launch")
+    check = Check(id="suite/test_transforms.py::t[x]", implementation="impl", feature="transforms", dtype="float32",
+                  device="cpu", status="unsupported", ratio=float("inf"), exact_ratio=float("nan"), gap=gap)
+    again = Check.from_json(json.loads(json.dumps(check.to_json())))
+    assert again.status is Status.UNSUPPORTED and again.probed and again.gap == gap
+    assert again.ratio == float("inf") and again.exact_ratio != again.exact_ratio
+    measured = Measured("value", float("inf"), 1.0, 0.0, float("nan"), "actual=1 expected=2")
+    back = Measured.from_json(json.loads(json.dumps(measured.to_json())))
+    assert (back.identity, back.ratio, back.error, back.exact_worst) == ("value", float("inf"), 1.0, "actual=1 expected=2")
+    with pytest.raises(report.ReportError, match="how='guessed'"):
+        Gap("guessed", ("vmap",), "")

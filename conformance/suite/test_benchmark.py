@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import bench, options, paired
+from conformance import bench, options, paired, records
 from conformance.cases import dtype_name
 from conformance.plugin import SESSION_KEY
 
@@ -180,7 +180,7 @@ def _time_beside_torch(benchmark, request, steps: dict, device: str, traffic: in
                     **{side: _side(times, traffic, copy_bandwidths[device], peaks[side])
                        for side, times in (("impl", impl_times), ("torch", torch_times))})
     benchmark.extra_info.update(info)
-    request.node.user_properties.append(("benchmark", dict(info, group=benchmark.group)))
+    records.attach(request.node.user_properties, "benchmark", dict(info, group=benchmark.group))
     if not impl_times:   # recorded all the same: against a baseline that timed it, "not timed" is a regression
         pytest.skip("not timed: pytest-benchmark is disabled (--benchmark-disable); a benchmark that timed "
                     "nothing is no pass")

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import bench, cases, distributed, options, paired, run
+from conformance import bench, cases, distributed, options, paired, records, run
 from conformance.checks import Show
 from conformance.distributed import RankFailure, Task
 
@@ -107,9 +107,9 @@ def _conforms(impl, judge, rank_groups, problem, world_size, shards):
     """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
     slices joined against the full gradient; the results, for checks that look further."""
     results, fed, ev, steps = _on_ranks(impl, judge, rank_groups, problem, world_size, shards)
-    judge.item.user_properties.append(("collectives", {
+    records.attach(judge.item.user_properties, "collectives", {
         "world_size": world_size, "forward": list(distributed.collective_ops(results[0].forward)),
-        "backward": list(distributed.collective_ops(results[0].backward))}))
+        "backward": list(distributed.collective_ops(results[0].backward))})
     joined = None if fed.upstream is None else torch.cat([result.grad for result in results], 1)
     out = replace(fed, loss=results[0].loss, grad=joined)
     judge.value(problem, out, ev, identity="value on rank 0", shards=world_size,
@@ -293,4 +293,4 @@ def test_vocab_parallel_speed_beside_one_process(request, impl, rank_groups, dev
             "torch": {"median": statistics.median(torch_times), "min": min(torch_times)},
             "collectives": {phase: dict(zip(("count", "bytes"), distributed.collective_ops(getattr(results[0], phase))))
                             for phase in ("forward", "backward")}}
-    request.node.user_properties.append(("benchmark", dict(info, group=group)))
+    records.attach(request.node.user_properties, "benchmark", dict(info, group=group))
