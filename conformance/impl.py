@@ -28,8 +28,11 @@ attributes on the object declare what it is:
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
@@ -110,7 +113,11 @@ APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear
 
 TARGET_KINDS = ("index", "onehot")
 
-
+# The attributes an implementation declares itself by (the module docstring); those that name
+# things are sets of names or, in MAPPING_DECLARATIONS, dicts keyed by names.
+DECLARATIONS = ("unsupported", "input_kind", "target_kind", "deviations", "variants", "z_loss_weighting", "returns",
+                "differentiable_returns", "approximations", "form")
+MAPPING_DECLARATIONS = ("variants", "returns", "approximations")
 
 class ImplementationError(Exception):
     """The implementation could not be loaded or declares something the kit does not know."""
@@ -269,6 +276,43 @@ def _form(obj: Any, call: Callable) -> str:
     return "vocab_parallel" if {"group", "vocab_start"} <= keyword_only else "logits"
 
 
+def _declared_names(obj: Any, attribute: str, known: Mapping, spec: str) -> Any:
+    """The set (a dict for ``MAPPING_DECLARATIONS``) that ``obj`` declares as ``attribute``, empty
+    if none; a string, or a name not in ``known``, is refused saying what was meant."""
+    mapping = attribute in MAPPING_DECLARATIONS
+    value = getattr(obj, attribute, None)
+    if not value:
+        return {} if mapping else frozenset()
+    if isinstance(value, str) or not isinstance(value, Mapping if mapping else (set, frozenset, list, tuple)):
+        example = "{name: ...}" if mapping else "{%r}" % value if isinstance(value, str) else "{'name', ...}"
+        raise ImplementationError(f"{spec}: {attribute}={value!r} is a {type(value).__name__}; declare a "
+                                  f"{'dict' if mapping else 'set'} of names: {attribute} = {example}")
+    names = dict(value) if mapping else frozenset(value)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        guesses = {name: difflib.get_close_matches(name, list(known), n=1) for name in unknown}
+        hint = ", ".join(f"{name!r} -> {guess[0]!r}" for name, guess in guesses.items() if guess)
+        raise ImplementationError(f"{spec}: {attribute} names unknown {unknown}"
+                                  + (f" (did you mean {hint}?)" if hint else "") + f"; known: {sorted(known)}")
+    return names
+
+
+def _stray_declarations(obj: Any, spec: str) -> None:
+    """Refuse declarations written at module level beside the object, where the kit does not read
+    them (they would be silently ignored); declaring the attribute on the object settles it."""
+    target = type(obj) if isinstance(obj, torch.nn.Module) else obj
+    module = sys.modules.get(getattr(target, "__module__", None) or "")
+    if module is None:
+        return
+    stray = {name: vars(module)[name] for name in DECLARATIONS if name in vars(module) and not hasattr(obj, name)}
+    if stray:
+        name = getattr(target, "__name__", "cross_entropy")
+        raise ImplementationError(
+            f"{spec}: module {module.__name__} declares {', '.join(stray)} at module level, where the kit does not "
+            f"read it: put it on the implementation: " + "; ".join(f"{name}.{attr} = {value!r}"
+                                                                   for attr, value in stray.items()))
+
+
 def adapt(obj: Any, spec: str) -> Implementation:
     """Turn a user's function, module class or module instance into an ``Implementation``."""
     if inspect.isclass(obj):
@@ -281,39 +325,25 @@ def adapt(obj: Any, spec: str) -> Implementation:
         call = obj
     else:
         raise ImplementationError(f"{spec}: {type(obj).__name__} object is not callable")
-    unsupported = frozenset(getattr(obj, "unsupported", ()) or ())
-    unknown = unsupported - FEATURES.keys()
-    if unknown:
-        raise ImplementationError(f"{spec}: unsupported names unknown features {sorted(unknown)}; "
-                                  f"known: {sorted(FEATURES)}")
-    deviations = frozenset(getattr(obj, "deviations", ()) or ())
-    if deviations - DEVIATIONS.keys():
-        raise ImplementationError(f"{spec}: deviations names unknown {sorted(deviations - DEVIATIONS.keys())}; "
-                                  f"known: {sorted(DEVIATIONS)}")
+    _stray_declarations(obj, spec)
+    unsupported = _declared_names(obj, "unsupported", FEATURES, spec)
+    deviations = _declared_names(obj, "deviations", DEVIATIONS, spec)
     input_kind = getattr(obj, "input_kind", "logits")
     if input_kind not in INPUT_KINDS:
         raise ImplementationError(f"{spec}: input_kind={input_kind!r}; expected one of {INPUT_KINDS}")
     target_kind = getattr(obj, "target_kind", "index")
     if target_kind not in TARGET_KINDS:
         raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
-    variants, returns = dict(getattr(obj, "variants", {}) or {}), dict(getattr(obj, "returns", {}) or {})
-    differentiable = frozenset(getattr(obj, "differentiable_returns", ()) or ())
+    variants, returns = _declared_names(obj, "variants", VARIANTS, spec), _declared_names(obj, "returns", AUXILIARIES, spec)
+    differentiable = _declared_names(obj, "differentiable_returns", returns, spec)
     z_loss_weighting = getattr(obj, "z_loss_weighting", "unweighted")
-    for what, names, known in (("variants", variants, VARIANTS), ("returns", returns, AUXILIARIES),
-                               ("differentiable_returns", differentiable, returns)):
-        if set(names) - set(known):
-            raise ImplementationError(f"{spec}: {what} names unknown {sorted(set(names) - set(known))}; "
-                                      f"known: {sorted(known)}")
     if differentiable - {"z_loss"}:
         raise ImplementationError(f"{spec}: differentiable_returns={sorted(differentiable)}: the kit judges the "
                                   "gradient of a returned z_loss only")
     if z_loss_weighting not in Z_LOSS_WEIGHTINGS:
         raise ImplementationError(f"{spec}: z_loss_weighting={z_loss_weighting!r}; expected one of "
                                   f"{Z_LOSS_WEIGHTINGS}")
-    approximations = dict(getattr(obj, "approximations", {}) or {})
-    if set(approximations) - set(APPROXIMATIONS):
-        raise ImplementationError(f"{spec}: approximations names unknown {sorted(set(approximations) - set(APPROXIMATIONS))}; "
-                                  f"known: {sorted(APPROXIMATIONS)}")
+    approximations = _declared_names(obj, "approximations", APPROXIMATIONS, spec)
     if any(not (isinstance(eps, (int, float)) and 0 <= eps < 1) for eps in approximations.values()):
         raise ImplementationError(f"{spec}: approximations={approximations!r}: each bound is a number in [0, 1)")
     form = _form(obj, call)

@@ -23,17 +23,26 @@ def test_bad_impl_is_a_usage_error(pytester, spec, message):
     assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
 
 
-def test_unknown_unsupported_feature_is_a_usage_error(pytester):
-    pytester.makepyfile(typo_impl="""
+@pytest.mark.parametrize("declaration,message", [
+    ('cross_entropy.unsupported = {"label_smothing"}',
+     "*unsupported names unknown ['label_smothing'] (did you mean 'label_smothing' -> 'label_smoothing'?)*"),
+    ('cross_entropy.unsupported = "kdim"', "*unsupported='kdim' is a str; declare a set of names: unsupported = {'kdim'}*"),
+    ('unsupported = {"kdim"}', "*module typo_impl declares unsupported at module level, where the kit does not read it: "
+                               "put it on the implementation: cross_entropy.unsupported = {'kdim'}*"),
+], ids=["misspelt", "string", "module_level"])
+def test_a_misread_declaration_is_a_usage_error(pytester, declaration, message):
+    """A misspelt name, a string where a set is meant (read as its characters) and a declaration
+    at module level (silently not read) each stop the run saying what was meant."""
+    pytester.makepyfile(typo_impl=f"""
 import torch
 def cross_entropy(*a, **k):
     return torch.nn.functional.cross_entropy(*a, **k)
-cross_entropy.unsupported = {"label_smothing"}
+{declaration}
 """)
     pytester.syspathinsert()
     result = _run(pytester, "--impl=typo_impl", "-k", "test_value")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*unknown features*label_smothing*"])
+    result.stderr.fnmatch_lines([message.replace("[", "[[]")])
 
 
 def test_hook_in_conftest_supplies_the_implementation(pytester):
