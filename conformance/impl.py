@@ -104,6 +104,8 @@ DEVIATIONS = {
     "overwrites_logits": "forward or backward writes into the caller's logits to save memory (Megatron's "
                          "vocab-parallel loss, flash-attention's inplace_backward); elsewhere in their storage, "
                          "and every other argument, it must not",
+    "float32_output": "float16/bfloat16 inputs give a float32 loss on purpose (cut-cross-entropy's, summed in "
+                      "float32 by a mixed-precision step); every other dtype gives its own",
 }
 
 APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear)

@@ -28,6 +28,8 @@ CORRECT = {
     "variants_fused": (),
     # an in-place loss that declares overwrites_logits: its input checks are declared failures
     "grad_into_input_declared": (),
+    # a float32 loss for half inputs that declares float32_output: its output dtype checks are declared failures
+    "float32_output_declared": (),
     # the kit's own loss, held to the shift-invariant contract it claims
     "flexible_logits": ("--conformance-contract=exact",),
     "flexible_log_probs": ("--conformance-contract=exact",),
