@@ -11,7 +11,8 @@ from .cases import dtype_name
 from .tolerance import CONTRACTS, DEFAULT_CONTRACT
 
 __all__ = ["DTYPES", "PROBED_FEATURES", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES", "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION",
-           "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE", "add_options", "world_sizes", "round_plan", "load_hypothesis_profile"]
+           "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE", "add_options", "world_sizes", "round_plan", "property_seed",
+           "load_hypothesis_profile"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Optional capabilities: a not-supported error from torch reports them as probed gaps.
@@ -178,6 +179,16 @@ def round_plan(config: pytest.Config, budget: float) -> paired.RoundPlan:
     ``budget``, its share of ``--conformance-bench-time``."""
     return paired.RoundPlan(min_pairs=config.getoption("conformance_bench_rounds"),
                             precision=config.getoption("conformance_bench_precision"), budget=budget)
+
+
+def property_seed(config: pytest.Config):
+    """The seed of the property tests' examples: ``--hypothesis-seed`` (hypothesis' own option, which
+    its ``derandomize``d profiles would otherwise ignore), else a nonzero ``--conformance-seed``,
+    else None (the profile's examples)."""
+    chosen = config.getoption("hypothesis_seed", None)
+    if chosen is not None:
+        return int(chosen) if chosen.lstrip("-").isdigit() else chosen   # as hypothesis reads it
+    return config.getoption("conformance_seed") or None
 
 
 def load_hypothesis_profile(config: pytest.Config) -> None:

@@ -179,16 +179,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     for test_id in session.expectations.unmatched():
         warnings.warn(pytest.PytestWarning(f"--conformance-xfail {session.expectations.xfail_path}: {test_id!r} "
                                            "matches no test"))
-    _seed_property_tests(items, config.getoption("conformance_seed"))
+    _seed_property_tests(items, options.property_seed(config))
 
 
-def _seed_property_tests(items: list, offset: int) -> None:
-    """``--conformance-seed`` also chooses the property tests' examples: hypothesis' ``seed``
-    decorator takes precedence over the profile's ``derandomize``, so seed 0 keeps the profile's
-    fixed examples and every other seed replays its own set exactly."""
-    if offset:
+def _seed_property_tests(items: list, seed) -> None:
+    """Seed the property tests (``options.property_seed``): hypothesis' ``seed`` decorator takes
+    precedence over the profile's ``derandomize``, so with no seed the profile's fixed examples
+    run and every seed replays its own set exactly."""
+    if seed is not None:
         for function in {item.obj for item in items if getattr(item.obj, "is_hypothesis_test", False)}:
-            hypothesis_seed(offset)(function)
+            hypothesis_seed(seed)(function)
 
 
 @pytest.hookimpl(wrapper=True)
