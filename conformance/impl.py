@@ -43,7 +43,7 @@ from .guards import GlobalState, ImplementationFault, calling
 from .reference import INPUT_KINDS, Z_LOSS_WEIGHTINGS, Variant
 
 __all__ = ["FORMS", "FEATURES", "DEVIATIONS", "APPROXIMATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
-           "load_implementation", "adapt"]
+           "load_implementation", "implementation_of", "importable_name", "adapt"]
 
 DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
 
@@ -169,6 +169,23 @@ class Implementation:
     differentiable_returns: frozenset = field(default_factory=frozenset)
     form: str = "logits"
     approximations: dict = field(default_factory=dict)
+    importable: bool = True   # load_implementation(spec) loads it (a closure from the hook cannot be)
+
+    def load_code(self) -> list[str]:
+        """The reproduce snippet's lines that load it as ``impl``: by its name, or, for an object
+        that cannot be imported by name, through the hook that builds it."""
+        wrap = "" if self.framework == "torch" else f", wrap=lambda obj: wrap(obj, {self.framework!r})"
+        lines = [] if self.framework == "torch" else ["from conformance.adapters import wrap"]
+        if self.importable:
+            return lines + [f"impl = load_implementation({self.spec!r}{wrap})"]
+        module, _, qualname = self.spec.partition(":")
+        lines.append("from conformance.impl import implementation_of")
+        if qualname.startswith("pytest_conformance_impl.<locals>."):
+            return lines + [f"from {module} import pytest_conformance_impl   # {self.spec} cannot be imported by name",
+                            f"impl = implementation_of(pytest_conformance_impl(config=None){wrap})   "
+                            "# pass your pytest config if your hook reads it"]
+        return lines + [f"obj = ...   # {self.spec} cannot be imported by name: the object your "
+                        "pytest_conformance_impl returns", f"impl = implementation_of(obj{wrap})"]
 
     @property
     def name(self) -> str:
@@ -368,11 +385,35 @@ def adapt(obj: Any, spec: str) -> Implementation:
                           form=form, approximations=approximations)
 
 
-def load_implementation(spec: Optional[str] = None,
-                        wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
-    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"``; ``wrap``
-    adapts the object first (a loss from another framework, ``conformance.adapters``)."""
-    spec = spec or DEFAULT_SPEC
+def importable_name(obj: Any) -> Optional[str]:
+    """``module:qualname`` of ``obj`` (of its class for a module instance, which the kit judges
+    through its class) where importing that name gives the object back; None for a closure, a
+    lambda, an object of ``__main__`` or one stored under another name."""
+    target = type(obj) if isinstance(obj, torch.nn.Module) else obj
+    module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str)) or module == "__main__":
+        return None
+    found = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return f"{module}:{qualname}" if found is not None and found is target else None
+
+
+def implementation_of(obj: Any, spec: Optional[str] = None,
+                      wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
+    """``obj`` (a hook's result, or what ``spec`` imported) adapted after ``wrap``, named where it is
+    defined if that name imports it back, else by ``spec``; else by ``module:qualname`` all the
+    same, marked as not importable (a closure: the reproduce snippet says how to build it)."""
+    name = importable_name(obj) or spec
+    if name is not None:
+        return adapt(wrap(obj), name)
+    target = obj if hasattr(obj, "__qualname__") else type(obj)
+    name = f"{getattr(target, '__module__', None)}:{target.__qualname__}"
+    return replace(adapt(wrap(obj), name), importable=False)
+
+
+def _import_object(spec: str) -> Any:
+    """What ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"`` names."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "cross_entropy"
     if not module_name:
@@ -380,12 +421,29 @@ def load_implementation(spec: Optional[str] = None,
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ImplementationError(f"--impl={spec!r}: cannot import module {module_name!r}: {exc}") from None
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):  # a module it imports
+            raise ImplementationError(f"--impl={spec!r}: importing {module_name!r} raised "
+                                      f"ModuleNotFoundError: {exc}") from None
+        raise ImplementationError(f"--impl={spec!r}: cannot import module {module_name!r}: {exc} (pytest looks in the "
+                                  f"folder it was started from and on sys.path: start it from the folder that holds "
+                                  f"{exc.name!r}, or install your package: pip install -e .)") from None
     except Exception as exc:  # the user's module raised while importing
         raise ImplementationError(f"--impl={spec!r}: importing {module_name!r} raised "
                                   f"{type(exc).__name__}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise ImplementationError(f"--impl={spec!r}: module {module_name!r} has no attribute {attr!r}") from None
-    return adapt(wrap(obj), f"{module_name}:{attr}")
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImplementationError(f"--impl={spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def load_implementation(spec: Optional[str] = None,
+                        wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
+    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"`` (``attr`` may
+    be dotted: ``Class.method``); ``wrap`` adapts the object first (a loss from another framework,
+    ``conformance.adapters``)."""
+    spec = spec or DEFAULT_SPEC
+    module_name, _, attr = spec.partition(":")
+    return implementation_of(_import_object(spec), f"{module_name}:{attr or 'cross_entropy'}", wrap)

@@ -16,7 +16,7 @@ from . import adapters, bench, cases, hookspecs, options, report
 from .checks import FIRST_FAILURE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, crash_trampoline, time_limit, truncate_sections
-from .impl import FORMS, Implementation, ImplementationError, adapt, load_implementation
+from .impl import FORMS, Implementation, ImplementationError, implementation_of, load_implementation
 from .session import ConformanceSession, is_check, item_dtype, item_form
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
@@ -48,16 +48,19 @@ def pytest_addhooks(pluginmanager) -> None:
 
 
 def _resolve(config: pytest.Config) -> tuple[Implementation, bool]:
-    """The implementation under test, and whether the user named one."""
+    """The implementation under test, and whether the user named one. ``--impl`` imports from the
+    folder pytest was started in, as ``python -m pytest`` would."""
     framework = config.getoption("impl_framework")
     spec = config.getoption("impl")
     if spec:
+        started_in = str(config.invocation_params.dir)
+        if started_in not in sys.path:
+            sys.path.insert(0, started_in)
         return load_implementation(spec, wrap=lambda obj: adapters.wrap(obj, framework)), True
     obj = config.hook.pytest_conformance_impl(config=config)
     if obj is None:
         return load_implementation(), False
-    return adapt(adapters.wrap(obj, framework),
-                 f"pytest_conformance_impl:{getattr(obj, '__qualname__', type(obj).__name__)}"), True
+    return implementation_of(obj, wrap=lambda obj: adapters.wrap(obj, framework)), True
 
 
 # tryfirst: the profile is loaded before hypothesis' own pytest_configure applies

@@ -23,6 +23,19 @@ def test_bad_impl_is_a_usage_error(pytester, spec, message):
     assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
 
 
+def test_impl_imports_from_the_folder_pytest_was_started_in(pytester, monkeypatch):
+    """Plain ``pytest`` (not ``python -m pytest``) started in the user's folder finds their module
+    there; started elsewhere, the usage error says where it looked and what to do."""
+    folder = pytester.mkdir("mylosses")
+    folder.joinpath("myce.py").write_text("from torch.nn.functional import cross_entropy as good\n")
+    elsewhere = _run(pytester, "--impl=myce:good", "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert elsewhere.ret == pytest.ExitCode.USAGE_ERROR
+    elsewhere.stderr.fnmatch_lines(["*cannot import module 'myce'*start it from the folder that holds 'myce'*"])
+    monkeypatch.chdir(folder)
+    started_there = _run(pytester, "--impl=myce:good", "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert started_there.ret == pytest.ExitCode.OK, started_there.stderr.str()[-1000:]
+
+
 @pytest.mark.parametrize("declaration,message", [
     ('cross_entropy.unsupported = {"label_smothing"}',
      "*unsupported names unknown ['label_smothing'] (did you mean 'label_smothing' -> 'label_smoothing'?)*"),
@@ -54,7 +67,7 @@ def pytest_conformance_impl(config):
     return doubled
 """)
     result = _run(pytester, "-k", "test_value_matches_truth and float64")
-    result.stdout.fnmatch_lines(["*implementation: pytest_conformance_impl:*doubled*"])
+    result.stdout.fnmatch_lines(["*implementation: conftest:pytest_conformance_impl.<locals>.doubled *"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
@@ -177,7 +190,7 @@ def pytest_conformance_impl(config):
     linear = _run(pytester, "-k", "test_value_matches_truth or (test_linear_loss_and_gradients and odd-mean)")
     assert linear.ret == pytest.ExitCode.OK
     linear.assert_outcomes(passed=4, deselected=linear.parseoutcomes()["deselected"])
-    linear.stdout.fnmatch_lines(["*implementation: pytest_conformance_impl:*loss*", "*linear*pass 1*"])
+    linear.stdout.fnmatch_lines(["*implementation: conftest:pytest_conformance_impl.<locals>.loss *", "*linear*pass 1*"])
 
 
 REFERENCE_IDENTITIES = ("test_document_paths_agree_in_float64", "test_one_hot_probability_target_equals_index_target",
