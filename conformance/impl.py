@@ -353,7 +353,8 @@ def adapt(obj: Any, spec: str) -> Implementation:
     target_kind = getattr(obj, "target_kind", "index")
     if target_kind not in TARGET_KINDS:
         raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
-    variants, returns = _declared_names(obj, "variants", VARIANTS, spec), _declared_names(obj, "returns", AUXILIARIES, spec)
+    variants = _declared_names(obj, "variants", VARIANTS, spec)
+    returns = _declared_names(obj, "returns", AUXILIARIES, spec)
     differentiable = _declared_names(obj, "differentiable_returns", returns, spec)
     z_loss_weighting = getattr(obj, "z_loss_weighting", "unweighted")
     if differentiable - {"z_loss"}:
@@ -415,27 +416,25 @@ def implementation_of(obj: Any, spec: Optional[str] = None,
 def _import_object(spec: str) -> Any:
     """What ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"`` names."""
     module_name, _, attr = spec.partition(":")
-    attr = attr or "cross_entropy"
+    attr, given = attr or "cross_entropy", f"--conformance-impl={spec!r}"
     if not module_name:
-        raise ImplementationError(f"--impl={spec!r}: expected 'package.module' or 'package.module:attribute'")
+        raise ImplementationError(f"{given}: expected 'package.module' or 'package.module:attribute'")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name + ".").startswith(exc.name + "."):  # a module it imports
-            raise ImplementationError(f"--impl={spec!r}: importing {module_name!r} raised "
-                                      f"ModuleNotFoundError: {exc}") from None
-        raise ImplementationError(f"--impl={spec!r}: cannot import module {module_name!r}: {exc} (pytest looks in the "
-                                  f"folder it was started from and on sys.path: start it from the folder that holds "
+            raise ImplementationError(f"{given}: importing {module_name!r} raised ModuleNotFoundError: {exc}") from None
+        raise ImplementationError(f"{given}: cannot import module {module_name!r}: {exc} (pytest looks in the folder "
+                                  f"it was started from and on sys.path: start it from the folder that holds "
                                   f"{exc.name!r}, or install your package: pip install -e .)") from None
     except Exception as exc:  # the user's module raised while importing
-        raise ImplementationError(f"--impl={spec!r}: importing {module_name!r} raised "
-                                  f"{type(exc).__name__}: {exc}") from None
+        raise ImplementationError(f"{given}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
     obj = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ImplementationError(f"--impl={spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+            raise ImplementationError(f"{given}: module {module_name!r} has no attribute {attr!r}") from None
     return obj
 
 

@@ -211,3 +211,53 @@ def test_the_deep_run_adds_xor_dtypes_and_the_reference_identities(pytester):
     deep = _run(pytester, "--conformance-deep", "-k", "test_network_learns_xor and float64 or "
                 + " or ".join(REFERENCE_IDENTITIES))
     deep.assert_outcomes(passed=5, deselected=deep.parseoutcomes()["deselected"])
+
+
+def test_a_conftest_with_its_own_device_and_dtype_options_keeps_them(pytester):
+    """An ML project's conftest that adds ``--device`` and ``--dtype`` itself: no clash (the kit's
+    short aliases step aside), its options get their values, the kit's long names still work,
+    and ``--impl``, which no one else took, is still the kit's."""
+    pytester.makeconftest("""
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu")
+    parser.addoption("--dtype", default="float32")
+
+def pytest_configure(config):
+    with open("their_options.txt", "w") as f:
+        f.write(f"device={config.getoption('device')} dtype={config.getoption('dtype')}")
+""")
+    result = _run(pytester, "--device=tpu", "--dtype=int8", "--conformance-device=cpu", "--conformance-dtype=float64",
+                  "--impl=torch.nn.functional:cross_entropy", "--collect-only", "-k", "test_value_matches_truth and none")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()[-2000:]
+    assert (pytester.path / "their_options.txt").read_text() == "device=tpu dtype=int8"
+    assert sorted(_collected_ids(result)) == ["test_value_matches_truth[cpu-float64-none-1x10]",
+                                              "test_value_matches_truth[cpu-float64-none-67x130]",
+                                              "test_value_matches_truth[cpu-float64-none-7x3]"]
+
+
+def _collected_ids(result) -> list:
+    return [line.rpartition("::")[2] for line in result.outlines if "::" in line]
+
+
+def test_options_read_the_ini_file_and_the_command_line_wins(pytester):
+    """``conformance_NAME`` in the ini file (here pytest.ini; pyproject's ``[tool.pytest.ini_options]``
+    alike) sets an option; the command line, under either name, overrides it."""
+    pytester.makepyfile(biased_impl="""
+import torch
+def cross_entropy(input, target, **options):
+    return torch.nn.functional.cross_entropy(input, target, **options) * (1 + 1e-3)
+""")
+    pytester.syspathinsert()
+    pytester.makeini("[pytest]\nconformance_impl = biased_impl\nconformance_dtype = float64 float32\n"
+                     "conformance_seed = 3\n")
+    selection = ("-k", "test_value_matches_truth and none and 7x3")
+    from_ini = _run(pytester, *selection)
+    assert from_ini.ret == pytest.ExitCode.TESTS_FAILED
+    from_ini.assert_outcomes(failed=2, deselected=from_ini.parseoutcomes()["deselected"])   # float64, float32
+    from_ini.stdout.fnmatch_lines(["*manual_seed(3)*", "implementation: biased_impl:cross_entropy *"])
+    overridden = _run(pytester, "--conformance-impl=torch.nn.functional:cross_entropy", "--dtype=float64", *selection)
+    assert overridden.ret == pytest.ExitCode.OK
+    overridden.assert_outcomes(passed=1, deselected=overridden.parseoutcomes()["deselected"])
+    bad = _run(pytester, "-o", "conformance_seed=three", *selection)
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*conformance_seed (in *)='three': expected an integer*"])
