@@ -134,6 +134,7 @@ class FrameworkLoss(ABC):
         self.per_example = per_example
         self.differentiable = differentiable
         self.__qualname__ = f"{self.framework}_loss({getattr(fn, '__qualname__', type(fn).__name__)})"
+        self.__module__ = getattr(fn, "__module__", None)   # where it is named from (impl.implementation_of)
         self.declared_unsupported = frozenset(getattr(fn, "unsupported", ()) or ())
         for name in DECLARATIONS:
             if hasattr(fn, name):

@@ -344,7 +344,6 @@ def adapt(obj: Any, spec: str) -> Implementation:
         call = obj
     else:
         raise ImplementationError(f"{spec}: {type(obj).__name__} object is not callable")
-    _stray_declarations(obj, spec)
     unsupported = _declared_names(obj, "unsupported", FEATURES, spec)
     deviations = _declared_names(obj, "deviations", DEVIATIONS, spec)
     input_kind = getattr(obj, "input_kind", "logits")
@@ -406,11 +405,12 @@ def implementation_of(obj: Any, spec: Optional[str] = None,
     defined if that name imports it back, else by ``spec``; else by ``module:qualname`` all the
     same, marked as not importable (a closure: the reproduce snippet says how to build it)."""
     name = importable_name(obj) or spec
-    if name is not None:
-        return adapt(wrap(obj), name)
-    target = obj if hasattr(obj, "__qualname__") else type(obj)
-    name = f"{getattr(target, '__module__', None)}:{target.__qualname__}"
-    return replace(adapt(wrap(obj), name), importable=False)
+    importable = name is not None
+    if not importable:
+        target = obj if hasattr(obj, "__qualname__") else type(obj)
+        name = f"{getattr(target, '__module__', None)}:{target.__qualname__}"
+    _stray_declarations(obj, name)
+    return replace(adapt(wrap(obj), name), importable=importable)
 
 
 def _import_object(spec: str) -> Any:
