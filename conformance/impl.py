@@ -121,6 +121,7 @@ DECLARATIONS = ("unsupported", "input_kind", "target_kind", "deviations", "varia
                 "differentiable_returns", "approximations", "form")
 MAPPING_DECLARATIONS = ("variants", "returns", "approximations")
 
+
 class ImplementationError(Exception):
     """The implementation could not be loaded or declares something the kit does not know."""
 

@@ -14,9 +14,9 @@ from . import adapters, distributed, paired
 from .cases import dtype_name
 from .tolerance import CONTRACTS, DEFAULT_CONTRACT
 
-__all__ = ["DTYPES", "PROBED_FEATURES", "OPTIONS", "Option", "add_aliases", "resolve", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES", "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION",
-           "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE", "add_options", "world_sizes", "round_plan", "property_seed",
-           "load_hypothesis_profile"]
+__all__ = ["DTYPES", "PROBED_FEATURES", "OPTIONS", "Option", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES",
+           "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION", "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE",
+           "add_options", "add_aliases", "resolve", "world_sizes", "round_plan", "property_seed", "load_hypothesis_profile"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Optional capabilities: a not-supported error from torch reports them as probed gaps.
@@ -56,7 +56,8 @@ hypothesis_settings.register_profile(
 
 
 # Each parser below takes the text of one value (from the command line or the ini file) and
-# raises ValueError saying what it expected; ``Option.parse`` names the option in the usage error.
+# raises ValueError saying what it expected; ``Option.value`` names the option in the usage error.
+
 
 def _one_of(choices):
     def parse(value: str) -> str:
