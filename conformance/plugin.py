@@ -57,8 +57,8 @@ def pytest_addhooks(pluginmanager) -> None:
 
 
 def _resolve(config: pytest.Config) -> tuple[Implementation, bool]:
-    """The implementation under test, and whether the user named one. ``--conformance-impl`` imports from the
-    folder pytest was started in, as ``python -m pytest`` would."""
+    """The implementation under test, and whether the user named one. ``--conformance-impl``
+    imports from the folder pytest was started in, as ``python -m pytest`` would."""
     framework = config.getoption("conformance_impl_framework")
     spec = config.getoption("conformance_impl")
     if spec:
