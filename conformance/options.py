@@ -162,7 +162,7 @@ class Option:
         if given is not None:
             return given
         text = config.getini(self.dest)
-        where = f"{self.dest} (in {config.inipath})"
+        where = f"{self.dest} (in {config.inipath or '-o'})"
         if self.parse is None:
             return bool(text) or self.default
         if self.repeatable:
