@@ -2,8 +2,8 @@
 
 ``numpy_loss(forward, backward=None)`` and ``jax_loss(fn)`` return a callable with the signature
 of ``torch.nn.functional.cross_entropy`` (torch tensors in and out) that ``conformance.impl.adapt``
-takes as it takes any function; ``wrap(obj, framework)`` is what ``--impl-framework`` calls.
-Everything judged is computed by the framework: torch only carries the tensors across and back.
+takes as it takes any function; ``wrap(obj, framework)`` is what ``--conformance-impl-framework``
+calls. Everything judged is computed by the framework: torch only carries the tensors across and back.
 
 Two calling conventions, told apart by the function's signature:
 
@@ -134,6 +134,7 @@ class FrameworkLoss(ABC):
         self.per_example = per_example
         self.differentiable = differentiable
         self.__qualname__ = f"{self.framework}_loss({getattr(fn, '__qualname__', type(fn).__name__)})"
+        self.__module__ = getattr(fn, "__module__", None)   # where it is named from (impl.implementation_of)
         self.declared_unsupported = frozenset(getattr(fn, "unsupported", ()) or ())
         for name in DECLARATIONS:
             if hasattr(fn, name):
@@ -303,21 +304,23 @@ def jax_loss(fn: Callable, *, jit: bool = True) -> JaxLoss:
 
 
 def wrap(obj: Any, framework: str) -> Any:
-    """``obj`` adapted to torch's signature for ``--impl-framework``: as it is for "torch" (or when
-    already adapted for ``framework``); for "numpy" its ``backward`` attribute is the backward.
+    """``obj`` adapted to torch's signature for ``--conformance-impl-framework``: as it is for "torch"
+    (or when already adapted for ``framework``); for "numpy" its ``backward`` attribute is the backward.
     What cannot be adapted raises ``ImplementationError`` (a usage error of the run)."""
     if framework not in FRAMEWORKS:
-        raise ImplementationError(f"--impl-framework={framework!r}: expected one of {', '.join(FRAMEWORKS)}")
+        raise ImplementationError(f"--conformance-impl-framework={framework!r}: expected one of "
+                                  f"{', '.join(FRAMEWORKS)}")
     if framework == "torch" or isinstance(obj, FrameworkLoss) and obj.framework == framework:
         return obj
     if isinstance(obj, FrameworkLoss):
-        raise ImplementationError(f"--impl-framework={framework}: {obj.__qualname__} is already adapted "
-                                  f"from {obj.framework}")
+        raise ImplementationError(f"--conformance-impl-framework={framework}: {obj.__qualname__} is already "
+                                  f"adapted from {obj.framework}")
     if not callable(obj):
-        raise ImplementationError(f"--impl-framework={framework}: {type(obj).__name__} object is not callable")
+        raise ImplementationError(f"--conformance-impl-framework={framework}: {type(obj).__name__} object is not "
+                                  "callable")
     if framework == "numpy":
         return numpy_loss(obj, getattr(obj, "backward", None))
     try:
         return jax_loss(obj)
     except ImportError as exc:
-        raise ImplementationError(f"--impl-framework=jax: cannot import jax: {exc}") from None
+        raise ImplementationError(f"--conformance-impl-framework=jax: cannot import jax: {exc}") from None

@@ -116,13 +116,6 @@ def call_code(impl: Implementation, problem: Problem, x: str = "x") -> str:
     return f"impl.call({x}, t, {_keywords_code(impl, problem)})"
 
 
-def _load_line(impl: Implementation) -> list[str]:
-    if impl.framework == "torch":
-        return [f"impl = load_implementation({impl.spec!r})"]
-    return ["from conformance.adapters import wrap",
-            f"impl = load_implementation({impl.spec!r}, wrap=lambda obj: wrap(obj, {impl.framework!r}))"]
-
-
 def _truth_options(options) -> str:
     return (f"ignore_index={options.ignore_index!r}, reduction={options.reduction!r}, "
             f"label_smoothing={options.label_smoothing!r}")
@@ -151,7 +144,7 @@ def _linear_snippet(problem: Problem, impl: Implementation, show: Show) -> list[
     if case.device != "cpu":
         lines.append(f"{', '.join(names)} = (None if t is None else t.to({case.device!r}) for t in "
                      f"({', '.join(names)}))")
-    lines += _load_line(impl)
+    lines += impl.load_code()
     lines.append(f"truth = evaluate_linear(hidden, linear_weight, target, linear_bias, weight=weight, "
                  f"{_truth_options(options)})")
     call = linear_call_code(impl, problem)
@@ -181,7 +174,7 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
     if case.device != "cpu":
         lines.append(f"logits, target = logits.to({case.device!r}), target.to({case.device!r})")
         lines.append(f"weight = None if weight is None else weight.to({case.device!r})")
-    lines += _load_line(impl) + ["x, t = impl.feed(logits, target)"]
+    lines += impl.load_code() + ["x, t = impl.feed(logits, target)"]
     if options.variant.active:
         lines.insert(2, "from conformance.reference import Variant")
     lines.append(truth_code(impl, problem))

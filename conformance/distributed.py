@@ -253,8 +253,8 @@ class WorkerGroup:
             payload = pickle.dumps(call)
         except Exception as exc:
             raise RankFailure(f"the implementation cannot be sent to the worker processes ({type(exc).__name__}: "
-                              f"{exc}): a vocab-parallel loss must be importable there (--impl module:attr, or a "
-                              "module-level function from the hook)") from None
+                              f"{exc}): a vocab-parallel loss must be importable there (--conformance-impl "
+                              "module:attr, or a module-level function from the hook)") from None
         self._folder = tempfile.mkdtemp(prefix="conformance-vp-")
         context = _context()
         self._connections, self._processes = [], []

@@ -6,7 +6,7 @@ import pytest
 def pytest_conformance_impl(config):
     """Return the cross-entropy implementation to judge (function, module class or instance).
 
-    Called once, when ``--impl`` is not given. Example, in a ``conftest.py``::
+    Called once, when ``--conformance-impl`` (``--impl``) is not given. Example, in a ``conftest.py``::
 
         def pytest_conformance_impl(config):
             from mypkg.loss import fused_cross_entropy

@@ -28,8 +28,11 @@ attributes on the object declare what it is:
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
@@ -40,7 +43,7 @@ from .guards import GlobalState, ImplementationFault, calling
 from .reference import INPUT_KINDS, Z_LOSS_WEIGHTINGS, Variant
 
 __all__ = ["FORMS", "FEATURES", "DEVIATIONS", "APPROXIMATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
-           "load_implementation", "adapt"]
+           "load_implementation", "implementation_of", "importable_name", "adapt"]
 
 DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
 
@@ -101,6 +104,8 @@ DEVIATIONS = {
     "overwrites_logits": "forward or backward writes into the caller's logits to save memory (Megatron's "
                          "vocab-parallel loss, flash-attention's inplace_backward); elsewhere in their storage, "
                          "and every other argument, it must not",
+    "float32_output": "float16/bfloat16 inputs give a float32 loss on purpose (cut-cross-entropy's, summed in "
+                      "float32 by a mixed-precision step); every other dtype gives its own",
 }
 
 APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear)
@@ -110,6 +115,11 @@ APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear
 
 TARGET_KINDS = ("index", "onehot")
 
+# The attributes an implementation declares itself by (the module docstring); those that name
+# things are sets of names or, in MAPPING_DECLARATIONS, dicts keyed by names.
+DECLARATIONS = ("unsupported", "input_kind", "target_kind", "deviations", "variants", "z_loss_weighting", "returns",
+                "differentiable_returns", "approximations", "form")
+MAPPING_DECLARATIONS = ("variants", "returns", "approximations")
 
 
 class ImplementationError(Exception):
@@ -160,6 +170,23 @@ class Implementation:
     differentiable_returns: frozenset = field(default_factory=frozenset)
     form: str = "logits"
     approximations: dict = field(default_factory=dict)
+    importable: bool = True   # load_implementation(spec) loads it (a closure from the hook cannot be)
+
+    def load_code(self) -> list[str]:
+        """The reproduce snippet's lines that load it as ``impl``: by its name, or, for an object
+        that cannot be imported by name, through the hook that builds it."""
+        wrap = "" if self.framework == "torch" else f", wrap=lambda obj: wrap(obj, {self.framework!r})"
+        lines = [] if self.framework == "torch" else ["from conformance.adapters import wrap"]
+        if self.importable:
+            return lines + [f"impl = load_implementation({self.spec!r}{wrap})"]
+        module, _, qualname = self.spec.partition(":")
+        lines.append("from conformance.impl import implementation_of")
+        if qualname.startswith("pytest_conformance_impl.<locals>."):
+            return lines + [f"from {module} import pytest_conformance_impl   # {self.spec} cannot be imported by name",
+                            f"impl = implementation_of(pytest_conformance_impl(config=None){wrap})   "
+                            "# pass your pytest config if your hook reads it"]
+        return lines + [f"obj = ...   # {self.spec} cannot be imported by name: the object your "
+                        "pytest_conformance_impl returns", f"impl = implementation_of(obj{wrap})"]
 
     @property
     def name(self) -> str:
@@ -269,6 +296,43 @@ def _form(obj: Any, call: Callable) -> str:
     return "vocab_parallel" if {"group", "vocab_start"} <= keyword_only else "logits"
 
 
+def _declared_names(obj: Any, attribute: str, known: Mapping, spec: str) -> Any:
+    """The set (a dict for ``MAPPING_DECLARATIONS``) that ``obj`` declares as ``attribute``, empty
+    if none; a string, or a name not in ``known``, is refused saying what was meant."""
+    mapping = attribute in MAPPING_DECLARATIONS
+    value = getattr(obj, attribute, None)
+    if not value:
+        return {} if mapping else frozenset()
+    if isinstance(value, str) or not isinstance(value, Mapping if mapping else (set, frozenset, list, tuple)):
+        example = "{name: ...}" if mapping else "{%r}" % value if isinstance(value, str) else "{'name', ...}"
+        raise ImplementationError(f"{spec}: {attribute}={value!r} is a {type(value).__name__}; declare a "
+                                  f"{'dict' if mapping else 'set'} of names: {attribute} = {example}")
+    names = dict(value) if mapping else frozenset(value)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        guesses = {name: difflib.get_close_matches(name, list(known), n=1) for name in unknown}
+        hint = ", ".join(f"{name!r} -> {guess[0]!r}" for name, guess in guesses.items() if guess)
+        raise ImplementationError(f"{spec}: {attribute} names unknown {unknown}"
+                                  + (f" (did you mean {hint}?)" if hint else "") + f"; known: {sorted(known)}")
+    return names
+
+
+def _stray_declarations(obj: Any, spec: str) -> None:
+    """Refuse declarations written at module level beside the object, where the kit does not read
+    them (they would be silently ignored); declaring the attribute on the object settles it."""
+    target = type(obj) if isinstance(obj, torch.nn.Module) else obj
+    module = sys.modules.get(getattr(target, "__module__", None) or "")
+    if module is None:
+        return
+    stray = {name: vars(module)[name] for name in DECLARATIONS if name in vars(module) and not hasattr(obj, name)}
+    if stray:
+        name = getattr(target, "__name__", "cross_entropy")
+        raise ImplementationError(
+            f"{spec}: module {module.__name__} declares {', '.join(stray)} at module level, where the kit does not "
+            f"read it: put it on the implementation: " + "; ".join(f"{name}.{attr} = {value!r}"
+                                                                   for attr, value in stray.items()))
+
+
 def adapt(obj: Any, spec: str) -> Implementation:
     """Turn a user's function, module class or module instance into an ``Implementation``."""
     if inspect.isclass(obj):
@@ -281,39 +345,25 @@ def adapt(obj: Any, spec: str) -> Implementation:
         call = obj
     else:
         raise ImplementationError(f"{spec}: {type(obj).__name__} object is not callable")
-    unsupported = frozenset(getattr(obj, "unsupported", ()) or ())
-    unknown = unsupported - FEATURES.keys()
-    if unknown:
-        raise ImplementationError(f"{spec}: unsupported names unknown features {sorted(unknown)}; "
-                                  f"known: {sorted(FEATURES)}")
-    deviations = frozenset(getattr(obj, "deviations", ()) or ())
-    if deviations - DEVIATIONS.keys():
-        raise ImplementationError(f"{spec}: deviations names unknown {sorted(deviations - DEVIATIONS.keys())}; "
-                                  f"known: {sorted(DEVIATIONS)}")
+    unsupported = _declared_names(obj, "unsupported", FEATURES, spec)
+    deviations = _declared_names(obj, "deviations", DEVIATIONS, spec)
     input_kind = getattr(obj, "input_kind", "logits")
     if input_kind not in INPUT_KINDS:
         raise ImplementationError(f"{spec}: input_kind={input_kind!r}; expected one of {INPUT_KINDS}")
     target_kind = getattr(obj, "target_kind", "index")
     if target_kind not in TARGET_KINDS:
         raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
-    variants, returns = dict(getattr(obj, "variants", {}) or {}), dict(getattr(obj, "returns", {}) or {})
-    differentiable = frozenset(getattr(obj, "differentiable_returns", ()) or ())
+    variants = _declared_names(obj, "variants", VARIANTS, spec)
+    returns = _declared_names(obj, "returns", AUXILIARIES, spec)
+    differentiable = _declared_names(obj, "differentiable_returns", returns, spec)
     z_loss_weighting = getattr(obj, "z_loss_weighting", "unweighted")
-    for what, names, known in (("variants", variants, VARIANTS), ("returns", returns, AUXILIARIES),
-                               ("differentiable_returns", differentiable, returns)):
-        if set(names) - set(known):
-            raise ImplementationError(f"{spec}: {what} names unknown {sorted(set(names) - set(known))}; "
-                                      f"known: {sorted(known)}")
     if differentiable - {"z_loss"}:
         raise ImplementationError(f"{spec}: differentiable_returns={sorted(differentiable)}: the kit judges the "
                                   "gradient of a returned z_loss only")
     if z_loss_weighting not in Z_LOSS_WEIGHTINGS:
         raise ImplementationError(f"{spec}: z_loss_weighting={z_loss_weighting!r}; expected one of "
                                   f"{Z_LOSS_WEIGHTINGS}")
-    approximations = dict(getattr(obj, "approximations", {}) or {})
-    if set(approximations) - set(APPROXIMATIONS):
-        raise ImplementationError(f"{spec}: approximations names unknown {sorted(set(approximations) - set(APPROXIMATIONS))}; "
-                                  f"known: {sorted(APPROXIMATIONS)}")
+    approximations = _declared_names(obj, "approximations", APPROXIMATIONS, spec)
     if any(not (isinstance(eps, (int, float)) and 0 <= eps < 1) for eps in approximations.values()):
         raise ImplementationError(f"{spec}: approximations={approximations!r}: each bound is a number in [0, 1)")
     form = _form(obj, call)
@@ -336,24 +386,64 @@ def adapt(obj: Any, spec: str) -> Implementation:
                           form=form, approximations=approximations)
 
 
-def load_implementation(spec: Optional[str] = None,
-                        wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
-    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"``; ``wrap``
-    adapts the object first (a loss from another framework, ``conformance.adapters``)."""
-    spec = spec or DEFAULT_SPEC
+def importable_name(obj: Any) -> Optional[str]:
+    """``module:qualname`` of ``obj`` (of its class for a module instance, which the kit judges
+    through its class) where importing that name gives the object back; None for a closure, a
+    lambda, an object of ``__main__`` or one stored under another name."""
+    target = type(obj) if isinstance(obj, torch.nn.Module) else obj
+    module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str)) or module == "__main__":
+        return None
+    found = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return f"{module}:{qualname}" if found is not None and found is target else None
+
+
+def implementation_of(obj: Any, spec: Optional[str] = None,
+                      wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
+    """``obj`` (a hook's result, or what ``spec`` imported) adapted after ``wrap``, named where it is
+    defined if that name imports it back, else by ``spec``; else by ``module:qualname`` all the
+    same, marked as not importable (a closure: the reproduce snippet says how to build it)."""
+    name = importable_name(obj) or spec
+    importable = name is not None
+    if not importable:
+        target = obj if hasattr(obj, "__qualname__") else type(obj)
+        name = f"{getattr(target, '__module__', None)}:{target.__qualname__}"
+    _stray_declarations(obj, name)
+    return replace(adapt(wrap(obj), name), importable=importable)
+
+
+def _import_object(spec: str) -> Any:
+    """What ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"`` names."""
     module_name, _, attr = spec.partition(":")
-    attr = attr or "cross_entropy"
+    attr, given = attr or "cross_entropy", f"--conformance-impl={spec!r}"
     if not module_name:
-        raise ImplementationError(f"--impl={spec!r}: expected 'package.module' or 'package.module:attribute'")
+        raise ImplementationError(f"{given}: expected 'package.module' or 'package.module:attribute'")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ImplementationError(f"--impl={spec!r}: cannot import module {module_name!r}: {exc}") from None
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):  # a module it imports
+            raise ImplementationError(f"{given}: importing {module_name!r} raised ModuleNotFoundError: {exc}") from None
+        raise ImplementationError(f"{given}: cannot import module {module_name!r}: {exc} (pytest looks in the folder "
+                                  f"it was started from and on sys.path: start it from the folder that holds "
+                                  f"{exc.name!r}, or install your package: pip install -e .)") from None
     except Exception as exc:  # the user's module raised while importing
-        raise ImplementationError(f"--impl={spec!r}: importing {module_name!r} raised "
-                                  f"{type(exc).__name__}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise ImplementationError(f"--impl={spec!r}: module {module_name!r} has no attribute {attr!r}") from None
-    return adapt(wrap(obj), f"{module_name}:{attr}")
+        raise ImplementationError(f"{given}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImplementationError(f"{given}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def load_implementation(spec: Optional[str] = None,
+                        wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
+    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"`` (``attr`` may
+    be dotted: ``Class.method``); ``wrap`` adapts the object first (a loss from another framework,
+    ``conformance.adapters``)."""
+    spec = spec or DEFAULT_SPEC
+    module_name, _, attr = spec.partition(":")
+    return implementation_of(_import_object(spec), f"{module_name}:{attr or 'cross_entropy'}", wrap)

@@ -1,6 +1,10 @@
-"""The kit's command-line options, each parsed and validated by a small ``type=`` function that
-raises a clear usage error, and the hypothesis profiles the property tests run under."""
+"""The kit's options, each on the command line (``--conformance-NAME``, a few with a short alias)
+and in the ini file (``conformance_NAME``), each value parsed and validated by a small function
+that raises a clear usage error; and the hypothesis profiles the property tests run under."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import pytest
 import torch
@@ -10,8 +14,9 @@ from . import adapters, distributed, paired
 from .cases import dtype_name
 from .tolerance import CONTRACTS, DEFAULT_CONTRACT
 
-__all__ = ["DTYPES", "PROBED_FEATURES", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES", "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION",
-           "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE", "add_options", "world_sizes", "round_plan", "load_hypothesis_profile"]
+__all__ = ["DTYPES", "PROBED_FEATURES", "OPTIONS", "Option", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES",
+           "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION", "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE",
+           "add_options", "add_aliases", "resolve", "world_sizes", "round_plan", "property_seed", "load_hypothesis_profile"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Optional capabilities: any error they raise reports them as probed gaps (checks.Judge.probe).
@@ -50,122 +55,203 @@ hypothesis_settings.register_profile(
     derandomize=False)
 
 
-def _device(value: str) -> str:
-    if value not in ("cpu", "cuda", "mps"):
-        raise pytest.UsageError(f"--device={value!r}: expected cpu, cuda or mps")
-    return value
+# Each parser below takes the text of one value (from the command line or the ini file) and
+# raises ValueError saying what it expected; ``Option.value`` names the option in the usage error.
+
+
+def _one_of(choices):
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+    return parse
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("expected an integer") from None
 
 
 def _shape(value: str) -> tuple:
     n, sep, c = value.lower().partition("x")
     if not (sep and n.isdigit() and c.isdigit() and int(n) > 0 and int(c) > 0):
-        raise pytest.UsageError(f"--conformance-bench-shape={value!r}: expected NxC, e.g. 4096x32000")
+        raise ValueError("expected NxC, e.g. 4096x32000")
     return int(n), int(c)
 
 
 def _linear_shape(value: str) -> tuple:
     parts = value.lower().split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise pytest.UsageError(f"--conformance-bench-linear-shape={value!r}: expected NxHxV, e.g. 4096x2048x32000")
+        raise ValueError("expected NxHxV, e.g. 4096x2048x32000")
     return tuple(int(p) for p in parts)
 
 
-def _at_least_zero(option: str, what: str):
-    """A ``type=`` for ``option``: a number >= 0 (NaN and words refused), described as ``what``."""
+def _at_least_zero(what: str):
+    """A parser of a number >= 0 (NaN and words refused), described as ``what``."""
     def parse(value: str) -> float:
         try:
             number = float(value)
         except ValueError:
             number = -1.0
         if not number >= 0:
-            raise pytest.UsageError(f"{option}={value!r}: expected {what} >= 0")
+            raise ValueError(f"expected {what} >= 0")
         return number
     return parse
 
 
 def _rounds(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= paired.MAX_PAIRS:
-        raise pytest.UsageError(f"--conformance-bench-rounds={value!r}: expected an integer from 1 to "
-                                f"{paired.MAX_PAIRS}")
+        raise ValueError(f"expected an integer from 1 to {paired.MAX_PAIRS}")
     return int(value)
 
 
 def _world_size(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
-        raise pytest.UsageError(f"--conformance-world-size={value!r}: expected a number of ranks >= 1")
+        raise ValueError("expected a number of ranks >= 1")
     return int(value)
 
 
 def _probed_feature(value: str) -> str:
     if value not in PROBED_FEATURES:
-        raise pytest.UsageError(f"--conformance-require={value!r}: expected one of {', '.join(PROBED_FEATURES)} "
-                                "(the capabilities the kit probes; core semantics are always required)")
+        raise ValueError(f"expected one of {', '.join(PROBED_FEATURES)} (the capabilities the kit probes; core "
+                         "semantics are always required)")
     return value
 
 
+@dataclass(frozen=True)
+class Option:
+    """``--conformance-NAME`` on the command line (``alias`` too, where no other plugin or conftest
+    has taken it), ``conformance_NAME`` in the ini file (pytest.ini, ``[tool.pytest.ini_options]``):
+    the command line wins, then the ini file, then ``default``. Read as ``config.getoption(dest)``."""
+
+    name: str
+    help: str
+    parse: Optional[Callable[[str], Any]] = None   # None: a flag (store_true)
+    default: Any = None
+    metavar: Optional[str] = None
+    repeatable: bool = False
+    alias: Optional[str] = None
+
+    @property
+    def dest(self) -> str:
+        return "conformance_" + self.name.replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return "--conformance-" + self.name
+
+    def value(self, text: str, where: str) -> Any:
+        """``text`` parsed, or a usage error naming the option as it was given (``where``)."""
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{where}={text!r}: {exc}") from None
+
+    def argument(self) -> dict:
+        """The option's argparse keywords: default None, so that an unset option falls to the ini file."""
+        if self.parse is None:
+            return dict(action="store_true", default=None)
+        return dict(action="append" if self.repeatable else "store", default=None, metavar=self.metavar,
+                    type=lambda text: self.value(text, self.flag))
+
+    def resolve(self, config: pytest.Config) -> Any:
+        """The value by precedence: the command line's, the ini file's, the default."""
+        given = config.getoption(self.dest)
+        if given is not None:
+            return given
+        text = config.getini(self.dest)
+        where = f"{self.dest} (in {config.inipath or '-o'})"
+        if self.parse is None:
+            return bool(text) or self.default
+        if self.repeatable:
+            return [self.value(item, where) for item in text] or self.default
+        return self.value(text, where) if text else self.default
+
+
+_DTYPE_NAMES = [dtype_name(d) for d in DTYPES]
+OPTIONS = (
+    Option("impl", "implementation to judge: a module (attribute cross_entropy) or module:attribute, imported from "
+           "the folder pytest was started in; default: the pytest_conformance_impl hook, else "
+           "torch.nn.functional.cross_entropy", str, metavar="MODULE[:ATTR]", alias="--impl"),
+    Option("impl-framework", "the framework the implementation is written in: torch (default), numpy or jax "
+           "(conformance.adapters: torch's keywords, or a per-example loss like optax's)",
+           _one_of(adapters.FRAMEWORKS), default="torch", metavar="FRAMEWORK", alias="--impl-framework"),
+    Option("device", "device to test on (repeatable); default: every available device", _one_of(("cpu", "cuda", "mps")),
+           metavar="DEVICE", repeatable=True, alias="--device"),
+    Option("dtype", "dtype to test (repeatable): " + ", ".join(_DTYPE_NAMES) + "; default: all of them",
+           _one_of(_DTYPE_NAMES), metavar="DTYPE", repeatable=True, alias="--dtype"),
+    Option("xfail", "known, tracked failures: a file of test ids (suffixes), one per line, '# reason' after the id; "
+           "they become strict xfails ('~' before the id: not strict, for failures that show on some seeds' data "
+           "only); unmatched ids warn", str, metavar="FILE"),
+    Option("contract", "standard (default): the error of the standard fused algorithm (a float32 logsumexp minus "
+           "the target logit); exact: the shift-invariant bound; parity: half-precision values and gradients no "
+           "worse than torch on the same device and dtype", _one_of(CONTRACTS), default=DEFAULT_CONTRACT,
+           metavar="CONTRACT"),
+    Option("require", "fail instead of reporting a probed gap: " + ", ".join(PROBED_FEATURES) + " (repeatable)",
+           _probed_feature, metavar="FEATURE", repeatable=True),
+    Option("deep", "the deep run: the boundary sweeps (test_boundaries.py) in every dtype and reduction, not each "
+           "boundary once; XOR training in every dtype; the reference's own identities", default=False),
+    Option("seed", "offset added to every case's seed, for exact reruns with other data (default 0)", _integer,
+           default=0, metavar="SEED"),
+    Option("timeout", f"time limit per check (default {DEFAULT_TIMEOUT:g}; 0: none). After 10 timeouts the "
+           "remaining checks fail at once", _at_least_zero("seconds"), default=DEFAULT_TIMEOUT, metavar="SECONDS"),
+    Option("world-size", "ranks of the vocab-parallel checks' process group (repeatable; default "
+           f"{' and '.join(map(str, DEFAULT_WORLD_SIZES))}; under torchrun: the launched world size)", _world_size,
+           metavar="RANKS", repeatable=True),
+    Option("report", "write every check of the run (and its benchmarks) as JSON, for 'python -m conformance "
+           "report'", str, metavar="PATH.json"),
+    Option("baseline", "an earlier run's --conformance-report: the verdict lists this run's regressions against it "
+           "(the rule of 'python -m conformance report --baseline') and the run exits 1 on any", str,
+           metavar="OLD.json"),
+    Option("bench", "also run the benchmarks beside torch (they run only with this or --benchmark-only)",
+           default=False),
+    Option("bench-shape", "benchmark logits shape (repeatable); default on a cpu 256x32000 and 64x128256, "
+           "elsewhere 4096x32000 and 1024x128256, plus 8192x128256 on cuda", _shape, metavar="NxC", repeatable=True),
+    Option("bench-linear-shape", "linear benchmark shape: tokens x hidden size x vocabulary (repeatable); default "
+           "on a cpu 128x64x4096 and 32x64x32768, elsewhere 4096x2048x32000 and 1024x2048x128256. With "
+           "--conformance-bench-shape and without this, the linear benchmarks do not run", _linear_shape,
+           metavar="NxHxV", repeatable=True),
+    Option("bench-rounds", "the fewest paired rounds (torch's and the implementation's, alternating) per benchmark, "
+           f"after one untimed warm-up of each (default {DEFAULT_BENCH_ROUNDS})", _rounds,
+           default=DEFAULT_BENCH_ROUNDS, metavar="N"),
+    Option("bench-precision", "after the fewest rounds, stop once the 95%% interval of the ratio to torch is "
+           f"within FRACTION of it (default {DEFAULT_BENCH_PRECISION:g}: +-{DEFAULT_BENCH_PRECISION * 100:g}%%)",
+           _at_least_zero("a fraction"), default=DEFAULT_BENCH_PRECISION, metavar="FRACTION"),
+    Option("bench-time", "... or once the benchmark's share of SECONDS, the time all the run's benchmarks may spend "
+           "in timed rounds, is spent, precise or not: each gets an equal share of what is left when it starts "
+           f"(default {DEFAULT_BENCH_TIME:g})", _at_least_zero("seconds"), default=DEFAULT_BENCH_TIME,
+           metavar="SECONDS"),
+)
+
+
 def add_options(parser: pytest.Parser) -> None:
+    """Every option under its ``--conformance-`` name and its ini key; the short aliases come later
+    (``add_aliases``), once the other plugins and the initial conftests have added theirs."""
     group = parser.getgroup("conformance", "cross-entropy conformance kit")
-    group.addoption("--impl", default=None, metavar="MODULE[:ATTR]",
-                    help="implementation to judge: a module (attribute cross_entropy) or module:attribute; "
-                         "default: the pytest_conformance_impl hook, else torch.nn.functional.cross_entropy")
-    group.addoption("--impl-framework", choices=adapters.FRAMEWORKS, default="torch",
-                    help="the framework the implementation is written in: torch (default), numpy or jax "
-                         "(conformance.adapters: torch's keywords, or a per-example loss like optax's)")
-    group.addoption("--device", action="append", type=_device, default=None, metavar="DEVICE",
-                    help="device to test on (repeatable); default: every available device")
-    group.addoption("--dtype", action="append", choices=[dtype_name(d) for d in DTYPES], default=None,
-                    help="dtype to test (repeatable); default: float64, float32, float16 and bfloat16")
-    group.addoption("--conformance-xfail", default=None, metavar="FILE",
-                    help="known, tracked failures: a file of test ids (suffixes), one per line, "
-                         "'# reason' after the id; they become strict xfails ('~' before the id: not "
-                         "strict, for failures that show on some seeds' data only); unmatched ids warn")
-    group.addoption("--conformance-contract", choices=CONTRACTS, default=DEFAULT_CONTRACT,
-                    help="standard (default): the error of the standard fused algorithm (a float32 logsumexp "
-                         "minus the target logit); exact: the shift-invariant bound; parity: half-precision "
-                         "values and gradients no worse than torch on the same device and dtype")
-    group.addoption("--conformance-require", action="append", type=_probed_feature, default=None,
-                    metavar="FEATURE",
-                    help="fail instead of reporting a probed gap: " + ", ".join(PROBED_FEATURES) + " (repeatable)")
-    group.addoption("--conformance-deep", action="store_true",
-                    help="the deep run: the boundary sweeps (test_boundaries.py) in every dtype and reduction, "
-                         "not each boundary once; XOR training in every dtype; the reference's own identities")
-    group.addoption("--conformance-seed", type=int, default=0, metavar="SEED",
-                    help="offset added to every case's seed, for exact reruns with other data (default 0)")
-    group.addoption("--conformance-timeout", type=_at_least_zero("--conformance-timeout", "seconds"),
-                    default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                    help=f"time limit per check (default {DEFAULT_TIMEOUT:g}; 0: none). After "
-                         "10 timeouts the remaining checks fail at once")
-    group.addoption("--conformance-world-size", action="append", type=_world_size, default=None, metavar="RANKS",
-                    help="ranks of the vocab-parallel checks' process group (repeatable; default "
-                         f"{' and '.join(map(str, DEFAULT_WORLD_SIZES))}; under torchrun: the launched world size)")
-    group.addoption("--conformance-report", default=None, metavar="PATH.json",
-                    help="write every check of the run (and its benchmarks) as JSON, for "
-                         "'python -m conformance report'")
-    group.addoption("--conformance-baseline", default=None, metavar="OLD.json",
-                    help="an earlier run's --conformance-report: the verdict lists this run's regressions against it "
-                         "(the rule of 'python -m conformance report --baseline') and the run exits 1 on any")
-    group.addoption("--conformance-bench", action="store_true",
-                    help="also run the benchmarks beside torch (they run only with this or --benchmark-only)")
-    group.addoption("--conformance-bench-shape", action="append", type=_shape, default=None, metavar="NxC",
-                    help="benchmark logits shape (repeatable); default on a cpu 256x32000 and 64x128256, "
-                         "elsewhere 4096x32000 and 1024x128256, plus 8192x128256 on cuda")
-    group.addoption("--conformance-bench-linear-shape", action="append", type=_linear_shape, default=None,
-                    metavar="NxHxV",
-                    help="linear benchmark shape: tokens x hidden size x vocabulary (repeatable); default on a cpu "
-                         "128x64x4096 and 32x64x32768, elsewhere 4096x2048x32000 and 1024x2048x128256. With "
-                         "--conformance-bench-shape and without this, the linear benchmarks do not run")
-    group.addoption("--conformance-bench-rounds", type=_rounds, default=DEFAULT_BENCH_ROUNDS, metavar="N",
-                    help="the fewest paired rounds (torch's and the implementation's, alternating) per benchmark, "
-                         f"after one untimed warm-up of each (default {DEFAULT_BENCH_ROUNDS})")
-    group.addoption("--conformance-bench-precision", type=_at_least_zero("--conformance-bench-precision", "a fraction"),
-                    default=DEFAULT_BENCH_PRECISION, metavar="FRACTION",
-                    help="after the fewest rounds, stop once the 95%% interval of the ratio to torch is within "
-                         f"FRACTION of it (default {DEFAULT_BENCH_PRECISION:g}: +-{DEFAULT_BENCH_PRECISION * 100:g}%%)")
-    group.addoption("--conformance-bench-time", type=_at_least_zero("--conformance-bench-time", "seconds"),
-                    default=DEFAULT_BENCH_TIME, metavar="SECONDS",
-                    help="... or once the benchmark's share of SECONDS, the time all the run's benchmarks may "
-                         "spend in timed rounds, is spent, precise or not: each gets an equal share of what is "
-                         f"left when it starts (default {DEFAULT_BENCH_TIME:g})")
+    for option in OPTIONS:
+        also = f" (also {option.alias}, where no other plugin or conftest has taken it)" if option.alias else ""
+        group.addoption(option.flag, dest=option.dest, help=option.help + also, **option.argument())
+        parser.addini(option.dest, help=f"{option.flag} (the command line wins): " + option.help.replace("%%", "%"),
+                      type="bool" if option.parse is None else "args" if option.repeatable else "string")
+
+
+def add_aliases(parser: pytest.Parser) -> None:
+    """The short names (``--impl``, ``--device``...) of the options whose alias no plugin or conftest
+    has registered: an ML project's conftest often has its own ``--device``, and a second
+    registration of a name is an error of argparse."""
+    taken = {name for group in parser._groups for argument in group.options for name in argument.names()}
+    group = parser.getgroup("conformance")
+    for option in OPTIONS:
+        if option.alias and option.alias not in taken:
+            group.addoption(option.alias, dest=option.dest, help=f"{option.flag}, shorter", **option.argument())
+
+
+def resolve(config: pytest.Config) -> None:
+    """Give every option its value by precedence (``Option.resolve``), once, where every reader finds it."""
+    for option in OPTIONS:
+        setattr(config.option, option.dest, option.resolve(config))
 
 
 def world_sizes(config: pytest.Config) -> tuple:
@@ -181,6 +267,16 @@ def round_plan(config: pytest.Config, budget: float) -> paired.RoundPlan:
     ``budget``, its share of ``--conformance-bench-time``."""
     return paired.RoundPlan(min_pairs=config.getoption("conformance_bench_rounds"),
                             precision=config.getoption("conformance_bench_precision"), budget=budget)
+
+
+def property_seed(config: pytest.Config):
+    """The seed of the property tests' examples: ``--hypothesis-seed`` (hypothesis' own option, which
+    its ``derandomize``d profiles would otherwise ignore), else a nonzero ``--conformance-seed``,
+    else None (the profile's examples)."""
+    chosen = config.getoption("hypothesis_seed", None)
+    if chosen is not None:
+        return int(chosen) if chosen.lstrip("-").isdigit() else chosen   # as hypothesis reads it
+    return config.getoption("conformance_seed") or None
 
 
 def load_hypothesis_profile(config: pytest.Config) -> None:

@@ -16,7 +16,7 @@ from . import adapters, bench, cases, hookspecs, options, report
 from .checks import FIRST_FAILURE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, crash_trampoline, time_limit, truncate_sections
-from .impl import FORMS, Implementation, ImplementationError, adapt, load_implementation
+from .impl import FORMS, Implementation, ImplementationError, implementation_of, load_implementation
 from .session import ConformanceSession, is_check, item_dtype, item_form
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
@@ -44,27 +44,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list):
+    """The short option names, once the other plugins and the initial conftests (where an ML
+    project's own ``--device`` lives) have added theirs and before the command line is parsed."""
+    result = yield
+    options.add_aliases(parser)
+    return result
+
+
 def pytest_addhooks(pluginmanager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
 def _resolve(config: pytest.Config) -> tuple[Implementation, bool]:
-    """The implementation under test, and whether the user named one."""
-    framework = config.getoption("impl_framework")
-    spec = config.getoption("impl")
+    """The implementation under test, and whether the user named one. ``--conformance-impl``
+    imports from the folder pytest was started in, as ``python -m pytest`` would."""
+    framework = config.getoption("conformance_impl_framework")
+    spec = config.getoption("conformance_impl")
     if spec:
+        started_in = str(config.invocation_params.dir)
+        if started_in not in sys.path:
+            sys.path.insert(0, started_in)
         return load_implementation(spec, wrap=lambda obj: adapters.wrap(obj, framework)), True
     obj = config.hook.pytest_conformance_impl(config=config)
     if obj is None:
         return load_implementation(), False
-    return adapt(adapters.wrap(obj, framework),
-                 f"pytest_conformance_impl:{getattr(obj, '__qualname__', type(obj).__name__)}"), True
+    return implementation_of(obj, wrap=lambda obj: adapters.wrap(obj, framework)), True
 
 
 # tryfirst: the profile is loaded before hypothesis' own pytest_configure applies
 # --hypothesis-verbosity and friends on top of the current profile.
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    options.resolve(config)
     options.load_hypothesis_profile(config)
     config.addinivalue_line("markers", "feature(name): the checks need this feature of the implementation")
     config.addinivalue_line("markers", "sweep(name, values, features={}): a boundary sweep, parametrized by the "
@@ -77,15 +90,15 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "--benchmark-only or --conformance-bench")
     config.addinivalue_line("markers", "deep: a check of the deep run only (--conformance-deep)")
     config.addinivalue_line("markers", "default_dtypes(*dtypes): the dtypes of a check in the default run; every "
-                                       "dtype under --conformance-deep or --dtype")
+                                       "dtype under --conformance-deep or --conformance-dtype")
     try:
         impl, named = _resolve(config)
     except ImplementationError as exc:
         raise pytest.UsageError(str(exc)) from None
-    devices = config.getoption("device") or available_devices()
+    devices = config.getoption("conformance_device") or available_devices()
     missing = [d for d in devices if d not in available_devices()]
     if missing:
-        raise pytest.UsageError(f"--device {', '.join(missing)}: not available here (available: "
+        raise pytest.UsageError(f"--conformance-device {', '.join(missing)}: not available here (available: "
                                 f"{', '.join(available_devices())})")
     contract = config.getoption("conformance_contract")
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
@@ -163,9 +176,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _dtypes(metafunc: pytest.Metafunc) -> tuple:
     """Every dtype, or a costly check's ``default_dtypes`` in a default run (neither
-    ``--conformance-deep`` nor ``--dtype``), which must stay within 20 s on two cores."""
+    ``--conformance-deep`` nor ``--conformance-dtype``), which must stay within 20 s on two cores."""
     marker = metafunc.definition.get_closest_marker("default_dtypes")
-    if marker is None or metafunc.config.getoption("conformance_deep") or metafunc.config.getoption("dtype"):
+    config = metafunc.config
+    if marker is None or config.getoption("conformance_deep") or config.getoption("conformance_dtype"):
         return options.DTYPES
     return marker.args
 
@@ -178,7 +192,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     """Deselect dtypes not asked for, benchmarks not asked for, deep checks outside a deep run and
     checks of a form no implementation of the run has (``session.implementations``); describe
     every check and apply its expected outcome; seed the property tests."""
-    wanted = config.getoption("dtype")
+    wanted = config.getoption("conformance_dtype")
     deep = config.getoption("conformance_deep")
     only = config.getoption("benchmark_only", False)
     bench_wanted = only or config.getoption("conformance_bench")
@@ -208,16 +222,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     for test_id in session.expectations.unmatched():
         warnings.warn(pytest.PytestWarning(f"--conformance-xfail {session.expectations.xfail_path}: {test_id!r} "
                                            "matches no test"))
-    _seed_property_tests(items, config.getoption("conformance_seed"))
+    _seed_property_tests(items, options.property_seed(config))
 
 
-def _seed_property_tests(items: list, offset: int) -> None:
-    """``--conformance-seed`` also chooses the property tests' examples: hypothesis' ``seed``
-    decorator takes precedence over the profile's ``derandomize``, so seed 0 keeps the profile's
-    fixed examples and every other seed replays its own set exactly."""
-    if offset:
+def _seed_property_tests(items: list, seed) -> None:
+    """Seed the property tests (``options.property_seed``): hypothesis' ``seed`` decorator takes
+    precedence over the profile's ``derandomize``, so with no seed the profile's fixed examples
+    run and every seed replays its own set exactly."""
+    if seed is not None:
         for function in {item.obj for item in items if getattr(item.obj, "is_hypothesis_test", False)}:
-            hypothesis_seed(offset)(function)
+            hypothesis_seed(seed)(function)
 
 
 @pytest.hookimpl(wrapper=True)

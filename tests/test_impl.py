@@ -28,6 +28,11 @@ def _declaring(**attributes):
      "differentiable_returns names unknown ['lse']"),
     (dict(variants={"softcap": "softcap"}, input_kind="probs"), "variants apply to logits"),
     (dict(variants={"z_loss": "z"}, z_loss_weighting="by_weight"), "z_loss_weighting='by_weight'"),
+    (dict(variants={"soft_cap": "softcap"}), "variants names unknown ['soft_cap'] (did you mean 'soft_cap' -> 'softcap'?)"),
+    (dict(variants="softcap"), "variants='softcap' is a str; declare a dict of names: variants = {name: ...}"),
+    (dict(deviations="all_ignored_mean_zero"), "deviations = {'all_ignored_mean_zero'}"),
+    (dict(returns={"z_loss": "return_z_loss"}, differentiable_returns="z_loss"),
+     "differentiable_returns='z_loss' is a str; declare a set of names: differentiable_returns = {'z_loss'}"),
 ])
 def test_variant_declarations_are_checked(attributes, message):
     with pytest.raises(ImplementationError, match=re.escape(message)):

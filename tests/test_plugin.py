@@ -23,17 +23,39 @@ def test_bad_impl_is_a_usage_error(pytester, spec, message):
     assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
 
 
-def test_unknown_unsupported_feature_is_a_usage_error(pytester):
-    pytester.makepyfile(typo_impl="""
+def test_impl_imports_from_the_folder_pytest_was_started_in(pytester, monkeypatch):
+    """Plain ``pytest`` (not ``python -m pytest``) started in the user's folder finds their module
+    there; started elsewhere, the usage error says where it looked and what to do."""
+    folder = pytester.mkdir("mylosses")
+    folder.joinpath("myce.py").write_text("from torch.nn.functional import cross_entropy as good\n")
+    elsewhere = _run(pytester, "--impl=myce:good", "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert elsewhere.ret == pytest.ExitCode.USAGE_ERROR
+    elsewhere.stderr.fnmatch_lines(["*cannot import module 'myce'*start it from the folder that holds 'myce'*"])
+    monkeypatch.chdir(folder)
+    started_there = _run(pytester, "--impl=myce:good", "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert started_there.ret == pytest.ExitCode.OK, started_there.stderr.str()[-1000:]
+
+
+@pytest.mark.parametrize("declaration,message", [
+    ('cross_entropy.unsupported = {"label_smothing"}',
+     "*unsupported names unknown ['label_smothing'] (did you mean 'label_smothing' -> 'label_smoothing'?)*"),
+    ('cross_entropy.unsupported = "kdim"', "*unsupported='kdim' is a str; declare a set of names: unsupported = {'kdim'}*"),
+    ('unsupported = {"kdim"}', "*module typo_impl declares unsupported at module level, where the kit does not read it: "
+                               "put it on the implementation: cross_entropy.unsupported = {'kdim'}*"),
+], ids=["misspelt", "string", "module_level"])
+def test_a_misread_declaration_is_a_usage_error(pytester, declaration, message):
+    """A misspelt name, a string where a set is meant (read as its characters) and a declaration
+    at module level (silently not read) each stop the run saying what was meant."""
+    pytester.makepyfile(typo_impl=f"""
 import torch
 def cross_entropy(*a, **k):
     return torch.nn.functional.cross_entropy(*a, **k)
-cross_entropy.unsupported = {"label_smothing"}
+{declaration}
 """)
     pytester.syspathinsert()
     result = _run(pytester, "--impl=typo_impl", "-k", "test_value")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*unknown features*label_smothing*"])
+    result.stderr.fnmatch_lines([message.replace("[", "[[]")])
 
 
 def test_hook_in_conftest_supplies_the_implementation(pytester):
@@ -45,7 +67,7 @@ def pytest_conformance_impl(config):
     return doubled
 """)
     result = _run(pytester, "-k", "test_value_matches_truth and float64")
-    result.stdout.fnmatch_lines(["*implementation: pytest_conformance_impl:*doubled*"])
+    result.stdout.fnmatch_lines(["*implementation: conftest:pytest_conformance_impl.<locals>.doubled *"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
@@ -168,7 +190,7 @@ def pytest_conformance_impl(config):
     linear = _run(pytester, "-k", "test_value_matches_truth or (test_linear_loss_and_gradients and odd-mean)")
     assert linear.ret == pytest.ExitCode.OK
     linear.assert_outcomes(passed=4, deselected=linear.parseoutcomes()["deselected"])
-    linear.stdout.fnmatch_lines(["*implementation: pytest_conformance_impl:*loss*", "*linear*pass 1*"])
+    linear.stdout.fnmatch_lines(["*implementation: conftest:pytest_conformance_impl.<locals>.loss *", "*linear*pass 1*"])
 
 
 REFERENCE_IDENTITIES = ("test_document_paths_agree_in_float64", "test_one_hot_probability_target_equals_index_target",
@@ -189,3 +211,53 @@ def test_the_deep_run_adds_xor_dtypes_and_the_reference_identities(pytester):
     deep = _run(pytester, "--conformance-deep", "-k", "test_network_learns_xor and float64 or "
                 + " or ".join(REFERENCE_IDENTITIES))
     deep.assert_outcomes(passed=5, deselected=deep.parseoutcomes()["deselected"])
+
+
+def test_a_conftest_with_its_own_device_and_dtype_options_keeps_them(pytester):
+    """An ML project's conftest that adds ``--device`` and ``--dtype`` itself: no clash (the kit's
+    short aliases step aside), its options get their values, the kit's long names still work,
+    and ``--impl``, which no one else took, is still the kit's."""
+    pytester.makeconftest("""
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu")
+    parser.addoption("--dtype", default="float32")
+
+def pytest_configure(config):
+    with open("their_options.txt", "w") as f:
+        f.write(f"device={config.getoption('device')} dtype={config.getoption('dtype')}")
+""")
+    result = _run(pytester, "--device=tpu", "--dtype=int8", "--conformance-device=cpu", "--conformance-dtype=float64",
+                  "--impl=torch.nn.functional:cross_entropy", "--collect-only", "-k", "test_value_matches_truth and none")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()[-2000:]
+    assert (pytester.path / "their_options.txt").read_text() == "device=tpu dtype=int8"
+    assert sorted(_collected_ids(result)) == ["test_value_matches_truth[cpu-float64-none-1x10]",
+                                              "test_value_matches_truth[cpu-float64-none-67x130]",
+                                              "test_value_matches_truth[cpu-float64-none-7x3]"]
+
+
+def _collected_ids(result) -> list:
+    return [line.rpartition("::")[2] for line in result.outlines if "::" in line]
+
+
+def test_options_read_the_ini_file_and_the_command_line_wins(pytester):
+    """``conformance_NAME`` in the ini file (here pytest.ini; pyproject's ``[tool.pytest.ini_options]``
+    alike) sets an option; the command line, under either name, overrides it."""
+    pytester.makepyfile(biased_impl="""
+import torch
+def cross_entropy(input, target, **options):
+    return torch.nn.functional.cross_entropy(input, target, **options) * (1 + 1e-3)
+""")
+    pytester.syspathinsert()
+    pytester.makeini("[pytest]\nconformance_impl = biased_impl\nconformance_dtype = float64 float32\n"
+                     "conformance_seed = 3\n")
+    selection = ("-k", "test_value_matches_truth and none and 7x3")
+    from_ini = _run(pytester, *selection)
+    assert from_ini.ret == pytest.ExitCode.TESTS_FAILED
+    from_ini.assert_outcomes(failed=2, deselected=from_ini.parseoutcomes()["deselected"])   # float64, float32
+    from_ini.stdout.fnmatch_lines(["*manual_seed(3)*", "implementation: biased_impl:cross_entropy *"])
+    overridden = _run(pytester, "--conformance-impl=torch.nn.functional:cross_entropy", "--dtype=float64", *selection)
+    assert overridden.ret == pytest.ExitCode.OK
+    overridden.assert_outcomes(passed=1, deselected=overridden.parseoutcomes()["deselected"])
+    bad = _run(pytester, "-o", "conformance_seed=three", *selection)
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*conformance_seed (in *)='three': expected an integer*"])

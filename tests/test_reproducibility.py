@@ -54,3 +54,16 @@ def test_xdist_gives_the_serial_verdicts_in_one_report(pytester, monkeypatch):
     assert parallel == serial
     result.stdout.fnmatch_lines(["*conformance verdict*", "*structure*pass 24*", "Closest passes:*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_hypothesis_seed_chooses_the_property_examples(suite, pytester):
+    """``--hypothesis-seed`` (hypothesis' own option) replays the property tests' examples of its
+    seed, as ``--conformance-seed`` does: the kit's derandomized profile must not ignore it."""
+    properties = ("-k", "test_implementation_matches_reference and (float64 or float32)")
+    default = _run(suite, pytester, "default", *properties)
+    first = _run(suite, pytester, "first", "--hypothesis-seed=5", *properties)
+    again = _run(suite, pytester, "again", "--hypothesis-seed=5", *properties)
+    other = _run(suite, pytester, "other", "--hypothesis-seed=6", *properties)
+    assert len(first) == 2 and first == again
+    for test_id, (*_, error, _) in first.items():
+        assert error != other[test_id][3] and error != default[test_id][3], (test_id, error)

@@ -3,10 +3,15 @@ of the suite, planted by broken fixtures, are executed as they are printed."""
 import contextlib
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
+
+from suite_run import ROOT
 
 # family -> (broken fixture, the checks to run): at least one failure of each family.
 FAMILIES = {
@@ -62,3 +67,37 @@ def test_reproduce_snippets_print_the_mismatch(suite, pytester, family):
         match = re.search(r"actual (.*) expected (.*)", printed.getvalue())
         assert match, (test_id, printed.getvalue(), snippet)
         assert match.group(1).strip() != match.group(2).strip(), (test_id, printed.getvalue(), snippet)
+
+
+BIASED = """
+import torch
+def cross_entropy(input, target, **options):
+    return torch.nn.functional.cross_entropy(input, target, **options) * (1 + 1e-3)
+"""
+
+HOOKS = {  # what the hook returns -> the name the run gives it, the snippet's line that loads it
+    "module_function": ("    from myce.bad_denom import cross_entropy\n    return cross_entropy",
+                        "myce.bad_denom:cross_entropy", "impl = load_implementation('myce.bad_denom:cross_entropy')"),
+    "closure": ("    from myce.bad_denom import cross_entropy\n    def biased(*args, **kwargs):\n"
+                "        return cross_entropy(*args, **kwargs)\n    return biased",
+                "conftest:pytest_conformance_impl.<locals>.biased", "from conftest import pytest_conformance_impl*"),
+}
+
+
+@pytest.mark.parametrize("returned", HOOKS)
+def test_a_hook_loss_is_named_where_it_is_defined_and_its_snippet_loads_it(suite, pytester, returned):
+    """The hook's object is named ``module:qualname`` (verdict, messages, snippet); a closure,
+    which no name imports, is built again through the hook; either snippet runs."""
+    code, name, load = HOOKS[returned]
+    pytester.mkpydir("myce")
+    pytester.path.joinpath("myce", "bad_denom.py").write_text(BIASED)
+    pytester.makeconftest(f"def pytest_conformance_impl(config):\n{code}\n")
+    report = pytester.path / "run.json"
+    result = suite("-k", "test_value_matches_truth and float64 and none and 7x3", f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    result.stdout.fnmatch_lines([f"*[[]value[]] {name} differs*", f"*{load}", f"implementation: {name} (*"])
+    (test_id, snippet), = _snippets(report)
+    ran = subprocess.run([sys.executable, "-c", snippet], cwd=pytester.path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    match = re.search(r"actual (.*) expected (.*)", ran.stdout)
+    assert match and match.group(1) != match.group(2), (ran.stdout, ran.stderr, snippet)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conformance import cases, run
+from conformance import cases, run, tolerance
 from conformance import checks
 from conformance.checks import Show
 from conformance.guards import bits
@@ -23,6 +23,8 @@ def test_output_shape_and_dtype(impl, judge, device, dtype, reduction, seed):
         judge.fail("output shape", problem, f"loss shape {tuple(out.loss.shape)}, expected {tuple(expected_shape)}",
                    show=Show("tuple(loss.shape)", repr(tuple(expected_shape))))
     if out.loss.dtype != dtype:
+        if out.loss.dtype == tolerance.compute_dtype(dtype) and "float32_output" in impl.deviations:
+            pytest.xfail(f"declared deviation float32_output: a float32 loss for {cases.dtype_name(dtype)} inputs")
         judge.fail("output dtype", problem, f"loss dtype {out.loss.dtype}, expected {dtype}",
                    show=Show("loss.dtype", f"'{dtype}'"))
 
