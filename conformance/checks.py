@@ -104,7 +104,9 @@ def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor, *,
     if also is not None:
         alternative = _as_float64(also).expand(e.shape)
         error = torch.minimum(error, torch.where(torch.isnan(alternative), torch.inf, errors(alternative)))
-    ratio = torch.where(error == 0, 0.0, error / b)
+    # inf / inf is NaN: an infinite error beyond an infinite bound is still a failure (the answer
+    # accepted there is the alternative's, such as torch's own non-finite answer under parity).
+    ratio = torch.where(error == 0, 0.0, torch.where(torch.isinf(error), torch.inf, error / b))
     flat = int(ratio.reshape(-1).argmax())
     index = position(flat, e.shape)
     return Comparison(identity, float(ratio.reshape(-1)[flat]), index, float(a.reshape(-1)[flat]),
@@ -216,6 +218,14 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
     return "\n".join(lines)
 
 
+def _or_torch_nonfinite(torch_result: Tensor, also: Optional[Tensor]) -> Tensor:
+    """Under parity, torch's own answer where it is not finite (its error, and so the bound, is
+    infinite there: the same answer is no worse than torch, any other is), else ``also``."""
+    t = _as_float64(torch_result)
+    other = torch.full_like(t, torch.nan) if also is None else _as_float64(also).expand(t.shape)
+    return torch.where(torch.isfinite(t), other, t)
+
+
 def _indent(snippet: str) -> str:
     return "\n".join("    " + line for line in snippet.splitlines())
 
@@ -290,7 +300,9 @@ class Judge:
         expected = ev.loss if expected is None else expected
         exact = tolerance.value_bound(ev, problem.dtype, tolerance.EXACT)
         if self._parity(problem):
-            bound = tolerance.parity_bound(self._torch_on(problem, out)[0], expected, problem.dtype)
+            torch_loss = self._torch_on(problem, out)[0]
+            bound = tolerance.parity_bound(torch_loss, expected, problem.dtype)
+            also = _or_torch_nonfinite(torch_loss, also)
         else:
             bound = self.bound("value", problem.dtype, ev=ev)
         return self._judge(identity, problem, out.loss, expected, bound, exact, show, also)
@@ -300,11 +312,14 @@ class Judge:
         __tracebackhide__ = True
         expected = ev.grad(out.upstream)
         exact = tolerance.grad_bound(ev, out.upstream, problem.dtype, tolerance.EXACT)
+        also = None
         if self._parity(problem):
-            bound = tolerance.parity_bound(self._torch_on(problem, out)[1], expected, problem.dtype)
+            torch_grad = self._torch_on(problem, out)[1]
+            bound = tolerance.parity_bound(torch_grad, expected, problem.dtype)
+            also = _or_torch_nonfinite(torch_grad, None)
         else:
             bound = self.bound("gradient", problem.dtype, ev=ev, grad_output=out.upstream)
-        return self._judge(identity, problem, out.grad, expected, bound, exact, show, None)
+        return self._judge(identity, problem, out.grad, expected, bound, exact, show, also)
 
     def exactly(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, *,
                 show: Show = VALUE) -> Comparison:
