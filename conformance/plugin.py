@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 import warnings
 from typing import Optional
 
@@ -295,15 +296,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     tr = terminalreporter
     tr.section("conformance verdict")
     impl = session.impl
-    tr.write_line(f"implementation: {impl.spec} (input {impl.input_kind}, target {impl.target_kind}); "
-                  f"contract: {session.contract}; devices: {', '.join(session.devices)}")
+    lines = [f"implementation: {impl.spec} (input {impl.input_kind}, target {impl.target_kind}); "
+             f"contract: {session.contract}; devices: {', '.join(session.devices)}"]
     if impl.approximations:
-        tr.write_line("declared approximations, judged by their bounds: " + ", ".join(
+        lines.append("declared approximations, judged by their bounds: " + ", ".join(
             f"{name} <= {bound:g}" for name, bound in impl.approximations.items()))
     others = [other.spec for form in FORMS if form != impl.form for other in session.implementations(form)]
     if others:
-        tr.write_line(f"also judged (torch's own, no implementation named): {', '.join(others)}")
-    for line in report.render_text(report.verdict_tables(run)):
+        lines.append(f"also judged (torch's own, no implementation named): {', '.join(others)}")
+    width = tr._tw.fullwidth
+    for line in [wrapped for line in lines for wrapped in textwrap.wrap(line, width, subsequent_indent="  ",
+                                                                       break_on_hyphens=False)] \
+            + report.render_text(report.verdict_tables(run), width):
         tr.write_line(line)
 
 

@@ -12,6 +12,8 @@ import dataclasses
 import html
 import json
 import math
+import re
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -503,12 +505,17 @@ def ratio_plot(benchmarks: list, baseline: Optional[list] = None) -> str:
 # Rendering
 
 
+def _cut(text: str, length: int) -> str:
+    """``text`` in at most ``length`` characters, an ellipsis saying where it was cut."""
+    return text if len(text) <= length else text[:length - 1] + "…"
+
+
 def _failures_by_identity(run: Run) -> Table:
     """Failing checks grouped by the identity that failed, with the first one's message."""
     groups = defaultdict(list)
     for c in run.checks:
         if c.status == "failed":
-            groups[c.identity or (c.reason.splitlines() or ["?"])[0][:60]].append(c)
+            groups[c.identity or _cut((c.reason.splitlines() or ["?"])[0], 60)].append(c)
     rows = [[identity, str(len(checks)), checks[0].id, "\n".join(checks[0].reason.splitlines()[:2])]
             for identity, checks in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
     return Table("Failures by identity", "", ["identity", "checks", "first", "message"], rows)
@@ -524,7 +531,7 @@ def _gaps_table(run: Run) -> Table:
                    c.probed else c.reason.removeprefix("unsupported: ").split(" (declared")[0])
             count, reason = gaps.get(key, (0, c.reason))
             gaps[key] = (count + 1, reason)
-    rows = [[how, feature, str(count), reason.removeprefix(f"unsupported (probed): {feature}: ")[:160]
+    rows = [[how, feature, str(count), _cut(reason.removeprefix(f"unsupported (probed): {feature}: "), 160)
              if how == "probed" else ""]
             for (how, feature), (count, reason) in sorted(gaps.items())]
     return Table("Unsupported features", "Declared in the implementation's `unsupported`, or probed: the check met "
@@ -595,24 +602,73 @@ def verdict_tables(run: Run) -> list:
 
 
 def _cell_text(cell: Cell) -> str:
-    return str(cell[0] if isinstance(cell, tuple) else cell).replace("\n", " / ").removeprefix("conformance/suite/")
+    text = str(cell[0] if isinstance(cell, tuple) else cell).removeprefix("conformance/suite/")
+    return " / ".join(line.strip() for line in text.splitlines())
 
 
-def render_text(tables: list, width: int = 150) -> list[str]:
-    """Tables as aligned plain-text lines (each cell cut to fit)."""
+# Where a cell may wrap: after spaces, after _ : [ / , = ( and after a hyphen before a letter
+# (cpu-bfloat16-sum), never inside a number (2.3842e-07, -0.00062) or a word.
+_BREAK = re.compile(r"(?<=\s)(?=\S)|(?<=[_:\[/,=(])(?=[^\s_:\[/,=(])|(?<=-)(?=[A-Za-z])")
+
+
+def _chunks(text: str) -> list[str]:
+    return [c for c in _BREAK.split(text) if c]
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width``, broken between chunks; a chunk longer than the
+    width (only where the terminal is narrower than one) is split."""
+    lines = [""]
+    for chunk in _chunks(text):
+        if len((lines[-1] + chunk).rstrip()) > width and lines[-1].strip():
+            lines.append("")
+        lines[-1] += chunk.lstrip() if not lines[-1] else chunk
+        while len(lines[-1].rstrip()) > width:
+            lines[-1:] = [lines[-1][:width], lines[-1][width:]]
+    return [line.rstrip() for line in lines]
+
+
+def _fit(rows: list, width: int) -> tuple[list, list]:
+    """Column widths that fit ``width`` (two spaces of indent, two between columns): the widest
+    column above its longest chunk gives way first; where even the longest chunks do not fit,
+    columns are left out from the right. Returns the widths and the kept columns' indices."""
+    natural = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    least = [max(len(c.strip()) for r in rows for c in _chunks(r[i]) or [""]) for i in range(len(rows[0]))]
+    kept = list(range(len(natural)))
+    while len(kept) > 1 and sum(least[i] for i in kept) + 2 * len(kept) > width:
+        kept.pop()
+    widths = [natural[i] for i in kept]
+    floor = [least[i] if len(kept) > 1 else min(least[i], width - 2) for i in kept]
+    while sum(widths) + 2 * len(widths) > width:
+        room = [w - f for w, f in zip(widths, floor)]
+        if max(room) <= 0:
+            break
+        widths[room.index(max(room))] -= 1
+    return widths, kept
+
+
+def render_text(tables: list, width: int) -> list[str]:
+    """Tables as aligned plain-text lines no longer than ``width`` (the terminal's): long cells
+    wrap between words and never inside a number or a header word; a table wider than the
+    terminal even so leaves out columns from the right and says which."""
     lines = []
     for table in tables:
-        lines.append(f"{table.title}: {table.note}" if table.note else f"{table.title}:")
+        title = f"{table.title}: {table.note}" if table.note else f"{table.title}:"
+        lines += textwrap.wrap(title, width, subsequent_indent="  ", break_on_hyphens=False)
         if not table.rows:
             continue
         rows = [[_cell_text(c) for c in table.columns]] + [[_cell_text(c) for c in row] for row in table.rows]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(table.columns))]
-        widths[0] = min(widths[0], 80)   # the first column names the row: cut it last
-        while sum(widths) + 2 * len(widths) > width and max(widths[1:], default=0) > 8:
-            rest = widths[1:]
-            widths[1 + rest.index(max(rest))] -= 1
+        widths, kept = _fit(rows, width)
         for row in rows:
-            lines.append("  " + "  ".join(cell[:w].ljust(w) for cell, w in zip(row, widths)).rstrip())
+            cells = [_wrap(row[i], w) for i, w in zip(kept, widths)]
+            for k in range(max(map(len, cells))):
+                parts = [(cell[k] if k < len(cell) else "").ljust(w) for cell, w in zip(cells, widths)]
+                lines.append(("  " + "  ".join(parts)).rstrip())
+        if len(kept) < len(table.columns):
+            left_out = ", ".join(_cell_text(table.columns[i]) for i in range(len(table.columns)) if i not in kept)
+            lines += textwrap.wrap(f"(left out to fit {width} columns: {left_out}; a wider terminal or "
+                                   "--conformance-report shows them)", width, initial_indent="  ",
+                                   subsequent_indent="  ", break_on_hyphens=False)
     return lines
 
 

@@ -174,3 +174,48 @@ def test_junit_xml_carries_readable_ids(pytester):
     result.assert_outcomes(passed=9)
     names = [case.get("name") for case in ET.parse(pytester.path / "j.xml").iter("testcase")]
     assert "test_value_matches_truth[cpu-float32-mean-7x3]" in names
+
+
+def _wide_run():
+    """Checks of several features and dtypes with long ids, messages and numbers, as a real run's."""
+    checks = []
+    for feature in ("boundaries", "document", "extremes", "features", "transforms"):
+        for dtype in ("float64", "float32", "float16", "bfloat16", "-"):
+            for i, status in enumerate(("passed", "failed", "xfailed", "unsupported")):
+                checks.append(Check(
+                    id=f"conformance/suite/test_{feature}.py::test_{feature}_with_a_long_name[cpu-{dtype}-{i}-sum]",
+                    implementation="myce.bad_direction:cross_entropy", feature=feature, dtype=dtype, device="cpu",
+                    status=status, identity=f"{feature} identity {i}", ratio=2.7834 + i, error=0.079739,
+                    bound=0.0286481, exact_ratio=15.6254 + i, exact_identity="linear_weight gradient",
+                    exact_worst=f"actual=2.3842e-07 expected=-0.00062{i}",
+                    reason=(f"AssertionError: [value] myce.bad_direction:cross_entropy differs beyond the bound\n"
+                            f"  params: case=well_conditioned shape=14x5 dtype={dtype}, weight=<5 classes>\n"
+                            f"  worst value: actual=0.0823 expected=0.079739 error=0.00256 bound=0.00092")
+                    if status == "failed" else "unsupported: softcap, z_loss (declared by myce)"))
+    checks.append(Check(id="test_transforms.py::test_vmap[cpu-float32]", implementation="myce", feature="transforms",
+                        dtype="float32", device="cpu", status="unsupported",
+                        reason="unsupported (probed): vmap: torch.func.vmap raised RuntimeError: " + "data-dependent " * 20))
+    return _run(checks)
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_terminal_verdict_fits_the_width_and_keeps_every_number_whole(width):
+    """No line longer than the terminal; every number of every shown cell appears whole on one line,
+    and every header word too (wrapped between words, never cut)."""
+    import re
+    tables = [t for t in report.verdict_tables(_wide_run()) if t.rows]
+    lines = report.render_text(tables, width)
+    assert max(map(len, lines)) <= width
+    assert any(line.endswith("…") for line in lines)   # the probed reason, cut, says so
+    assert [t.title for t in tables] == ["Verdict", "Failures by identity", "Unsupported features", "Accuracy grade",
+                                         "Closest passes"]
+
+    def whole(token: str) -> bool:
+        return any(re.search(rf"(?<![\w.]){re.escape(token)}(?![\w.])", line) for line in lines)
+
+    number = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]\d+)?(?![\w.])")
+    for table in tables:
+        for row in [table.columns] + table.rows:
+            for cell in row:
+                assert all(whole(n) for n in number.findall(report._cell_text(cell))), report._cell_text(cell)
+        assert all(whole(word) for header in table.columns for word in header.split()), table.columns
