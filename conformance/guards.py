@@ -4,8 +4,8 @@ A loss under test may change process-wide torch state (default dtype, grad mode,
 generator, deterministic algorithms), hang, or print without end. Each of those would corrupt or
 stall every later check, so the kit watches for them around each call and each check: a change
 of global state fails the check that caused it and is undone; a check that runs past the time
-limit is interrupted and fails; after a few timeouts the remaining checks fail at once instead
-of waiting for each; captured output is cut short in failure reports.
+limit is interrupted and fails; after a few timeouts the remaining runs taken to hang are not run
+instead of waiting for each (``HangLedger``); captured output is cut short in failure reports.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 __all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections", "calling",
-           "crash_trampoline", "bits"]
+           "crash_trampoline", "bits", "HangLedger", "NOT_RUN_PREFIX"]
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -142,6 +142,51 @@ def time_limit(seconds: float, stack_dump_fd: Optional[int]) -> Iterator[None]:
         if soft:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+
+
+NOT_RUN_PREFIX = "not run: "
+
+
+class HangLedger:
+    """Which runs of the checks have ran past the time limit and which finished, and so which of
+    the remaining runs are taken to hang and not run (reported apart, as not run).
+
+    After ``per_check`` timeouts of one check function, its remaining runs that share the hung
+    runs' parameters are not run: those parameters on which every hung run agrees and that some
+    finished run of the function did not have (a loss that hangs on reduction='sum' has its
+    remaining 'sum' runs not run, the others run). Where no parameter tells them apart, every
+    remaining run of the function is not run; a run outside them that hangs too narrows the
+    shared parameters. After ``in_all`` timeouts no check runs: a hanging implementation costs at
+    most ``in_all`` times the limit."""
+
+    def __init__(self, per_check: int, in_all: int) -> None:
+        self.per_check = per_check
+        self.in_all = in_all
+        self.hung: list = []            # (function, params, nodeid) of each run that timed out
+        self.finished: dict = {}        # function -> params of each run that ended within the limit
+
+    def record(self, function: str, params: dict, nodeid: str, *, timed_out: bool) -> None:
+        if timed_out:
+            self.hung.append((function, params, nodeid))
+        else:
+            self.finished.setdefault(function, []).append(params)
+
+    def not_run(self, function: str, params: dict) -> Optional[str]:
+        """Why the run of ``function`` with ``params`` is taken to hang, or ``None`` to run it."""
+        if len(self.hung) >= self.in_all:
+            return (f"{NOT_RUN_PREFIX}the implementation already ran past the time limit in {len(self.hung)} checks "
+                    f"(first: {self.hung[0][2]}); every remaining check is taken to hang")
+        hung = [(p, nodeid) for f, p, nodeid in self.hung if f == function]
+        if len(hung) < self.per_check:
+            return None
+        shared = {k: v for k, v in hung[0][0].items() if all(p.get(k) == v for p, _ in hung)}
+        telling = {k: v for k, v in shared.items() if any(p.get(k) != v for p in self.finished.get(function, ()))}
+        if any(params.get(k) != v for k, v in telling.items()):
+            return None
+        which = ", ".join(f"{k}={v}" for k, v in telling.items())
+        return (f"{NOT_RUN_PREFIX}this check already ran past the time limit in {len(hung)} runs"
+                + (f" with {which}" if which else "") + f" (first: {hung[0][1]}); it is taken to hang"
+                + (f" with {which}" if which else " on every run"))
 
 
 SECTION_LIMIT = 4000

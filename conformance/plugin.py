@@ -16,17 +16,18 @@ from hypothesis import seed as hypothesis_seed
 from . import adapters, bench, cases, hookspecs, options, report
 from .checks import FIRST_FAILURE, Judge
 from .expectations import Expectations
-from .guards import CheckTimeout, GlobalState, crash_trampoline, time_limit, truncate_sections
+from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import FORMS, Implementation, ImplementationError, adapt, load_implementation
 from .session import ConformanceSession, is_check, item_dtype, item_form
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
-TIMEOUTS_KEY = pytest.StashKey[list]()
+HANGS_KEY = pytest.StashKey[HangLedger]()
 STACK_DUMP_FD_KEY = pytest.StashKey[Optional[int]]()
 
 # A check function whose runs time out MAX_TIMEOUTS_PER_CHECK times is taken to hang on its
-# cases, and its remaining runs fail at once; after MAX_TIMEOUTS timeouts in all, every remaining
-# check does. So a hanging implementation costs at most MAX_TIMEOUTS * the limit.
+# remaining runs that share the hung runs' parameters, which are not run; after MAX_TIMEOUTS
+# timeouts in all, no remaining check runs. So a hanging implementation costs at most
+# MAX_TIMEOUTS * the limit (see guards.HangLedger).
 MAX_TIMEOUTS_PER_CHECK = 2
 MAX_TIMEOUTS = 10
 
@@ -91,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                  seed=config.getoption("conformance_seed"), named=named)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "conformance-session")
-    config.stash[TIMEOUTS_KEY] = []
+    config.stash[HANGS_KEY] = HangLedger(MAX_TIMEOUTS_PER_CHECK, MAX_TIMEOUTS)
     config.stash[STACK_DUMP_FD_KEY] = _stack_dump_fd(config)
 
 
@@ -200,16 +201,17 @@ def pytest_runtest_call(item: pytest.Item):
     2-core CI machine, 30x per check). Benchmarks keep the configured threads and no limit."""
     if item.get_closest_marker("conformance_bench") or not is_check(item):
         return (yield)
-    timeouts = item.config.stash[TIMEOUTS_KEY]
-    same_check = [nodeid for nodeid in timeouts if nodeid.partition("[")[0] == item.nodeid.partition("[")[0]]
-    for earlier, limit, which in ((same_check, MAX_TIMEOUTS_PER_CHECK, "runs of this check"),
-                                  (timeouts, MAX_TIMEOUTS, "checks")):
-        if len(earlier) >= limit:
-            pytest.fail(f"not run: the implementation already ran past the time limit in {len(earlier)} {which} "
-                        f"(first: {earlier[0]}); it is taken to hang", pytrace=False)
+    hangs = item.config.stash[HANGS_KEY]
+    function = item.nodeid.partition("[")[0]
+    params = {name: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+              for name, value in getattr(getattr(item, "callspec", None), "params", {}).items()}
+    reason = hangs.not_run(function, params)
+    if reason is not None:
+        pytest.skip(reason)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     state = GlobalState(include_random=False)  # the checks' own recipes seed the generator
+    timed_out = False
     try:
         with time_limit(item.config.getoption("conformance_timeout"), item.config.stash[STACK_DUMP_FD_KEY]):
             result = yield
@@ -223,11 +225,12 @@ def pytest_runtest_call(item: pytest.Item):
         if found is not None:  # hypothesis was shrinking a failure it had already found
             raise AssertionError(f"{found}\n  (hypothesis found this failing example; shrinking it ran past the "
                                  f"time limit: {timeout})") from None
-        timeouts.append(item.nodeid)
+        timed_out = True
         if timeout is error:
             raise
         raise timeout from error
     finally:
+        hangs.record(function, params, item.nodeid, timed_out=timed_out)
         state.restore_changes()
         torch.set_num_threads(threads)
 

@@ -27,7 +27,8 @@ __all__ = ["SCHEMA", "STATUSES", "ACCURACY_FLOOR", "ReportError", "Check", "Side
 
 # 2: one benchmark per group, both sides timed in paired rounds, the ratio with its interval.
 SCHEMA = "ce-conformance-run/2"
-STATUSES = ("passed", "failed", "unsupported", "xfailed", "xpassed", "skipped")
+# not run: taken to hang after earlier runs of its check ran past the time limit (guards.HangLedger).
+STATUSES = ("passed", "failed", "not run", "unsupported", "xfailed", "xpassed", "skipped")
 
 # A check whose error stays under a tenth of its bound is not an accuracy regression however far
 # it moved: the bound, not the last run, is the contract, and tiny errors move with the data.
@@ -285,8 +286,9 @@ class Table:
 
 def _verdict(counts: dict) -> tuple:
     total = sum(counts.values())
-    if counts.get("failed"):
-        return f"FAIL {counts['failed']}/{total}", "fail"
+    hung = f" · {counts['not run']} not run" if counts.get("not run") else ""
+    if counts.get("failed") or hung:
+        return f"FAIL {counts.get('failed', 0)}/{total}{hung}", "fail"
     if not counts.get("passed") and not counts.get("xfailed") and not counts.get("xpassed"):
         return ("unsupported" if counts.get("unsupported") else "skipped"), "muted"
     extras = [f"{counts[s]} {'declared' if s == 'xfailed' else s}" for s in ("xfailed", "xpassed", "unsupported",
@@ -327,7 +329,8 @@ def _verdict_table(run: Run) -> Table:
             row.append(_verdict(counts) if checks else ("", "muted"))
         rows.append(row)
     return Table("Verdict", "Checks per feature, dtype and device; 'declared' counts documented deviations "
-                 "(expected failures).", ["feature"] + headers, rows)
+                 "(expected failures); 'not run', checks taken to hang after earlier runs of theirs ran past the "
+                 "time limit.", ["feature"] + headers, rows)
 
 
 def _ratio_cell(ratio: Optional[float]) -> Cell:
@@ -675,6 +678,9 @@ def render_text(tables: list, width: int) -> list[str]:
 def _headline(run: Run, baseline: Optional[Run], found: list, timings: list) -> tuple:
     failed = sum(c.status == "failed" for c in run.checks)
     verdict = f"{failed} failing check{'s' * (failed != 1)}" if failed else "all checks pass or are declared"
+    not_run = sum(c.status == "not run" for c in run.checks)
+    if not_run:
+        verdict += f", {not_run} not run (taken to hang)"
     if baseline is None:
         return verdict, "fail" if failed else "ok"
     noisy = sum(t.verdict == paired.UNDECIDED for t in timings)

@@ -18,6 +18,7 @@ from . import bench
 from .cases import dtype_name
 from .checks import PROBED_PREFIX
 from .expectations import UNSUPPORTED_PREFIX, Expectations
+from .guards import NOT_RUN_PREFIX
 from .impl import DEFAULT_SPECS, Implementation, load_implementation
 from .report import Benchmark, Check, Run
 
@@ -147,6 +148,8 @@ class ConformanceSession:
             return "xfailed" if report.skipped else "xpassed"
         if report.skipped:
             reason = _skip_reason(report)
+            if reason.startswith(NOT_RUN_PREFIX):
+                return "not run"
             return "unsupported" if reason.startswith((UNSUPPORTED_PREFIX, PROBED_PREFIX)) else "skipped"
         if report.failed:
             return "failed"
