@@ -14,12 +14,13 @@ import faulthandler
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
 
 __all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections", "calling",
-           "crash_trampoline", "bits", "HangLedger", "NOT_RUN_PREFIX"]
+           "crash_trampoline", "bits", "HangLedger", "NOT_RUN_PREFIX", "Call"]
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -90,26 +91,44 @@ class GlobalState:
                                       + f" (restored by the kit), {during}")
 
 
-# The implementation's call in progress, if any: a timeout names it.
+@dataclass
+class Call:
+    """A call of the implementation in progress, or a long run of calls (``steps`` of them, such as
+    a training run, which sets ``done`` as it goes): a timeout names it."""
+
+    description: str
+    started: float
+    steps: Optional[int] = None
+    done: int = 0
+
+
+# The calls in progress, outermost first.
 _current_call: list = []
 
 
 @contextlib.contextmanager
-def calling(description: str) -> Iterator[None]:
-    """Mark the block as a call of the implementation (``description`` names it in a timeout)."""
-    _current_call.append((description, time.monotonic()))
+def calling(description: str, *, steps: Optional[int] = None) -> Iterator[Call]:
+    """Mark the block as a call of the implementation, or, with ``steps``, as a run of that many
+    steps that updates ``done`` (``description`` names it in a timeout)."""
+    _current_call.append(Call(description, time.monotonic(), steps))
     try:
-        yield
+        yield _current_call[-1]
     finally:
         _current_call.pop()
 
 
 def _interrupt(limit: float) -> Callable:
     def handler(signum, frame):
-        if _current_call:
-            description, started = _current_call[-1]
-            where = (f"the implementation hangs or is far too slow in the call {description}, running for "
-                     f"{time.monotonic() - started:.1f} s")
+        now = time.monotonic()
+        outer = _current_call[0] if _current_call else None
+        inner = _current_call[-1] if _current_call else None
+        if outer is not None and outer.steps is not None:
+            where = f"{outer.description} had done {outer.done} of its {outer.steps} steps in {now - outer.started:.1f} s"
+            if inner is not outer:
+                where += f" (in the call {inner.description} at the time)"
+        elif inner is not None:
+            where = (f"the implementation hangs or is far too slow in the call {inner.description}, running for "
+                     f"{now - inner.started:.1f} s")
         else:
             where = ("outside the implementation's forward calls (in its backward, or in the check's own work "
                      "around them)")

@@ -111,6 +111,27 @@ def test_a_check_that_hangs_on_one_reduction_runs_its_others_and_reports_what_hu
     assert all(check["status"] == "passed" for test_id, check in checks.items() if test_id not in on_sum)
 
 
+SLOW_LOSS = """
+import time
+import torch
+
+def cross_entropy(input, target, **options):
+    time.sleep(0.005)
+    return torch.nn.functional.cross_entropy(input, target, **options)
+"""
+
+
+def test_a_slow_training_run_is_named_with_its_steps_not_its_last_call(suite_with_report, pytester):
+    """5 ms a call: each call is short, the 1000-step XOR training run is what runs past the limit."""
+    pytester.makepyfile(slow_loss=SLOW_LOSS)
+    pytester.syspathinsert()
+    result, checks = suite_with_report("--impl=slow_loss", "--conformance-timeout=1", "-k",
+                                       "test_network_learns_xor and float32")
+    (reason,) = _assert_kept_its_head(result, checks, r"ran past the 1 s time limit").values()
+    assert re.search(r"the 1000-step XOR training run with the implementation's loss \(slow_loss:cross_entropy\) "
+                     r"had done \d+ of its 1000 steps in 1\.\d s", reason), reason
+
+
 def test_a_hang_in_native_code_ends_the_run_in_bounded_time(pytester, monkeypatch):
     """SIGALRM blocked, as in a kernel spinning in native code: faulthandler ends the process after
     2 * 1 s + 10 s with every thread's stack on stderr, exit code 1."""
