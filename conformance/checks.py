@@ -118,11 +118,14 @@ class Show:
     """What a reproduce snippet prints: code for the actual and the expected quantity (``{at}``
     becomes the worst element's index), after ``steps``, the lines that compute them once the
     snippet has built the case, fed it (``x, t``) and evaluated the truth. ``steps=None`` runs the
-    problem's own call: forward, and backward with its upstream gradient if it has one."""
+    problem's own call: forward, and backward with its upstream gradient if it has one.
+    ``truth=False``: the snippet evaluates no truth (an input the reference refuses, such as an
+    invalid target, where the snippet shows what the implementation did with it)."""
 
     actual: str
     expected: str
     steps: Optional[tuple] = None
+    truth: bool = True
 
 
 VALUE = Show("loss{at}.item()", "truth.loss{at}.item()")
@@ -193,8 +196,8 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
         lines.append(f"print('actual', {show.actual.format(at=at)}, 'expected', {show.expected.format(at=at)})")
         return "\n".join(lines)
     case, options = problem.case, problem.options
-    lines = ["import torch", "from conformance.impl import load_implementation",
-             "from conformance.reference import evaluate", "weight = None", case.recipe]
+    lines = ["import torch", "from conformance.impl import load_implementation"]
+    lines += ["from conformance.reference import evaluate"] * show.truth + ["weight = None", case.recipe]
     if case.device != "cpu":
         lines.append(f"logits, target = logits.to({case.device!r}), target.to({case.device!r})")
         lines.append(f"weight = None if weight is None else weight.to({case.device!r})")
@@ -202,8 +205,9 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
     variant = f", variant={impl.reference_variant(options)!r}" if options.variant.active else ""
     if variant:
         lines.insert(2, "from conformance.reference import Variant")
-    lines.append(f"truth = evaluate(x, t, weight=weight, {_truth_options(options)}, "
-                 f"input_kind={impl.input_kind!r}{variant})")
+    if show.truth:
+        lines.append(f"truth = evaluate(x, t, weight=weight, {_truth_options(options)}, "
+                     f"input_kind={impl.input_kind!r}{variant})")
     if show.steps is not None:
         lines += list(show.steps)
     elif problem.upstream is None:

@@ -14,6 +14,7 @@ FAMILIES = {
     "gradient": ("grad_wrong_sign", "test_gradient_is_softmax_minus_target and float32 and 7x3"),
     "structure": ("wrong_shape_none", "test_output_shape_and_dtype"),
     "features": ("ignored_rows_nonzero_grad", "test_ignore_index and float32 and sum"),
+    "invalid input": ("accepts_out_of_range_target", "test_invalid_input_raises"),
     "extremes": ("neg_inf_nan", "test_leading_blocks_masked"),
     "layouts": ("noncontiguous_wrong", "test_noncontiguous_logits and float32"),
     "transforms": ("double_backward_wrong", "test_hessian_vector_product and float64"),
