@@ -189,3 +189,12 @@ def test_the_deep_run_adds_xor_dtypes_and_the_reference_identities(pytester):
     deep = _run(pytester, "--conformance-deep", "-k", "test_network_learns_xor and float64 or "
                 + " or ".join(REFERENCE_IDENTITIES))
     deep.assert_outcomes(passed=5, deselected=deep.parseoutcomes()["deselected"])
+
+
+def test_the_kit_provokes_no_warning_of_torch_s_chunked_linear_path(pytester):
+    """With label smoothing torch's chunked linear path falls back to its reference path and warns
+    that it ignored ``options``: the default (conformance.defaults) calls that path without them."""
+    result = _run(pytester, "-k", "test_linear_loss_and_gradients and chunked and weighted_ignored_smoothed",
+                  "-W", "error::UserWarning")
+    outcomes = result.parseoutcomes()
+    assert result.ret == pytest.ExitCode.OK and outcomes["passed"] == 4 and "warnings" not in outcomes, outcomes
