@@ -11,7 +11,7 @@ __all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "TORCH_CHUNKED_LINE
 
 _CONFIDENT_HALF = ("torch 2.13's CPU float16/bfloat16 cross_entropy subtracts a logsumexp rounded to the dtype: "
                    "confident rows (target logit = max + 10, true loss about 1e-4) give loss -0.0 and a target "
-                   "gradient of 0 (FIELD.md; the mechanism of Liger#1268)")
+                   "gradient of 0 (the mechanism of https://github.com/linkedin/Liger-Kernel/issues/1268)")
 
 _HALF_SMOOTHING_SUM = ("torch 2.13's CPU float16 cross_entropy accumulates the smoothing term sum_c log p_c of every "
                        "position in float16: with 4099 classes and 9 rows 'sum' is inf where the truth is 84.18 (float32 "
