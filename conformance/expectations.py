@@ -14,12 +14,13 @@ from typing import Iterable, Optional
 
 import pytest
 
-from .impl import Implementation
+from .impl import VARIANT_FEATURES, Implementation
 from .known_failures import pinned_failures
 
-__all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX"]
+__all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX", "NOT_TAKEN"]
 
 UNSUPPORTED_PREFIX = "unsupported: "
+NOT_TAKEN = "not taken"   # a variant beyond torch's loss that the implementation does not take
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class Expectations:
         """The expected outcome of the check ``nodeid`` of ``impl`` that needs ``features``, if any."""
         missing = [name for name in features if name in impl.unsupported]
         if missing:
-            return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{', '.join(missing)} (declared by {impl.spec})")
+            how = NOT_TAKEN if set(missing) <= VARIANT_FEATURES else "declared"
+            return Expected("unsupported", f"{UNSUPPORTED_PREFIX}{', '.join(missing)} ({how} by {impl.spec})")
         if impl.spec not in self._known:
             self._known[impl.spec] = {**pinned_failures(impl.call, self.contract), **self.listed}
         known = self._known[impl.spec]

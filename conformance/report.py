@@ -181,8 +181,9 @@ def _read_json(path: Union[str, Path]):
 
 def load(path: Union[str, Path]) -> Run:
     """Read a run file written by ``--conformance-report``."""
+    data = _read_json(path)   # its errors name the file already
     try:
-        return Run.from_json(_read_json(path))
+        return Run.from_json(data)
     except ReportError as exc:
         raise ReportError(f"{path}: {exc}") from None
 
@@ -525,20 +526,23 @@ def _failures_by_identity(run: Run) -> Table:
 
 
 def _gaps_table(run: Run) -> Table:
-    """Features reported as unsupported: declared by the implementation, or probed (torch said the
-    transform is not supported while the check ran), with the first reason."""
+    """Features reported as unsupported: declared by the implementation, variants beyond torch's
+    loss it does not take, or probed (torch said the transform is not supported while the check
+    ran), with the first reason."""
     gaps = {}
     for c in run.checks:
         if c.status == "unsupported":
-            key = ("probed" if c.probed else "declared", c.reason.split(":")[1].split("(")[0].strip() if
-                   c.probed else c.reason.removeprefix("unsupported: ").split(" (declared")[0])
+            key = ("probed", c.reason.split(":")[1].split("(")[0].strip()) if c.probed else \
+                ("not taken" if " (not taken by " in c.reason else "declared",
+                 c.reason.removeprefix("unsupported: ").rpartition(" (")[0])
             count, reason = gaps.get(key, (0, c.reason))
             gaps[key] = (count + 1, reason)
     rows = [[how, feature, str(count), _cut(reason.removeprefix(f"unsupported (probed): {feature}: "), 160)
              if how == "probed" else ""]
             for (how, feature), (count, reason) in sorted(gaps.items())]
-    return Table("Unsupported features", "Declared in the implementation's `unsupported`, or probed: the check met "
-                 "torch's own not-supported error (--conformance-require FEATURE makes a probed gap fail).",
+    return Table("Unsupported features", "Declared in the implementation's `unsupported`, not taken (variants beyond "
+                 "torch's loss it has no option for), or probed: the check met torch's own not-supported error "
+                 "(--conformance-require FEATURE makes a probed gap fail).",
                  ["how", "feature", "checks", "first reason"], rows)
 
 

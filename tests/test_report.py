@@ -73,6 +73,12 @@ def test_unreadable_files_say_why(tmp_path):
         report.load(tmp_path / "bench.json")
     with pytest.raises(report.ReportError, match="status='passd'"):
         _check("a", status="passd")
+    for name, text in (("run.json", "nope"), ("missing.json", None)):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(report.ReportError) as raised:
+            report.load(tmp_path / name)
+        assert str(raised.value).count(name) == 1, str(raised.value)   # the file named once
 
 
 def test_pytest_benchmark_json_is_read(tmp_path):
@@ -196,6 +202,21 @@ def _wide_run():
                         dtype="float32", device="cpu", status="unsupported",
                         reason="unsupported (probed): vmap: torch.func.vmap raised RuntimeError: " + "data-dependent " * 20))
     return _run(checks)
+
+
+def test_variants_a_loss_does_not_take_are_listed_as_not_taken():
+    import dataclasses
+
+    from conformance import impl
+    from conformance.expectations import Expectations
+    torch_loss = impl.load_implementation("torch.nn.functional:cross_entropy")
+    expected = Expectations("standard").of("test_variants.py::test_x", ["softcap", "z_loss"], torch_loss)
+    without_half = dataclasses.replace(torch_loss, unsupported=torch_loss.unsupported | {"float16"})
+    declared = Expectations("standard").of("test_value.py::test_x", ["float16"], without_half)
+    checks = [_check(name, status="unsupported", ratio=None, reason=e.reason)
+              for name, e in (("a", expected), ("b", declared))]
+    (table,) = [t for t in report.verdict_tables(_run(checks)) if t.title == "Unsupported features"]
+    assert [row[:2] for row in table.rows] == [["declared", "float16"], ["not taken", "softcap, z_loss"]]
 
 
 @pytest.mark.parametrize("width", [80, 120, 200])
