@@ -22,12 +22,15 @@ from .guards import ImplementationFault
 from .impl import Implementation
 from .reference import position
 
-__all__ = ["Comparison", "Show", "compare", "repro_snippet", "linear_call_code", "is_not_supported", "Judge", "FIRST_FAILURE",
+__all__ = ["Comparison", "Show", "compare", "repro_snippet", "linear_call_code", "is_not_supported", "Judge", "FIRST_FAILURE", "REPRODUCE",
            "PROBED_PREFIX"]
 
 # The judge's first failure message on a check item: a property test's example survives a
 # timeout during hypothesis' shrinking (plugin).
 FIRST_FAILURE = pytest.StashKey[str]()
+# The reproduce snippet of the check's last failure, printed as is beside pytest's report (whose
+# "E " prefixes keep the message's copy from running when pasted).
+REPRODUCE = pytest.StashKey[str]()
 PROBED_PREFIX = "unsupported (probed): "
 
 # torch's own words for a transform a function cannot go through: an autograd.Function without
@@ -274,9 +277,10 @@ class Judge:
 
     def _raise(self, headline: str, problem: Problem, details: str, show: Show, index: tuple = ()) -> None:
         __tracebackhide__ = True
-        message = (f"[{headline}\n  params: {problem.describe()}\n{details}"
-                   f"  reproduce:\n{_indent(repro_snippet(problem, self.impl, show, index))}")
+        snippet = repro_snippet(problem, self.impl, show, index)
+        message = f"[{headline}\n  params: {problem.describe()}\n{details}  reproduce:\n{_indent(snippet)}"
         self.item.stash.setdefault(FIRST_FAILURE, message)
+        self.item.stash[REPRODUCE] = snippet
         raise AssertionError(message)
 
     def _judge(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, bound: Tensor,

@@ -14,7 +14,7 @@ import torch
 from hypothesis import seed as hypothesis_seed
 
 from . import adapters, bench, cases, hookspecs, options, report
-from .checks import FIRST_FAILURE, Judge
+from .checks import FIRST_FAILURE, REPRODUCE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import FORMS, Implementation, ImplementationError, adapt, load_implementation
@@ -265,10 +265,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
-    """Captured output of a check is cut short: a loss that prints megabytes must not flood the report."""
+    """Captured output of a check is cut short: a loss that prints megabytes must not flood the report.
+    A failed check's reproduce snippet is added as a section of its own, printed without pytest's
+    "E " prefixes, to be copied and run as is."""
     report = yield
     if is_check(item):
         report.sections = truncate_sections(report.sections)
+        if report.when == "call" and report.failed and REPRODUCE in item.stash:
+            report.sections.append(("reproduce (copy and run as is)", item.stash[REPRODUCE]))
     return report
 
 

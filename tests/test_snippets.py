@@ -60,3 +60,19 @@ def test_reproduce_snippets_print_the_mismatch(suite, pytester, family):
         match = re.search(r"actual (.*) expected (.*)", printed.getvalue())
         assert match, (test_id, printed.getvalue(), snippet)
         assert match.group(1).strip() != match.group(2).strip(), (test_id, printed.getvalue(), snippet)
+
+
+def test_the_snippet_is_printed_as_is_to_be_copied(suite):
+    """pytest prints the failure message with "E " prefixes; the snippet also comes in a section of
+    its own, which runs as printed."""
+    result = suite("--impl=fixtures.broken.small_bias", "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "reproduce (copy and run as is)" in line) + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(("---", "===")))
+    snippet = "\n".join(lines[start:end])
+    assert snippet.startswith("import torch") and "\nE " not in snippet
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(snippet, "<printed snippet>", "exec"), {})
+    assert re.search(r"actual (.*) expected (.*)", printed.getvalue()), printed.getvalue()
