@@ -618,15 +618,18 @@ def _cell_text(cell: Cell) -> str:
 _BREAK = re.compile(r"(?<=\s)(?=\S)|(?<=[_:\[/,=(])(?=[^\s_:\[/,=(])|(?<=-)(?=[A-Za-z])")
 
 
-def _chunks(text: str) -> list[str]:
-    return [c for c in _BREAK.split(text) if c]
+_SPACE = re.compile(r"(?<=\s)(?=\S)")   # headers wrap between words only
 
 
-def _wrap(text: str, width: int) -> list[str]:
+def _chunks(text: str, header: bool = False) -> list[str]:
+    return [c for c in (_SPACE if header else _BREAK).split(text) if c]
+
+
+def _wrap(text: str, width: int, header: bool = False) -> list[str]:
     """``text`` in lines of at most ``width``, broken between chunks; a chunk longer than the
     width (only where the terminal is narrower than one) is split."""
     lines = [""]
-    for chunk in _chunks(text):
+    for chunk in _chunks(text, header):
         if len((lines[-1] + chunk).rstrip()) > width and lines[-1].strip():
             lines.append("")
         lines[-1] += chunk.lstrip() if not lines[-1] else chunk
@@ -636,11 +639,15 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _fit(rows: list, width: int) -> tuple[list, list]:
-    """Column widths that fit ``width`` (two spaces of indent, two between columns): the widest
-    column above its longest chunk gives way first; where even the longest chunks do not fit,
-    columns are left out from the right. Returns the widths and the kept columns' indices."""
+    """Column widths that fit ``width`` (two spaces of indent, two between columns): headers wrap
+    first, then the widest column above its longest chunk gives way; where even the longest
+    chunks do not fit, columns are left out from the right. Returns the widths and the kept
+    columns' indices (``rows[0]`` is the header)."""
     natural = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    least = [max(len(c.strip()) for r in rows for c in _chunks(r[i]) or [""]) for i in range(len(rows[0]))]
+    least = [max(len(c.strip()) for k, r in enumerate(rows) for c in _chunks(r[i], k == 0) or [""])
+             for i in range(len(rows[0]))]
+    if sum(natural) + 2 * len(natural) > width:
+        natural = [max([least[i]] + [len(r[i]) for r in rows[1:]]) for i in range(len(rows[0]))]
     kept = list(range(len(natural)))
     while len(kept) > 1 and sum(least[i] for i in kept) + 2 * len(kept) > width:
         kept.pop()
@@ -666,8 +673,8 @@ def render_text(tables: list, width: int) -> list[str]:
             continue
         rows = [[_cell_text(c) for c in table.columns]] + [[_cell_text(c) for c in row] for row in table.rows]
         widths, kept = _fit(rows, width)
-        for row in rows:
-            cells = [_wrap(row[i], w) for i, w in zip(kept, widths)]
+        for k, row in enumerate(rows):
+            cells = [_wrap(row[i], w, header=k == 0) for i, w in zip(kept, widths)]
             for k in range(max(map(len, cells))):
                 parts = [(cell[k] if k < len(cell) else "").ljust(w) for cell, w in zip(cells, widths)]
                 lines.append(("  " + "  ".join(parts)).rstrip())
