@@ -30,9 +30,12 @@ _load_lazy_torch_modules()
 
 
 @pytest.fixture
-def suite(pytester):
-    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args."""
+def suite(pytester, monkeypatch):
+    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args.
+    The terminal is 200 columns wide, so that the verdict's rows, which the self-tests match, are
+    one line each (the verdict wraps to the terminal's width: tests/test_report.py)."""
     pytester.syspathinsert(ROOT)
+    monkeypatch.setenv("COLUMNS", "200")
     return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
 
 

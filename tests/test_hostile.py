@@ -172,4 +172,4 @@ def test_a_crash_under_xdist_fails_its_check_and_the_run_completes(pytester, mon
     assert failed == {CRASHING_CHECK}
     assert "crashed the process" in checks[CRASHING_CHECK]["reason"]
     assert sum(check["status"] == "passed" for check in checks.values()) >= 10
-    result.stdout.fnmatch_lines(["*process crash*1*test_k_dimensional*"])
+    result.stdout.fnmatch_lines(["*process crash*1*test_features.py::test_k_*"])

@@ -204,6 +204,14 @@ def _wide_run():
     return _run(checks)
 
 
+def test_the_terminal_verdict_takes_the_terminal_s_width(suite, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = suite("--impl=fixtures.broken.small_bias", "-k", "test_value_matches_truth and (float64 or bfloat16)")
+    verdict = result.stdout.lines[next(i for i, line in enumerate(result.stdout.lines) if "conformance verdict" in line):]
+    assert max(map(len, verdict[:-1])) <= 80, verdict   # the last line is pytest's own summary
+    assert any(line.startswith("  value ") and "FAIL 9/9" in line for line in verdict), verdict
+
+
 def test_variants_a_loss_does_not_take_are_listed_as_not_taken():
     import dataclasses
 
