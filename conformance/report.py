@@ -288,14 +288,16 @@ class Table:
 def _verdict(counts: dict) -> tuple:
     total = sum(counts.values())
     hung = f" · {counts['not run']} not run" if counts.get("not run") else ""
-    if counts.get("failed") or hung:
-        return f"FAIL {counts.get('failed', 0)}/{total}{hung}", "fail"
+    if counts.get("failed"):
+        return f"FAIL {counts['failed']}/{total}{hung}", "fail"
     if not counts.get("passed") and not counts.get("xfailed") and not counts.get("xpassed"):
+        if hung:
+            return f"{counts['not run']} not run", "fail"
         return ("unsupported" if counts.get("unsupported") else "skipped"), "muted"
-    extras = [f"{counts[s]} {'declared' if s == 'xfailed' else s}" for s in ("xfailed", "xpassed", "unsupported",
-                                                                              "skipped") if counts.get(s)]
+    extras = [f"{counts[s]} {'declared' if s == 'xfailed' else s}" for s in ("not run", "xfailed", "xpassed",
+                                                                              "unsupported", "skipped") if counts.get(s)]
     text = " · ".join([f"pass {counts.get('passed', 0)}"] + extras)
-    return text, ("warn" if counts.get("xfailed") or counts.get("xpassed") else "ok")
+    return text, ("fail" if hung else "warn" if counts.get("xfailed") or counts.get("xpassed") else "ok")
 
 
 DTYPE_ORDER = ("float64", "float32", "float16", "bfloat16")

@@ -212,6 +212,17 @@ def test_the_terminal_verdict_takes_the_terminal_s_width(suite, monkeypatch):
     assert any(line.startswith("  value ") and "FAIL 9/9" in line for line in verdict), verdict
 
 
+def test_runs_taken_to_hang_are_counted_apart_from_failures():
+    hung = [_check(f"s{i}", status="failed", ratio=None) for i in range(2)]
+    not_run = [_check(f"n{i}", status="not run", ratio=None, reason="not run: ... taken to hang") for i in range(3)]
+    passed = [_check(f"p{i}") for i in range(4)]
+    (row,) = report.verdict_tables(_run(hung + not_run + passed))[0].rows
+    assert row[1] == ("FAIL 2/9 · 3 not run", "fail")
+    (row,) = report.verdict_tables(_run(not_run + passed))[0].rows
+    assert row[1] == ("pass 4 · 3 not run", "fail")
+    assert "2 failing checks, 3 not run (taken to hang)" in report.render(_run(hung + not_run + passed), "md")
+
+
 def test_variants_a_loss_does_not_take_are_listed_as_not_taken():
     import dataclasses
 
