@@ -123,7 +123,8 @@ def _interrupt(limit: float) -> Callable:
         outer = _current_call[0] if _current_call else None
         inner = _current_call[-1] if _current_call else None
         if outer is not None and outer.steps is not None:
-            where = f"{outer.description} had done {outer.done} of its {outer.steps} steps in {now - outer.started:.1f} s"
+            where = (f"{outer.description} had done {outer.done} of its {outer.steps} steps in "
+                     f"{now - outer.started:.1f} s")
             if inner is not outer:
                 where += f" (in the call {inner.description} at the time)"
         elif inner is not None:
@@ -167,7 +168,7 @@ NOT_RUN_PREFIX = "not run: "
 
 
 class HangLedger:
-    """Which runs of the checks have ran past the time limit and which finished, and so which of
+    """Which runs of the checks ran past the time limit and which finished, and so which of
     the remaining runs are taken to hang and not run (reported apart, as not run).
 
     After ``per_check`` timeouts of one check function, its remaining runs that share the hung
