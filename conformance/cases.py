@@ -87,13 +87,15 @@ class LinearCase:
 @dataclass(frozen=True)
 class Problem:
     """One call, whole (torch OpInfo's ``SampleInput``): the case's tensors, the loss options, the
-    recipe of the upstream gradient backward is fed (``None``: forward only) and a note for the
-    verdict. Checks pass it around instead of its parts."""
+    recipe of the upstream gradient backward is fed (``None``: forward only) and its kind
+    (``UPSTREAM_KINDS``; empty for a recipe of the check's own), and a note for the verdict.
+    Checks pass it around instead of its parts."""
 
     case: Case
     options: LossOptions = LossOptions()
     upstream: Optional[str] = None
     note: str = ""
+    upstream_kind: str = ""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,7 +122,17 @@ class Problem:
         return namespace["grad"].to(self.device)
 
     def describe(self) -> str:
-        return f"{self.case.describe()}, {self.options.describe()}{self.note}"
+        """The params line of a failure: the case and every option of the call, the class weights
+        (which travel on the case), the ignore_index the target holds and the upstream gradient."""
+        parts = [self.case.describe(), replace(self.options, weight=self.case.weight).describe()]
+        if self.options.ignore_index == LossOptions.ignore_index and not self.case.target.is_floating_point() and \
+                bool((self.case.target == LossOptions.ignore_index).any()):
+            parts.append(f"ignore_index={LossOptions.ignore_index}")
+        if self.upstream is None:
+            parts.append("forward only")
+        else:
+            parts.append(f"upstream={self.upstream_kind or 'its own (see reproduce)'}")
+        return ", ".join(parts) + self.note
 
     __repr__ = describe
 
@@ -135,7 +147,8 @@ def problem(case: Case, *, upstream: Optional[str] = "random", note: str = "", *
     base = Problem(case=case, options=LossOptions(**options), note=note)
     if upstream is None:
         return base
-    return replace(base, upstream=upstream_recipe(upstream, base.options.reduction, base.positions, case.dtype))
+    return replace(base, upstream=upstream_recipe(upstream, base.options.reduction, base.positions, case.dtype),
+                   upstream_kind=upstream)
 
 
 SWEEP_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)

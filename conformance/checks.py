@@ -22,12 +22,16 @@ from .impl import Implementation
 from .records import Gap, Measured
 from .reference import position
 
-__all__ = ["Comparison", "Show", "compare", "repro_snippet", "call_code", "truth_code", "linear_call_code", "Judge", "FIRST_FAILURE",
+__all__ = ["Comparison", "Show", "compare", "repro_snippet", "call_code", "truth_code", "linear_call_code", "Judge",
+           "FIRST_FAILURE", "REPRODUCE",
            "PROBED_PREFIX"]
 
 # The judge's first failure message on a check item: a property test's example survives a
 # timeout during hypothesis' shrinking (plugin).
 FIRST_FAILURE = pytest.StashKey[str]()
+# The reproduce snippet of the check's last failure, printed as is beside pytest's report (whose
+# "E " prefixes keep the message's copy from running when pasted).
+REPRODUCE = pytest.StashKey[str]()
 PROBED_PREFIX = "unsupported (probed): "
 
 @dataclass(frozen=True)
@@ -81,7 +85,9 @@ def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor, *,
     if also is not None:
         alternative = _as_float64(also).expand(e.shape)
         error = torch.minimum(error, torch.where(torch.isnan(alternative), torch.inf, errors(alternative)))
-    ratio = torch.where(error == 0, 0.0, error / b)
+    # inf / inf is NaN: an infinite error beyond an infinite bound is still a failure (the answer
+    # accepted there is the alternative's, such as torch's own non-finite answer under parity).
+    ratio = torch.where(error == 0, 0.0, torch.where(torch.isinf(error), torch.inf, error / b))
     flat = int(ratio.reshape(-1).argmax())
     index = position(flat, e.shape)
     return Comparison(identity, float(ratio.reshape(-1)[flat]), index, float(a.reshape(-1)[flat]),
@@ -93,11 +99,14 @@ class Show:
     """What a reproduce snippet prints: code for the actual and the expected quantity (``{at}``
     becomes the worst element's index), after ``steps``, the lines that compute them once the
     snippet has built the case, fed it (``x, t``) and evaluated the truth. ``steps=None`` runs the
-    problem's own call: forward, and backward with its upstream gradient if it has one."""
+    problem's own call: forward, and backward with its upstream gradient if it has one.
+    ``truth=False``: the snippet evaluates no truth (an input the reference refuses, such as an
+    invalid target, where the snippet shows what the implementation did with it)."""
 
     actual: str
     expected: str
     steps: Optional[tuple] = None
+    truth: bool = True
 
 
 VALUE = Show("loss{at}.item()", "truth.loss{at}.item()")
@@ -169,15 +178,16 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
         lines.append(f"print('actual', {show.actual.format(at=at)}, 'expected', {show.expected.format(at=at)})")
         return "\n".join(lines)
     case, options = problem.case, problem.options
-    lines = ["import torch", "from conformance.impl import load_implementation",
-             "from conformance.reference import evaluate", "weight = None", case.recipe]
+    lines = ["import torch", "from conformance.impl import load_implementation"]
+    lines += ["from conformance.reference import evaluate"] * show.truth + ["weight = None", case.recipe]
     if case.device != "cpu":
         lines.append(f"logits, target = logits.to({case.device!r}), target.to({case.device!r})")
         lines.append(f"weight = None if weight is None else weight.to({case.device!r})")
     lines += impl.load_code() + ["x, t = impl.feed(logits, target)"]
     if options.variant.active:
         lines.insert(2, "from conformance.reference import Variant")
-    lines.append(truth_code(impl, problem))
+    if show.truth:
+        lines.append(truth_code(impl, problem))
     if show.steps is not None:
         lines += list(show.steps)
     elif problem.upstream is None:
@@ -190,6 +200,14 @@ def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tup
     actual, expected = show.actual.format(at=at), show.expected.format(at=at)
     lines.append(f"print('actual', {actual}, 'expected', {expected})")
     return "\n".join(lines)
+
+
+def _or_torch_nonfinite(torch_result: Tensor, also: Optional[Tensor]) -> Tensor:
+    """Under parity, torch's own answer where it is not finite (its error, and so the bound, is
+    infinite there: the same answer is no worse than torch, any other is), else ``also``."""
+    t = _as_float64(torch_result)
+    other = torch.full_like(t, torch.nan) if also is None else _as_float64(also).expand(t.shape)
+    return torch.where(torch.isfinite(t), other, t)
 
 
 def _indent(snippet: str) -> str:
@@ -235,9 +253,10 @@ class Judge:
 
     def _raise(self, headline: str, problem: Problem, details: str, show: Show, index: tuple = ()) -> None:
         __tracebackhide__ = True
-        message = (f"[{headline}\n  params: {problem.describe()}\n{details}"
-                   f"  reproduce:\n{_indent(repro_snippet(problem, self.impl, show, index))}")
+        snippet = repro_snippet(problem, self.impl, show, index)
+        message = f"[{headline}\n  params: {problem.describe()}\n{details}  reproduce:\n{_indent(snippet)}"
         self.item.stash.setdefault(FIRST_FAILURE, message)
+        self.item.stash[REPRODUCE] = snippet
         raise AssertionError(message)
 
     def _judge(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, bound: Tensor,
@@ -269,7 +288,9 @@ class Judge:
         expected = ev.loss if expected is None else expected
         exact = tolerance.bound("value", tolerance.EXACT, problem.dtype, ev=ev, **terms)
         if self._parity(problem):
-            bound = tolerance.parity_bound(self._torch_on(problem, out)[0], expected, problem.dtype)
+            torch_loss = self._torch_on(problem, out)[0]
+            bound = tolerance.parity_bound(torch_loss, expected, problem.dtype)
+            also = _or_torch_nonfinite(torch_loss, also)
         else:
             bound = self.bound("value", problem.dtype, ev=ev, **terms)
         return self._judge(identity, problem, out.loss, expected, bound, exact, show, also)
@@ -280,11 +301,14 @@ class Judge:
         __tracebackhide__ = True
         expected = ev.grad(out.upstream)
         exact = tolerance.bound("gradient", tolerance.EXACT, problem.dtype, ev=ev, grad_output=out.upstream, **terms)
+        also = None
         if self._parity(problem):
-            bound = tolerance.parity_bound(self._torch_on(problem, out)[1], expected, problem.dtype)
+            torch_grad = self._torch_on(problem, out)[1]
+            bound = tolerance.parity_bound(torch_grad, expected, problem.dtype)
+            also = _or_torch_nonfinite(torch_grad, None)
         else:
             bound = self.bound("gradient", problem.dtype, ev=ev, grad_output=out.upstream, **terms)
-        return self._judge(identity, problem, out.grad, expected, bound, exact, show, None)
+        return self._judge(identity, problem, out.grad, expected, bound, exact, show, also)
 
     def exactly(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, *,
                 show: Show = VALUE) -> Comparison:

@@ -15,13 +15,14 @@ from typing import Iterable, Optional
 
 import pytest
 
-from .impl import Implementation
+from .impl import VARIANT_FEATURES, Implementation
 from .known_failures import pinned_failures
 from .records import Gap
 
-__all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX"]
+__all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX", "NOT_TAKEN"]
 
 UNSUPPORTED_PREFIX = "unsupported: "
+NOT_TAKEN = "not taken"   # a variant beyond torch's loss that the implementation does not take
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,11 @@ def read_xfail_file(path: str) -> dict:
 
 class Expectations:
     """The table for one run: each implementation's declarations, torch's pins under the run's
-    contract, and the user's xfail file."""
+    contract and at its seed, and the user's xfail file."""
 
-    def __init__(self, contract: str, xfail_path: Optional[str] = None) -> None:
+    def __init__(self, contract: str, xfail_path: Optional[str] = None, *, seed: int = 0) -> None:
         self.contract = contract
+        self.seed = seed
         self.xfail_path = xfail_path
         self.listed = read_xfail_file(xfail_path) if xfail_path else {}
         self.matched: set = set()
@@ -72,16 +74,16 @@ class Expectations:
         """The expected outcome of the check ``nodeid`` of ``impl`` that needs ``features`` and,
         where it is stated for them only, one of ``input_kinds``, if any."""
         missing = tuple(name for name in features if name in impl.unsupported)
+        how = NOT_TAKEN if missing and set(missing) <= VARIANT_FEATURES else "declared"
+        by = f"{how} by {impl.spec}"
         if not missing and input_kinds and impl.input_kind not in input_kinds:
             missing = (f"{' or '.join(input_kinds)} input",)
-            declared = f"declared by {impl.spec}: input_kind={impl.input_kind!r}"
-        else:
-            declared = f"declared by {impl.spec}"
+            by = f"declared by {impl.spec}: input_kind={impl.input_kind!r}"
         if missing:
-            reason = f"{UNSUPPORTED_PREFIX}{', '.join(missing)} ({declared})"
-            return Expected("unsupported", reason, gap=Gap("declared", missing, reason))
+            reason = f"{UNSUPPORTED_PREFIX}{', '.join(missing)} ({by})"
+            return Expected("unsupported", reason, gap=Gap(how, missing, reason))
         if impl.spec not in self._known:
-            self._known[impl.spec] = {**pinned_failures(impl.call, self.contract), **self.listed}
+            self._known[impl.spec] = {**pinned_failures(impl.call, self.contract, self.seed), **self.listed}
         known = self._known[impl.spec]
         test_id = next((test_id for test_id in known if nodeid.endswith(test_id)), None)
         if test_id is None:

@@ -4,8 +4,8 @@ A loss under test may change process-wide torch state (default dtype, grad mode,
 generator, deterministic algorithms), hang, or print without end. Each of those would corrupt or
 stall every later check, so the kit watches for them around each call and each check: a change
 of global state fails the check that caused it and is undone; a check that runs past the time
-limit is interrupted and fails; after a few timeouts the remaining checks fail at once instead
-of waiting for each; captured output is cut short in failure reports.
+limit is interrupted and fails; after a few timeouts the remaining runs taken to hang are not run
+instead of waiting for each (``HangLedger``); captured output is cut short in failure reports.
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import faulthandler
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
 
 __all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections", "calling",
-           "crash_trampoline", "bits"]
+           "crash_trampoline", "bits", "HangLedger", "NOT_RUN_PREFIX", "Call"]
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -90,26 +91,45 @@ class GlobalState:
                                       + f" (restored by the kit), {during}")
 
 
-# The implementation's call in progress, if any: a timeout names it.
+@dataclass
+class Call:
+    """A call of the implementation in progress, or a long run of calls (``steps`` of them, such as
+    a training run, which sets ``done`` as it goes): a timeout names it."""
+
+    description: str
+    started: float
+    steps: Optional[int] = None
+    done: int = 0
+
+
+# The calls in progress, outermost first.
 _current_call: list = []
 
 
 @contextlib.contextmanager
-def calling(description: str) -> Iterator[None]:
-    """Mark the block as a call of the implementation (``description`` names it in a timeout)."""
-    _current_call.append((description, time.monotonic()))
+def calling(description: str, *, steps: Optional[int] = None) -> Iterator[Call]:
+    """Mark the block as a call of the implementation, or, with ``steps``, as a run of that many
+    steps that updates ``done`` (``description`` names it in a timeout)."""
+    _current_call.append(Call(description, time.monotonic(), steps))
     try:
-        yield
+        yield _current_call[-1]
     finally:
         _current_call.pop()
 
 
 def _interrupt(limit: float) -> Callable:
     def handler(signum, frame):
-        if _current_call:
-            description, started = _current_call[-1]
-            where = (f"the implementation hangs or is far too slow in the call {description}, running for "
-                     f"{time.monotonic() - started:.1f} s")
+        now = time.monotonic()
+        outer = _current_call[0] if _current_call else None
+        inner = _current_call[-1] if _current_call else None
+        if outer is not None and outer.steps is not None:
+            where = (f"{outer.description} had done {outer.done} of its {outer.steps} steps in "
+                     f"{now - outer.started:.1f} s")
+            if inner is not outer:
+                where += f" (in the call {inner.description} at the time)"
+        elif inner is not None:
+            where = (f"the implementation hangs or is far too slow in the call {inner.description}, running for "
+                     f"{now - inner.started:.1f} s")
         else:
             where = ("outside the implementation's forward calls (in its backward, or in the check's own work "
                      "around them)")
@@ -142,6 +162,51 @@ def time_limit(seconds: float, stack_dump_fd: Optional[int]) -> Iterator[None]:
         if soft:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+
+
+NOT_RUN_PREFIX = "not run: "
+
+
+class HangLedger:
+    """Which runs of the checks ran past the time limit and which finished, and so which of
+    the remaining runs are taken to hang and not run (reported apart, as not run).
+
+    After ``per_check`` timeouts of one check function, its remaining runs that share the hung
+    runs' parameters are not run: those parameters on which every hung run agrees and that some
+    finished run of the function did not have (a loss that hangs on reduction='sum' has its
+    remaining 'sum' runs not run, the others run). Where no parameter tells them apart, every
+    remaining run of the function is not run; a run outside them that hangs too narrows the
+    shared parameters. After ``in_all`` timeouts no check runs: a hanging implementation costs at
+    most ``in_all`` times the limit."""
+
+    def __init__(self, per_check: int, in_all: int) -> None:
+        self.per_check = per_check
+        self.in_all = in_all
+        self.hung: list = []            # (function, params, nodeid) of each run that timed out
+        self.finished: dict = {}        # function -> params of each run that ended within the limit
+
+    def record(self, function: str, params: dict, nodeid: str, *, timed_out: bool) -> None:
+        if timed_out:
+            self.hung.append((function, params, nodeid))
+        else:
+            self.finished.setdefault(function, []).append(params)
+
+    def not_run(self, function: str, params: dict) -> Optional[str]:
+        """Why the run of ``function`` with ``params`` is taken to hang, or ``None`` to run it."""
+        if len(self.hung) >= self.in_all:
+            return (f"{NOT_RUN_PREFIX}the implementation already ran past the time limit in {len(self.hung)} checks "
+                    f"(first: {self.hung[0][2]}); every remaining check is taken to hang")
+        hung = [(p, nodeid) for f, p, nodeid in self.hung if f == function]
+        if len(hung) < self.per_check:
+            return None
+        shared = {k: v for k, v in hung[0][0].items() if all(p.get(k) == v for p, _ in hung)}
+        telling = {k: v for k, v in shared.items() if any(p.get(k) != v for p in self.finished.get(function, ()))}
+        if any(params.get(k) != v for k, v in telling.items()):
+            return None
+        which = ", ".join(f"{k}={v}" for k, v in telling.items())
+        return (f"{NOT_RUN_PREFIX}this check already ran past the time limit in {len(hung)} runs"
+                + (f" with {which}" if which else "") + f" (first: {hung[0][1]}); it is taken to hang"
+                + (f" with {which}" if which else " on every run"))
 
 
 SECTION_LIMIT = 4000

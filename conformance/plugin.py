@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 import warnings
 from typing import Optional
 
@@ -12,21 +13,22 @@ import pytest
 import torch
 from hypothesis import seed as hypothesis_seed
 
-from . import adapters, bench, cases, hookspecs, options, report
-from .checks import FIRST_FAILURE, Judge
+from . import adapters, bench, cases, hookspecs, options, records, report
+from .checks import FIRST_FAILURE, REPRODUCE, Judge
 from .expectations import Expectations
-from .guards import CheckTimeout, GlobalState, crash_trampoline, time_limit, truncate_sections
+from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import FORMS, Implementation, ImplementationError, implementation_of, load_implementation
 from .session import ConformanceSession, is_check, item_dtype, item_form
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
 VERDICT_KEY = pytest.StashKey[tuple]()   # ConformanceSession.judged(), taken once at the session's end
-TIMEOUTS_KEY = pytest.StashKey[list]()
+HANGS_KEY = pytest.StashKey[HangLedger]()
 STACK_DUMP_FD_KEY = pytest.StashKey[Optional[int]]()
 
 # A check function whose runs time out MAX_TIMEOUTS_PER_CHECK times is taken to hang on its
-# cases, and its remaining runs fail at once; after MAX_TIMEOUTS timeouts in all, every remaining
-# check does. So a hanging implementation costs at most MAX_TIMEOUTS * the limit.
+# remaining runs that share the hung runs' parameters, which are not run; after MAX_TIMEOUTS
+# timeouts in all, no remaining check runs. So a hanging implementation costs at most
+# MAX_TIMEOUTS * the limit (see guards.HangLedger).
 MAX_TIMEOUTS_PER_CHECK = 2
 MAX_TIMEOUTS = 10
 
@@ -102,12 +104,13 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"{', '.join(available_devices())})")
     contract = config.getoption("conformance_contract")
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
-                                 expectations=Expectations(contract, config.getoption("conformance_xfail")),
+                                 expectations=Expectations(contract, config.getoption("conformance_xfail"),
+                                                           seed=config.getoption("conformance_seed")),
                                  seed=config.getoption("conformance_seed"), named=named,
                                  baseline=_checked_at_start(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "conformance-session")
-    config.stash[TIMEOUTS_KEY] = []
+    config.stash[HANGS_KEY] = HangLedger(MAX_TIMEOUTS_PER_CHECK, MAX_TIMEOUTS)
     config.stash[STACK_DUMP_FD_KEY] = _stack_dump_fd(config)
 
 
@@ -242,16 +245,18 @@ def pytest_runtest_call(item: pytest.Item):
     2-core CI machine, 30x per check). Benchmarks keep the configured threads and no limit."""
     if item.get_closest_marker("conformance_bench") or not is_check(item):
         return (yield)
-    timeouts = item.config.stash[TIMEOUTS_KEY]
-    same_check = [nodeid for nodeid in timeouts if nodeid.partition("[")[0] == item.nodeid.partition("[")[0]]
-    for earlier, limit, which in ((same_check, MAX_TIMEOUTS_PER_CHECK, "runs of this check"),
-                                  (timeouts, MAX_TIMEOUTS, "checks")):
-        if len(earlier) >= limit:
-            pytest.fail(f"not run: the implementation already ran past the time limit in {len(earlier)} {which} "
-                        f"(first: {earlier[0]}); it is taken to hang", pytrace=False)
+    hangs = item.config.stash[HANGS_KEY]
+    function = item.nodeid.partition("[")[0]
+    params = {name: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+              for name, value in getattr(getattr(item, "callspec", None), "params", {}).items()}
+    reason = hangs.not_run(function, params)
+    if reason is not None:
+        records.attach(item.user_properties, "not_run", reason)
+        pytest.skip(reason)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     state = GlobalState(include_random=False)  # the checks' own recipes seed the generator
+    timed_out = False
     try:
         with time_limit(item.config.getoption("conformance_timeout"), item.config.stash[STACK_DUMP_FD_KEY]):
             result = yield
@@ -265,11 +270,12 @@ def pytest_runtest_call(item: pytest.Item):
         if found is not None:  # hypothesis was shrinking a failure it had already found
             raise AssertionError(f"{found}\n  (hypothesis found this failing example; shrinking it ran past the "
                                  f"time limit: {timeout})") from None
-        timeouts.append(item.nodeid)
+        timed_out = True
         if timeout is error:
             raise
         raise timeout from error
     finally:
+        hangs.record(function, params, item.nodeid, timed_out=timed_out)
         state.restore_changes()
         torch.set_num_threads(threads)
 
@@ -303,10 +309,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
-    """Captured output of a check is cut short: a loss that prints megabytes must not flood the report."""
+    """Captured output of a check is cut short: a loss that prints megabytes must not flood the report.
+    A failed check's reproduce snippet is added as a section of its own, printed without pytest's
+    "E " prefixes, to be copied and run as is."""
     report = yield
     if is_check(item):
         report.sections = truncate_sections(report.sections)
+        if report.when == "call" and report.failed and REPRODUCE in item.stash:
+            report.sections.append(("reproduce (copy and run as is)", item.stash[REPRODUCE]))
     return report
 
 
@@ -337,18 +347,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     tr = terminalreporter
     tr.section("conformance verdict")
     impl = session.impl
-    tr.write_line(f"implementation: {impl.spec} (input {impl.input_kind}, target {impl.target_kind}); "
-                  f"contract: {session.contract}; devices: {', '.join(session.devices)}")
+    lines = [f"implementation: {impl.spec} (input {impl.input_kind}, target {impl.target_kind}); "
+             f"contract: {session.contract}; devices: {', '.join(session.devices)}"]
     if impl.approximations:
-        tr.write_line("declared approximations, judged by their bounds: " + ", ".join(
+        lines.append("declared approximations, judged by their bounds: " + ", ".join(
             f"{name} <= {bound:g}" for name, bound in impl.approximations.items()))
     others = [other.spec for form in FORMS if form != impl.form for other in session.implementations(form)]
     if others:
-        tr.write_line(f"also judged (torch's own, no implementation named): {', '.join(others)}")
+        lines.append(f"also judged (torch's own, no implementation named): {', '.join(others)}")
+    width = tr._tw.fullwidth
+    for line in [wrapped for line in lines for wrapped in textwrap.wrap(line, width, subsequent_indent="  ",
+                                                                       break_on_hyphens=False)]:
+        tr.write_line(line)
     if session.baseline is not None:
         for text, tone in report.baseline_lines(run, session.baseline):
-            tr.write_line(text, yellow=bool(tone))
-    for line in report.render_text(report.verdict_tables(run, found, timings)):
+            for wrapped in textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False):
+                tr.write_line(wrapped, yellow=bool(tone))
+    for line in report.render_text(report.verdict_tables(run, found, timings), width):
         tr.write_line(line)
     if session.baseline is not None:
         tr.write_line(f"{len(found)} regressions against {session.baseline.source}", red=bool(found), green=not found)

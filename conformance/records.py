@@ -24,11 +24,13 @@ class ReportError(Exception):
 
 
 class Status(str, Enum):
-    """A check's outcome. ``unsupported``: a feature declared missing, or an optional capability
-    probed and missing (``Check.gap`` says which); ``skipped``: not applicable here."""
+    """A check's outcome. ``not run``: taken to hang after earlier runs of its check ran past the
+    time limit (``guards.HangLedger``); ``unsupported``: a feature declared missing, or an optional
+    capability probed and missing (``Check.gap`` says which); ``skipped``: not applicable here."""
 
     PASSED = "passed"
     FAILED = "failed"
+    NOT_RUN = "not run"
     UNSUPPORTED = "unsupported"
     XFAILED = "xfailed"
     XPASSED = "xpassed"
@@ -39,6 +41,7 @@ class Status(str, Enum):
 
 
 STATUSES = tuple(status.value for status in Status)
+GAP_KINDS = ("declared", "not taken", "probed")
 
 
 def _number(value) -> Optional[float]:
@@ -74,16 +77,17 @@ class Measured:
 @dataclass(frozen=True)
 class Gap:
     """Why a check is unsupported: ``declared`` by the implementation (its ``unsupported`` set,
-    the input kind it takes) or ``probed`` (an optional transform raised); ``features`` names what
-    is missing, ``reason`` says it in words (for a probed gap, the error's first line)."""
+    the input kind it takes), ``not taken`` (a variant beyond torch's loss it has no keyword for)
+    or ``probed`` (an optional transform raised); ``features`` names what is missing, ``reason``
+    says it in words (for a probed gap, the error's first line)."""
 
     how: str
     features: tuple
     reason: str
 
     def __post_init__(self) -> None:
-        if self.how not in ("declared", "probed"):
-            raise ReportError(f"gap how={self.how!r}: expected 'declared' or 'probed'")
+        if self.how not in GAP_KINDS:
+            raise ReportError(f"gap how={self.how!r}: expected one of {GAP_KINDS}")
         object.__setattr__(self, "features", tuple(self.features))
 
     def to_json(self) -> dict:

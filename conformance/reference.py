@@ -23,7 +23,9 @@ Every combination reduces to one *weighted target* ``a`` per position::
 of positions for probability targets (pytorch#107680). ``0 * log 0`` counts as 0.
 
 Variants that fused kernels ship beyond torch (``Variant``; logits input only), applied in
-this order (Liger-Kernel, cut-cross-entropy, flash-attention, unsloth; FIELD.md):
+this order (Liger-Kernel's ``src/liger_kernel/ops/cross_entropy.py``, cut-cross-entropy,
+flash-attention's ``flash_attn/ops/triton/cross_entropy.py``, unsloth's
+``unsloth/kernels/cross_entropy_loss.py``):
 
 * ``logit_scale`` ``s``: the logits are multiplied by ``s`` first (flash-attention's
   ``logit_scale``, Cohere's 0.0625; a loss that divides, as Granite's does, is declared with the

@@ -13,6 +13,8 @@ import html
 import json
 import math
 import os
+import re
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +133,7 @@ def _read_json(path: Union[str, Path]):
 
 def load(path: Union[str, Path]) -> Run:
     """Read a run file written by ``--conformance-report``."""
-    data = _read_json(path)
+    data = _read_json(path)   # its errors name the file already
     try:
         return dataclasses.replace(Run.from_json(data), source=str(path))
     except ReportError as exc:
@@ -268,14 +270,17 @@ class Table:
 
 def _verdict(counts: dict) -> tuple:
     total = sum(counts.values())
+    hung = f" · {counts['not run']} not run" if counts.get("not run") else ""
     if counts.get("failed"):
-        return f"FAIL {counts['failed']}/{total}", "fail"
+        return f"FAIL {counts['failed']}/{total}{hung}", "fail"
     if not counts.get("passed") and not counts.get("xfailed") and not counts.get("xpassed"):
+        if hung:
+            return f"{counts['not run']} not run", "fail"
         return ("unsupported" if counts.get("unsupported") else "skipped"), "muted"
-    extras = [f"{counts[s]} {'declared' if s == 'xfailed' else s}" for s in ("xfailed", "xpassed", "unsupported",
-                                                                              "skipped") if counts.get(s)]
+    extras = [f"{counts[s]} {'declared' if s == 'xfailed' else s}" for s in ("not run", "xfailed", "xpassed",
+                                                                              "unsupported", "skipped") if counts.get(s)]
     text = " · ".join([f"pass {counts.get('passed', 0)}"] + extras)
-    return text, ("warn" if counts.get("xfailed") or counts.get("xpassed") else "ok")
+    return text, ("fail" if hung else "warn" if counts.get("xfailed") or counts.get("xpassed") else "ok")
 
 
 DTYPE_ORDER = ("float64", "float32", "float16", "bfloat16")
@@ -310,7 +315,8 @@ def _verdict_table(run: Run) -> Table:
             row.append(_verdict(counts) if checks else ("", "muted"))
         rows.append(row)
     return Table("Verdict", "Checks per feature, dtype and device; 'declared' counts documented deviations "
-                 "(expected failures).", ["feature"] + headers, rows)
+                 "(expected failures); 'not run', checks taken to hang after earlier runs of theirs ran past the "
+                 "time limit.", ["feature"] + headers, rows)
 
 
 def _ratio_cell(ratio: Optional[float]) -> Cell:
@@ -513,30 +519,37 @@ def ratio_plot(benchmarks: list, baseline: Optional[list] = None) -> str:
 # Rendering
 
 
+def _cut(text: str, length: int) -> str:
+    """``text`` in at most ``length`` characters, an ellipsis saying where it was cut."""
+    return text if len(text) <= length else text[:length - 1] + "…"
+
+
 def _failures_by_identity(run: Run) -> Table:
     """Failing checks grouped by the identity that failed, with the first one's message."""
     groups = defaultdict(list)
     for c in run.checks:
         if c.status == "failed":
-            groups[c.identity or (c.reason.splitlines() or ["?"])[0][:60]].append(c)
+            groups[c.identity or _cut((c.reason.splitlines() or ["?"])[0], 60)].append(c)
     rows = [[identity, str(len(checks)), checks[0].id, "\n".join(checks[0].reason.splitlines()[:2])]
             for identity, checks in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
     return Table("Failures by identity", "", ["identity", "checks", "first", "message"], rows)
 
 
 def _gaps_table(run: Run) -> Table:
-    """Features reported as unsupported: declared by the implementation, or probed (an optional
-    transform raised while the check ran), with the first reason."""
+    """Features reported as unsupported: declared by the implementation, variants beyond torch's
+    loss it does not take, or probed (an optional transform raised while the check ran), with the
+    first reason."""
     gaps = {}
     for c in run.checks:
         if c.status == Status.UNSUPPORTED:
             gap = c.gap or Gap("declared", ("(not recorded in this run file)",), c.reason)
             count, reason = gaps.get((gap.how, ", ".join(gap.features)), (0, gap.reason))
             gaps[(gap.how, ", ".join(gap.features))] = (count + 1, reason)
-    rows = [[how, feature, str(count), reason[:160] if how == "probed" else ""]
+    rows = [[how, feature, str(count), _cut(reason, 160) if how == "probed" else ""]
             for (how, feature), (count, reason) in sorted(gaps.items())]
-    return Table("Unsupported features", "Declared in the implementation's `unsupported`, or probed: an optional "
-                 "transform raised (--conformance-require FEATURE makes a probed gap fail).",
+    return Table("Unsupported features", "Declared in the implementation's `unsupported`, not taken (variants beyond "
+                 "torch's loss it has no option for), or probed: an optional transform raised "
+                 "(--conformance-require FEATURE makes a probed gap fail).",
                  ["how", "feature", "checks", "first reason"], rows)
 
 
@@ -611,24 +624,80 @@ def verdict_tables(run: Run, found: Sequence = (), timings: Sequence = ()) -> li
 
 
 def _cell_text(cell: Cell) -> str:
-    return str(cell[0] if isinstance(cell, tuple) else cell).replace("\n", " / ").removeprefix("conformance/suite/")
+    text = str(cell[0] if isinstance(cell, tuple) else cell).removeprefix("conformance/suite/")
+    return " / ".join(line.strip() for line in text.splitlines())
 
 
-def render_text(tables: list, width: int = 150) -> list[str]:
-    """Tables as aligned plain-text lines (each cell cut to fit)."""
+# Where a cell may wrap: after spaces, after _ : [ / , = ( and after a hyphen before a letter
+# (cpu-bfloat16-sum), never inside a number (2.3842e-07, -0.00062) or a word.
+_BREAK = re.compile(r"(?<=\s)(?=\S)|(?<=[_:\[/,=(])(?=[^\s_:\[/,=(])|(?<=-)(?=[A-Za-z])")
+
+
+_SPACE = re.compile(r"(?<=\s)(?=\S)")   # headers wrap between words only
+
+
+def _chunks(text: str, header: bool = False) -> list[str]:
+    return [c for c in (_SPACE if header else _BREAK).split(text) if c]
+
+
+def _wrap(text: str, width: int, header: bool = False) -> list[str]:
+    """``text`` in lines of at most ``width``, broken between chunks; a chunk longer than the
+    width (only where the terminal is narrower than one) is split."""
+    lines = [""]
+    for chunk in _chunks(text, header):
+        if len((lines[-1] + chunk).rstrip()) > width and lines[-1].strip():
+            lines.append("")
+        lines[-1] += chunk.lstrip() if not lines[-1] else chunk
+        while len(lines[-1].rstrip()) > width:
+            lines[-1:] = [lines[-1][:width], lines[-1][width:]]
+    return [line.rstrip() for line in lines]
+
+
+def _fit(rows: list, width: int) -> tuple[list, list]:
+    """Column widths that fit ``width`` (two spaces of indent, two between columns): headers wrap
+    first, then the widest column above its longest chunk gives way; where even the longest
+    chunks do not fit, columns are left out from the right. Returns the widths and the kept
+    columns' indices (``rows[0]`` is the header)."""
+    natural = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    least = [max(len(c.strip()) for k, r in enumerate(rows) for c in _chunks(r[i], k == 0) or [""])
+             for i in range(len(rows[0]))]
+    if sum(natural) + 2 * len(natural) > width:
+        natural = [max([least[i]] + [len(r[i]) for r in rows[1:]]) for i in range(len(rows[0]))]
+    kept = list(range(len(natural)))
+    while len(kept) > 1 and sum(least[i] for i in kept) + 2 * len(kept) > width:
+        kept.pop()
+    widths = [natural[i] for i in kept]
+    floor = [least[i] if len(kept) > 1 else min(least[i], width - 2) for i in kept]
+    while sum(widths) + 2 * len(widths) > width:
+        room = [w - f for w, f in zip(widths, floor)]
+        if max(room) <= 0:
+            break
+        widths[room.index(max(room))] -= 1
+    return widths, kept
+
+
+def render_text(tables: list, width: int) -> list[str]:
+    """Tables as aligned plain-text lines no longer than ``width`` (the terminal's): long cells
+    wrap between words and never inside a number or a header word; a table wider than the
+    terminal even so leaves out columns from the right and says which."""
     lines = []
     for table in tables:
-        lines.append(f"{table.title}: {table.note}" if table.note else f"{table.title}:")
+        title = f"{table.title}: {table.note}" if table.note else f"{table.title}:"
+        lines += textwrap.wrap(title, width, subsequent_indent="  ", break_on_hyphens=False)
         if not table.rows:
             continue
         rows = [[_cell_text(c) for c in table.columns]] + [[_cell_text(c) for c in row] for row in table.rows]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(table.columns))]
-        widths[0] = min(widths[0], 80)   # the first column names the row: cut it last
-        while sum(widths) + 2 * len(widths) > width and max(widths[1:], default=0) > 8:
-            rest = widths[1:]
-            widths[1 + rest.index(max(rest))] -= 1
-        for row in rows:
-            lines.append("  " + "  ".join(cell[:w].ljust(w) for cell, w in zip(row, widths)).rstrip())
+        widths, kept = _fit(rows, width)
+        for k, row in enumerate(rows):
+            cells = [_wrap(row[i], w, header=k == 0) for i, w in zip(kept, widths)]
+            for k in range(max(map(len, cells))):
+                parts = [(cell[k] if k < len(cell) else "").ljust(w) for cell, w in zip(cells, widths)]
+                lines.append(("  " + "  ".join(parts)).rstrip())
+        if len(kept) < len(table.columns):
+            left_out = ", ".join(_cell_text(table.columns[i]) for i in range(len(table.columns)) if i not in kept)
+            lines += textwrap.wrap(f"(left out to fit {width} columns: {left_out}; a wider terminal or "
+                                   "--conformance-report shows them)", width, initial_indent="  ",
+                                   subsequent_indent="  ", break_on_hyphens=False)
     return lines
 
 
@@ -665,6 +734,9 @@ def _headline(run: Run, baseline: Optional[Run], found: list, timings: list) -> 
     failed = sum(c.status == "failed" for c in run.checks)
     verdict = f"{failed} failing check{'s' * (failed != 1)}" if failed else _measured(run)
     untimed = any(b.interval is None for b in run.benchmarks)
+    not_run = sum(c.status == Status.NOT_RUN for c in run.checks)
+    if not_run:
+        verdict += f", {not_run} not run (taken to hang)"
     if baseline is None:
         return verdict, "fail" if failed else "warn" if untimed else "ok"
     noisy = sum(t.verdict == paired.UNDECIDED for t in timings)

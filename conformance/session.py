@@ -134,6 +134,8 @@ class ConformanceSession:
         if hasattr(report, "wasxfail"):
             return Status.XFAILED if report.skipped else Status.XPASSED
         if report.skipped:
+            if records.read(report.user_properties, "not_run"):
+                return Status.NOT_RUN
             return Status.UNSUPPORTED if record["gap"] or record["probed"] else Status.SKIPPED
         if report.failed:
             return Status.FAILED

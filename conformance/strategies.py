@@ -11,8 +11,9 @@ Logit families (``LOGIT_FAMILIES``), all in float64 before the recipe rounds the
 ``huge``       uniform in [-1e4, 1e4]: softmax saturates, most probabilities underflow;
 ``shifted``    moderate plus one common shift of 100 to 10000 in either direction;
 ``masked``     moderate with some non-target entries set to ``-inf`` (padding / causal masks);
-``confident``  moderate with each kept target logit raised to its row's max + 10 (FIELD.md: the
-               rows where torch's CPU half loss returns -0.0, Liger#1268).
+``confident``  moderate with each kept target logit raised to its row's max + 10 (the rows
+               where torch's CPU half loss returns -0.0, ``known_failures``;
+               https://github.com/linkedin/Liger-Kernel/issues/1268).
 
 Example::
 

@@ -9,7 +9,8 @@ Three contracts (``CONTRACTS``); the judge (``checks.Judge``) applies the run's 
 comparison and also grades every comparison against ``exact``:
 
 ``standard`` (the default): the error of the standard fused algorithm, the one every fused kernel
-  uses (Liger-Kernel, flash-attention, unsloth, Transformer Engine: FIELD.md): a logsumexp
+  uses (Liger-Kernel's ``ops/cross_entropy.py``, flash-attention's ``ops/triton/cross_entropy.py``,
+  unsloth's ``kernels/cross_entropy_loss.py``, Transformer Engine's Triton loss): a logsumexp
   formed as one number ``lse = m + log s`` at float32-or-better precision, and the loss
   ``A lse - sum_c a_c z_c`` (``lse - z_y`` for a plain index target), the gradient from
   ``exp(z_j - lse)``. It is ``exact``'s bound plus the terms that algorithm adds, at the

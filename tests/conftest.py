@@ -3,6 +3,8 @@ each run. torch registers its C++ operator libraries once per process when a laz
 module first loads (``torch.func`` and ``torch.optim`` pull in dynamo and sympy); a second load after pytester
 dropped the module fails with "Only a single TORCH_LIBRARY can be used". Loading them here,
 before any snapshot is taken, keeps them loaded for every in-process run."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,9 +13,14 @@ from suite_run import ROOT, SUITE
 
 
 def _load_lazy_torch_modules() -> None:
+    """torch's first jvp imports ``torch._decomp.decompositions_for_jvp``, which scripts 18 of its
+    decompositions with ``torch.jit.script`` and so warns 18 times that it is deprecated: torch's
+    own doing, at its import, silenced here where the self-tests force that import."""
     logits, target = torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long)
     torch.func.vmap(F.cross_entropy)(logits, target)
-    torch.func.jvp(lambda z: F.cross_entropy(z, target[0]), (logits[0],), (logits[0],))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
+        torch.func.jvp(lambda z: F.cross_entropy(z, target[0]), (logits[0],), (logits[0],))
     weight = torch.zeros(1, requires_grad=True)
     (2 * weight).sum().backward()
     torch.optim.SGD([weight], lr=0.1).step()
@@ -23,9 +30,12 @@ _load_lazy_torch_modules()
 
 
 @pytest.fixture
-def suite(pytester):
-    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args."""
+def suite(pytester, monkeypatch):
+    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args.
+    The terminal is 200 columns wide, so that the verdict's rows, which the self-tests match, are
+    one line each (the verdict wraps to the terminal's width: tests/test_report.py)."""
     pytester.syspathinsert(ROOT)
+    monkeypatch.setenv("COLUMNS", "200")
     return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
 
 

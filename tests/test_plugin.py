@@ -116,6 +116,18 @@ def test_default_run_pins_torch_failures_as_strict_xfail(pytester):
     result.stdout.fnmatch_lines(["*XFAIL*confident_rows_value*bfloat16-10*logsumexp rounded to the dtype*"])
 
 
+def test_a_data_dependent_pin_applies_at_the_seeds_it_fails_at_only(pytester):
+    """torch's float16 rows of very different scales fail at seed 16, not at the default seed: the
+    default run passes the check (no xpassed), seed 16 xfails it strictly."""
+    selection = ("-k", "test_rows_of_very_different_scales and float16")
+    default = _run(pytester, *selection)
+    assert default.ret == pytest.ExitCode.OK
+    default.assert_outcomes(passed=2, deselected=default.parseoutcomes()["deselected"])
+    seeded = _run(pytester, "--conformance-seed=16", *selection)
+    assert seeded.ret == pytest.ExitCode.OK
+    seeded.assert_outcomes(passed=1, xfailed=1, deselected=seeded.parseoutcomes()["deselected"])
+
+
 FUNCTION_WITHOUT_TRANSFORMS = """
 import torch
 
@@ -261,3 +273,12 @@ def cross_entropy(input, target, **options):
     bad = _run(pytester, "-o", "conformance_seed=three", *selection)
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*conformance_seed (in *)='three': expected an integer*"])
+
+
+def test_the_kit_provokes_no_warning_of_torch_s_chunked_linear_path(pytester):
+    """With label smoothing torch's chunked linear path falls back to its reference path and warns
+    that it ignored ``options``: the default (conformance.defaults) calls that path without them."""
+    result = _run(pytester, "-k", "test_linear_loss_and_gradients and chunked and weighted_ignored_smoothed",
+                  "-W", "error::UserWarning")
+    outcomes = result.parseoutcomes()
+    assert result.ret == pytest.ExitCode.OK and outcomes["passed"] == 4 and "warnings" not in outcomes, outcomes

@@ -74,6 +74,12 @@ def test_unreadable_files_say_why(tmp_path):
         report.load(tmp_path / "bench.json")
     with pytest.raises(report.ReportError, match="status='passd'"):
         _check("a", status="passd")
+    for name, text in (("run.json", "nope"), ("missing.json", None)):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(report.ReportError) as raised:
+            report.load(tmp_path / name)
+        assert str(raised.value).count(name) == 1, str(raised.value)   # the file named once
 
 
 def test_pytest_benchmark_json_is_read(tmp_path):
@@ -276,3 +282,82 @@ def test_records_travel_as_json_both_ways():
     assert (back.identity, back.ratio, back.error, back.exact_worst) == ("value", float("inf"), 1.0, "actual=1 expected=2")
     with pytest.raises(report.ReportError, match="how='guessed'"):
         Gap("guessed", ("vmap",), "")
+
+
+def _wide_run():
+    """Checks of several features and dtypes with long ids, messages and numbers, as a real run's."""
+    checks = []
+    for feature in ("boundaries", "document", "extremes", "features", "transforms"):
+        for dtype in ("float64", "float32", "float16", "bfloat16", "-"):
+            for i, status in enumerate(("passed", "failed", "xfailed", "unsupported")):
+                checks.append(Check(
+                    id=f"conformance/suite/test_{feature}.py::test_{feature}_with_a_long_name[cpu-{dtype}-{i}-sum]",
+                    implementation="myce.bad_direction:cross_entropy", feature=feature, dtype=dtype, device="cpu",
+                    status=status, identity=f"{feature} identity {i}", ratio=2.7834 + i, error=0.079739,
+                    bound=0.0286481, exact_ratio=15.6254 + i, exact_identity="linear_weight gradient",
+                    exact_worst=f"actual=2.3842e-07 expected=-0.00062{i}",
+                    reason=(f"AssertionError: [value] myce.bad_direction:cross_entropy differs beyond the bound\n"
+                            f"  params: case=well_conditioned shape=14x5 dtype={dtype}, weight=<5 classes>\n"
+                            f"  worst value: actual=0.0823 expected=0.079739 error=0.00256 bound=0.00092")
+                    if status == "failed" else "unsupported: softcap, z_loss (declared by myce)"))
+    checks.append(Check(id="test_transforms.py::test_vmap[cpu-float32]", implementation="myce", feature="transforms",
+                        dtype="float32", device="cpu", status="unsupported",
+                        reason="unsupported (probed): vmap: torch.func.vmap raised RuntimeError: " + "data-dependent " * 20))
+    return _run(checks)
+
+
+def test_the_terminal_verdict_takes_the_terminal_s_width(suite, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = suite("--impl=fixtures.broken.small_bias", "-k", "test_value_matches_truth and (float64 or bfloat16)")
+    verdict = result.stdout.lines[next(i for i, line in enumerate(result.stdout.lines) if "conformance verdict" in line):]
+    assert max(map(len, verdict[:-1])) <= 80, verdict   # the last line is pytest's own summary
+    assert any(line.startswith("  value ") and "FAIL 9/9" in line for line in verdict), verdict
+
+
+def test_runs_taken_to_hang_are_counted_apart_from_failures():
+    hung = [_check(f"s{i}", status="failed", ratio=None) for i in range(2)]
+    not_run = [_check(f"n{i}", status="not run", ratio=None, reason="not run: ... taken to hang") for i in range(3)]
+    passed = [_check(f"p{i}") for i in range(4)]
+    (row,) = report.verdict_tables(_run(hung + not_run + passed))[0].rows
+    assert row[1] == ("FAIL 2/9 · 3 not run", "fail")
+    (row,) = report.verdict_tables(_run(not_run + passed))[0].rows
+    assert row[1] == ("pass 4 · 3 not run", "fail")
+    assert "2 failing checks, 3 not run (taken to hang)" in report.render(_run(hung + not_run + passed), "md")
+
+
+def test_variants_a_loss_does_not_take_are_listed_as_not_taken():
+    import dataclasses
+
+    from conformance import impl
+    from conformance.expectations import Expectations
+    torch_loss = impl.load_implementation("torch.nn.functional:cross_entropy")
+    expected = Expectations("standard").of("test_variants.py::test_x", ["softcap", "z_loss"], torch_loss)
+    without_half = dataclasses.replace(torch_loss, unsupported=torch_loss.unsupported | {"float16"})
+    declared = Expectations("standard").of("test_value.py::test_x", ["float16"], without_half)
+    checks = [_check(name, status="unsupported", ratio=None, reason=e.reason)
+              for name, e in (("a", expected), ("b", declared))]
+    (table,) = [t for t in report.verdict_tables(_run(checks)) if t.title == "Unsupported features"]
+    assert [row[:2] for row in table.rows] == [["declared", "float16"], ["not taken", "softcap, z_loss"]]
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_terminal_verdict_fits_the_width_and_keeps_every_number_whole(width):
+    """No line longer than the terminal; every number of every shown cell appears whole on one line,
+    and every header word too (wrapped between words, never cut)."""
+    import re
+    tables = [t for t in report.verdict_tables(_wide_run()) if t.rows]
+    lines = report.render_text(tables, width)
+    assert max(map(len, lines)) <= width
+    assert any(line.endswith("…") for line in lines)   # the probed reason, cut, says so
+    assert [t.title for t in tables] == ["Verdict", "Failures by identity", "Unsupported features", "Accuracy grade",
+                                         "Closest passes"]
+
+    def whole(token: str) -> bool:
+        return any(re.search(rf"(?<![\w.]){re.escape(token)}(?![\w.])", line) for line in lines)
+
+    number = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]\d+)?(?![\w.])")
+    for table in tables:
+        for row in [table.columns] + table.rows:
+            for cell in row:
+                assert all(whole(n) for n in number.findall(report._cell_text(cell))), report._cell_text(cell)
+        assert all(whole(word) for header in table.columns for word in header.split()), table.columns

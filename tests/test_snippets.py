@@ -19,6 +19,7 @@ FAMILIES = {
     "gradient": ("grad_wrong_sign", "test_gradient_is_softmax_minus_target and float32 and 7x3"),
     "structure": ("wrong_shape_none", "test_output_shape_and_dtype"),
     "features": ("ignored_rows_nonzero_grad", "test_ignore_index and float32 and sum"),
+    "invalid input": ("accepts_out_of_range_target", "test_invalid_input_raises"),
     "extremes": ("neg_inf_nan", "test_leading_blocks_masked"),
     "layouts": ("noncontiguous_wrong", "test_noncontiguous_logits and float32"),
     "lifecycle": ("stale_cache", "test_in_place_change_gives_a_new_answer and float32"),
@@ -101,3 +102,19 @@ def test_a_hook_loss_is_named_where_it_is_defined_and_its_snippet_loads_it(suite
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     match = re.search(r"actual (.*) expected (.*)", ran.stdout)
     assert match and match.group(1) != match.group(2), (ran.stdout, ran.stderr, snippet)
+
+
+def test_the_snippet_is_printed_as_is_to_be_copied(suite):
+    """pytest prints the failure message with "E " prefixes; the snippet also comes in a section of
+    its own, which runs as printed."""
+    result = suite("--impl=fixtures.broken.small_bias", "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "reproduce (copy and run as is)" in line) + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(("---", "===")))
+    snippet = "\n".join(lines[start:end])
+    assert snippet.startswith("import torch") and "\nE " not in snippet
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(snippet, "<printed snippet>", "exec"), {})
+    assert re.search(r"actual (.*) expected (.*)", printed.getvalue()), printed.getvalue()

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from conformance import cases, run
 from conformance.checks import Show, call_code
+from conformance.guards import calling
 from conformance.reference import evaluate
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -87,25 +88,28 @@ XOR_LEARNING_RATE = 0.1
 XOR_TARGET = [0, 1, 1, 0]
 
 
-def train_xor(loss_fn, dtype: torch.dtype, device: str) -> tuple:
+def train_xor(loss_fn, dtype: torch.dtype, device: str, *, loss_name: str = "the given loss") -> tuple:
     """The document's network trained on XOR with ``loss_fn(logits, target)``: the predictions
     after ``XOR_STEPS`` SGD steps, every step's loss and every step's logits. The two runs the
-    check compares share every operation but the loss (``tolerance.xor_trajectory_bound``)."""
+    check compares share every operation but the loss (``tolerance.xor_trajectory_bound``).
+    A timeout names the training run and the steps it had done (``loss_name``: whose loss)."""
     x = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=dtype, device=device)
     y = torch.tensor(XOR_TARGET, device=device)
     torch.manual_seed(XOR_SEED)
     model = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)).to(device, dtype)
     losses, logits = [], []
-    for _ in range(XOR_STEPS):
-        z = model(x)
-        loss = loss_fn(z, y)
-        model.zero_grad()
-        loss.backward()
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(parameter.grad, alpha=-XOR_LEARNING_RATE)
-        losses.append(loss.detach())
-        logits.append(z.detach())
+    with calling(f"the {XOR_STEPS}-step XOR training run with {loss_name}", steps=XOR_STEPS) as training:
+        for step in range(XOR_STEPS):
+            training.done = step
+            z = model(x)
+            loss = loss_fn(z, y)
+            model.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(parameter.grad, alpha=-XOR_LEARNING_RATE)
+            losses.append(loss.detach())
+            logits.append(z.detach())
     return model(x).argmax(1).tolist(), torch.stack(losses), torch.stack(logits)
 
 
@@ -122,10 +126,11 @@ target = torch.tensor({XOR_TARGET})
 """
     problem = cases.problem(cases.from_recipe("xor", recipe, device), upstream=None)
     call = problem.call_options()
-    predicted, losses, _ = train_xor(lambda z, y: impl(*impl.feed(z, y), call), dtype, device)
+    predicted, losses, _ = train_xor(lambda z, y: impl(*impl.feed(z, y), call), dtype, device,
+                                     loss_name=f"the implementation's loss ({impl.spec})")
     step_evaluations: list = []
     expected_predicted, reference_losses, _ = train_xor(lambda z, y: ReferenceLoss.apply(z, y, step_evaluations),
-                                                        dtype, device)
+                                                        dtype, device, loss_name="the float64 reference loss")
     # The snippet trains both networks (a second or two) and prints what the check compared.
     steps = ("from conformance.suite.test_document import ReferenceLoss, train_xor",
              f"loss_fn = lambda z, y: (lambda x, t: {call_code(impl, problem)})(*impl.feed(z, y))",

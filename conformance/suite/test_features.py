@@ -221,4 +221,4 @@ logits = torch.randn(4, 5)
     except Exception:
         return
     judge.fail("invalid input raises", problem, f"{problem_name}: returned {loss!r} instead of raising",
-               show=Show("loss", "'an exception'"))
+               show=Show("loss", "'an exception'", truth=False))

@@ -226,4 +226,4 @@ def test_kdim_layouts(impl, judge, device, dtype, layout, reduction, upstream, s
         WELL_CONDITIONED_TARGET])
     case = _layout_case(f"layout: K-dim {layout}", recipe, device, expected)
     check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream=upstream,
-                                               note=f", layout={layout}, upstream={upstream}"))
+                                               note=f", layout={layout}"))

@@ -51,7 +51,7 @@ def no_dominant_class(ev: Evaluation) -> bool:
     Why halves need it: when one class dominates, the normaliser ``s = sum_j exp(z_j - m)`` is
     about 1 and the loss about ``log s``, so rounding ``s`` or the logsumexp ``m + log s`` to
     float16/bfloat16 rounds a quantity larger than the result: the standard and exact contracts do
-    not allow it (``tolerance``), torch's CPU half kernels do it (FIELD.md: loss -0.0 on confident rows),
+    not allow it (``tolerance``), torch's CPU half kernels do it (loss -0.0 on confident rows),
     and those checks are pinned xfails in ``known_failures``, not repeated here. With
     ``p <= 1/2`` everywhere ``log s >= log 2`` and the gradient's ``A p - a`` cannot cancel. This
     is the shift-invariant form of the filter ``cases.well_conditioned`` applies (target logit
