@@ -18,13 +18,10 @@ import torch
 from torch import Tensor
 
 from .impl import LossOptions
+from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
-__all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "dtype_name", "well_conditioned", "document_example",
+__all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "well_conditioned", "document_example",
            "upstream_recipe", "UPSTREAM_KINDS"]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -151,16 +148,12 @@ def problem(case: Case, *, upstream: Optional[str] = "random", note: str = "", *
                    upstream_kind=upstream)
 
 
-SWEEP_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-SWEEP_REDUCTIONS = ("none", "mean", "sum")
-
-
 def sweep(values, *, deep: bool = False, features: Optional[dict] = None) -> list:
     """Parameters ``(value, dtype, reduction)`` of a boundary sweep: each value once, with a dtype
     and a reduction taken in turn (the default run covers each boundary once), or, ``deep``, with
     every dtype and reduction. ``features`` maps a value to the feature names it needs."""
-    combos = [(v, d, r) for v in values for d in SWEEP_DTYPES for r in SWEEP_REDUCTIONS] if deep else \
-        [(v, SWEEP_DTYPES[i % len(SWEEP_DTYPES)], SWEEP_REDUCTIONS[(i // len(SWEEP_DTYPES) + i) % 3])
+    combos = [(v, d, r) for v in values for d in DTYPES for r in REDUCTIONS] if deep else \
+        [(v, DTYPES[i % len(DTYPES)], REDUCTIONS[(i // len(DTYPES) + i) % 3])
          for i, v in enumerate(values)]
     features = features or {}
     label = (lambda v: "x".join(map(str, v))) if values and isinstance(values[0], tuple) else str

@@ -5,7 +5,7 @@ never run), torch's own failures pinned in
 ``known_failures`` and the user's ``--conformance-xfail`` file (strict xfails; ``~``: not strict).
 
 Outcomes found while a check runs are the judge's (``checks.Judge.gap``: a capability probed and
-missing); a declared deviation (``impl.DEVIATIONS``) is judged against its declared result by the
+missing); a declared deviation (``vocabulary.DEVIATIONS``) is judged against its declared result by the
 two checks it concerns (test_features: an empty batch, every target ignored) and reported xfailed.
 """
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Iterable, Optional
 
 import pytest
 
-from .impl import VARIANT_FEATURES, Implementation
+from .impl import Implementation
 from .known_failures import pinned_failures
 from .records import Gap
+from .vocabulary import VARIANT_FEATURES
 
 __all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX", "NOT_TAKEN"]
 

@@ -23,13 +23,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .reference import INPUT_KINDS, REDUCTIONS, Z_LOSS_WEIGHTINGS, position
+from .reference import position
 from .tolerance import compute_dtype, unit_roundoff
+from .vocabulary import FLEXIBLE_TARGET_KINDS, INPUT_KINDS, REDUCTIONS, Z_LOSS_WEIGHTINGS
 
-__all__ = ["TARGET_KINDS", "Z_LOSS_WEIGHTINGS", "flexible_cross_entropy"]
-
-# "onehot": a floating one-hot tensor shaped like the input, computed as a probability target.
-TARGET_KINDS = ("index", "onehot", "probs")
+__all__ = ["flexible_cross_entropy"]
 
 
 def flexible_cross_entropy(input: Tensor, target: Tensor, *, input_kind: str = "logits",
@@ -160,7 +158,7 @@ def _check_arguments(input, target, input_kind, target_kind, weight, ignore_inde
                      logit_scale, softcap, z_loss, z_loss_weighting, validate) -> None:
     """Every argument, before any work: a precise error naming the bad one and its value."""
     _check_choice("input_kind", input_kind, INPUT_KINDS)
-    _check_choice("target_kind", target_kind, TARGET_KINDS)
+    _check_choice("target_kind", target_kind, FLEXIBLE_TARGET_KINDS)
     _check_choice("reduction", reduction, REDUCTIONS)
     _check_choice("z_loss_weighting", z_loss_weighting, Z_LOSS_WEIGHTINGS)
     if not isinstance(validate, bool):

@@ -40,80 +40,21 @@ import torch
 from torch import Tensor
 
 from .guards import GlobalState, ImplementationFault, calling
-from .reference import INPUT_KINDS, Z_LOSS_WEIGHTINGS, Variant
+from .reference import Variant
+from .vocabulary import (APPROXIMATIONS, AUXILIARIES, DECLARED_TARGET_KINDS, DEVIATIONS, FEATURES, FORMS, INPUT_KINDS,
+                         VARIANT_FEATURES, VARIANTS, Z_LOSS_WEIGHTINGS)
 
-__all__ = ["FORMS", "FEATURES", "DEVIATIONS", "APPROXIMATIONS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
+__all__ = ["DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
            "load_implementation", "implementation_of", "importable_name", "adapt"]
 
 DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
 
-FORMS = {
-    "logits": "logits (N, C) and a target (torch's cross_entropy)",
-    "linear": "hidden states (N, H), the classifier weight (V, H) and bias, and a target (torch's linear_cross_entropy)",
-    "vocab_parallel": "each rank's class shard of the logits in a process group (keywords group and vocab_start)",
-}
 # What a run judges when no implementation is named: torch's own loss of each form it has
 # (``conformance.defaults``); torch has no vocab-parallel loss with this signature.
 DEFAULT_SPECS = {
     "logits": (DEFAULT_SPEC,),
     "linear": ("torch.nn.functional:linear_cross_entropy", "conformance.defaults:chunked_linear_cross_entropy"),
 }
-
-VARIANTS = {  # reference.VARIANT_NAMES, described
-    "logit_scale": "the logits multiplied by a scale first",
-    "softcap": "logits soft-capped, cap * tanh(z / cap)",
-    "z_loss": "z-loss, lam * logsumexp^2 per kept position",
-}
-
-AUXILIARIES = {
-    "z_loss": "the z-loss alone, reduced as the loss",
-    "lse": "the logsumexp of the (capped) logits per position",
-}
-# The feature names of the variants and returned auxiliaries: unsupported unless declared.
-VARIANT_FEATURES = frozenset(VARIANTS) | {f"return_{name}" for name in AUXILIARIES}
-
-FEATURES = {
-    "float64": "float64 inputs",
-    "float32": "float32 inputs",
-    "float16": "float16 inputs",
-    "bfloat16": "bfloat16 inputs",
-    "reduction_none": "reduction='none'",
-    "reduction_sum": "reduction='sum'",
-    "weight": "class weights",
-    "ignore_index": "ignore_index",
-    "custom_ignore_index": "an ignore_index other than -100 (negative, or a class in [0, C))",
-    "label_smoothing": "label smoothing",
-    "probability_target": "probability (soft) targets",
-    "kdim": "K-dimensional input (N, C, d1, ...)",
-    "unbatched": "unbatched input (C,)",
-    "empty_batch": "an empty batch (N = 0)",
-    "backward": "first-order gradients",
-    "double_backward": "second-order gradients",
-    "forward_ad": "forward-mode AD (torch.func.jvp)",
-    "vmap": "torch.func.vmap",
-    "noncontiguous": "non-contiguous input views",
-    "input_validation": "raising on invalid targets and shapes",
-    "uneven_shards": "vocab parallel: a split of the classes over the ranks other than torch.chunk's",
-    "linear_bias": "a classifier bias (linear losses; without it their checks run unbiased)",
-    **{name: f"{what} (declared in variants)" for name, what in VARIANTS.items()},
-    **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},
-}
-
-DEVIATIONS = {
-    "all_ignored_mean_zero": "reduction='mean' over no kept position returns 0 instead of NaN (Liger#153)",
-    "overwrites_logits": "forward or backward writes into the caller's logits to save memory (Megatron's "
-                         "vocab-parallel loss, flash-attention's inplace_backward); elsewhere in their storage, "
-                         "and every other argument, it must not",
-    "float32_output": "float16/bfloat16 inputs give a float32 loss on purpose (cut-cross-entropy's, summed in "
-                      "float32 by a mixed-precision step); every other dtype gives its own",
-}
-
-APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear)
-    "gradient_filter": "linear losses: logit-gradient elements below eps (before the upstream gradient and the "
-                       "divisor) are dropped, as cut-cross-entropy's filter_eps drops them",
-}
-
-TARGET_KINDS = ("index", "onehot")
 
 # The attributes an implementation declares itself by (the module docstring); those that name
 # things are sets of names or, in MAPPING_DECLARATIONS, dicts keyed by names.
@@ -351,8 +292,8 @@ def adapt(obj: Any, spec: str) -> Implementation:
     if input_kind not in INPUT_KINDS:
         raise ImplementationError(f"{spec}: input_kind={input_kind!r}; expected one of {INPUT_KINDS}")
     target_kind = getattr(obj, "target_kind", "index")
-    if target_kind not in TARGET_KINDS:
-        raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
+    if target_kind not in DECLARED_TARGET_KINDS:
+        raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {DECLARED_TARGET_KINDS}")
     variants = _declared_names(obj, "variants", VARIANTS, spec)
     returns = _declared_names(obj, "returns", AUXILIARIES, spec)
     differentiable = _declared_names(obj, "differentiable_returns", returns, spec)

@@ -7,20 +7,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import pytest
-import torch
 from hypothesis import HealthCheck, Phase, settings as hypothesis_settings
 
 from . import adapters, distributed, paired
-from .cases import dtype_name
 from .tolerance import CONTRACTS, DEFAULT_CONTRACT
+from .vocabulary import DEVICES, DTYPE_NAMES, PROBED_FEATURES
 
-__all__ = ["DTYPES", "PROBED_FEATURES", "OPTIONS", "Option", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES",
+__all__ = ["OPTIONS", "Option", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES",
            "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION", "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE",
            "add_options", "add_aliases", "resolve", "world_sizes", "round_plan", "property_seed", "load_hypothesis_profile"]
-
-DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-# Optional capabilities: any error they raise reports them as probed gaps (checks.Judge.probe).
-PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_loss", "retain_graph")
 
 # A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core
 # machine (see plugin: after a few timeouts the remaining checks fail at once).
@@ -170,7 +165,6 @@ class Option:
         return self.value(text, where) if text else self.default
 
 
-_DTYPE_NAMES = [dtype_name(d) for d in DTYPES]
 OPTIONS = (
     Option("impl", "implementation to judge: a module (attribute cross_entropy) or module:attribute, imported from "
            "the folder pytest was started in; default: the pytest_conformance_impl hook, else "
@@ -178,10 +172,10 @@ OPTIONS = (
     Option("impl-framework", "the framework the implementation is written in: torch (default), numpy or jax "
            "(conformance.adapters: torch's keywords, or a per-example loss like optax's)",
            _one_of(adapters.FRAMEWORKS), default="torch", metavar="FRAMEWORK", alias="--impl-framework"),
-    Option("device", "device to test on (repeatable); default: every available device", _one_of(("cpu", "cuda", "mps")),
+    Option("device", "device to test on (repeatable); default: every available device", _one_of(DEVICES),
            metavar="DEVICE", repeatable=True, alias="--device"),
-    Option("dtype", "dtype to test (repeatable): " + ", ".join(_DTYPE_NAMES) + "; default: all of them",
-           _one_of(_DTYPE_NAMES), metavar="DTYPE", repeatable=True, alias="--dtype"),
+    Option("dtype", "dtype to test (repeatable): " + ", ".join(DTYPE_NAMES) + "; default: all of them",
+           _one_of(DTYPE_NAMES), metavar="DTYPE", repeatable=True, alias="--dtype"),
     Option("xfail", "known, tracked failures: a file of test ids (suffixes), one per line, '# reason' after the id; "
            "they become strict xfails ('~' before the id: not strict, for failures that show on some seeds' data "
            "only); unmatched ids warn", str, metavar="FILE"),

@@ -17,8 +17,9 @@ from . import adapters, bench, cases, hookspecs, options, records, report
 from .checks import FIRST_FAILURE, REPRODUCE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
-from .impl import FORMS, Implementation, ImplementationError, implementation_of, load_implementation
+from .impl import Implementation, ImplementationError, implementation_of, load_implementation
 from .session import ConformanceSession, is_check, item_dtype, item_form
+from .vocabulary import DTYPES, FORMS
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
 VERDICT_KEY = pytest.StashKey[tuple]()   # ConformanceSession.judged(), taken once at the session's end
@@ -86,7 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "kit over (value, dtype, reduction): see cases.sweep")
     config.addinivalue_line("markers", "input_kind(*kinds): the input kinds the check's identity is stated for; "
                                        "an implementation taking another is reported unsupported")
-    config.addinivalue_line("markers", "form(name): the form of implementation the check judges (impl.FORMS; "
+    config.addinivalue_line("markers", "form(name): the form of implementation the check judges (vocabulary.FORMS; "
                                        "default: its module's FORM, else logits)")
     config.addinivalue_line("markers", "conformance_bench: a benchmark beside torch; runs only with "
                                        "--benchmark-only or --conformance-bench")
@@ -183,7 +184,7 @@ def _dtypes(metafunc: pytest.Metafunc) -> tuple:
     marker = metafunc.definition.get_closest_marker("default_dtypes")
     config = metafunc.config
     if marker is None or config.getoption("conformance_deep") or config.getoption("conformance_dtype"):
-        return options.DTYPES
+        return DTYPES
     return marker.args
 
 

@@ -58,13 +58,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["INPUT_KINDS", "TARGET_KINDS", "Z_LOSS_WEIGHTINGS", "VARIANT_NAMES", "Variant", "Evaluation", "evaluate", "cross_entropy",
+from .vocabulary import INPUT_KINDS, REDUCTIONS, REFERENCE_TARGET_KINDS, Z_LOSS_WEIGHTINGS
+
+__all__ = ["VARIANT_NAMES", "Variant", "Evaluation", "evaluate", "cross_entropy",
            "to_rows", "from_rows", "position"]
 
-INPUT_KINDS = ("logits", "log_probs", "probs")
-TARGET_KINDS = ("index", "probs")
-REDUCTIONS = ("none", "mean", "sum")
-Z_LOSS_WEIGHTINGS = ("unweighted", "class_weight")
 VARIANT_NAMES = ("logit_scale", "softcap", "z_loss")
 
 
@@ -336,8 +334,8 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
         raise ValueError(f"{variant} applies to logits, not input_kind={input_kind!r}")
     if target_kind is None:
         target_kind = "probs" if target.is_floating_point() else "index"
-    if target_kind not in TARGET_KINDS:
-        raise ValueError(f"target_kind={target_kind!r}; expected one of {TARGET_KINDS}")
+    if target_kind not in REFERENCE_TARGET_KINDS:
+        raise ValueError(f"target_kind={target_kind!r}; expected one of {REFERENCE_TARGET_KINDS}")
     x = input.detach().to("cpu", torch.float64)
     t = target.detach().cpu()
     num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]

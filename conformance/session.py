@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from . import bench, records
-from .cases import dtype_name
 from .expectations import Expectations
 from .impl import DEFAULT_SPECS, Implementation, load_implementation
 from .records import Check, Gap, Measured, Status
 from .report import Benchmark, Run, regressions, timing_comparisons
+from .vocabulary import dtype_name
 
 __all__ = ["ConformanceSession", "item_features", "item_form", "is_check"]
 

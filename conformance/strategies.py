@@ -32,14 +32,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from . import cases
-from .impl import FEATURES
+from .vocabulary import FEATURES, REDUCTIONS, REFERENCE_TARGET_KINDS, dtype_name
 
-__all__ = ["LOGIT_FAMILIES", "TARGET_KINDS", "REDUCTIONS", "Problem", "shapes", "logits", "index_targets",
+__all__ = ["LOGIT_FAMILIES", "Problem", "shapes", "logits", "index_targets",
            "ignore_indices", "probability_targets", "class_weights", "reductions", "label_smoothings", "problems"]
 
 LOGIT_FAMILIES = ("moderate", "huge", "shifted", "masked", "confident")
-TARGET_KINDS = ("index", "probs")
-REDUCTIONS = ("none", "mean", "sum")
 
 MODERATE = 4.0
 HUGE = 1e4                 # far from overflow in every dtype (float16's largest is 65504)
@@ -277,11 +275,11 @@ def _draw_problem(draw, shape_strategy: st.SearchStrategy[tuple], families: tupl
 
 
 def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str] = LOGIT_FAMILIES,
-             target_kinds: Iterable[str] = TARGET_KINDS, exclude: Iterable[str] = (),
+             target_kinds: Iterable[str] = REFERENCE_TARGET_KINDS, exclude: Iterable[str] = (),
              dominant_class: bool = True, max_elements: int = 200) -> st.SearchStrategy[Problem]:
     """Whole problems: shape, logits, target, weights, ignore_index, smoothing and reduction.
 
-    ``exclude`` names features (``impl.FEATURES``) the problems must not use, typically an
+    ``exclude`` names features (``vocabulary.FEATURES``) the problems must not use, typically an
     implementation's ``unsupported`` set: ``weight``, ``ignore_index``, ``custom_ignore_index``
     (only -100 is drawn), ``label_smoothing``, ``probability_target``, ``kdim``, ``empty_batch``,
     ``reduction_none``, ``reduction_sum``; other names are accepted and do not affect the draw.
@@ -297,7 +295,7 @@ def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str]
     if not isinstance(dominant_class, bool):
         raise InvalidArgument(f"dominant_class={dominant_class!r}: expected a bool")
     families = _check_choices("families", families, LOGIT_FAMILIES)
-    target_kinds = _check_choices("target_kinds", target_kinds, TARGET_KINDS)
+    target_kinds = _check_choices("target_kinds", target_kinds, REFERENCE_TARGET_KINDS)
     exclude = frozenset(exclude)
     if exclude - FEATURES.keys():
         raise InvalidArgument(f"exclude={sorted(exclude)!r}: unknown features {sorted(exclude - FEATURES.keys())}")
@@ -314,7 +312,7 @@ def problems(*, dtype: torch.dtype, device: str = "cpu", families: Iterable[str]
     if not dominant_class:
         families = tuple(f for f in families if f != "confident")
     excluded_reductions = [r for r in ("none", "sum") if f"reduction_{r}" in exclude]
-    name = cases.dtype_name(dtype)
+    name = dtype_name(dtype)
     shape_strategy = shapes(max_elements=max_elements, min_batch=1 if "empty_batch" in exclude else 0,
                             max_extra_dims=0 if "kdim" in exclude else 2)
     return _draw_problem(shape_strategy, families, target_kinds, exclude, dominant_class, excluded_reductions,

@@ -128,7 +128,7 @@ a weight or bias gradient accumulated in the half dtype over chunks fails):
 Under autocast (float32 inputs, a half ``dtype`` for the matmuls) a loss may compute on the
 inputs or on their roundings to ``dtype``, as autocast's own ops do: the bound of the rounded
 problem in ``dtype``, plus how far the two problems' truths lie apart.
-A declared ``gradient_filter`` ``eps`` (``impl.APPROXIMATIONS``) lets each element of ``G`` be
+A declared ``gradient_filter`` ``eps`` (``vocabulary.APPROXIMATIONS``) lets each element of ``G`` be
 dropped below ``eps`` times its row's upstream gradient over the divisor: ``E += s eps``.
 
 Derived identities (Hessian-vector products, directional derivatives, sums of two bounds, the

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from conformance import adapters
-from conformance.impl import FEATURES, VARIANT_FEATURES, ImplementationError, adapt
+from conformance.impl import ImplementationError, adapt
+from conformance.vocabulary import FEATURES, REDUCTIONS, VARIANT_FEATURES
 from fixtures.frameworks import numpy_ce
 from suite_run import ROOT
 
@@ -23,7 +24,6 @@ except ImportError:
 
 needs_jax = pytest.mark.skipif(optax is None, reason="jax and optax are not installed")
 
-REDUCTIONS = ("none", "mean", "sum")
 
 
 def _problem(shape=(5, 4), dtype=torch.float32, seed=0):

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance.impl import VARIANT_FEATURES, ImplementationError, LossOptions, adapt
+from conformance.impl import ImplementationError, LossOptions, adapt
+from conformance.vocabulary import VARIANT_FEATURES
 from conformance.reference import Variant
 
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from conformance import bench, options, paired, records
-from conformance.cases import dtype_name
 from conformance.plugin import SESSION_KEY
+from conformance.vocabulary import dtype_name
 
 pytestmark = pytest.mark.conformance_bench
 

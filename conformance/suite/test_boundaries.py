@@ -16,6 +16,7 @@ import torch
 
 from conformance import cases
 from conformance.checks import Show
+from conformance.vocabulary import dtype_name
 
 # Block widths of class tiles: around every power of two from 2^10 to 2^18, and the
 # vocabularies of real models (Llama 2, GPT-2, Llama 3, Qwen 2, Gemma).
@@ -35,7 +36,7 @@ def _wide(n: int, c: int, dtype: torch.dtype, device: str, seed: int, family: st
         f"logits = torch.randn(({n}, {c}), dtype=torch.float64, generator=g)",
         f"target = torch.where(logits.softmax(1) <= 0.5, torch.rand(({n}, {c}), generator=g), -1.0).argmax(1)",
         body.strip(),
-        f"logits = logits.to(torch.{cases.dtype_name(dtype)})"])
+        f"logits = logits.to(torch.{dtype_name(dtype)})"])
     return cases.from_recipe(family, recipe, device)
 
 
@@ -92,7 +93,7 @@ def test_features_at_large_size(judge, device, variant, dtype, reduction, seed):
 
 @pytest.mark.feature("ignore_index")
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=cases.dtype_name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
 def test_ignored_rows_unevenly_spread(judge, device, dtype, reduction, seed):
     """4500 rows, row ``i`` ignored with probability ``i / N``: chunks of rows hold very different
     numbers of kept rows, so a mean normalised per chunk (torchtune PR #1875) differs from the

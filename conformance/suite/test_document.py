@@ -8,8 +8,8 @@ from conformance import cases, run
 from conformance.checks import Show, call_code
 from conformance.guards import calling
 from conformance.reference import evaluate
+from conformance.vocabulary import REDUCTIONS, dtype_name
 
-REDUCTIONS = ["none", "mean", "sum"]
 
 # The document's four paths, in the case's dtype, as code over ``logits`` and ``target`` (the
 # check evaluates the very code its reproduce snippet prints). The last two take the log of a
@@ -118,7 +118,7 @@ def train_xor(loss_fn, dtype: torch.dtype, device: str, *, loss_name: str = "the
 @pytest.mark.feature("backward")
 @pytest.mark.input_kind("logits")   # the document's network outputs logits
 def test_network_learns_xor(impl, judge, device, dtype):
-    name = cases.dtype_name(dtype)
+    name = dtype_name(dtype)
     recipe = f"""
 logits = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.{name})
 target = torch.tensor({XOR_TARGET})

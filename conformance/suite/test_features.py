@@ -8,8 +8,8 @@ import torch
 from conformance import cases, checks, run
 from conformance.checks import Show
 from conformance.guards import ImplementationFault
+from conformance.vocabulary import REDUCTIONS, dtype_name
 
-REDUCTIONS = ["none", "mean", "sum"]
 WEIGHTED = pytest.mark.feature("weight")
 SMOOTHED = pytest.mark.feature("label_smoothing")
 CUSTOM_IGNORE = pytest.mark.feature("custom_ignore_index")
@@ -130,7 +130,7 @@ def test_unbatched(judge, device, dtype, reduction, seed):
     """Input (C,) with a scalar target."""
     recipe = f"""
 torch.default_generator.manual_seed({seed})
-logits = torch.randn(7, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
+logits = torch.randn(7, dtype=torch.float64).to(torch.{dtype_name(dtype)})
 target = torch.where(logits <= 0, torch.rand(7), -1.0).argmax()
 """
     judge.conforms(cases.problem(cases.from_recipe("unbatched", recipe, device), reduction=reduction))
@@ -146,7 +146,7 @@ def _declared_mean_zero(judge, reduction: str) -> bool:
 def test_empty_batch(impl, judge, device, dtype, reduction):
     """An empty batch: mean is NaN, sum is 0, none is empty; the gradient is empty."""
     recipe = f"""
-logits = torch.empty(0, 5, dtype=torch.{cases.dtype_name(dtype)})
+logits = torch.empty(0, 5, dtype=torch.{dtype_name(dtype)})
 target = torch.empty(0, dtype=torch.long)
 """
     problem = cases.problem(cases.from_recipe("empty", recipe, device), reduction=reduction, upstream=None)
@@ -165,7 +165,7 @@ def test_all_targets_ignored(impl, judge, device, dtype, reduction):
     """No kept position: mean is NaN in torch (pytorch#116349), sum and none are 0, the gradient 0."""
     recipe = f"""
 torch.default_generator.manual_seed(3)
-logits = torch.randn(4, 6, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
+logits = torch.randn(4, 6, dtype=torch.float64).to(torch.{dtype_name(dtype)})
 target = torch.full((4,), -100)
 """
     backward = "backward" not in impl.unsupported
@@ -187,7 +187,7 @@ def test_single_class(judge, device, dtype, reduction, seed):
     """C = 1: every log-probability is 0, so is the loss and its gradient."""
     recipe = f"""
 torch.default_generator.manual_seed({seed})
-logits = torch.randn(5, 1, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
+logits = torch.randn(5, 1, dtype=torch.float64).to(torch.{dtype_name(dtype)})
 target = torch.zeros(5, dtype=torch.long)
 """
     judge.conforms(cases.problem(cases.from_recipe("single_class", recipe, device), reduction=reduction))

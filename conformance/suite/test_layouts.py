@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conformance import cases, checks, run
+from conformance.vocabulary import REDUCTIONS, dtype_name
 
-REDUCTIONS = ["none", "mean", "sum"]
 
 # Each recipe builds ``logits`` in the layout named, with targets drawn among logits <= 0 as in
 # cases.well_conditioned (the filter keeps half-precision rows well conditioned, see tolerance).
@@ -149,7 +149,7 @@ def check_in_layout(impl, judge, problem: cases.Problem) -> None:
 def test_noncontiguous_logits(impl, judge, device, dtype, reduction, layout, seed):
     n, c = 9, 7
     build, expected = LOGIT_LAYOUTS[layout]
-    recipe = "\n".join([f"torch.default_generator.manual_seed({seed})", build.format(n=n, c=c, name=cases.dtype_name(dtype)),
+    recipe = "\n".join([f"torch.default_generator.manual_seed({seed})", build.format(n=n, c=c, name=dtype_name(dtype)),
                         WELL_CONDITIONED_TARGET])
     case = _layout_case(f"layout: {layout}", recipe, device, expected.format(c=c))
     check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream="random", note=f", layout={layout}"))
@@ -162,7 +162,7 @@ def test_target_view_at_storage_offset(impl, judge, device, dtype, reduction, se
     n, c = 11, 6
     recipe = f"""
 torch.default_generator.manual_seed({seed})
-logits = torch.randn(({n}, {c}), dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})
+logits = torch.randn(({n}, {c}), dtype=torch.float64).to(torch.{dtype_name(dtype)})
 labels = torch.where(logits <= 0, torch.rand(logits.shape), -1.0).argmax(1)
 labels = torch.cat([torch.tensor([{c - 1}]), labels])
 target = labels[1:]
@@ -192,8 +192,8 @@ def test_target_layouts(impl, judge, device, dtype, reduction, layout, seed):
     n, c = 9, 7
     build, expected, _ = TARGET_LAYOUTS[layout]
     recipe = "\n".join([f"torch.default_generator.manual_seed({seed})",
-                        f"logits = torch.randn(({n}, {c}), dtype=torch.float64).to(torch.{cases.dtype_name(dtype)})",
-                        build.format(n=n, c=c, name=cases.dtype_name(dtype))])
+                        f"logits = torch.randn(({n}, {c}), dtype=torch.float64).to(torch.{dtype_name(dtype)})",
+                        build.format(n=n, c=c, name=dtype_name(dtype))])
     case = _layout_case(f"layout: target {layout}", recipe, device, expected)
     check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream="random",
                                                note=f", target layout={layout}"))
@@ -222,7 +222,7 @@ def test_kdim_layouts(impl, judge, device, dtype, layout, reduction, upstream, s
     suffix, expected = KDIM_LAYOUTS[layout]
     recipe = "\n".join([
         f"torch.default_generator.manual_seed({seed})",
-        f"logits = torch.randn({KDIM_SHAPE}, dtype=torch.float64).to(torch.{cases.dtype_name(dtype)}){suffix}",
+        f"logits = torch.randn({KDIM_SHAPE}, dtype=torch.float64).to(torch.{dtype_name(dtype)}){suffix}",
         WELL_CONDITIONED_TARGET])
     case = _layout_case(f"layout: K-dim {layout}", recipe, device, expected)
     check_in_layout(impl, judge, cases.problem(case, reduction=reduction, upstream=upstream,

@@ -14,6 +14,7 @@ import torch
 
 from conformance import cases, run
 from conformance.checks import Show, linear_call_code
+from conformance.vocabulary import dtype_name
 
 FORM = "linear"
 
@@ -63,7 +64,7 @@ def test_linear_loss_and_gradients(judge, device, dtype, name, seed):
     judge.linear_conforms(linear_problem(name, judge.impl, dtype, device, seed))
 
 
-@pytest.mark.parametrize("dtype", SCALE_DTYPES, ids=cases.dtype_name)
+@pytest.mark.parametrize("dtype", SCALE_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("name", _params(SCALE_CASES))
 def test_linear_at_scale(judge, device, dtype, name, seed):
     """The same at the sizes where chunks and vocabulary blocks break."""
@@ -73,7 +74,7 @@ def test_linear_at_scale(judge, device, dtype, name, seed):
 LIFECYCLE_DTYPES = SCALE_DTYPES
 
 
-@pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=cases.dtype_name)
+@pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_linear_forward_without_autograd(judge, device, dtype, mode, seed):
     """Evaluation and generation call the loss under no_grad or inference_mode (Liger#930, #1156)."""
@@ -89,7 +90,7 @@ def test_linear_forward_without_autograd(judge, device, dtype, mode, seed):
 SOME_INPUTS = {"frozen_head": ("input",), "frozen_features": ("linear_weight", "linear_bias")}
 
 
-@pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=cases.dtype_name)
+@pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("which", list(SOME_INPUTS))
 def test_linear_gradients_of_some_inputs(judge, device, dtype, which, seed):
     """The gradients of the inputs that require grad, and none for those that do not."""
@@ -104,7 +105,7 @@ def test_linear_gradients_of_some_inputs(judge, device, dtype, which, seed):
 
 
 @pytest.mark.feature("ignore_index")
-@pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=cases.dtype_name)
+@pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=dtype_name)
 def test_linear_leaves_its_arguments_unchanged(judge, device, dtype, seed):
     """Forward and backward leave the hidden states, weight, bias, target and upstream gradient as
     the caller handed them (a kernel that writes gradients into its inputs, or a buffer it
@@ -119,7 +120,7 @@ def test_linear_leaves_its_arguments_unchanged(judge, device, dtype, seed):
     judge.linear_conforms(problem, out)
 
 
-@pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=cases.dtype_name)
+@pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=dtype_name)
 def test_linear_backward_twice(judge, device, dtype, seed):
     """``backward(retain_graph=True)`` twice accumulates twice the gradients (gradient accumulation
     over a shared graph); a loss that refuses it says so clearly (a probed gap)."""
@@ -136,7 +137,7 @@ def test_linear_backward_twice(judge, device, dtype, seed):
     judge.linear_conforms(problem, replace(out, grads=halved, upstream=grad.detach().clone()))
 
 
-@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16], ids=cases.dtype_name)
+@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16], ids=dtype_name)
 def test_linear_under_autocast(judge, device, autocast, seed):
     """Mixed-precision training: float32 hidden states and weights, the loss called under
     ``torch.autocast`` (Liger#318, #502: dtype mismatches there), backward after it. The result

@@ -8,8 +8,7 @@ from conformance import cases, run, tolerance
 from conformance import checks
 from conformance.checks import Show
 from conformance.guards import bits
-
-REDUCTIONS = ["none", "mean", "sum"]
+from conformance.vocabulary import REDUCTIONS, dtype_name
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -24,7 +23,7 @@ def test_output_shape_and_dtype(impl, judge, device, dtype, reduction, seed):
                    show=Show("tuple(loss.shape)", repr(tuple(expected_shape))))
     if out.loss.dtype != dtype:
         if out.loss.dtype == tolerance.compute_dtype(dtype) and "float32_output" in impl.deviations:
-            pytest.xfail(f"declared deviation float32_output: a float32 loss for {cases.dtype_name(dtype)} inputs")
+            pytest.xfail(f"declared deviation float32_output: a float32 loss for {dtype_name(dtype)} inputs")
         judge.fail("output dtype", problem, f"loss dtype {out.loss.dtype}, expected {dtype}",
                    show=Show("loss.dtype", f"'{dtype}'"))
 
@@ -95,7 +94,7 @@ def test_loss_is_nonnegative(impl, judge, device, dtype, reduction, seed):
 @pytest.mark.parametrize("num_classes", [2, 10, 100])
 def test_uniform_logits_give_log_c(impl, judge, device, dtype, num_classes, value):
     recipe = f"""
-logits = torch.full((4, {num_classes}), {value}, dtype=torch.{cases.dtype_name(dtype)})
+logits = torch.full((4, {num_classes}), {value}, dtype=torch.{dtype_name(dtype)})
 target = torch.tensor([0, 1, {num_classes - 1}, 1])
 """
     problem = cases.problem(cases.from_recipe("uniform", recipe, device), reduction="none", upstream=None)
@@ -110,7 +109,7 @@ target = torch.tensor([0, 1, {num_classes - 1}, 1])
 def test_row_shift_changes_nothing(impl, judge, device, dtype, reduction, seed):
     """Logits on a 1/8 grid in [-4, 4] shifted by 16 stay exact in every dtype, so both calls see
     the same mathematical problem (shift invariance is a property of logits)."""
-    name = cases.dtype_name(dtype)
+    name = dtype_name(dtype)
     base = f"""
 g = torch.Generator().manual_seed({seed + 11})
 grid = torch.randint(-32, 33, (6, 9), generator=g) / 8
@@ -133,7 +132,7 @@ def test_argmax_of_logits_is_argmax_of_softmax(impl, judge, device, dtype, seed)
     a gradient near -1 is rounded by up to 2^-9, more than some gaps between probabilities)."""
     case = cases.well_conditioned(40, 12, dtype, device, seed=seed)
     problem = cases.Problem(case, cases.LossOptions(reduction="sum"),
-                            upstream=f"grad = torch.tensor(1.0, dtype=torch.{cases.dtype_name(dtype)})")
+                            upstream=f"grad = torch.tensor(1.0, dtype=torch.{dtype_name(dtype)})")
     out = run.forward_backward(impl, problem)
     softmax = out.grad.double().cpu() + torch.nn.functional.one_hot(case.target.cpu(), 12)
     ev = run.truth(impl, problem, out)

@@ -24,12 +24,12 @@ import torch
 from conformance import cases, checks, run
 from conformance.checks import Show, call_code
 from conformance.reference import Variant
+from conformance.vocabulary import REDUCTIONS, WIDE_DTYPES, dtype_name
 
 # torch.func scripts helpers on first use; the warning is torch's own, not the implementation's.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-REDUCTIONS = ["none", "mean", "sum"]
-WIDE_DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=cases.dtype_name)
+EACH_WIDE_DTYPE = pytest.mark.parametrize("dtype", WIDE_DTYPES, ids=dtype_name)
 
 # Plain, and with weights and smoothing (A != 1, every a_c > 0): the Hessian scales with A.
 VARIANTS = [
@@ -56,7 +56,7 @@ def _variant_problem(variant: str, n: int, c: int, dtype: torch.dtype, device: s
 def _direction_recipe(shape: tuple, dtype: torch.dtype, seed: int) -> str:
     """A deterministic direction (Hessian-vector product vector or tangent) shaped like the input."""
     return (f"v = torch.randn({tuple(shape)}, dtype=torch.float64, "
-            f"generator=torch.Generator().manual_seed({seed + 5})).to(torch.{cases.dtype_name(dtype)})")
+            f"generator=torch.Generator().manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
 
 
 def _build(code: str, name: str, device: str) -> torch.Tensor:
@@ -81,7 +81,7 @@ def _fed(impl, problem: cases.Problem) -> tuple:
 
 @pytest.mark.feature("backward", "double_backward")
 @pytest.mark.input_kind("logits")
-@WIDE_DTYPES
+@EACH_WIDE_DTYPE
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, seed):
@@ -112,7 +112,7 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
 
 @pytest.mark.feature("forward_ad")
 @pytest.mark.input_kind("logits")
-@WIDE_DTYPES
+@EACH_WIDE_DTYPE
 @pytest.mark.parametrize("variant", WITH_LOSS_VARIANT)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_forward_mode_directional_derivative(impl, judge, device, dtype, reduction, variant, seed):
@@ -164,7 +164,7 @@ def test_vmap_over_independent_problems(impl, judge, device, dtype, reduction, v
 
     torch's own loss cannot be vmapped with class weights, label smoothing and reduction='mean'
     (torch 2.13: its smoothing term calls masked_select, which has no batching rule): a probed gap."""
-    n, c, name = 6, 5, cases.dtype_name(dtype)
+    n, c, name = 6, 5, dtype_name(dtype)
     batch_recipe = "\n".join(
         [f"torch.default_generator.manual_seed({seed})",
          f"logits = (torch.randn(({VMAP_BATCH}, {n}, {c}), dtype=torch.float64)"

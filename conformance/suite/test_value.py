@@ -2,9 +2,9 @@
 import pytest
 
 from conformance import cases, run
+from conformance.vocabulary import REDUCTIONS
 
 SHAPES = [(1, 10), (7, 3), (67, 130)]
-REDUCTIONS = ["none", "mean", "sum"]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)

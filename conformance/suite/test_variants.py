@@ -9,6 +9,7 @@ import torch
 from conformance import cases, run
 from conformance.checks import Show
 from conformance.reference import Variant
+from conformance.vocabulary import dtype_name
 
 # Each setting: the variant, and the factor and shift of the case's logits that make it matter
 # (logits beyond the cap, an lse far from 0 for the z-loss). Values from practice: Cohere's scale
@@ -84,7 +85,7 @@ EXTREMES = {
 def test_variant_extreme_logits(judge, device, dtype, extreme, seed):
     setting, body = EXTREMES[extreme]
     recipe = (f"torch.default_generator.manual_seed({seed})\nz = torch.randn(6, 11, dtype=torch.float64)\n"
-              f"target = torch.randint(11, (6,))\n{body}\nlogits = logits.to(torch.{cases.dtype_name(dtype)})")
+              f"target = torch.randint(11, (6,))\n{body}\nlogits = logits.to(torch.{dtype_name(dtype)})")
     case = cases.from_recipe(f"variant_{extreme}", recipe, device)
     judge.conforms(cases.problem(case, variant=SETTINGS[setting][0], reduction="none",
                                  note=f", variant setting={setting}"))

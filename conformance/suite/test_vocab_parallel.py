@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from conformance import bench, cases, distributed, options, paired, records, run
 from conformance.checks import Show
 from conformance.distributed import RankFailure, Task
+from conformance.vocabulary import REDUCTIONS, dtype_name
 
 FORM = "vocab_parallel"
-REDUCTIONS = ["none", "mean", "sum"]
 SPLIT_PARAMS = ["even", pytest.param("uneven", marks=pytest.mark.feature("uneven_shards"))]
 
 
@@ -64,7 +64,7 @@ def _case(dtype, device, seed, shards, *, family="vocab_parallel", n=12, body=""
     if ignore_index is not None:
         lines.append(f"target[::3] = {ignore_index}")
     if body:
-        lines += ["z = logits.double()", body, f"logits = z.to(torch.{cases.dtype_name(dtype)})"]
+        lines += ["z = logits.double()", body, f"logits = z.to(torch.{dtype_name(dtype)})"]
     return cases.from_recipe(family, "\n".join(lines), device)
 
 
