@@ -9,7 +9,7 @@ import pytest
 
 from conformance import report
 from conformance.__main__ import main
-from conformance.report import Benchmark, Check, Run, Side
+from conformance.report import Benchmark, Check, Run, Side, rendering
 from suite_run import ROOT
 
 # Every loss 2^-22 too large: far beyond float64's bound, inside float32's but several times
@@ -359,5 +359,5 @@ def test_terminal_verdict_fits_the_width_and_keeps_every_number_whole(width):
     for table in tables:
         for row in [table.columns] + table.rows:
             for cell in row:
-                assert all(whole(n) for n in number.findall(report._cell_text(cell))), report._cell_text(cell)
+                assert all(whole(n) for n in number.findall(rendering._cell_text(cell))), rendering._cell_text(cell)
         assert all(whole(word) for header in table.columns for word in header.split()), table.columns
