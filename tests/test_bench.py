@@ -174,14 +174,14 @@ def test_slow_fixtures_are_torch_with_a_sleep_after_forward_and_backward(monkeyp
 
 PAIRED_ROUNDS = """
 from conformance import paired
-from conformance.suite.test_benchmark import _paired_rounds
+from conformance.bench.rounds import paired_rounds
 
 def test_rounds(benchmark):
     events = []
     torch_step = (lambda: events.append("T"), None)
     impl_step = (lambda: events.append("I"), lambda: events.append("i"))   # the impl's setup: untimed
     plan = paired.RoundPlan(min_pairs=5, precision=0.0, budget=0.0)
-    impl_times, torch_times = _paired_rounds(benchmark, torch_step, impl_step, plan)
+    impl_times, torch_times = paired_rounds(benchmark, torch_step, impl_step, plan)
     assert "".join(events) == "TiI" "iIT" "TiI" "iIT" "TiI"
     assert len(impl_times) == len(torch_times) == 5 and benchmark.stats.stats.rounds == 5
 """
@@ -336,3 +336,17 @@ def test_linear_benchmarks_run_at_their_own_shapes_beside_the_composition(pytest
     assert {b["shape"] for b in benchmarks} == {"16x8x64"}
     assert all(b["logits_bytes"] == 16 * 64 * {"float32": 4, "bfloat16": 2}[b["dtype"]] for b in benchmarks)
     assert all(b["pairs"] == 6 and b["impl"]["peak_extra_bytes"] is not None for b in benchmarks)
+
+
+def test_vocab_parallel_benchmark_times_the_ranks_beside_one_process(pytester):
+    """The ranks' benchmark (``bench.ranks``) times blocks of calls on two ranks beside torch's
+    loss in one process until the plan's fewest pairs, and records the ratio with its pairs."""
+    result = pytester.runpytest_inprocess("--pyargs", "conformance.suite.test_vocab_parallel", *BENCH[2:],
+                                          "--conformance-bench", "-k", "speed", "--conformance-world-size=2",
+                                          "--impl=fixtures.correct.vocab_parallel_reference",
+                                          "--conformance-report=run.json")
+    result.assert_outcomes(passed=1)
+    (timed,) = json.loads((pytester.path / "run.json").read_text())["benchmarks"]
+    assert timed["group"].startswith("vocab parallel forward+backward float32 ") and timed["group"].endswith(" cpu ws2")
+    assert timed["pairs"] >= 6 and timed["pairs"] % 5 == 0   # whole blocks of five calls
+    assert timed["ratio_to_torch"] > 0 and timed["impl"]["median"] > 0 and timed["torch"]["median"] > 0

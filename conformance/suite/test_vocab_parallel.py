@@ -7,15 +7,13 @@ rank with a single class), targets in and out of each shard, ignored rows, smoot
 global vocabulary, class weights, every reduction and upstream gradient, a shard masked with
 -inf, a shard whose logits lie far below the others', and half precision; and every rank's
 arguments are unchanged by the call."""
-import statistics
-import time
 from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conformance import bench, cases, distributed, options, paired, records, run
+from conformance import bench, cases, distributed, options, records, run
+from conformance.bench.ranks import ranks_beside_one_process
 from conformance.checks import Show
 from conformance.distributed import RankFailure, Task
 from conformance.vocabulary import REDUCTIONS, dtype_name
@@ -242,12 +240,6 @@ def test_vocab_parallel_leaves_its_arguments_unchanged(impl, judge, rank_groups,
         pytest.xfail("declared deviation overwrites_logits: the call overwrote the logits shard")
 
 
-# Rounds of the benchmark come in blocks (one task of BLOCK calls on the ranks, then BLOCK calls of
-# the single process), so that the logits cross to the workers once per block; pairs are formed
-# within blocks, blocks alternate, until the plan (--conformance-bench-*) says the pairs are enough.
-BLOCK = 5
-
-
 @pytest.mark.conformance_bench
 @pytest.mark.feature("backward")
 def test_vocab_parallel_speed_beside_one_process(request, impl, rank_groups, device, world_size, seed):
@@ -260,37 +252,10 @@ def test_vocab_parallel_speed_beside_one_process(request, impl, rank_groups, dev
     n, c = bench.shapes_for(device)[0]
     group = f"vocab parallel forward+backward float32 {n}x{c} {device} ws{world_size}"
     logits, target = bench.inputs(n, c, torch.float32, device, seed)
-    shards = distributed.even_shards(c, world_size)
-    upstream = torch.tensor(1.0, device=device)
-    task = Task(logits.cpu(), target.cpu(), shards, upstream=upstream.cpu(), repeats=BLOCK)
-    x = logits.detach().requires_grad_()
-
-    def single_process() -> float:
-        x.grad = None
-        began = time.perf_counter()
-        F.cross_entropy(x, target).backward(upstream)
-        bench.synchronize(device)
-        return time.perf_counter() - began
-
     budget = request.config.getoption("conformance_bench_time") / len(options.world_sizes(request.config))
-    plan = options.round_plan(request.config, budget=budget)
-    ranks_times, torch_times, began = [], [], time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single_process()   # warm-up, as the ranks' first call is
-        while not plan.done(ranks_times, torch_times, time.perf_counter() - began):
-            results = rank_groups(impl).run(world_size, device, task)
-            ranks_times += [max(times) for times in zip(*(result.seconds for result in results))]
-            torch_times += [single_process() for _ in range(BLOCK)]
-    finally:
-        torch.set_num_threads(threads)
-    interval = paired.ratio_interval(ranks_times, torch_times)
+    measured = ranks_beside_one_process(lambda task: rank_groups(impl).run(world_size, device, task), logits, target,
+                                        distributed.even_shards(c, world_size), device,
+                                        options.round_plan(request.config, budget=budget))
     info = {"implementation": impl.spec, "op": "forward+backward", "dtype": "float32", "device": device,
-            "shape": f"{n}x{c}", "world_size": world_size, "precision": plan.precision, "pairs": interval.pairs,
-            "ratio_to_torch": interval.ratio, "ratio_low": interval.low, "ratio_high": interval.high,
-            "impl": {"median": statistics.median(ranks_times), "min": min(ranks_times)},
-            "torch": {"median": statistics.median(torch_times), "min": min(torch_times)},
-            "collectives": {phase: dict(zip(("count", "bytes"), distributed.collective_ops(getattr(results[0], phase))))
-                            for phase in ("forward", "backward")}}
+            "shape": f"{n}x{c}", "world_size": world_size, **measured}
     records.attach(request.node.user_properties, "benchmark", dict(info, group=group))

@@ -1,6 +1,4 @@
-"""What a benchmark beside torch needs besides a timer: the inputs, the bytes a loss must move,
-the machine's copy bandwidth to hold them against, the extra memory a call takes, and the
-settings that change all of these.
+"""What a benchmark times: its ops and shapes, its inputs, and the bytes a loss must move at least.
 
 The bytes model is the roofline's floor, what a fused kernel cannot avoid: the forward reads
 the logits once; the backward reads them once more (or something their size that the forward
@@ -12,16 +10,13 @@ memory bound it is on at these sizes.
 from __future__ import annotations
 
 import functools
-import os
-import time
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["OPS", "ACCELERATOR_SHAPES", "CPU_SHAPES", "LARGE_SHAPE", "shapes_for", "synchronize", "inputs",
+__all__ = ["OPS", "ACCELERATOR_SHAPES", "CPU_SHAPES", "LARGE_SHAPE", "shapes_for", "inputs", "traffic_bytes",
            "LINEAR_OPS", "LINEAR_CPU_SHAPES", "LINEAR_ACCELERATOR_SHAPES", "linear_shapes_for", "linear_inputs",
-           "linear_traffic_bytes", "traffic_bytes", "copy_bandwidth", "peak_extra_memory", "machine_info"]
+           "linear_traffic_bytes"]
 
 OPS = ("forward", "backward", "forward+backward")
 
@@ -34,13 +29,6 @@ OPS = ("forward", "backward", "forward+backward")
 ACCELERATOR_SHAPES = ((4096, 32000), (1024, 128256))
 CPU_SHAPES = ((256, 32000), (64, 128256))
 LARGE_SHAPE = (8192, 128256)
-
-# Environment variables that change what the benchmarks measure. THP_MEM_ALLOC_ENABLE=1 backs
-# torch's large CPU allocations with transparent huge pages, so a fresh buffer is not zero-filled
-# one 4 KiB page fault at a time: torch's CPU loss on 4096 x 32000 logits runs about twice as fast.
-SETTINGS = ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_AFFINITY", "LD_PRELOAD",
-            "MALLOC_CONF", "MALLOC_ARENA_MAX", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF",
-            "CUDA_VISIBLE_DEVICES")
 
 
 # Linear cross entropy (N, H, V): a small model's hidden width at language-model token counts and
@@ -81,12 +69,6 @@ def shapes_for(device: str) -> tuple:
     return ACCELERATOR_SHAPES + ((LARGE_SHAPE,) if device == "cuda" else ())
 
 
-def synchronize(device: str) -> None:
-    """Wait for the device's queued work, so a timer around a call measures the call."""
-    if device != "cpu":
-        getattr(torch, device).synchronize()
-
-
 @functools.lru_cache(maxsize=1)
 def inputs(n: int, c: int, dtype: torch.dtype, device: str, seed: int) -> tuple[Tensor, Tensor]:
     """Standard-normal logits (N, C) in ``dtype`` and uniform targets, generated once per shape.
@@ -106,68 +88,3 @@ def traffic_bytes(op: str, n: int, c: int, dtype: torch.dtype) -> int:
         raise ValueError(f"op={op!r}: expected one of {OPS}")
     logits = n * c * dtype.itemsize
     return logits if op == "forward" else 2 * logits
-
-
-def copy_bandwidth(device: str, *, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
-    """Bytes per second that ``dst.copy_(src)`` moves (read plus write), best of ``repeats``."""
-    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    synchronize(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * nbytes / best
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def peak_extra_memory(fn: Callable[[], object], device: str) -> Optional[int]:
-    """Bytes that ``fn()`` needs beyond what is allocated when it starts: its peak minus its start.
-
-    cuda: the caching allocator's ``max_memory_allocated``. cpu: the process's peak resident set
-    (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``), which counts the pages a call
-    actually touches; ``None`` where that is not available.
-    """
-    if device == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated() - start
-    if device != "cpu":
-        fn()
-        return None
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current VmRSS
-        start = _status_kib("VmRSS")
-    except OSError:
-        fn()
-        return None
-    fn()
-    return max(0, _status_kib("VmHWM") - start) * 1024
-
-
-def machine_info() -> dict:
-    """What changes the numbers besides the hardware: threads, allocator settings, torch's build."""
-    info = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "environment": {name: os.environ[name] for name in SETTINGS if name in os.environ},
-    }
-    if torch.cuda.is_available():
-        info["cuda"] = {"device": torch.cuda.get_device_name(), "version": torch.version.cuda}
-    return info
