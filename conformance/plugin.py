@@ -18,10 +18,9 @@ from .checks import FIRST_FAILURE, REPRODUCE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
-from .session import ConformanceSession, is_check, item_dtype, item_form
+from .session import SESSION_KEY, ConformanceSession, is_check, item_dtype, item_form
 from .vocabulary import DTYPES, FORMS
 
-SESSION_KEY = pytest.StashKey[ConformanceSession]()
 VERDICT_KEY = pytest.StashKey[tuple]()   # ConformanceSession.judged(), taken once at the session's end
 HANGS_KEY = pytest.StashKey[HangLedger]()
 STACK_DUMP_FD_KEY = pytest.StashKey[Optional[int]]()

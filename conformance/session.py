@@ -19,7 +19,7 @@ from .records import Check, Gap, Measured, Status
 from .report import Benchmark, Run, regressions, timing_comparisons
 from .vocabulary import dtype_name
 
-__all__ = ["ConformanceSession", "item_features", "item_form", "is_check"]
+__all__ = ["ConformanceSession", "SESSION_KEY", "item_features", "item_form", "is_check"]
 
 
 def is_check(item: pytest.Item) -> bool:
@@ -196,6 +196,10 @@ class ConformanceSession:
         if self.baseline is None:
             return run, [], []
         return run, regressions(run, self.baseline), timing_comparisons(run, self.baseline)
+
+
+# Where the run keeps its session: the plugin puts it there, the suite reads it (the devices).
+SESSION_KEY = pytest.StashKey[ConformanceSession]()
 
 
 def _kit_version() -> str:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from conformance import bench, options, paired
 from conformance.bench import rounds
-from conformance.plugin import SESSION_KEY
+from conformance.session import SESSION_KEY
 from conformance.vocabulary import dtype_name
 
 pytestmark = pytest.mark.conformance_bench
