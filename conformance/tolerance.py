@@ -140,6 +140,7 @@ import torch
 from torch import Tensor
 
 from .reference import Evaluation, to_rows
+from .vocabulary import HALF_DTYPES
 
 __all__ = ["CONTRACTS", "DEFAULT_CONTRACT", "EXACT", "PARITY_FACTOR", "unit_roundoff", "compute_dtype",
            "underflow_floor", "value_bound", "grad_bound", "parity_bound", "BOUNDS", "bound"]
@@ -178,7 +179,7 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The precision an implementation is expected to compute in: float32 for half inputs."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
 def _is_half(dtype: torch.dtype) -> bool:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conformance import cases, run
 from conformance.checks import Show
-from conformance.vocabulary import dtype_name
+from conformance.vocabulary import DTYPES, WIDE_DTYPES, dtype_name
 
 # A subset on purpose: sum is mean times the kept count, so it adds no extreme of its own.
 REDUCTIONS = ["none", "mean"]
@@ -42,8 +42,7 @@ def test_logits_near_largest_finite(judge, device, dtype, reduction, seed):
     judge.conforms(cases.problem(case, reduction=reduction))
 
 
-SHIFTS = [(dt, s) for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16) for s in (1e3,)] + \
-    [(torch.float64, 1e30), (torch.float32, 1e30)]
+SHIFTS = [(dt, s) for dt in DTYPES for s in (1e3,)] + [(dt, 1e30) for dt in WIDE_DTYPES]
 
 
 @pytest.mark.parametrize("dtype,shift", SHIFTS, ids=lambda v: dtype_name(v) if isinstance(v, torch.dtype) else f"{v:g}")
