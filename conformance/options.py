@@ -19,7 +19,7 @@ __all__ = ["DTYPES", "PROBED_FEATURES", "OPTIONS", "Option", "DEFAULT_TIMEOUT", 
            "add_options", "add_aliases", "resolve", "world_sizes", "round_plan", "property_seed", "load_hypothesis_profile"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-# Optional capabilities: any error they raise reports them as probed gaps (checks.Judge.probe).
+# Optional capabilities: any error they raise reports them as probed gaps (judge.Judge.probe).
 PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_loss", "retain_graph")
 
 # A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.checks import Show
+from conformance.forms import Show
 
 # Block widths of class tiles: around every power of two from 2^10 to 2^18, and the
 # vocabularies of real models (Llama 2, GPT-2, Llama 3, Qwen 2, Gemma).
