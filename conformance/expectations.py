@@ -4,7 +4,7 @@ unsupported or an input kind a check is not stated for (the check is reported as
 never run), torch's own failures pinned in
 ``known_failures`` and the user's ``--conformance-xfail`` file (strict xfails; ``~``: not strict).
 
-Outcomes found while a check runs are the judge's (``checks.Judge.gap``: a capability probed and
+Outcomes found while a check runs are the judge's (``judge.Judge.gap``: a capability probed and
 missing); a declared deviation (``vocabulary.DEVIATIONS``) is judged against its declared result by the
 two checks it concerns (test_features: an empty batch, every target ignored) and reported xfailed.
 """

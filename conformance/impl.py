@@ -151,6 +151,17 @@ class Implementation:
                                called)
         return self._tensor(result, input, called)
 
+    def vocab_parallel(self, input: Tensor, target: Tensor, *, group: Any, vocab_start: int, **options) -> Tensor:
+        """Call a vocab-parallel implementation on this rank's class shard ``input`` (the rank
+        group's executor calls it so, in every rank process), held to the same conduct as every
+        other call: a tensor on the input's device, global torch state left as it was found."""
+        call = LossOptions(**options)
+        called = (f"on rank shard {tuple(input.shape)} {input.dtype} from class {vocab_start}, target "
+                  f"{tuple(target.shape)}, {call.describe()}")
+        result = self._guarded((input, target), {**self.keywords(call), "group": group, "vocab_start": vocab_start},
+                               called)
+        return self._tensor(result, input, called)
+
     def call_returning(self, auxiliary: str, input: Tensor, target: Tensor,
                        options: LossOptions = LossOptions()) -> tuple[Tensor, Tensor]:
         """Call it asking for ``auxiliary`` as well (its ``returns`` keyword set to True)."""

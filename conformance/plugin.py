@@ -14,7 +14,7 @@ import torch
 from hypothesis import seed as hypothesis_seed
 
 from . import adapters, bench, cases, hookspecs, options, records, report
-from .checks import FIRST_FAILURE, REPRODUCE, Judge
+from .judge import FIRST_FAILURE, REPRODUCE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation

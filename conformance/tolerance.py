@@ -5,7 +5,7 @@ of the dtype it returns, ``n`` the number of classes, ``N`` the number of positi
 reference (``reference.Evaluation``) is exact float64 arithmetic on the *same rounded inputs*
 the implementation saw, so input rounding never enters a bound.
 
-Three contracts (``CONTRACTS``); the judge (``checks.Judge``) applies the run's contract to every
+Three contracts (``CONTRACTS``); the judge (``judge.Judge``) applies the run's contract to every
 comparison and also grades every comparison against ``exact``:
 
 ``standard`` (the default): the error of the standard fused algorithm, the one every fused kernel

@@ -133,3 +133,4 @@ def pytest_conformance_impl(config):
     result = suite("-k", "test_vocab_parallel_upstream_gradients and ws2 and scalar")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*cannot be sent to the worker processes*must be importable there*"])
+

@@ -173,3 +173,19 @@ def test_a_crash_under_xdist_fails_its_check_and_the_run_completes(pytester, mon
     assert "crashed the process" in checks[CRASHING_CHECK]["reason"]
     assert sum(check["status"] == "passed" for check in checks.values()) >= 10
     result.stdout.fnmatch_lines(["*process crash*1*test_features.py::test_k_*"])
+
+
+@pytest.mark.parametrize("name,reductions,message", [
+    ("vp_returns_python_float", ("mean", "sum"), "*ImplementationFault: the implementation returned builtins.float*"),
+    ("vp_changes_global_state", ("sum",), "*ImplementationFault: *default dtype: torch.float32 -> torch.float64*"),
+])
+def test_a_vocab_parallel_loss_is_held_to_the_guards_of_every_call(suite_with_report, name, reductions, message):
+    """Every rank calls the loss through Implementation.vocab_parallel: a non-tensor answer and a
+    changed global setting fail the checks that trigger them with the logits form's words, naming
+    the rank; every other check passes (the state was restored in the rank processes)."""
+    result, checks = suite_with_report(f"--impl=fixtures.hostile.{name}", "-k",
+                                       "test_vocab_parallel_value_and_gradient and ws2 and float32")
+    triggered = {test_id for test_id in checks if any(f"-{r}-" in test_id for r in reductions)}
+    assert triggered and {test_id for test_id, check in checks.items() if check["status"] == "failed"} == triggered
+    assert {checks[test_id]["status"] for test_id in set(checks) - triggered} == {"passed"}
+    result.stdout.fnmatch_lines([message])

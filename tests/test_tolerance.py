@@ -179,7 +179,7 @@ def test_parity_reaches_every_form(suite, monkeypatch, form, broken, selection):
 
 
 def test_an_infinite_error_beyond_an_infinite_bound_fails_and_is_never_nan():
-    from conformance.checks import compare
+    from conformance.judge import compare
     comparison = compare("value", torch.tensor([float("inf")]), torch.tensor([84.18]), torch.tensor([float("inf")]))
     assert comparison.ratio == float("inf") and not comparison.passed
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.checks import Show
+from conformance.forms import Show
 from conformance.vocabulary import dtype_name
 
 # Block widths of class tiles: around every power of two from 2^10 to 2^18, and the

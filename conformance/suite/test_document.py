@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import cases, run
-from conformance.checks import Show, call_code
+from conformance import cases
+from conformance.forms import Show, logits as logits_form
 from conformance.guards import calling
 from conformance.reference import evaluate
 from conformance.vocabulary import REDUCTIONS, dtype_name
@@ -59,8 +59,8 @@ def test_document_paths_agree_with_truth(judge, device, dtype, reduction, path, 
 def test_document_example(impl, judge, device, dtype, reduction):
     """The document's own example (batch 64, 8 inputs, 4 classes, a linear model, seed 0)."""
     problem = cases.problem(cases.document_example(dtype, device), reduction=reduction, upstream=None)
-    out = run.forward(impl, problem)
-    judge.value(problem, out, run.truth(impl, problem, out), identity="document example")
+    out = logits_form.forward(impl, problem)
+    judge.value(problem, out, logits_form.truth(impl, problem, out), identity="document example")
 
 
 class ReferenceLoss(torch.autograd.Function):
@@ -133,7 +133,7 @@ target = torch.tensor({XOR_TARGET})
                                                         dtype, device, loss_name="the float64 reference loss")
     # The snippet trains both networks (a second or two) and prints what the check compared.
     steps = ("from conformance.suite.test_document import ReferenceLoss, train_xor",
-             f"loss_fn = lambda z, y: (lambda x, t: {call_code(impl, problem)})(*impl.feed(z, y))",
+             f"loss_fn = lambda z, y: (lambda x, t: {logits_form.call_code(impl, problem)})(*impl.feed(z, y))",
              f"predicted, losses, _ = train_xor(loss_fn, torch.{name}, {device!r})",
              f"reference_predicted, reference_losses, _ = train_xor(ReferenceLoss.apply, torch.{name}, {device!r})")
     if predicted != XOR_TARGET:

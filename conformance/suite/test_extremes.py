@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import cases, run
-from conformance.checks import Show
+from conformance import cases
+from conformance.forms import Show, logits as logits_form
 from conformance.vocabulary import DTYPES, WIDE_DTYPES, dtype_name
 
 # A subset on purpose: sum is mean times the kept count, so it adds no extreme of its own.
@@ -99,8 +99,8 @@ logits[2, (target[2] + 1) % z.shape[1]] = float('inf')
 logits[4, 0] = float('nan')
 """
     problem = cases.problem(_case("nonfinite", dtype, device, body, seed=seed), reduction="none", upstream=None)
-    out = run.forward(impl, problem)
-    ev = run.truth(impl, problem, out)
+    out = logits_form.forward(impl, problem)
+    ev = logits_form.truth(impl, problem, out)
     judge.value(problem, out, ev, identity="non-finite logits stay in their row", also=ev.loss_limit)
 
 
@@ -117,8 +117,8 @@ def _confident(dtype, device, margin, seed):
 @pytest.mark.parametrize("margin", CONFIDENCE)
 def test_confident_rows_value(impl, judge, device, dtype, margin, seed):
     problem = cases.problem(_confident(dtype, device, margin, seed), reduction="none", upstream=None)
-    out = run.forward(impl, problem)
-    judge.value(problem, out, run.truth(impl, problem, out), identity="confident rows: value")
+    out = logits_form.forward(impl, problem)
+    judge.value(problem, out, logits_form.truth(impl, problem, out), identity="confident rows: value")
 
 
 @pytest.mark.feature("backward")
@@ -126,8 +126,8 @@ def test_confident_rows_value(impl, judge, device, dtype, margin, seed):
 def test_confident_rows_gradient(impl, judge, device, dtype, margin, seed):
     """The target component 1 - p_y must keep its relative accuracy (Liger#1268)."""
     problem = cases.problem(_confident(dtype, device, margin, seed), reduction="none", upstream="expanded")
-    out = run.forward_backward(impl, problem)
-    judge.gradient(problem, out, run.truth(impl, problem, out), identity="confident rows: gradient")
+    out = logits_form.forward_backward(impl, problem)
+    judge.gradient(problem, out, logits_form.truth(impl, problem, out), identity="confident rows: gradient")
 
 
 def test_peaked_rows_where_softmax_underflows(impl, judge, device, dtype, seed):

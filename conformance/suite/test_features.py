@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from conformance import cases, checks, run
-from conformance.checks import Show
+from conformance import cases
+from conformance.forms import Show, logits as logits_form
 from conformance.guards import ImplementationFault
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
@@ -100,11 +100,11 @@ def test_gradient_with_respect_to_soft_target(impl, judge, device, dtype, seed):
     logits, target = problem.case.logits.clone(), problem.case.target.clone().requires_grad_()
     impl(logits, target, problem.call_options()).backward()
     row_problem = cases.problem(problem.case, reduction="none", upstream=None)
-    row_ev = run.truth(impl, row_problem, run.Outcome(problem.case.logits, problem.case.target, torch.empty(())))
+    row_ev = logits_form.truth(impl, row_problem, logits_form.Outcome(problem.case.logits, problem.case.target, torch.empty(())))
     judge.within("d loss / d target = -log softmax", problem, target.grad, -row_ev.log_probs.reshape(target.shape),
                  "soft target gradient", row_ev=row_ev,
                  show=Show("t.grad{at}", "-truth.log_probs.reshape(t.shape){at}",
-                           steps=("t.requires_grad_()", f"{checks.call_code(impl, problem)}.backward()")))
+                           steps=("t.requires_grad_()", f"{logits_form.call_code(impl, problem)}.backward()")))
 
 
 @pytest.mark.feature("kdim", "weight", "ignore_index", "custom_ignore_index")
@@ -150,7 +150,7 @@ logits = torch.empty(0, 5, dtype=torch.{dtype_name(dtype)})
 target = torch.empty(0, dtype=torch.long)
 """
     problem = cases.problem(cases.from_recipe("empty", recipe, device), reduction=reduction, upstream=None)
-    out = run.forward(impl, problem)
+    out = logits_form.forward(impl, problem)
     declared = _declared_mean_zero(judge, reduction)
     expected = {"none": torch.empty(0), "mean": torch.tensor(0.0 if declared else math.nan),
                 "sum": torch.tensor(0.0)}[reduction]
@@ -171,9 +171,9 @@ target = torch.full((4,), -100)
     backward = "backward" not in impl.unsupported
     problem = cases.problem(cases.from_recipe("all_ignored", recipe, device), reduction=reduction,
                             upstream="scalar" if backward else None)
-    out = run.forward_backward(impl, problem) if backward else run.forward(impl, problem)
+    out = logits_form.forward_backward(impl, problem) if backward else logits_form.forward(impl, problem)
     declared = _declared_mean_zero(judge, reduction)
-    expected = torch.zeros(()) if declared else run.truth(impl, problem, out).loss
+    expected = torch.zeros(()) if declared else logits_form.truth(impl, problem, out).loss
     judge.exactly("all targets ignored", problem, out.loss, expected)
     if backward:
         judge.exactly("all targets ignored: gradient", problem, out.grad, torch.zeros(out.grad.shape),

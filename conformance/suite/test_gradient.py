@@ -3,8 +3,8 @@ mean's divisor, with non-uniform, scalar and expanded (stride-0) upstream gradie
 import pytest
 import torch
 
-from conformance import cases, run
-from conformance.checks import Show
+from conformance import cases
+from conformance.forms import Show, logits as logits_form
 from conformance.reference import to_rows
 from conformance.vocabulary import REDUCTIONS
 
@@ -21,8 +21,8 @@ REDUCTION_UPSTREAMS = [(r, u) for r in REDUCTIONS for u in cases.UPSTREAM_KINDS 
 def test_gradient_is_softmax_minus_target(impl, judge, device, dtype, reduction, upstream, shape, seed):
     problem = cases.problem(cases.well_conditioned(*shape, dtype, device, seed=seed), reduction=reduction,
                             upstream=upstream)
-    out = run.forward_backward(impl, problem)
-    ev = run.truth(impl, problem, out)
+    out = logits_form.forward_backward(impl, problem)
+    ev = logits_form.truth(impl, problem, out)
     judge.gradient(problem, out, ev)
     if impl.input_kind == "logits":
         # Each row of softmax(z) - y sums to zero, and every component lies in [-A, A] times the scale.

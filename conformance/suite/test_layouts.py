@@ -12,7 +12,8 @@ import dataclasses
 import pytest
 import torch
 
-from conformance import cases, checks, run
+from conformance import cases
+from conformance.forms import Show, logits as logits_form
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
 
@@ -81,17 +82,17 @@ def _layout_case(family: str, recipe: str, device: str, expected_layout: str) ->
 _SNIPPET_NAMES = {"logits": "x", "target": "t", "upstream gradient": "grad"}
 
 
-def _storage_show(impl, problem: cases.Problem, upstream: str, name: str, stage: str) -> checks.Show:
+def _storage_show(impl, problem: cases.Problem, upstream: str, name: str, stage: str) -> Show:
     """The snippet's lines comparing the whole storage of the tensor ``name`` before and after
     ``stage`` (forward or backward); ``upstream``: the upstream gradient's recipe."""
     tensor = _SNIPPET_NAMES[name]
     steps = [upstream, "storage = lambda v: v.untyped_storage().cpu().tolist()", f"before = storage({tensor})"]
     if problem.upstream is not None:
         steps.append("x.requires_grad_()")
-    steps.append(f"loss = {checks.call_code(impl, problem)}")
+    steps.append(f"loss = {logits_form.call_code(impl, problem)}")
     if stage == "backward":
         steps.append("loss.backward(grad)")
-    return checks.Show(f"storage({tensor}) == before", "True", tuple(steps))
+    return Show(f"storage({tensor}) == before", "True", tuple(steps))
 
 
 def check_in_layout(impl, judge, problem: cases.Problem) -> None:
@@ -135,9 +136,9 @@ def check_in_layout(impl, judge, problem: cases.Problem) -> None:
     if backward:
         loss.backward(grad)
         unchanged("backward")
-    out = run.Outcome(input=pristine_x, target=pristine_t, loss=loss.detach(), grad=leaf.grad if backward else None,
+    out = logits_form.Outcome(input=pristine_x, target=pristine_t, loss=loss.detach(), grad=leaf.grad if backward else None,
                       upstream=grad if backward else None)
-    ev = run.truth(impl, problem, out)
+    ev = logits_form.truth(impl, problem, out)
     judge.value(problem, out, ev)
     if backward:
         judge.gradient(problem, out, ev)

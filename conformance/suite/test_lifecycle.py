@@ -11,8 +11,8 @@ grad-enabled value.
 import pytest
 import torch
 
-from conformance import cases, checks, run
-from conformance.checks import Show
+from conformance import cases
+from conformance.forms import Show, logits as logits_form
 from conformance.guards import bits
 
 # A call's life does not depend on its options, but a buffer kept between calls may hold them:
@@ -53,9 +53,9 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, opti
     kept = bits(first)
     second, = judge.probe("retain_graph", problem, lambda: torch.autograd.grad(loss, x, grad),
                           "a second backward over the graph kept with retain_graph=True")
-    out = run.Outcome(input=pristine, target=t, loss=loss.detach(), grad=second, upstream=grad)
-    ev = run.truth(impl, problem, out)
-    steps = ("x.requires_grad_()", f"loss = {checks.call_code(impl, problem)}", problem.upstream,
+    out = logits_form.Outcome(input=pristine, target=t, loss=loss.detach(), grad=second, upstream=grad)
+    ev = logits_form.truth(impl, problem, out)
+    steps = ("x.requires_grad_()", f"loss = {logits_form.call_code(impl, problem)}", problem.upstream,
              "first, = torch.autograd.grad(loss, x, grad, retain_graph=True)", "kept = first.clone()",
              "second, = torch.autograd.grad(loss, x, grad)")
     judge.gradient(problem, out, ev, identity="second backward (retain_graph=True)",
@@ -80,11 +80,11 @@ def test_gradients_accumulate(impl, judge, device, dtype, options, seed):
             with torch.no_grad():
                 x.copy_(pristine)
         impl(x, t, problem.call_options()).backward(grad)
-    out = run.Outcome(input=pristine, target=t, loss=torch.empty(()), grad=x.grad, upstream=2 * grad.double())
-    call = f"{checks.call_code(impl, problem)}.backward(grad)"
+    out = logits_form.Outcome(input=pristine, target=t, loss=torch.empty(()), grad=x.grad, upstream=2 * grad.double())
+    call = f"{logits_form.call_code(impl, problem)}.backward(grad)"
     kept, renew = (("x0 = x.detach().clone()",), ("with torch.no_grad(): x.copy_(x0)",)) if restore else ((), ())
     steps = ("x.requires_grad_()", problem.upstream, *kept, *renew, call, *renew, call)
-    judge.gradient(problem, out, run.truth(impl, problem, out), identity="gradients accumulate over two backward passes",
+    judge.gradient(problem, out, logits_form.truth(impl, problem, out), identity="gradients accumulate over two backward passes",
                    show=Show("x.grad{at}.item()", "truth.grad(2 * grad.double()){at}.item()", steps))
 
 
@@ -114,7 +114,7 @@ def test_caller_tensors_unchanged(impl, judge, device, dtype, reduction, options
                              steps=("x.requires_grad_()", problem.upstream,
                                     f"{', '.join(v + '0' for v in variables)} = "
                                     f"{', '.join(v + '.clone()' for v in variables)}",
-                                    f"{checks.call_code(impl, problem)}.backward(grad)")))
+                                    f"{logits_form.call_code(impl, problem)}.backward(grad)")))
 
 
 @OPTIONS
@@ -130,10 +130,10 @@ def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, options,
         x.mul_(2)
         changed = x.clone()   # what the second call is handed (a loss may overwrite it: overwrites_logits)
         loss = impl(x, t, call)
-    out = run.Outcome(input=changed, target=t, loss=loss)
-    steps = (f"first = {checks.call_code(impl, problem)}", "x.mul_(2)", "changed = x.clone()",
-             f"loss = {checks.call_code(impl, problem)}", checks.truth_code(impl, problem, "changed"))
-    judge.value(problem, out, run.truth(impl, problem, out), identity="a call after an in-place change",
+    out = logits_form.Outcome(input=changed, target=t, loss=loss)
+    steps = (f"first = {logits_form.call_code(impl, problem)}", "x.mul_(2)", "changed = x.clone()",
+             f"loss = {logits_form.call_code(impl, problem)}", logits_form.truth_code(impl, problem, "changed"))
+    judge.value(problem, out, logits_form.truth(impl, problem, out), identity="a call after an in-place change",
                 show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
 
 
@@ -151,7 +151,7 @@ def test_no_grad_and_inference_mode_agree(impl, judge, device, dtype, mode, opti
     if loss.shape != enabled.shape:
         judge.fail(f"{mode} gives the grad-enabled shape", problem,
                    f"shape {tuple(loss.shape)} under {mode}, {tuple(enabled.shape)} with autograd")
-    out = run.Outcome(input=pristine, target=t, loss=loss.clone())
-    steps = (f"with torch.{mode}():", f"    loss = {checks.call_code(impl, problem)}")
-    judge.value(problem, out, run.truth(impl, problem, out), identity=f"value under torch.{mode}()",
+    out = logits_form.Outcome(input=pristine, target=t, loss=loss.clone())
+    steps = (f"with torch.{mode}():", f"    loss = {logits_form.call_code(impl, problem)}")
+    judge.value(problem, out, logits_form.truth(impl, problem, out), identity=f"value under torch.{mode}()",
                 show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))

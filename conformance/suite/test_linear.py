@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conformance import cases, run
-from conformance.checks import Show, linear_call_code
+from conformance import cases
+from conformance.forms import Show, linear
 from conformance.vocabulary import dtype_name
 
 FORM = "linear"
@@ -61,14 +61,14 @@ def linear_problem(name: str, impl, dtype, device, seed, *, upstream="random") -
 @pytest.mark.parametrize("name", _params(CASES))
 def test_linear_loss_and_gradients(judge, device, dtype, name, seed):
     """The loss and the gradients of the hidden states, the weight and the bias."""
-    judge.linear_conforms(linear_problem(name, judge.impl, dtype, device, seed))
+    judge.conforms(linear_problem(name, judge.impl, dtype, device, seed))
 
 
 @pytest.mark.parametrize("dtype", SCALE_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("name", _params(SCALE_CASES))
 def test_linear_at_scale(judge, device, dtype, name, seed):
     """The same at the sizes where chunks and vocabulary blocks break."""
-    judge.linear_conforms(linear_problem(name, judge.impl, dtype, device, seed))
+    judge.conforms(linear_problem(name, judge.impl, dtype, device, seed))
 
 
 LIFECYCLE_DTYPES = SCALE_DTYPES
@@ -80,9 +80,9 @@ def test_linear_forward_without_autograd(judge, device, dtype, mode, seed):
     """Evaluation and generation call the loss under no_grad or inference_mode (Liger#930, #1156)."""
     problem = linear_problem("odd-mean", judge.impl, dtype, device, seed, upstream=None)
     with getattr(torch, mode)():
-        out = run.linear_call(judge.impl, problem, backward=False)[0]
-    steps = (f"with torch.{mode}():", f"    loss = {linear_call_code(judge.impl, problem)}")
-    judge.linear_conforms(problem, out, show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
+        out = linear.call(judge.impl, problem, backward=False)[0]
+    steps = (f"with torch.{mode}():", f"    loss = {linear.call_code(judge.impl, problem)}")
+    judge.conforms(problem, out, steps=steps)
 
 
 # Which inputs require grad: a frozen classifier head (fine-tuning below it), and hidden states
@@ -96,12 +96,12 @@ def test_linear_gradients_of_some_inputs(judge, device, dtype, which, seed):
     """The gradients of the inputs that require grad, and none for those that do not."""
     problem = linear_problem("odd-mean", judge.impl, dtype, device, seed)
     problem = replace(problem, case=replace(problem.case, requires_grad=SOME_INPUTS[which]))
-    out = run.linear_call(judge.impl, problem)[0]
+    out = linear.call(judge.impl, problem)[0]
     for name, grad in out.grads.items():
         if name not in SOME_INPUTS[which] and grad is not None:
             judge.fail(f"{name} gradient", problem, f"{name} does not require grad, yet backward gave it a gradient",
                        show=Show(f"{name}.grad", "None"))
-    judge.linear_conforms(problem, out)
+    judge.conforms(problem, out)
 
 
 @pytest.mark.feature("ignore_index")
@@ -111,13 +111,13 @@ def test_linear_leaves_its_arguments_unchanged(judge, device, dtype, seed):
     the caller handed them (a kernel that writes gradients into its inputs, or a buffer it
     reuses between calls, changes them)."""
     problem = linear_problem("ragged_chunks_ignored-mean", judge.impl, dtype, device, seed)
-    out, fed = run.linear_call(judge.impl, problem)
+    out, fed = linear.call(judge.impl, problem)
     for name, pristine in {**out.inputs, "target": out.target, "upstream": out.upstream}.items():
         now = fed[name]
         if pristine is not None and not torch.equal(now.detach(), pristine):
             judge.fail("arguments unchanged", problem, f"the call changed its {name} argument "
                        f"({int((now.detach() != pristine).sum())} elements)", show=Show(name, "'unchanged'"))
-    judge.linear_conforms(problem, out)
+    judge.conforms(problem, out)
 
 
 @pytest.mark.parametrize("dtype", LIFECYCLE_DTYPES, ids=dtype_name)
@@ -125,7 +125,7 @@ def test_linear_backward_twice(judge, device, dtype, seed):
     """``backward(retain_graph=True)`` twice accumulates twice the gradients (gradient accumulation
     over a shared graph); a loss that refuses it says so clearly (a probed gap)."""
     problem = linear_problem("odd-mean", judge.impl, dtype, device, seed)
-    out, fed = run.linear_call(judge.impl, problem, backward=False)
+    out, fed = linear.call(judge.impl, problem, backward=False)
     grad = problem.upstream_gradient()
 
     def twice():
@@ -134,7 +134,7 @@ def test_linear_backward_twice(judge, device, dtype, seed):
 
     judge.probe("retain_graph", problem, twice, "backward twice, the first with retain_graph=True")
     halved = {name: None if fed[name] is None else fed[name].grad / 2 for name in out.inputs}
-    judge.linear_conforms(problem, replace(out, grads=halved, upstream=grad.detach().clone()))
+    judge.conforms(problem, replace(out, grads=halved, upstream=grad.detach().clone()))
 
 
 @pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16], ids=dtype_name)
@@ -144,9 +144,9 @@ def test_linear_under_autocast(judge, device, autocast, seed):
     may be computed on the inputs or on their roundings to the autocast dtype; the gradients
     arrive in float32, the leaves' dtype."""
     problem = linear_problem("odd-mean", judge.impl, torch.float32, device, seed)
-    out = run.linear_call(judge.impl, problem, autocast=autocast)[0]
+    out = linear.call(judge.impl, problem, autocast=autocast)[0]
     for name, grad in out.grads.items():
         if grad is not None and grad.dtype != torch.float32:
             judge.fail(f"{name} gradient dtype", problem, f"under autocast the {name} gradient is {grad.dtype}, "
                        "not its float32 leaf's dtype", show=Show(f"{name}.grad.dtype", "torch.float32"))
-    judge.linear_conforms(problem, out, autocast=autocast)
+    judge.conforms(problem, out)

@@ -12,10 +12,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from conformance import cases, strategies
-from conformance.checks import Show
+from conformance.forms import Show
 from conformance.reference import Evaluation, evaluate
 from conformance.suite.test_document import DOCUMENT_PATHS, document_path, document_path_show
 from conformance.vocabulary import HALF_DTYPES

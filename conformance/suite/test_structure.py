@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 
-from conformance import cases, run, tolerance
-from conformance import checks
-from conformance.checks import Show
+from conformance import cases, tolerance
+from conformance.forms import Show, logits as logits_form
 from conformance.guards import bits
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
@@ -16,7 +15,7 @@ def test_output_shape_and_dtype(impl, judge, device, dtype, reduction, seed):
     """Every call already checks that the result is a tensor on the input's device (``Implementation``)."""
     problem = cases.problem(cases.well_conditioned(5, 6, dtype, device, seed=seed), reduction=reduction,
                             upstream=None)
-    out = run.forward(impl, problem)
+    out = logits_form.forward(impl, problem)
     expected_shape = problem.case.target.shape if reduction == "none" else torch.Size([])
     if out.loss.shape != expected_shape:
         judge.fail("output shape", problem, f"loss shape {tuple(out.loss.shape)}, expected {tuple(expected_shape)}",
@@ -36,9 +35,9 @@ def test_implementation_writes_nothing(impl, judge, device, dtype, seed, capfd):
                             upstream="scalar" if backward else None)
     capfd.readouterr()
     if backward:
-        run.forward_backward(impl, problem)
+        logits_form.forward_backward(impl, problem)
     else:
-        run.forward(impl, problem)
+        logits_form.forward(impl, problem)
     out, err = capfd.readouterr()
     for stream, text in (("stdout", out), ("stderr", err)):
         if text:
@@ -72,7 +71,7 @@ def test_inputs_never_modified(impl, judge, device, dtype, reduction, seed):
             judge.fail("input unmodified", problem, f"the {name} were modified during {stage}",
                        show=Show("torch.equal(x, x0) and torch.equal(t, t0)", "True",
                                  steps=("x0, t0 = x.clone(), t.clone()", "x.requires_grad_()",
-                                        f"loss = {checks.call_code(impl, problem)}", problem.upstream,
+                                        f"loss = {logits_form.call_code(impl, problem)}", problem.upstream,
                                         "loss.backward(grad)")))
     if overwritten:
         pytest.xfail(f"declared deviation overwrites_logits: the logits were overwritten during {overwritten[0]}")
@@ -82,7 +81,7 @@ def test_inputs_never_modified(impl, judge, device, dtype, reduction, seed):
 def test_loss_is_nonnegative(impl, judge, device, dtype, reduction, seed):
     problem = cases.problem(cases.well_conditioned(33, 5, dtype, device, seed=seed), reduction=reduction,
                             upstream=None)
-    out = run.forward(impl, problem)
+    out = logits_form.forward(impl, problem)
     negative = (out.loss < 0).nonzero()
     if len(negative):
         index = tuple(negative[0].tolist())
@@ -98,8 +97,8 @@ logits = torch.full((4, {num_classes}), {value}, dtype=torch.{dtype_name(dtype)}
 target = torch.tensor([0, 1, {num_classes - 1}, 1])
 """
     problem = cases.problem(cases.from_recipe("uniform", recipe, device), reduction="none", upstream=None)
-    out = run.forward(impl, problem)
-    ev = run.truth(impl, problem, out)
+    out = logits_form.forward(impl, problem)
+    ev = logits_form.truth(impl, problem, out)
     judge.value(problem, out, ev, identity="uniform logits give log C",
                 expected=torch.full_like(ev.loss, math.log(num_classes)))
 
@@ -118,8 +117,8 @@ target = torch.randint(9, (6,), generator=g)
     plain = cases.from_recipe("grid", base + f"logits = grid.to(torch.{name})", device)
     shifted = cases.from_recipe("grid_shifted", base + f"logits = (grid + 16).to(torch.{name})", device)
     plain, shifted = (cases.problem(c, reduction=reduction, upstream=None) for c in (plain, shifted))
-    out_plain, out_shifted = run.forward(impl, plain), run.forward(impl, shifted)
-    ev_plain, ev_shifted = run.truth(impl, plain, out_plain), run.truth(impl, shifted, out_shifted)
+    out_plain, out_shifted = logits_form.forward(impl, plain), logits_form.forward(impl, shifted)
+    ev_plain, ev_shifted = logits_form.truth(impl, plain, out_plain), logits_form.truth(impl, shifted, out_shifted)
     judge.within("adding a constant to a row changes nothing", shifted, out_shifted.loss, out_plain.loss.double(),
                  "value pair", show=Show("loss{at}", "'the unshifted loss'"), ev=ev_plain, other=ev_shifted)
 
@@ -133,9 +132,9 @@ def test_argmax_of_logits_is_argmax_of_softmax(impl, judge, device, dtype, seed)
     case = cases.well_conditioned(40, 12, dtype, device, seed=seed)
     problem = cases.Problem(case, cases.LossOptions(reduction="sum"),
                             upstream=f"grad = torch.tensor(1.0, dtype=torch.{dtype_name(dtype)})")
-    out = run.forward_backward(impl, problem)
+    out = logits_form.forward_backward(impl, problem)
     softmax = out.grad.double().cpu() + torch.nn.functional.one_hot(case.target.cpu(), 12)
-    ev = run.truth(impl, problem, out)
+    ev = logits_form.truth(impl, problem, out)
     p = ev.log_probs.exp()
     bound = judge.bound("gradient", dtype, ev=ev, grad_output=out.upstream).expand(p.shape)
     top = p.argmax(1, keepdim=True)
@@ -154,12 +153,12 @@ def test_outputs_are_not_reused_between_calls(impl, judge, device, dtype, seed):
     """A second call must not overwrite the first call's result (aliased output buffers, Liger#507)."""
     first, second = (cases.problem(cases.well_conditioned(8, 5, dtype, device, seed=seed + k), reduction="none",
                                    upstream=None) for k in (0, 1))
-    first_loss = run.forward(impl, first).loss
+    first_loss = logits_form.forward(impl, first).loss
     kept = bits(first_loss)
-    second_loss = run.forward(impl, second).loss
+    second_loss = logits_form.forward(impl, second).loss
     if first_loss.data_ptr() == second_loss.data_ptr() or not torch.equal(bits(first_loss), kept):
         judge.fail("outputs are not reused between calls", second,
                    "the second call's result overwrote the first call's",
                    show=Show("torch.equal(first, kept) and first.data_ptr() != second.data_ptr()", "True",
-                             steps=(f"first = {checks.call_code(impl, second)}", "kept = first.clone()",
-                                    f"second = {checks.call_code(impl, second, x='x * 2')}")))
+                             steps=(f"first = {logits_form.call_code(impl, second)}", "kept = first.clone()",
+                                    f"second = {logits_form.call_code(impl, second, x='x * 2')}")))

@@ -21,8 +21,9 @@ kernel's own), the check reports the capability unsupported (probed); every wron
 import pytest
 import torch
 
-from conformance import cases, checks, run
-from conformance.checks import Show, call_code
+from conformance import cases
+from conformance.forms import Show, logits as logits_form
+from conformance.judge import compare
 from conformance.reference import Variant
 from conformance.vocabulary import REDUCTIONS, WIDE_DTYPES, dtype_name
 
@@ -101,9 +102,9 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
                   "derivative would be silently zero")
     hv = judge.probe("double_backward", problem, lambda: torch.autograd.grad(g, x, v)[0],
                      what="torch.autograd.grad(g, x, v) of the gradient computed with create_graph=True")
-    ev = run.truth(impl, problem, run.Outcome(input=pristine_x, target=pristine_t, loss=torch.empty(())))
+    ev = logits_form.truth(impl, problem, logits_form.Outcome(input=pristine_x, target=pristine_t, loss=torch.empty(())))
     steps = ("x.requires_grad_()", problem.upstream, direction, *_on_device("grad, v", device),
-             f"g, = torch.autograd.grad({call_code(impl, problem)}, x, grad, create_graph=True)",
+             f"g, = torch.autograd.grad({logits_form.call_code(impl, problem)}, x, grad, create_graph=True)",
              "hv, = torch.autograd.grad(g, x, v)")
     judge.within("Hessian-vector product", problem, hv, ev.hessian_vector(grad_output, v), "hessian-vector product",
                  show=Show("hv{at}.item()", "truth.hessian_vector(grad, v){at}.item()", steps),
@@ -125,9 +126,9 @@ def test_forward_mode_directional_derivative(impl, judge, device, dtype, reducti
     loss, jvp = judge.probe("forward_ad", problem,
                             lambda: torch.func.jvp(lambda z: impl(z, t, call), (x,), (tangent,)),
                             what="torch.func.jvp")
-    ev = run.truth(impl, problem, run.Outcome(input=pristine_x, target=pristine_t, loss=loss))
+    ev = logits_form.truth(impl, problem, logits_form.Outcome(input=pristine_x, target=pristine_t, loss=loss))
     steps = (direction, *_on_device("v", device),
-             f"loss, d = torch.func.jvp(lambda z: {call_code(impl, problem, 'z')}, (x,), (v,))")
+             f"loss, d = torch.func.jvp(lambda z: {logits_form.call_code(impl, problem, 'z')}, (x,), (v,))")
     judge.within("value under jvp", problem, loss, ev.loss, "value",
                  show=Show("loss{at}.item()", "truth.loss{at}.item()", steps), ev=ev)
     judge.within("directional derivative", problem, jvp, ev.directional(tangent), "directional derivative",
@@ -197,18 +198,18 @@ def test_vmap_over_independent_problems(impl, judge, device, dtype, reduction, v
     if backward:
         _, grads = judge.probe("vmap", problems[0], lambda: torch.func.vmap(loss_and_gradient)(xs, ts),
                                what=f"{vmapped} of torch.func.vjp")
-    outcomes = [run.Outcome(input=pristine_xs[b], target=pristine_ts[b], loss=losses[b],
+    outcomes = [logits_form.Outcome(input=pristine_xs[b], target=pristine_ts[b], loss=losses[b],
                             grad=grads[b] if backward else None, upstream=grad_output) for b in range(VMAP_BATCH)]
-    truths = [run.truth(impl, problem, out) for problem, out in zip(problems, outcomes)]
+    truths = [logits_form.truth(impl, problem, out) for problem, out in zip(problems, outcomes)]
 
     # Every problem is judged (under ``parity`` the bound is per problem), the worst under the
     # contract's bound first: a failure names it.
-    value_ratios = [checks.compare("value under vmap", losses[b], truths[b].loss,
+    value_ratios = [compare("value under vmap", losses[b], truths[b].loss,
                                    judge.bound("value", dtype, ev=truths[b])).ratio for b in range(VMAP_BATCH)]
     for b in _worst_first(value_ratios):
         judge.value(problems[b], outcomes[b], truths[b], identity="value under vmap")
     if backward:
-        grad_ratios = [checks.compare("gradient under vmap (vjp)", grads[b], truths[b].grad(grad_output),
+        grad_ratios = [compare("gradient under vmap (vjp)", grads[b], truths[b].grad(grad_output),
                                       judge.bound("gradient", dtype, ev=truths[b], grad_output=grad_output)).ratio
                        for b in range(VMAP_BATCH)]
         for b in _worst_first(grad_ratios):

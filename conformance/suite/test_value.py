@@ -1,7 +1,8 @@
 """The loss value against the float64 truth on the same rounded inputs."""
 import pytest
 
-from conformance import cases, run
+from conformance import cases
+from conformance.forms import logits as logits_form
 from conformance.vocabulary import REDUCTIONS
 
 SHAPES = [(1, 10), (7, 3), (67, 130)]
@@ -12,5 +13,5 @@ SHAPES = [(1, 10), (7, 3), (67, 130)]
 def test_value_matches_truth(impl, judge, device, dtype, reduction, shape, seed):
     problem = cases.problem(cases.well_conditioned(*shape, dtype, device, seed=seed), reduction=reduction,
                             upstream=None)
-    out = run.forward(impl, problem)
-    judge.value(problem, out, run.truth(impl, problem, out))
+    out = logits_form.forward(impl, problem)
+    judge.value(problem, out, logits_form.truth(impl, problem, out))

@@ -6,8 +6,8 @@ does not declare one (``variants``, README) has those checks reported as unsuppo
 import pytest
 import torch
 
-from conformance import cases, run
-from conformance.checks import Show
+from conformance import cases
+from conformance.forms import Show, logits as logits_form
 from conformance.reference import Variant
 from conformance.vocabulary import dtype_name
 
@@ -107,14 +107,14 @@ def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, se
     setting, bound, truth_attribute = AUXILIARIES[auxiliary]
     problem = _problem(setting, dict(reduction=reduction, ignore_index=-100), dtype, device, seed, upstream=None)
     x, t = impl.feed(problem.case.logits, problem.case.target)
-    pristine = run.Outcome(input=x.detach().clone(), target=t.detach().clone(), loss=torch.empty(0))
+    pristine = logits_form.Outcome(input=x.detach().clone(), target=t.detach().clone(), loss=torch.empty(0))
     x = x.detach().requires_grad_()
     loss, returned = impl.call_returning(auxiliary, x, t, problem.call_options())
-    ev = run.truth(impl, problem, pristine)
+    ev = logits_form.truth(impl, problem, pristine)
     call = f"loss, aux = impl.call_returning({auxiliary!r}, x, t, problem_options)"
     steps = ("x.requires_grad_()", "from conformance.impl import LossOptions",
              f"problem_options = LossOptions(reduction={reduction!r}, variant=truth.variant)", call)
-    judge.value(problem, run.Outcome(input=pristine.input, target=pristine.target, loss=loss.detach()), ev,
+    judge.value(problem, logits_form.Outcome(input=pristine.input, target=pristine.target, loss=loss.detach()), ev,
                 show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
     judge.within(f"returned {auxiliary}", problem, returned.detach(), getattr(ev, truth_attribute), bound,
                  ev=ev, show=Show("aux{at}.item()", f"truth.{truth_attribute}" + "{at}.item()", steps))

@@ -7,15 +7,14 @@ rank with a single class), targets in and out of each shard, ignored rows, smoot
 global vocabulary, class weights, every reduction and upstream gradient, a shard masked with
 -inf, a shard whose logits lie far below the others', and half precision; and every rank's
 arguments are unchanged by the call."""
-from dataclasses import replace
 
 import pytest
 import torch
 
-from conformance import bench, cases, distributed, options, records, run
+from conformance import bench, cases, distributed, options, records
 from conformance.bench.ranks import ranks_beside_one_process
-from conformance.checks import Show
-from conformance.distributed import RankFailure, Task
+from conformance.distributed import RankFailure
+from conformance.forms import Show, vocab_parallel
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
 FORM = "vocab_parallel"
@@ -41,7 +40,7 @@ def rank_groups(request):
 
     def groups_for(impl) -> distributed.Groups:
         if impl.spec not in registry:
-            registry[impl.spec] = distributed.Groups(impl.call, collective_timeout=limit / 4, deadline=limit / 2,
+            registry[impl.spec] = distributed.Groups(impl.vocab_parallel, collective_timeout=limit / 4, deadline=limit / 2,
                                                      start_deadline=limit)
         return registry[impl.spec]
     yield groups_for
@@ -71,54 +70,30 @@ def _problem(case, world_size, shards, *, upstream="random", **loss_options):
                          **loss_options)
 
 
-def _steps(problem, world_size, shards) -> tuple:
-    """The snippet's lines that run the problem on ``world_size`` ranks."""
-    options = problem.options
-    return ("from conformance.distributed import Groups, Task", problem.upstream or "grad = None",
-            f"task = Task(x, t, {tuple(shards)!r}, weight=weight, ignore_index={options.ignore_index!r}, "
-            f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, upstream=grad)",
-            "groups = Groups(impl.call, collective_timeout=30.0, deadline=60.0)",
-            f"results = groups.run({world_size}, {problem.device!r}, task)", "groups.close()",
-            "x_grad = None if grad is None else torch.cat([r.grad for r in results], 1)")
-
-
-def _on_ranks(impl, judge, rank_groups, problem, world_size, shards):
-    """Run the problem on every rank: the results, the truth, the snippet's steps."""
+def _conforms(impl, judge, rank_groups, problem, world_size, shards):
+    """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
+    slices joined against the full gradient (the form's quantities); the results and the
+    snippet's steps, for checks that look further."""
     if problem.device == "cuda" and distributed.launched_world_size() is None \
             and torch.cuda.device_count() < world_size:
         pytest.skip(f"world size {world_size} on cuda needs a device per rank (nccl); {torch.cuda.device_count()} here")
-    x, t = impl.feed(problem.case.logits, problem.case.target)
-    options = problem.call_options()
-    grad = None if problem.upstream is None else problem.upstream_gradient()
-    task = Task(x.detach().clone(), t.clone(), tuple(shards), weight=options.weight, ignore_index=options.ignore_index,
-                reduction=options.reduction, label_smoothing=options.label_smoothing, upstream=grad)
-    steps = _steps(problem, world_size, shards)
+    steps = vocab_parallel.steps(problem, world_size, shards)
     try:
-        results = rank_groups(impl).run(world_size, problem.device, task)
+        out = judge.call(problem, groups=rank_groups(impl), world_size=world_size, shards=shards)
     except RankFailure as exc:
-        judge.fail("every rank answers", problem, str(exc), show=Show("results", "'(every rank's result)'", steps))
-    fed = run.Outcome(input=x.detach(), target=t, loss=torch.empty(0), upstream=grad)
-    return results, fed, run.truth(impl, problem, fed), steps
-
-
-def _conforms(impl, judge, rank_groups, problem, world_size, shards):
-    """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
-    slices joined against the full gradient; the results, for checks that look further."""
-    results, fed, ev, steps = _on_ranks(impl, judge, rank_groups, problem, world_size, shards)
+        judge.fail("every rank answers", problem, str(exc), show=Show("results", "'(the result of every rank)'", steps))
+    results = out.results
     records.attach(judge.item.user_properties, "collectives", {
         "world_size": world_size, "forward": list(distributed.collective_ops(results[0].forward)),
         "backward": list(distributed.collective_ops(results[0].backward))})
-    joined = None if fed.upstream is None else torch.cat([result.grad for result in results], 1)
-    out = replace(fed, loss=results[0].loss, grad=joined)
-    judge.value(problem, out, ev, identity="value on rank 0", shards=world_size,
-                show=Show("results[0].loss{at}.item()", "truth.loss{at}.item()", steps))
+    value, *gradients = judge.form.quantities(impl, problem, out, judge.truth(problem, out))
+    judge.quantity(problem, value)
     for result in results[1:]:
         judge.exactly(f"the loss is the same on every rank (rank {result.rank} against rank 0)", problem,
                       result.loss, results[0].loss,
                       show=Show(f"results[{result.rank}].loss{{at}}.item()", "results[0].loss{at}.item()", steps))
-    if joined is not None:
-        judge.gradient(problem, out, ev, identity="gradient (every rank's slice)", shards=world_size,
-                       show=Show("x_grad{at}.item()", "truth.grad(grad){at}.item()", steps))
+    for gradient in gradients:
+        judge.quantity(problem, gradient)
     return results, steps
 
 

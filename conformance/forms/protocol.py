@@ -1,0 +1,80 @@
+"""The protocol every form of implementation follows, and what a form hands the judge.
+
+A form (torch OpInfo's operator family, supplied to a shared harness) says how its
+implementation is called (always through the guarded ``Implementation``), the named quantities a
+call returns (the loss, each gradient), the float64 truth and the bound kind of each, torch's own
+counterpart of each (for the ``parity`` contract), and the lines of a reproduce snippet that
+rebuild, feed and call its problem. The judge loops over the quantities: one ``Judge.conforms``
+for every family.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from torch import Tensor
+
+__all__ = ["Show", "Quantity", "Form"]
+
+
+@dataclass(frozen=True)
+class Show:
+    """What a reproduce snippet prints: code for the actual and the expected quantity (``{at}``
+    becomes the worst element's index), after ``steps``, the lines that compute them once the
+    snippet has built the case, fed it and evaluated the truth. ``steps=None`` runs the problem's
+    own call: forward, and backward with its upstream gradient if it has one. ``truth=False``: the
+    snippet evaluates no truth (an input the reference refuses, such as an invalid target, where
+    the snippet shows what the implementation did with it)."""
+
+    actual: str
+    expected: str
+    steps: Optional[tuple] = None
+    truth: bool = True
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One returned quantity of a call, ready to judge: ``actual`` (``None``: the call gave none
+    where one was due), the truth's ``expected``, the bound ``kind`` (``tolerance.BOUNDS``) and its
+    ``terms``; ``declared``: terms of an approximation the implementation declares, which widen the
+    contract's bound but not the accuracy grade; ``counterpart``: torch's own result on what the
+    implementation was fed (the ``parity`` contract), computed only when asked."""
+
+    identity: str
+    actual: Optional[Tensor]
+    expected: Tensor
+    kind: str
+    terms: dict
+    show: Show
+    declared: dict = field(default_factory=dict)
+    counterpart: Optional[Callable[[], Tensor]] = None
+
+
+class Form(ABC):
+    """A family of implementations sharing a calling convention (``vocabulary.FORMS``)."""
+
+    name: str
+    # Under ``parity``: whether torch's error replaces the standard bound (a value or a gradient
+    # torch computes elementwise as the implementation does) or widens it (a gradient summed over
+    # many rows, which torch can get nearly exact by luck, so parity alone would refuse what the
+    # standard contract accepts).
+    parity_widens: bool = False
+
+    @abstractmethod
+    def call(self, impl, problem, **context) -> Any:
+        """Forward, and backward with the problem's upstream gradient if it has one: the outcome,
+        holding pristine copies of what the implementation was fed."""
+
+    @abstractmethod
+    def truth(self, impl, problem, outcome) -> Any:
+        """The float64 truth on exactly what the implementation was fed."""
+
+    @abstractmethod
+    def quantities(self, impl, problem, outcome, truth) -> list[Quantity]:
+        """The quantities of the outcome to judge, in the order a failure should name them."""
+
+    @abstractmethod
+    def snippet(self, impl, problem, show: Show) -> list[str]:
+        """The lines that rebuild the problem, load the implementation, evaluate the truth and
+        (unless ``show.steps`` replaces it) call it as ``call`` does."""

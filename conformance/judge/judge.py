@@ -1,0 +1,191 @@
+"""The judge of one check: the run's contract chooses every bound (``tolerance``), every
+comparison is also graded against ``exact``, both are recorded on the test item (``records``),
+and a failure names the identity, the parameters, the worst element, the error against its
+bound and a snippet that reproduces it. ``conforms`` judges every quantity of a call of any form
+(``forms``); an optional capability that raises is a probed gap (``probe``)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Optional
+
+import pytest
+import torch
+from torch import Tensor
+
+from .. import forms, records, tolerance
+from ..cases import Problem
+from ..forms import Quantity, Show
+from ..forms.logits import GRADIENT, VALUE
+from ..guards import ImplementationFault
+from ..impl import Implementation
+from ..records import Gap, Measured
+from .compare import Comparison, compare, or_torch_nonfinite
+from .snippet import indent, repro_snippet
+
+__all__ = ["Judge", "FIRST_FAILURE", "REPRODUCE", "PROBED_PREFIX"]
+
+# The judge's first failure message on a check item: a property test's example survives a
+# timeout during hypothesis' shrinking (plugin).
+FIRST_FAILURE = pytest.StashKey[str]()
+# The reproduce snippet of the check's last failure, printed as is beside pytest's report (whose
+# "E " prefixes keep the message's copy from running when pasted).
+REPRODUCE = pytest.StashKey[str]()
+PROBED_PREFIX = "unsupported (probed): "
+
+
+class Judge:
+    """Per-check helper: the run's contract decides, every comparison is also graded against
+    ``exact``; it records both on the test item and fails with a full message."""
+
+    def __init__(self, item, impl: Implementation, *, contract: str = tolerance.DEFAULT_CONTRACT,
+                 required: frozenset = frozenset()) -> None:
+        self.item = item
+        self.impl = impl
+        self.contract = contract
+        self.required = required
+        self.form = forms.of(impl)
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def call(self, problem: Problem, **context):
+        """The implementation called on the problem as its form calls it: forward, and backward
+        with the problem's upstream gradient if it has one (``context``: what the form needs
+        besides, such as a vocab-parallel loss's rank group)."""
+        return self.form.call(self.impl, problem, **context)
+
+    def truth(self, problem: Problem, outcome):
+        """The float64 truth on exactly what the implementation was fed."""
+        return self.form.truth(self.impl, problem, outcome)
+
+    # -- bounds ---------------------------------------------------------------------------------
+
+    def bound(self, kind: str, dtype: torch.dtype, **terms) -> Tensor:
+        """The bound ``kind`` (``tolerance.BOUNDS``) under the run's contract."""
+        return tolerance.bound(kind, self.contract, dtype, **terms)
+
+    def _parity(self, problem: Problem) -> bool:
+        return (self.contract == "parity" and tolerance.compute_dtype(problem.dtype) != problem.dtype
+                and self.impl.input_kind == "logits" and not problem.options.variant.active)
+
+    # -- comparisons ----------------------------------------------------------------------------
+
+    def _record(self, comparison: Comparison, graded: Comparison) -> None:
+        records.attach(self.item.user_properties, "measured", Measured(
+            comparison.identity, comparison.ratio, comparison.error, comparison.bound, graded.ratio,
+            f"actual={graded.actual:.5g} expected={graded.expected:.5g}").to_json())
+
+    def _raise(self, headline: str, problem: Problem, details: str, show: Show, index: tuple = ()) -> None:
+        __tracebackhide__ = True
+        snippet = repro_snippet(problem, self.impl, show, index)
+        message = f"[{headline}\n  params: {problem.describe()}\n{details}  reproduce:\n{indent(snippet)}"
+        self.item.stash.setdefault(FIRST_FAILURE, message)
+        self.item.stash[REPRODUCE] = snippet
+        raise AssertionError(message)
+
+    def _judge(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, bound: Tensor,
+               exact_bound: Tensor, show: Show, also: Optional[Tensor]) -> Comparison:
+        __tracebackhide__ = True
+        comparison = compare(identity, actual, expected, bound, also=also)
+        self._record(comparison, compare(identity, actual, expected, exact_bound, also=also))
+        if not comparison.passed:
+            self._raise(f"{identity}] {self.impl.spec} differs from the float64 reference beyond the "
+                        f"{self.contract} bound", problem, f"  {comparison.describe()}\n", show, comparison.index)
+        return comparison
+
+    def quantity(self, problem: Problem, q: Quantity, *, also: Optional[Tensor] = None) -> Comparison:
+        """One quantity of a call against its truth, under the run's contract: under ``parity`` a
+        half-precision result is held to torch's own error on what the implementation was fed
+        (replacing the standard bound, or widening it where the form says so); ``also``: a result
+        accepted besides the truth per element."""
+        __tracebackhide__ = True
+        if q.actual is None:
+            self.fail(q.identity, problem, f"{q.identity.removesuffix(' gradient')} requires grad but has no "
+                      "gradient after backward", show=Show(q.show.actual.partition("{at}")[0], "'a gradient'"))
+        exact = tolerance.bound(q.kind, tolerance.EXACT, problem.dtype, **q.terms)
+        bound = self.bound(q.kind, problem.dtype, **q.terms, **q.declared)
+        if q.counterpart is not None and self._parity(problem):
+            torch_result = q.counterpart()
+            parity = tolerance.parity_bound(torch_result, q.expected, problem.dtype)
+            bound = torch.maximum(bound, parity) if self.form.parity_widens else parity
+            also = or_torch_nonfinite(torch_result, also)
+        return self._judge(q.identity, problem, q.actual, q.expected, bound, exact, q.show, also)
+
+    def conforms(self, problem: Problem, outcome=None, *, steps: Optional[tuple] = None, **context):
+        """Every quantity of the call (the loss and, unless backward is unsupported or the problem
+        has no upstream gradient, each gradient) against the float64 truth; ``outcome``: a call the
+        check has already made, ``steps``: how its snippet makes that call. Returns the outcome."""
+        __tracebackhide__ = True
+        if outcome is None:
+            if "backward" in self.impl.unsupported:
+                problem = replace(problem, upstream=None)
+            outcome = self.call(problem, **context)
+        for q in self.form.quantities(self.impl, problem, outcome, self.truth(problem, outcome)):
+            self.quantity(problem, q if steps is None else replace(q, show=replace(q.show, steps=steps)))
+        return outcome
+
+    def within(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, kind: str, *,
+               show: Show = VALUE, also: Optional[Tensor] = None, **terms) -> Comparison:
+        """``|actual - expected|`` within the bound ``kind`` of ``tolerance.BOUNDS`` (its terms as
+        keywords), under the run's contract; graded against ``exact``: a derived identity."""
+        __tracebackhide__ = True
+        return self._judge(identity, problem, actual, expected, self.bound(kind, problem.dtype, **terms),
+                           tolerance.bound(kind, tolerance.EXACT, problem.dtype, **terms), show, also)
+
+    def value(self, problem: Problem, out, ev, *, identity: str = "value", expected: Optional[Tensor] = None,
+              also: Optional[Tensor] = None, show: Show = VALUE) -> Comparison:
+        """The loss of a logits call against the truth, judged as ``conforms`` judges it, under
+        another identity or snippet, or against another exact statement of the truth (``expected``,
+        such as log C)."""
+        __tracebackhide__ = True
+        q = forms.FORMS["logits"].quantities(self.impl, problem, replace(out, upstream=None), ev)[0]
+        q = replace(q, identity=identity, show=show, expected=q.expected if expected is None else expected)
+        return self.quantity(problem, q, also=also)
+
+    def gradient(self, problem: Problem, out, ev, *, identity: str = "gradient", show: Show = GRADIENT) -> Comparison:
+        """The logits' gradient against the truth, as ``value`` judges the loss."""
+        __tracebackhide__ = True
+        q = forms.FORMS["logits"].quantities(self.impl, problem, out, ev)[1]
+        return self.quantity(problem, replace(q, identity=identity, show=show))
+
+    def exactly(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, *,
+                show: Show = VALUE) -> Comparison:
+        """Results the semantics fix exactly (an empty batch's NaN or 0, an ignored row's 0)."""
+        __tracebackhide__ = True
+        zero = torch.zeros(())
+        return self._judge(identity, problem, actual, expected, zero, zero, show, None)
+
+    def fail(self, identity: str, problem: Problem, message: str, *,
+             show: Show = Show("loss", "'(see the message)'")) -> None:
+        """A failure that is not a numeric comparison (shape, dtype, modified input...)."""
+        __tracebackhide__ = True
+        records.attach(self.item.user_properties, "measured", Measured(identity, float("inf")).to_json())
+        self._raise(f"{identity}] {self.impl.spec}: {message}", problem, "", show)
+
+    # -- capabilities ---------------------------------------------------------------------------
+
+    def gap(self, feature: str, problem: Problem, reason: str) -> None:
+        """An optional capability the implementation does not have: reported as unsupported
+        (probed), or a failure if the run requires it (``--conformance-require``)."""
+        __tracebackhide__ = True
+        if feature in self.required:
+            self.fail(feature, problem, f"required feature {feature!r} is not supported: {reason}")
+        records.attach(self.item.user_properties, "gap", Gap("probed", (feature,), reason).to_json())
+        pytest.skip(f"{PROBED_PREFIX}{feature}: {reason}")
+
+    def probe(self, feature: str, problem: Problem, action: Callable[[], object], what: str):
+        """``action()``, an optional transform of the implementation (double backward, forward-mode
+        AD, vmap, a second backward over a retained graph). Any exception it raises makes
+        ``feature`` a probed gap with the exception's first line: kernels refuse transforms in
+        words of their own (an ``autograd.Function`` without ``setup_context``, vmap's "dynamic
+        shape", dynamo's "Unsupported functorch tracing attempt", a compiled graph's donated
+        buffers), and no list of torch's wordings keeps up with them. Only a wrong result fails
+        (the caller judges it); ``--conformance-require`` makes the gap a failure. A breach of
+        the calling contract (``ImplementationFault``) and a timeout still propagate."""
+        __tracebackhide__ = True
+        try:
+            return action()
+        except ImplementationFault:
+            raise
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            self.gap(feature, problem, f"{what} raised {type(exc).__name__}: {first_line}")
