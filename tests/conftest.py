@@ -30,13 +30,18 @@ _load_lazy_torch_modules()
 
 
 @pytest.fixture
-def suite(pytester, monkeypatch):
-    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args.
-    The terminal is 200 columns wide, so that the verdict's rows, which the self-tests match, are
-    one line each (the verdict wraps to the terminal's width: tests/test_report.py)."""
+def suite(pytester):
+    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args."""
     pytester.syspathinsert(ROOT)
-    monkeypatch.setenv("COLUMNS", "200")
     return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
+
+
+@pytest.fixture(autouse=True)
+def _inner_runs_have_a_wide_terminal(monkeypatch):
+    """Every run a self-test makes (in-process or in a subprocess) has a 200-column terminal, so
+    that the verdict's rows and lines, which the self-tests match, are one line each (the verdict
+    wraps to the terminal's width; tests/test_report.py sets narrower ones on purpose)."""
+    monkeypatch.setenv("COLUMNS", "200")
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import pytest
 from conformance import report
 from conformance.__main__ import main
 from conformance.report import Benchmark, Check, Run, Side, rendering
+from conformance.records import Gap
 from suite_run import ROOT
 
 # Every loss 2^-22 too large: far beyond float64's bound, inside float32's but several times
@@ -299,10 +300,13 @@ def _wide_run():
                     reason=(f"AssertionError: [value] myce.bad_direction:cross_entropy differs beyond the bound\n"
                             f"  params: case=well_conditioned shape=14x5 dtype={dtype}, weight=<5 classes>\n"
                             f"  worst value: actual=0.0823 expected=0.079739 error=0.00256 bound=0.00092")
-                    if status == "failed" else "unsupported: softcap, z_loss (declared by myce)"))
+                    if status == "failed" else "unsupported: softcap, z_loss (declared by myce)",
+                    gap=Gap("declared", ("softcap", "z_loss"), "unsupported: softcap, z_loss (declared by myce)")
+                    if status == "unsupported" else None))
+    probed = "torch.func.vmap raised RuntimeError: " + "data-dependent " * 20
     checks.append(Check(id="test_transforms.py::test_vmap[cpu-float32]", implementation="myce", feature="transforms",
-                        dtype="float32", device="cpu", status="unsupported",
-                        reason="unsupported (probed): vmap: torch.func.vmap raised RuntimeError: " + "data-dependent " * 20))
+                        dtype="float32", device="cpu", status="unsupported", reason=f"unsupported (probed): vmap: {probed}",
+                        gap=Gap("probed", ("vmap",), probed)))
     return _run(checks)
 
 
@@ -334,7 +338,7 @@ def test_variants_a_loss_does_not_take_are_listed_as_not_taken():
     expected = Expectations("standard").of("test_variants.py::test_x", ["softcap", "z_loss"], torch_loss)
     without_half = dataclasses.replace(torch_loss, unsupported=torch_loss.unsupported | {"float16"})
     declared = Expectations("standard").of("test_value.py::test_x", ["float16"], without_half)
-    checks = [_check(name, status="unsupported", ratio=None, reason=e.reason)
+    checks = [_check(name, status="unsupported", ratio=None, reason=e.reason, gap=e.gap)
               for name, e in (("a", expected), ("b", declared))]
     (table,) = [t for t in report.verdict_tables(_run(checks)) if t.title == "Unsupported features"]
     assert [row[:2] for row in table.rows] == [["declared", "float16"], ["not taken", "softcap, z_loss"]]

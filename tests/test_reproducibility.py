@@ -65,5 +65,7 @@ def test_hypothesis_seed_chooses_the_property_examples(suite, pytester):
     again = _run(suite, pytester, "again", "--hypothesis-seed=5", *properties)
     other = _run(suite, pytester, "other", "--hypothesis-seed=6", *properties)
     assert len(first) == 2 and first == again
-    for test_id, (*_, error, _) in first.items():
-        assert error != other[test_id][3] and error != default[test_id][3], (test_id, error)
+    # Other examples: another worst error, bound or both (a float64 error alone is quantised, and
+    # two example sets can share their worst one).
+    for test_id, measured in first.items():
+        assert measured[2:] != other[test_id][2:] and measured[2:] != default[test_id][2:], (test_id, measured)
