@@ -65,10 +65,14 @@ def test_ignore_index_anywhere(judge, device, dtype, reduction, where, seed):
     judge.conforms(problem)
 
 
+def _each_and_both(first: str, first_mark, second: str, second_mark) -> list:
+    """The four variants of two options: plain, each alone, and both."""
+    return ["plain", pytest.param(first, marks=first_mark), pytest.param(second, marks=second_mark),
+            pytest.param(f"{first}+{second}", marks=[first_mark, second_mark])]
+
+
 @pytest.mark.feature("label_smoothing")
-@pytest.mark.parametrize("variant", ["plain", pytest.param("weighted", marks=WEIGHTED),
-                                     pytest.param("ignored", marks=CUSTOM_IGNORE),
-                                     pytest.param("weighted+ignored", marks=[WEIGHTED, CUSTOM_IGNORE])])
+@pytest.mark.parametrize("variant", _each_and_both("weighted", WEIGHTED, "ignored", CUSTOM_IGNORE))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_label_smoothing(judge, device, dtype, reduction, variant, seed):
     """Target (1-eps)*onehot + eps/C over all C classes; weights scale the smoothing term; ignored
@@ -81,9 +85,7 @@ def test_label_smoothing(judge, device, dtype, reduction, variant, seed):
 
 
 @pytest.mark.feature("probability_target")
-@pytest.mark.parametrize("variant", ["plain", pytest.param("weighted", marks=WEIGHTED),
-                                     pytest.param("smoothed", marks=SMOOTHED),
-                                     pytest.param("weighted+smoothed", marks=[WEIGHTED, SMOOTHED])])
+@pytest.mark.parametrize("variant", _each_and_both("weighted", WEIGHTED, "smoothed", SMOOTHED))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_probability_targets(judge, device, dtype, reduction, variant, seed):
     """Soft targets: mean divides by the number of positions, never by a weight sum (pytorch#107680)."""
