@@ -103,6 +103,11 @@ class FrameworkLoss(ABC):
             names |= {"backward"}
         return names
 
+    @unsupported.setter
+    def unsupported(self, names) -> None:
+        """``loss.unsupported = {...}`` on the adapted object: declared on top of the framework's."""
+        self.declared_unsupported = frozenset(names)
+
     @abstractmethod
     def __call__(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
