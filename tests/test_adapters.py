@@ -250,6 +250,10 @@ def test_wrap_for_impl_framework():
         adapters.wrap(numpy_ce.cross_entropy, "jax")
     if optax is not None:
         assert isinstance(adapters.wrap(optax.softmax_cross_entropy_with_integer_labels, "jax"), adapters.JaxLoss)
+    if keras is not None:
+        assert isinstance(adapters.wrap(keras.losses.sparse_categorical_crossentropy, "keras"), adapters.KerasLoss)
+    if mx is not None:
+        assert isinstance(adapters.wrap(mlx.nn.losses.cross_entropy, "mlx"), adapters.MlxLoss)
 
 
 # -- the suite on the framework fixtures -------------------------------------------------------

@@ -5,8 +5,9 @@ last (MLX's ``axis=-1``): class indices, or probabilities shaped like the logits
 apart by their rank); its reductions are torch's ("mean" over the positions). Tensors cross by
 DLPack, but float64 through NumPy (``mx.from_dlpack`` turns float64 into float32, measured on mlx
 0.32.4), and back by DLPack. The gradient is ``mx.vjp`` of the same call applied to the upstream
-gradient (the forward recomputed inside it). ``mx.compile`` is not used: MLX runs eagerly without
-a per-shape compile, which compiling would add to every new shape the suite draws.
+gradient (the forward recomputed inside it). ``mx.compile`` is not used: it does not pay (value and
+``mx.vjp`` on 9 shapes, 3 calls each: 31 ms eager, 32 ms compiled, measured), unlike ``jax.jit``,
+since MLX's eager mode compiles nothing per shape.
 
 Declared unsupported: "weight" (MLX's ``weights`` are per target, not per class) and
 "ignore_index" (MLX has none; a call asking for either raises ``NotImplementedError``).
