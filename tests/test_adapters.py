@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conformance import adapters
 from conformance.impl import FEATURES, VARIANT_FEATURES, ImplementationError, adapt
 from fixtures.frameworks import numpy_ce
-from suite_run import ROOT
+from suite_run import ROOT, SUITE
 
 # Imported at collection, before pytester snapshots sys.modules: pytester drops what a run
 # imported, and importing jax a second time in one process aborts it (SIGABRT, measured), as
@@ -386,3 +386,17 @@ def test_keras_and_mlx_planted_bugs_are_caught(suite, fixture, check):
     failed = [line for line in result.outlines if line.startswith("FAILED")]
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
     assert any(f"::{check}[" in line for line in failed), failed
+
+
+def test_impl_framework_keras_picks_the_torch_backend(pytester, monkeypatch):
+    """``--conformance-impl-framework=keras`` on Keras' own function, in a fresh process without
+    KERAS_BACKEND, as a user types it: Keras would import its TensorFlow backend first and fail."""
+    pytest.importorskip("keras")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    result = pytester.runpytest_subprocess(*SUITE, "--conformance-impl=keras.losses:sparse_categorical_crossentropy",
+                                           "--conformance-impl-framework=keras", "-k", "test_value_matches_truth",
+                                           timeout=120)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] > 20 and outcomes["failed"] == 3     # the float64 mean (keras_sparse_ce.xfail)
