@@ -169,8 +169,9 @@ OPTIONS = (
     Option("impl", "implementation to judge: a module (attribute cross_entropy) or module:attribute, imported from "
            "the folder pytest was started in; default: the pytest_conformance_impl hook, else "
            "torch.nn.functional.cross_entropy", str, metavar="MODULE[:ATTR]", alias="--impl"),
-    Option("impl-framework", "the framework the implementation is written in: torch (default), numpy or jax "
-           "(conformance.adapters: torch's keywords, or a per-example loss like optax's)",
+    Option("impl-framework", "the framework the implementation is written in: torch (default), numpy, jax, "
+           "keras or mlx (conformance.adapters: torch's keywords, a per-example loss like optax's, Keras' "
+           "losses, MLX's cross_entropy)",
            _one_of(adapters.FRAMEWORKS), default="torch", metavar="FRAMEWORK", alias="--impl-framework"),
     Option("device", "device to test on (repeatable); default: every available device", _one_of(DEVICES),
            metavar="DEVICE", repeatable=True, alias="--device"),

@@ -64,6 +64,7 @@ def _resolve(config: pytest.Config) -> tuple[Implementation, bool]:
     imports from the folder pytest was started in, as ``python -m pytest`` would."""
     framework = config.getoption("conformance_impl_framework")
     spec = config.getoption("conformance_impl")
+    adapters.prepare(framework)
     if spec:
         started_in = str(config.invocation_params.dir)
         if started_in not in sys.path:
