@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings as hypothesis_settings
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as hypothesis_settings
 
 from . import adapters, distributed, paired
 from .tolerance import CONTRACTS, DEFAULT_CONTRACT

@@ -14,10 +14,10 @@ import torch
 from hypothesis import seed as hypothesis_seed
 
 from . import adapters, bench, cases, hookspecs, options, records, report
-from .judge import FIRST_FAILURE, REPRODUCE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
+from .judge import FIRST_FAILURE, REPRODUCE, Judge
 from .session import SESSION_KEY, ConformanceSession, is_check, item_dtype, item_form
 from .vocabulary import DTYPES, FORMS
 

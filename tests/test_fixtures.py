@@ -8,7 +8,6 @@ import fixtures
 from conformance.impl import load_implementation
 from suite_run import ROOT, SUITE
 
-
 FIXTURES = ROOT / "fixtures"
 
 # correct fixture -> extra options it needs (a contract, a known, tracked failure list)

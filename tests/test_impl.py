@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from conformance.impl import ImplementationError, LossOptions, adapt
-from conformance.vocabulary import VARIANT_FEATURES
 from conformance.reference import Variant
+from conformance.vocabulary import VARIANT_FEATURES
 
 
 def _declaring(**attributes):

@@ -9,8 +9,8 @@ import pytest
 
 from conformance import report
 from conformance.__main__ import main
-from conformance.report import Benchmark, Check, Run, Side, rendering
 from conformance.records import Gap
+from conformance.report import Benchmark, Check, Run, Side, rendering
 from suite_run import ROOT
 
 # Every loss 2^-22 too large: far beyond float64's bound, inside float32's but several times

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.guards import calling
 from conformance.reference import evaluate
 from conformance.vocabulary import REDUCTIONS, dtype_name
-
 
 # The document's four paths, in the case's dtype, as code over ``logits`` and ``target`` (the
 # check evaluates the very code its reproduce snippet prints). The last two take the log of a

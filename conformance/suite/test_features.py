@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.guards import ImplementationFault
 from conformance.vocabulary import REDUCTIONS, dtype_name
 

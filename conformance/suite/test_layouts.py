@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.vocabulary import REDUCTIONS, dtype_name
-
 
 # Each recipe builds ``logits`` in the layout named, with targets drawn among logits <= 0 as in
 # cases.well_conditioned (the filter keeps half-precision rows well conditioned, see tolerance).

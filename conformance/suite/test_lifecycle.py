@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.guards import bits
 
 # A call's life does not depend on its options, but a buffer kept between calls may hold them:
