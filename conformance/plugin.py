@@ -224,7 +224,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             session.describe(item)
     for test_id in session.expectations.unmatched():
         warnings.warn(pytest.PytestWarning(f"--conformance-xfail {session.expectations.xfail_path}: {test_id!r} "
-                                           "matches no test"))
+                                           "matches no test"), stacklevel=1)
     _seed_property_tests(items, options.property_seed(config))
 
 
@@ -356,9 +356,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if others:
         lines.append(f"also judged (torch's own, no implementation named): {', '.join(others)}")
     width = tr._tw.fullwidth
-    for line in [wrapped for line in lines for wrapped in textwrap.wrap(line, width, subsequent_indent="  ",
-                                                                       break_on_hyphens=False)]:
-        tr.write_line(line)
+    for row in [wrapped for line in lines for wrapped in textwrap.wrap(line, width, subsequent_indent="  ",
+                                                                      break_on_hyphens=False)]:
+        tr.write_line(row)
     if session.baseline is not None:
         for text, tone in report.baseline_lines(run, session.baseline):
             for wrapped in textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False):

@@ -122,7 +122,8 @@ def test_network_learns_xor(impl, judge, device, dtype):
     recipe = f"""
 logits = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.{name})
 target = torch.tensor({XOR_TARGET})
-# the network: torch.manual_seed({XOR_SEED}); Sequential(Linear(2, 5), ReLU(), Linear(5, 2)); SGD lr 0.1, {XOR_STEPS} steps
+# the network: torch.manual_seed({XOR_SEED}); Sequential(Linear(2, 5), ReLU(), Linear(5, 2)); \
+SGD lr 0.1, {XOR_STEPS} steps
 """
     problem = cases.problem(cases.from_recipe("xor", recipe, device), upstream=None)
     call = problem.call_options()

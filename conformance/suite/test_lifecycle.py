@@ -85,7 +85,8 @@ def test_gradients_accumulate(impl, judge, device, dtype, options, seed):
     call = f"{logits_form.call_code(impl, problem)}.backward(grad)"
     kept, renew = (("x0 = x.detach().clone()",), ("with torch.no_grad(): x.copy_(x0)",)) if restore else ((), ())
     steps = ("x.requires_grad_()", problem.upstream, *kept, *renew, call, *renew, call)
-    judge.gradient(problem, out, logits_form.truth(impl, problem, out), identity="gradients accumulate over two backward passes",
+    judge.gradient(problem, out, logits_form.truth(impl, problem, out),
+                   identity="gradients accumulate over two backward passes",
                    show=Show("x.grad{at}.item()", "truth.grad(2 * grad.double()){at}.item()", steps))
 
 
