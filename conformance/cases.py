@@ -20,8 +20,8 @@ from torch import Tensor
 from .impl import LossOptions
 from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
-__all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "well_conditioned", "document_example",
-           "upstream_recipe", "UPSTREAM_KINDS"]
+__all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe",
+           "well_conditioned", "document_example", "upstream_recipe", "UPSTREAM_KINDS"]
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,8 @@ def linear_problem_case(n: int, hidden_size: int, vocab: int, dtype: torch.dtype
     """
     lines = [f"g = torch.Generator().manual_seed({seed})",
              f"hidden = torch.randn({n}, {hidden_size}, dtype=torch.float64, generator=g)" + ".abs()" * positive,
-             f"linear_weight = torch.randn({vocab}, {hidden_size}, dtype=torch.float64, generator=g) / {hidden_size ** 0.5!r}"]
+             f"linear_weight = torch.randn({vocab}, {hidden_size}, dtype=torch.float64, generator=g) "
+             f"/ {hidden_size ** 0.5!r}"]
     if confident:
         lines += [f"target = torch.randperm({vocab}, generator=g)[:{n}]",
                   "linear_weight[target] += 12 * hidden / hidden.square().sum(1, keepdim=True)"]
@@ -209,8 +210,8 @@ def linear_problem_case(n: int, hidden_size: int, vocab: int, dtype: torch.dtype
         lines += [f"target[:{n * 3 // 10}] = -100", f"target[{n // 2}::7] = -100"]
     if weight:
         lines.append(f"weight = torch.rand({vocab}, dtype=torch.float64, generator=g) + 0.25")
-    lines.append(f"hidden, linear_weight, linear_bias, weight = (None if t is None else t.to(torch.{dtype_name(dtype)}) "
-                 "for t in (hidden, linear_weight, linear_bias, weight))")
+    lines.append("hidden, linear_weight, linear_bias, weight = (None if t is None else "
+                 f"t.to(torch.{dtype_name(dtype)}) for t in (hidden, linear_weight, linear_bias, weight))")
     return linear_case(family, "\n".join(lines), device)
 
 

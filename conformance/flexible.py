@@ -181,7 +181,8 @@ def _check_arguments(input, target, input_kind, target_kind, weight, ignore_inde
         raise TypeError(f"input: expected a floating-point tensor, got {_describe(input)}")
     num_classes = input.shape[0 if input.dim() == 1 else 1] if input.dim() else 0
     if num_classes == 0:
-        raise ValueError(f"input of shape {tuple(input.shape)} has no classes: expected (N, C, d1, ...) or (C,), C >= 1")
+        raise ValueError(f"input of shape {tuple(input.shape)} has no classes: "
+                         "expected (N, C, d1, ...) or (C,), C >= 1")
     _check_target(input, target, target_kind, ignore_index)
     if weight is not None:
         if not isinstance(weight, Tensor) or weight.dtype != input.dtype:
@@ -255,7 +256,8 @@ def _check_values(input: Tensor, target: Tensor, input_kind: str, target_kind: s
         if bool(bad.any()):
             at = position(bad.reshape(-1).int().argmax(), bad.shape)
             raise ValueError(f"target {int(target[at])} at position {at} is out of range for {num_classes} classes "
-                             f"(0 to {num_classes - 1}, or ignore_index={ignore_index}); {int(bad.sum())} such positions")
+                             f"(0 to {num_classes - 1}, or ignore_index={ignore_index}); "
+                             f"{int(bad.sum())} such positions")
 
 
 def _check_distribution(name: str, kind: str, p: Tensor, class_dim: int) -> None:

@@ -41,8 +41,18 @@ from torch import Tensor
 
 from .guards import GlobalState, ImplementationFault, calling
 from .reference import Variant
-from .vocabulary import (APPROXIMATIONS, AUXILIARIES, DECLARED_TARGET_KINDS, DEVIATIONS, FEATURES, FORMS, INPUT_KINDS,
-                         VARIANT_FEATURES, VARIANTS, Z_LOSS_WEIGHTINGS)
+from .vocabulary import (
+    APPROXIMATIONS,
+    AUXILIARIES,
+    DECLARED_TARGET_KINDS,
+    DEVIATIONS,
+    FEATURES,
+    FORMS,
+    INPUT_KINDS,
+    VARIANT_FEATURES,
+    VARIANTS,
+    Z_LOSS_WEIGHTINGS,
+)
 
 __all__ = ["DEFAULT_SPEC", "Implementation", "ImplementationError", "LossOptions",
            "load_implementation", "implementation_of", "importable_name", "adapt"]

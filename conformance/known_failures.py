@@ -7,16 +7,16 @@ import torch
 
 from . import defaults
 
-__all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "TORCH_CHUNKED_LINEAR_FAILURES", "TORCH_LINEAR_EXACT_FAILURES",
-           "pinned_failures"]
+__all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "TORCH_CHUNKED_LINEAR_FAILURES",
+           "TORCH_LINEAR_EXACT_FAILURES", "pinned_failures"]
 
 _CONFIDENT_HALF = ("torch 2.13's CPU float16/bfloat16 cross_entropy subtracts a logsumexp rounded to the dtype: "
                    "confident rows (target logit = max + 10, true loss about 1e-4) give loss -0.0 and a target "
                    "gradient of 0 (the mechanism of https://github.com/linkedin/Liger-Kernel/issues/1268)")
 
 _HALF_SMOOTHING_SUM = ("torch 2.13's CPU float16 cross_entropy accumulates the smoothing term sum_c log p_c of every "
-                       "position in float16: with 4099 classes and 9 rows 'sum' is inf where the truth is 84.18 (float32 "
-                       "inside gives 84.18; confirmed by hand against float64)")
+                       "position in float16: with 4099 classes and 9 rows 'sum' is inf where the truth is 84.18 "
+                       "(float32 inside gives 84.18; confirmed by hand against float64)")
 
 TORCH_CPU_FAILURES = {
     "test_boundaries.py::test_features_at_large_size[cpu-smoothed-float16-sum]": _HALF_SMOOTHING_SUM,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings as hypothesis_settings
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as hypothesis_settings
 
 from . import adapters, distributed, paired
 from .tolerance import CONTRACTS, DEFAULT_CONTRACT
@@ -15,7 +16,8 @@ from .vocabulary import DEVICES, DTYPE_NAMES, PROBED_FEATURES
 
 __all__ = ["OPTIONS", "Option", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES",
            "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION", "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE",
-           "add_options", "add_aliases", "resolve", "world_sizes", "round_plan", "property_seed", "load_hypothesis_profile"]
+           "add_options", "add_aliases", "resolve", "world_sizes", "round_plan", "property_seed",
+           "load_hypothesis_profile"]
 
 # A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core
 # machine (see plugin: after a few timeouts the remaining checks fail at once).

@@ -14,10 +14,10 @@ import torch
 from hypothesis import seed as hypothesis_seed
 
 from . import adapters, bench, cases, hookspecs, options, records, report
-from .judge import FIRST_FAILURE, REPRODUCE, Judge
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
+from .judge import FIRST_FAILURE, REPRODUCE, Judge
 from .session import SESSION_KEY, ConformanceSession, is_check, item_dtype, item_form
 from .vocabulary import DTYPES, FORMS
 
@@ -225,7 +225,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             session.describe(item)
     for test_id in session.expectations.unmatched():
         warnings.warn(pytest.PytestWarning(f"--conformance-xfail {session.expectations.xfail_path}: {test_id!r} "
-                                           "matches no test"))
+                                           "matches no test"), stacklevel=1)
     _seed_property_tests(items, options.property_seed(config))
 
 
@@ -357,9 +357,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if others:
         lines.append(f"also judged (torch's own, no implementation named): {', '.join(others)}")
     width = tr._tw.fullwidth
-    for line in [wrapped for line in lines for wrapped in textwrap.wrap(line, width, subsequent_indent="  ",
-                                                                       break_on_hyphens=False)]:
-        tr.write_line(line)
+    for row in [wrapped for line in lines for wrapped in textwrap.wrap(line, width, subsequent_indent="  ",
+                                                                      break_on_hyphens=False)]:
+        tr.write_line(row)
     if session.baseline is not None:
         for text, tone in report.baseline_lines(run, session.baseline):
             for wrapped in textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False):

@@ -142,7 +142,8 @@ class Check:
     @classmethod
     def from_json(cls, data: dict) -> "Check":
         try:
-            return cls(**{**data, **{name: _number(data.get(name)) for name in ("ratio", "error", "bound", "exact_ratio")},
+            return cls(**{**data, **{name: _number(data.get(name))
+                                     for name in ("ratio", "error", "bound", "exact_ratio")},
                           "gap": Gap.from_json(data["gap"]) if data.get("gap") else None})
         except (TypeError, KeyError) as exc:
             raise ReportError(f"malformed check {data.get('id', '?')!r}: {exc}") from None

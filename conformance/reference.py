@@ -87,7 +87,8 @@ class Variant:
 
     def options(self) -> dict:
         """The options that differ from torch's loss, by the kit's names."""
-        return {name: getattr(self, name) for name in VARIANT_NAMES if getattr(self, name) != getattr(_TORCH_LOSS, name)}
+        return {name: getattr(self, name) for name in VARIANT_NAMES
+                if getattr(self, name) != getattr(_TORCH_LOSS, name)}
 
     def transform(self, rows: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """The logits the loss sees, ``d`` (their derivative with respect to the given logits)

@@ -560,7 +560,8 @@ def linear_input_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contra
     """``d/dh = G W``: ``E |W| + gamma_V |G| |W|`` (N, H)."""
     _check_contract(contract)
     g, w = lev.logit_grad(grad_output), lev.linear_weight.abs()
-    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below) @ w + _sums(g.shape[1], dtype) * g.abs() @ w
+    compute = (_linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below) @ w
+               + _sums(g.shape[1], dtype) * g.abs() @ w)
     return _with_half_rounding(compute, g @ lev.linear_weight, dtype)
 
 
@@ -569,7 +570,8 @@ def linear_weight_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contr
     """``d/dW = G^T h``: ``E^T |h| + gamma_N |G|^T |h|`` (V, H)."""
     _check_contract(contract)
     g, h = lev.logit_grad(grad_output), lev.hidden.abs()
-    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below).T @ h + _sums(g.shape[0], dtype) * g.abs().T @ h
+    compute = (_linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below).T @ h
+               + _sums(g.shape[0], dtype) * g.abs().T @ h)
     return _with_half_rounding(compute, g.T @ lev.hidden, dtype)
 
 
@@ -578,7 +580,8 @@ def linear_bias_grad_bound(lev, grad_output: Tensor, dtype: torch.dtype, contrac
     """``d/db = sum_i G_i``: ``sum_i E_i + gamma_N sum_i |G_i|`` (V,)."""
     _check_contract(contract)
     g = lev.logit_grad(grad_output)
-    compute = _linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below).sum(0) + _sums(g.shape[0], dtype) * g.abs().sum(0)
+    compute = (_linear_logit_grad_error(lev, grad_output, dtype, contract, filtered_below).sum(0)
+               + _sums(g.shape[0], dtype) * g.abs().sum(0))
     return _with_half_rounding(compute, g.sum(0), dtype)
 
 

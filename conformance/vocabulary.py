@@ -50,7 +50,8 @@ VARIANT_FEATURES = frozenset(VARIANTS) | {f"return_{name}" for name in AUXILIARI
 
 FORMS = {
     "logits": "logits (N, C) and a target (torch's cross_entropy)",
-    "linear": "hidden states (N, H), the classifier weight (V, H) and bias, and a target (torch's linear_cross_entropy)",
+    "linear": ("hidden states (N, H), the classifier weight (V, H) and bias, and a target "
+               "(torch's linear_cross_entropy)"),
     "vocab_parallel": "each rank's class shard of the logits in a process group (keywords group and vocab_start)",
 }
 

@@ -82,10 +82,12 @@ def test_a_hanging_rank_fails_its_checks_with_the_rank_named_and_the_run_ends(su
     ran the check past it (a timeout, not the rank named)."""
     report = pytester.path / "run.json"
     began = time.monotonic()
-    result = suite("--impl=fixtures.hostile.vp_rank_hangs", "--conformance-timeout=20", f"--conformance-report={report}",
-                   "-k", "test_vocab_parallel_value_and_gradient and float32 and mean-even")
+    result = suite("--impl=fixtures.hostile.vp_rank_hangs", "--conformance-timeout=20",
+                   f"--conformance-report={report}", "-k",
+                   "test_vocab_parallel_value_and_gradient and float32 and mean-even")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    reasons = {check["id"].partition("-ws")[2][0]: check["reason"] for check in json.loads(report.read_text())["checks"]}
+    reasons = {check["id"].partition("-ws")[2][0]: check["reason"]
+               for check in json.loads(report.read_text())["checks"]}
     assert sorted(reasons) == ["2", "4"], reasons
     for world_size, reason in reasons.items():
         assert "[every rank answers]" in reason, reason

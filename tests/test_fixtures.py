@@ -8,7 +8,6 @@ import fixtures
 from conformance.impl import load_implementation
 from suite_run import ROOT, SUITE
 
-
 FIXTURES = ROOT / "fixtures"
 
 # correct fixture -> extra options it needs (a contract, a known, tracked failure list)
@@ -136,7 +135,8 @@ CAUGHT_BY = {
 
 # Fixtures proven by a test of their own (named here) instead of the two tables above.
 OWN_TESTS = {
-    "fixtures.broken.ignored_neg_inf_nan": "test_a_property_failure_found_before_a_slow_shrink_is_reported_with_its_example",
+    "fixtures.broken.ignored_neg_inf_nan":
+        "test_a_property_failure_found_before_a_slow_shrink_is_reported_with_its_example",
     "fixtures.correct.variants_without_cap": "test_a_partial_variant_declaration_runs_only_its_variants",
 }
 
@@ -241,7 +241,8 @@ def test_a_logging_only_z_loss_with_a_wrong_gradient_is_reported_not_failed(suit
     result = suite("--impl=fixtures.correct.variants_fused", *selection, "-rs")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
     result.stdout.fnmatch_lines(["*probed*differentiable_z_loss*2*declared for logging only*"])
-    required = suite("--impl=fixtures.correct.variants_fused", *selection, "--conformance-require=differentiable_z_loss")
+    required = suite("--impl=fixtures.correct.variants_fused", *selection,
+                     "--conformance-require=differentiable_z_loss")
     assert required.ret == pytest.ExitCode.TESTS_FAILED
     required.stdout.fnmatch_lines(["*required feature 'differentiable_z_loss' is not supported*"])
 

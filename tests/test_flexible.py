@@ -38,7 +38,8 @@ def _one_hot(labels, like):
 def _fed(logits, input_kind):
     """The input of each kind, formed from the logits in float64."""
     class_dim = 0 if logits.dim() == 1 else 1
-    return {"logits": logits, "log_probs": logits.log_softmax(class_dim), "probs": logits.softmax(class_dim)}[input_kind]
+    return {"logits": logits, "log_probs": logits.log_softmax(class_dim),
+            "probs": logits.softmax(class_dim)}[input_kind]
 
 
 def _options(options, weight):
@@ -314,18 +315,22 @@ P = torch.randn(4, 5, generator=_DATA).softmax(1)
 META = "meta"
 
 ARGUMENT_ERRORS = {
-    "input_kind": (dict(input_kind="logit"), ValueError, "input_kind='logit'; expected one of ('logits', 'log_probs', 'probs')"),
-    "target_kind": (dict(target_kind="class"), ValueError, "target_kind='class'; expected one of ('index', 'onehot', 'probs')"),
+    "input_kind": (dict(input_kind="logit"), ValueError,
+                   "input_kind='logit'; expected one of ('logits', 'log_probs', 'probs')"),
+    "target_kind": (dict(target_kind="class"), ValueError,
+                    "target_kind='class'; expected one of ('index', 'onehot', 'probs')"),
     "reduction": (dict(reduction="avg"), ValueError, "reduction='avg'; expected one of ('none', 'mean', 'sum')"),
     "z_loss_weighting": (dict(z_loss_weighting="weighted"), ValueError,
                          "z_loss_weighting='weighted'; expected one of ('unweighted', 'class_weight')"),
     "validate": (dict(validate="yes"), TypeError, "validate='yes': expected True or False"),
     "ignore_index type": (dict(ignore_index=1.0), TypeError, "ignore_index=1.0: expected an int"),
     "label_smoothing range": (dict(label_smoothing=1.5), ValueError, "label_smoothing=1.5: expected a value in [0, 1]"),
-    "label_smoothing negative": (dict(label_smoothing=-0.1), ValueError, "label_smoothing=-0.1: expected a value in [0, 1]"),
+    "label_smoothing negative": (dict(label_smoothing=-0.1), ValueError,
+                                 "label_smoothing=-0.1: expected a value in [0, 1]"),
     "label_smoothing type": (dict(label_smoothing="0.1"), TypeError, "label_smoothing='0.1': expected a real number"),
     "logit_scale zero": (dict(logit_scale=0.0), ValueError, "logit_scale=0.0: expected a finite number > 0"),
-    "logit_scale tensor": (dict(logit_scale=torch.tensor(2.0)), TypeError, "logit_scale=tensor(2.): expected a real number"),
+    "logit_scale tensor": (dict(logit_scale=torch.tensor(2.0)), TypeError,
+                           "logit_scale=tensor(2.): expected a real number"),
     "softcap zero": (dict(softcap=0), ValueError, "softcap=0: expected None or a finite number > 0"),
     "softcap negative": (dict(softcap=-30.0), ValueError, "softcap=-30.0: expected None or a finite number > 0"),
     "z_loss negative": (dict(z_loss=-1e-4), ValueError, "z_loss=-0.0001: expected a finite number >= 0"),
@@ -342,7 +347,8 @@ ARGUMENT_ERRORS = {
     "float index target": (dict(target=Y.float()), TypeError,
                            "target_kind='index': expected an integer target, got a torch.float32 tensor of shape (4,)"),
     "index target shape": (dict(target=Y[:3]), ValueError,
-                           "target_kind='index': target shape (3,) != (4,), the input's (4, 5) without its class dimension"),
+                           "target_kind='index': target shape (3,) != (4,), the input's (4, 5) without its class "
+                           "dimension"),
     "probs target dtype": (dict(target=P.double(), target_kind="probs"), TypeError,
                            "target_kind='probs': expected a torch.float32 target like the input, got a torch.float64"),
     "onehot target shape": (dict(target=P[:, :4], target_kind="onehot"), ValueError,
@@ -350,7 +356,8 @@ ARGUMENT_ERRORS = {
     "ignore_index with probs": (dict(target=P, target_kind="probs", ignore_index=1), ValueError,
                                 "ignore_index=1: applies to index targets only, target_kind='probs'"),
     "weight dtype": (dict(weight=torch.ones(5, dtype=torch.float64)), TypeError,
-                     "weight: expected a torch.float32 tensor like the input, got a torch.float64 tensor of shape (5,)"),
+                     "weight: expected a torch.float32 tensor like the input, got a torch.float64 tensor of "
+                     "shape (5,)"),
     "weight shape": (dict(weight=torch.ones(4)), ValueError,
                      "weight of shape (4,) on cpu: expected (5,) on cpu, one weight per class"),
     "weight device": (dict(weight=torch.ones(5, device=META)), ValueError,

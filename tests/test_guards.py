@@ -2,8 +2,14 @@
 import pytest
 import torch
 
-from conformance.guards import SECTION_LIMIT, CheckTimeout, GlobalState, ImplementationFault, time_limit, \
-    truncate_sections
+from conformance.guards import (
+    SECTION_LIMIT,
+    CheckTimeout,
+    GlobalState,
+    ImplementationFault,
+    time_limit,
+    truncate_sections,
+)
 
 
 def test_global_state_changes_are_named_and_undone():

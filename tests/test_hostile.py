@@ -9,7 +9,6 @@ import pytest
 
 from suite_run import ROOT, SUITE
 
-
 # fixture -> (what every failure says, a check that must fail, a check that must pass)
 HOSTILE = {
     "raises_on_some_inputs": (r"exceed the block size limit", "test_value_matches_truth[cpu-float32-mean-67x130]",

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from conformance.impl import ImplementationError, LossOptions, adapt
-from conformance.vocabulary import VARIANT_FEATURES
 from conformance.reference import Variant
+from conformance.vocabulary import VARIANT_FEATURES
 
 
 def _declaring(**attributes):
@@ -29,7 +29,8 @@ def _declaring(**attributes):
      "differentiable_returns names unknown ['lse']"),
     (dict(variants={"softcap": "softcap"}, input_kind="probs"), "variants apply to logits"),
     (dict(variants={"z_loss": "z"}, z_loss_weighting="by_weight"), "z_loss_weighting='by_weight'"),
-    (dict(variants={"soft_cap": "softcap"}), "variants names unknown ['soft_cap'] (did you mean 'soft_cap' -> 'softcap'?)"),
+    (dict(variants={"soft_cap": "softcap"}),
+     "variants names unknown ['soft_cap'] (did you mean 'soft_cap' -> 'softcap'?)"),
     (dict(variants="softcap"), "variants='softcap' is a str; declare a dict of names: variants = {name: ...}"),
     (dict(deviations="all_ignored_mean_zero"), "deviations = {'all_ignored_mean_zero'}"),
     (dict(returns={"z_loss": "return_z_loss"}, differentiable_returns="z_loss"),
@@ -66,7 +67,7 @@ def test_a_returned_auxiliary_is_read_from_a_tuple_or_an_attribute():
 
     for wrap in (lambda loss, z: (loss, z), Output):
         def loss(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 return_z_loss=False):
+                 return_z_loss=False, wrap=wrap):
             return wrap(torch.ones(()), torch.full((), 2.0)) if return_z_loss else torch.ones(())
         loss.returns = {"z_loss": "return_z_loss"}
         value, z = adapt(loss, "probe").call_returning("z_loss", torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))

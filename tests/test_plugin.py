@@ -39,9 +39,11 @@ def test_impl_imports_from_the_folder_pytest_was_started_in(pytester, monkeypatc
 @pytest.mark.parametrize("declaration,message", [
     ('cross_entropy.unsupported = {"label_smothing"}',
      "*unsupported names unknown ['label_smothing'] (did you mean 'label_smothing' -> 'label_smoothing'?)*"),
-    ('cross_entropy.unsupported = "kdim"', "*unsupported='kdim' is a str; declare a set of names: unsupported = {'kdim'}*"),
-    ('unsupported = {"kdim"}', "*module typo_impl declares unsupported at module level, where the kit does not read it: "
-                               "put it on the implementation: cross_entropy.unsupported = {'kdim'}*"),
+    ('cross_entropy.unsupported = "kdim"',
+     "*unsupported='kdim' is a str; declare a set of names: unsupported = {'kdim'}*"),
+    ('unsupported = {"kdim"}',
+     "*module typo_impl declares unsupported at module level, where the kit does not read it: "
+     "put it on the implementation: cross_entropy.unsupported = {'kdim'}*"),
 ], ids=["misspelt", "string", "module_level"])
 def test_a_misread_declaration_is_a_usage_error(pytester, declaration, message):
     """A misspelt name, a string where a set is meant (read as its characters) and a declaration
@@ -202,7 +204,8 @@ def pytest_conformance_impl(config):
     linear = _run(pytester, "-k", "test_value_matches_truth or (test_linear_loss_and_gradients and odd-mean)")
     assert linear.ret == pytest.ExitCode.OK
     linear.assert_outcomes(passed=4, deselected=linear.parseoutcomes()["deselected"])
-    linear.stdout.fnmatch_lines(["*implementation: conftest:pytest_conformance_impl.<locals>.loss *", "*linear*pass 1*"])
+    linear.stdout.fnmatch_lines(["*implementation: conftest:pytest_conformance_impl.<locals>.loss *",
+                                 "*linear*pass 1*"])
 
 
 REFERENCE_IDENTITIES = ("test_document_paths_agree_in_float64", "test_one_hot_probability_target_equals_index_target",
@@ -239,7 +242,8 @@ def pytest_configure(config):
         f.write(f"device={config.getoption('device')} dtype={config.getoption('dtype')}")
 """)
     result = _run(pytester, "--device=tpu", "--dtype=int8", "--conformance-device=cpu", "--conformance-dtype=float64",
-                  "--impl=torch.nn.functional:cross_entropy", "--collect-only", "-k", "test_value_matches_truth and none")
+                  "--impl=torch.nn.functional:cross_entropy", "--collect-only", "-k",
+                  "test_value_matches_truth and none")
     assert result.ret == pytest.ExitCode.OK, result.stderr.str()[-2000:]
     assert (pytester.path / "their_options.txt").read_text() == "device=tpu dtype=int8"
     assert sorted(_collected_ids(result)) == ["test_value_matches_truth[cpu-float64-none-1x10]",

@@ -9,8 +9,8 @@ import pytest
 
 from conformance import report
 from conformance.__main__ import main
-from conformance.report import Benchmark, Check, Run, Side, rendering
 from conformance.records import Gap
+from conformance.report import Benchmark, Check, Run, Side, rendering
 from suite_run import ROOT
 
 # Every loss 2^-22 too large: far beyond float64's bound, inside float32's but several times
@@ -168,9 +168,10 @@ def test_run_output_paths_are_checked_before_any_check_runs(pytester):
     fast = ("-k", "test_value_matches_truth and float32 and 1x10")
     written = pytester.runpytest_inprocess(*CHECKS, *fast, "--conformance-report=out2/run.json")
     assert written.ret == pytest.ExitCode.OK and report.load(pytester.path / "out2" / "run.json").checks
-    for option, message in (("--conformance-report=blocker.json/run.json", "--conformance-report: blocker.json/run.json: "
-                                                                          "cannot create its folder blocker.json"),
-                            ("--conformance-baseline=missing.json", "--conformance-baseline: missing.json: No such file")):
+    for option, message in (("--conformance-report=blocker.json/run.json",
+                             "--conformance-report: blocker.json/run.json: cannot create its folder blocker.json"),
+                            ("--conformance-baseline=missing.json",
+                             "--conformance-baseline: missing.json: No such file")):
         refused = pytester.runpytest_inprocess(*CHECKS, *fast, option)
         assert refused.ret == pytest.ExitCode.USAGE_ERROR and "passed" not in refused.stdout.str()
         refused.stderr.fnmatch_lines([f"ERROR: {message}*"])
@@ -239,7 +240,8 @@ def test_report_gates_ci_on_real_runs(pytester, capsys):
     assert "<svg" in (pytester.path / "slow.html").read_text()
     # the same gate in one command: the pytest run against its baseline, named, exits 1 on the regressions
     assert slow_gated.ret == pytest.ExitCode.TESTS_FAILED and "failed" not in slow_gated.parseoutcomes()
-    slow_gated.stdout.fnmatch_lines([f"baseline: {base}: torch.nn.functional:cross_entropy, kit *, torch *, created *, seed 0",
+    slow_gated.stdout.fnmatch_lines([f"baseline: {base}: torch.nn.functional:cross_entropy, kit *, torch *, "
+                                     "created *, seed 0",
                                      "warning: the baseline judged torch.nn.functional:cross_entropy, this run "
                                      "fixtures.slow.three_times:cross_entropy: *",
                                      "Regressions against the baseline:*", "*slower*benchmark*3*float32*",
@@ -280,7 +282,8 @@ def test_records_travel_as_json_both_ways():
     assert again.ratio == float("inf") and again.exact_ratio != again.exact_ratio
     measured = Measured("value", float("inf"), 1.0, 0.0, float("nan"), "actual=1 expected=2")
     back = Measured.from_json(json.loads(json.dumps(measured.to_json())))
-    assert (back.identity, back.ratio, back.error, back.exact_worst) == ("value", float("inf"), 1.0, "actual=1 expected=2")
+    assert ((back.identity, back.ratio, back.error, back.exact_worst)
+            == ("value", float("inf"), 1.0, "actual=1 expected=2"))
     with pytest.raises(report.ReportError, match="how='guessed'"):
         Gap("guessed", ("vmap",), "")
 
@@ -305,15 +308,16 @@ def _wide_run():
                     if status == "unsupported" else None))
     probed = "torch.func.vmap raised RuntimeError: " + "data-dependent " * 20
     checks.append(Check(id="test_transforms.py::test_vmap[cpu-float32]", implementation="myce", feature="transforms",
-                        dtype="float32", device="cpu", status="unsupported", reason=f"unsupported (probed): vmap: {probed}",
-                        gap=Gap("probed", ("vmap",), probed)))
+                        dtype="float32", device="cpu", status="unsupported",
+                        reason=f"unsupported (probed): vmap: {probed}", gap=Gap("probed", ("vmap",), probed)))
     return _run(checks)
 
 
 def test_the_terminal_verdict_takes_the_terminal_s_width(suite, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     result = suite("--impl=fixtures.broken.small_bias", "-k", "test_value_matches_truth and (float64 or bfloat16)")
-    verdict = result.stdout.lines[next(i for i, line in enumerate(result.stdout.lines) if "conformance verdict" in line):]
+    verdict = result.stdout.lines[next(i for i, line in enumerate(result.stdout.lines)
+                                       if "conformance verdict" in line):]
     assert max(map(len, verdict[:-1])) <= 80, verdict   # the last line is pytest's own summary
     assert any(line.startswith("  value ") and "FAIL 9/9" in line for line in verdict), verdict
 

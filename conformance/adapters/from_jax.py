@@ -31,7 +31,7 @@ class JaxLoss(CrossingLoss):
     framework = "jax"
 
     def __init__(self, fn: Callable, *, jit: bool = True) -> None:
-        import jax                  # optional: only a JAX loss needs it (ImportError otherwise)
+        import jax  # optional: only a JAX loss needs it (ImportError otherwise)
         import jax.dlpack
         import jax.numpy as jnp
         self.jax = jax

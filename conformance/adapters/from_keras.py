@@ -46,7 +46,7 @@ def use_torch_backend() -> Any:
     """Keras, imported on the torch backend (``KERAS_BACKEND=torch`` unless set: Keras reads it once,
     at its first import)."""
     os.environ.setdefault("KERAS_BACKEND", KERAS_BACKEND)
-    import keras    # optional: only a Keras loss needs it (ImportError otherwise)
+    import keras  # optional: only a Keras loss needs it (ImportError otherwise)
     if keras.backend.backend() != KERAS_BACKEND:
         raise ImplementationError(f"keras runs on its {keras.backend.backend()!r} backend: the kit judges it on "
                                   "'torch' (set KERAS_BACKEND=torch before keras is first imported)")

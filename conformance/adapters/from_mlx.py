@@ -30,7 +30,7 @@ class MlxLoss(CrossingLoss):
     framework = "mlx"
 
     def __init__(self, fn: Callable) -> None:
-        import mlx.core as mx       # optional: only an MLX loss needs it (ImportError otherwise)
+        import mlx.core as mx  # optional: only an MLX loss needs it (ImportError otherwise)
         self.mx = mx
         super().__init__(fn, per_example=False, differentiable=True)
         self.fn = fn

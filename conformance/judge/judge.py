@@ -31,6 +31,8 @@ FIRST_FAILURE = pytest.StashKey[str]()
 # "E " prefixes keep the message's copy from running when pasted).
 REPRODUCE = pytest.StashKey[str]()
 PROBED_PREFIX = "unsupported (probed): "
+# What the snippet of a failure that is not a numeric comparison shows (``Judge.fail``).
+SEE_MESSAGE = Show("loss", "'(see the message)'")
 
 
 class Judge:
@@ -155,7 +157,7 @@ class Judge:
         return self._judge(identity, problem, actual, expected, zero, zero, show, None)
 
     def fail(self, identity: str, problem: Problem, message: str, *,
-             show: Show = Show("loss", "'(see the message)'")) -> None:
+             show: Show = SEE_MESSAGE) -> None:
         """A failure that is not a numeric comparison (shape, dtype, modified input...)."""
         __tracebackhide__ = True
         records.attach(self.item.user_properties, "measured", Measured(identity, float("inf")).to_json())

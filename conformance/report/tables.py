@@ -34,8 +34,8 @@ def _verdict(counts: dict) -> tuple:
         if hung:
             return f"{counts['not run']} not run", "fail"
         return ("unsupported" if counts.get("unsupported") else "skipped"), "muted"
-    extras = [f"{counts[s]} {'declared' if s == 'xfailed' else s}" for s in ("not run", "xfailed", "xpassed",
-                                                                              "unsupported", "skipped") if counts.get(s)]
+    extras = [f"{counts[s]} {'declared' if s == 'xfailed' else s}"
+              for s in ("not run", "xfailed", "xpassed", "unsupported", "skipped") if counts.get(s)]
     text = " · ".join([f"pass {counts.get('passed', 0)}"] + extras)
     return text, ("fail" if hung else "warn" if counts.get("xfailed") or counts.get("xpassed") else "ok")
 

@@ -90,7 +90,8 @@ def test_linear_speed_beside_torch(benchmark, request, impl, device, linear_shap
     """A linear loss beside torch's composition (``linear_cross_entropy``'s reference path), which
     materialises the N x V logits: the point of a fused linear loss is the memory it saves, so
     the logits' bytes are recorded beside each side's extra memory."""
-    if not request.config.getoption("conformance_bench_linear_shape") and linear_shape not in bench.linear_shapes_for(device):
+    if (not request.config.getoption("conformance_bench_linear_shape")
+            and linear_shape not in bench.linear_shapes_for(device)):
         pytest.skip(f"{'x'.join(map(str, linear_shape))} is not a {device} linear benchmark shape")
     n, h, v = linear_shape
     benchmark.group = f"{impl.name} {op} {dtype_name(dtype)} {n}x{h}x{v} {device}"

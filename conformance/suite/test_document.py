@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.guards import calling
 from conformance.reference import evaluate
 from conformance.vocabulary import REDUCTIONS, dtype_name
-
 
 # The document's four paths, in the case's dtype, as code over ``logits`` and ``target`` (the
 # check evaluates the very code its reproduce snippet prints). The last two take the log of a
@@ -122,7 +122,8 @@ def test_network_learns_xor(impl, judge, device, dtype):
     recipe = f"""
 logits = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.{name})
 target = torch.tensor({XOR_TARGET})
-# the network: torch.manual_seed({XOR_SEED}); Sequential(Linear(2, 5), ReLU(), Linear(5, 2)); SGD lr 0.1, {XOR_STEPS} steps
+# the network: torch.manual_seed({XOR_SEED}); Sequential(Linear(2, 5), ReLU(), Linear(5, 2)); \
+SGD lr 0.1, {XOR_STEPS} steps
 """
     problem = cases.problem(cases.from_recipe("xor", recipe, device), upstream=None)
     call = problem.call_options()

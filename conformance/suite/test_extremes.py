@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.vocabulary import DTYPES, WIDE_DTYPES, dtype_name
 
 # A subset on purpose: sum is mean times the kept count, so it adds no extreme of its own.

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.guards import ImplementationFault
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
@@ -102,7 +103,8 @@ def test_gradient_with_respect_to_soft_target(impl, judge, device, dtype, seed):
     logits, target = problem.case.logits.clone(), problem.case.target.clone().requires_grad_()
     impl(logits, target, problem.call_options()).backward()
     row_problem = cases.problem(problem.case, reduction="none", upstream=None)
-    row_ev = logits_form.truth(impl, row_problem, logits_form.Outcome(problem.case.logits, problem.case.target, torch.empty(())))
+    row_ev = logits_form.truth(impl, row_problem,
+                               logits_form.Outcome(problem.case.logits, problem.case.target, torch.empty(())))
     judge.within("d loss / d target = -log softmax", problem, target.grad, -row_ev.log_probs.reshape(target.shape),
                  "soft target gradient", row_ev=row_ev,
                  show=Show("t.grad{at}", "-truth.log_probs.reshape(t.shape){at}",

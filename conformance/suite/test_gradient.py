@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.reference import to_rows
 from conformance.vocabulary import REDUCTIONS
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.vocabulary import REDUCTIONS, dtype_name
-
 
 # Each recipe builds ``logits`` in the layout named, with targets drawn among logits <= 0 as in
 # cases.well_conditioned (the filter keeps half-precision rows well conditioned, see tolerance).
@@ -118,7 +118,8 @@ def check_in_layout(impl, judge, problem: cases.Problem) -> None:
     if not backward:
         problem = dataclasses.replace(problem, upstream=None)
     owned = {"logits": leaf, "target": t, "upstream gradient": grad}
-    declared = "overwrites_logits" in impl.deviations   # then the logits' elements may change, their storage's others not
+    # declared: then the logits' elements may change, their storage's others not
+    declared = "overwrites_logits" in impl.deviations
     skipped_only = {name: declared and name == "logits" for name in owned}
     before = {name: _storage_bytes(tensor, skipped_only=skipped_only[name]) for name, tensor in owned.items()}
 
@@ -136,8 +137,8 @@ def check_in_layout(impl, judge, problem: cases.Problem) -> None:
     if backward:
         loss.backward(grad)
         unchanged("backward")
-    out = logits_form.Outcome(input=pristine_x, target=pristine_t, loss=loss.detach(), grad=leaf.grad if backward else None,
-                      upstream=grad if backward else None)
+    out = logits_form.Outcome(input=pristine_x, target=pristine_t, loss=loss.detach(),
+                              grad=leaf.grad if backward else None, upstream=grad if backward else None)
     ev = logits_form.truth(impl, problem, out)
     judge.value(problem, out, ev)
     if backward:

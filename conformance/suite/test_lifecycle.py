@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.guards import bits
 
 # A call's life does not depend on its options, but a buffer kept between calls may hold them:
@@ -84,7 +85,8 @@ def test_gradients_accumulate(impl, judge, device, dtype, options, seed):
     call = f"{logits_form.call_code(impl, problem)}.backward(grad)"
     kept, renew = (("x0 = x.detach().clone()",), ("with torch.no_grad(): x.copy_(x0)",)) if restore else ((), ())
     steps = ("x.requires_grad_()", problem.upstream, *kept, *renew, call, *renew, call)
-    judge.gradient(problem, out, logits_form.truth(impl, problem, out), identity="gradients accumulate over two backward passes",
+    judge.gradient(problem, out, logits_form.truth(impl, problem, out),
+                   identity="gradients accumulate over two backward passes",
                    show=Show("x.grad{at}.item()", "truth.grad(2 * grad.double()){at}.item()", steps))
 
 

@@ -21,7 +21,6 @@ from conformance.reference import Evaluation, evaluate
 from conformance.suite.test_document import DOCUMENT_PATHS, document_path, document_path_show
 from conformance.vocabulary import HALF_DTYPES
 
-
 # Whatever profile runs: the judge is a function-scoped fixture shared by a test's examples on
 # purpose (it records every comparison on the test item), and torch's timings are not the code
 # under test, so no deadline.

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conformance import cases, tolerance
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.guards import bits
 from conformance.vocabulary import REDUCTIONS, dtype_name
 

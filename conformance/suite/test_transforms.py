@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.judge import compare
 from conformance.reference import Variant
 from conformance.vocabulary import REDUCTIONS, WIDE_DTYPES, dtype_name
@@ -102,7 +103,8 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
                   "derivative would be silently zero")
     hv = judge.probe("double_backward", problem, lambda: torch.autograd.grad(g, x, v)[0],
                      what="torch.autograd.grad(g, x, v) of the gradient computed with create_graph=True")
-    ev = logits_form.truth(impl, problem, logits_form.Outcome(input=pristine_x, target=pristine_t, loss=torch.empty(())))
+    ev = logits_form.truth(impl, problem,
+                           logits_form.Outcome(input=pristine_x, target=pristine_t, loss=torch.empty(())))
     steps = ("x.requires_grad_()", problem.upstream, direction, *_on_device("grad, v", device),
              f"g, = torch.autograd.grad({logits_form.call_code(impl, problem)}, x, grad, create_graph=True)",
              "hv, = torch.autograd.grad(g, x, v)")

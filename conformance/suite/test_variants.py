@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show, logits as logits_form
+from conformance.forms import Show
+from conformance.forms import logits as logits_form
 from conformance.reference import Variant
 from conformance.vocabulary import dtype_name
 

@@ -40,8 +40,8 @@ def rank_groups(request):
 
     def groups_for(impl) -> distributed.Groups:
         if impl.spec not in registry:
-            registry[impl.spec] = distributed.Groups(impl.vocab_parallel, collective_timeout=limit / 4, deadline=limit / 2,
-                                                     start_deadline=limit)
+            registry[impl.spec] = distributed.Groups(impl.vocab_parallel, collective_timeout=limit / 4,
+                                                     deadline=limit / 2, start_deadline=limit)
         return registry[impl.spec]
     yield groups_for
     for groups in registry.values():
@@ -131,8 +131,8 @@ def test_vocab_parallel_ignore_index(impl, judge, rank_groups, device, reduction
                        show=Show(f"results[{result.rank}].grad[t == {ignore_index}].abs().max()", "0.0", steps))
         if reduction == "none" and bool((result.loss[ignored] != 0).any()):
             judge.fail("ignored rows have zero loss", problem, f"rank {result.rank}: losses "
-                       f"{result.loss[ignored].tolist()}", show=Show(f"results[{result.rank}].loss[t == {ignore_index}]",
-                                                                     "0.0", steps))
+                       f"{result.loss[ignored].tolist()}",
+                       show=Show(f"results[{result.rank}].loss[t == {ignore_index}]", "0.0", steps))
 
 
 @pytest.mark.feature("label_smoothing")
@@ -188,7 +188,8 @@ def test_vocab_parallel_shard_far_from_the_others(impl, judge, rank_groups, devi
     its own max must be rescaled to the global max (exp(-200) underflows in float32)."""
     shards = _shards("even", world_size)
     start, stop = shards[1]
-    case = _case(dtype, device, seed, shards, family="vocab_parallel_far_shard", body=f"z[:, {start}:{stop}] += {shift}")
+    case = _case(dtype, device, seed, shards, family="vocab_parallel_far_shard",
+                 body=f"z[:, {start}:{stop}] += {shift}")
     problem = _problem(case, world_size, shards, reduction="none")
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
 
@@ -202,7 +203,8 @@ def test_vocab_parallel_leaves_its_arguments_unchanged(impl, judge, rank_groups,
     Megatron-LM#1594). A loss that declares ``overwrites_logits`` may write into its shard: the
     check is then a declared failure, and the other arguments must still be left alone."""
     shards = _shards("even", world_size)
-    case = _case(dtype, device, seed, shards, family="vocab_parallel_arguments", weight="weight" not in impl.unsupported)
+    case = _case(dtype, device, seed, shards, family="vocab_parallel_arguments",
+                 weight="weight" not in impl.unsupported)
     problem = _problem(case, world_size, shards, reduction=reduction)
     results, steps = _conforms(impl, judge, rank_groups, problem, world_size, shards)
     allowed = {"logits shard"} if "overwrites_logits" in impl.deviations else set()
