@@ -134,6 +134,29 @@ class Judge:
             self.quantity(problem, q if steps is None else replace(q, show=replace(q.show, steps=steps)))
         return outcome
 
+    def repeats(self, problem: Problem, first, ev) -> None:
+        """The call made again on identical inputs gives the same bits as ``first`` (tt-metal runs
+        every op twice); a loss that declares ``nondeterministic`` is held instead to the bound of
+        a reordered sum (``tolerance``, run to run) of its value and logits' gradient."""
+        __tracebackhide__ = True
+        declared = "nondeterministic" in self.impl.deviations
+        again = self.form.quantities(self.impl, problem, self.call(problem), ev)
+        for q, second in zip(self.form.quantities(self.impl, problem, first, ev), again):
+            if q.actual is None or second.actual is None:
+                continue
+            identity = f"{q.identity} run to run"
+            if declared and q.kind in ("value", "gradient"):
+                terms = {**q.terms, "first": q.actual}
+                bound = self.bound(f"run to run {q.kind}", problem.dtype, **terms)
+                self._judge(identity, problem, second.actual, q.actual.detach().double().cpu(), bound, bound,
+                            q.show, None)
+            elif not _same_bits(q.actual, second.actual):
+                differ = (q.actual != second.actual) & ~(q.actual.isnan() & second.actual.isnan())
+                at = tuple(differ.nonzero()[0].tolist()) if differ.dim() else ()
+                self.fail(identity, problem, f"two calls on identical inputs differ in their bits: {q.actual[at].item()!r} "
+                          f"then {second.actual[at].item()!r} at {at or 'the scalar'} (a loss whose sums take their terms in "
+                          "a varying order declares deviations = {'nondeterministic'})", show=q.show)
+
     def within(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, kind: str, *,
                show: Show = VALUE, also: Optional[Tensor] = None, **terms) -> Comparison:
         """``|actual - expected|`` within the bound ``kind`` of ``tolerance.BOUNDS`` (its terms as
@@ -200,3 +223,8 @@ class Judge:
         except Exception as exc:
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
             self.gap(feature, problem, f"{what} raised {type(exc).__name__}: {first_line}")
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.detach().reshape(-1).contiguous().view(torch.uint8), b.detach().reshape(-1).contiguous().view(torch.uint8))
