@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from .. import forms, records, tolerance
+from .. import cases, forms, records, tolerance
 from ..cases import Problem
 from ..forms import Quantity, Show
 from ..forms.logits import GRADIENT, VALUE
@@ -135,12 +135,13 @@ class Judge:
         return outcome
 
     def repeats(self, problem: Problem, first, ev) -> None:
-        """The call made again on identical inputs gives the same bits as ``first`` (tt-metal runs
-        every op twice); a loss that declares ``nondeterministic`` is held instead to the bound of
+        """The call made again on identical inputs (the case built again from its recipe) gives the
+        same bits as ``first`` (tt-metal runs every op twice); a loss that declares ``nondeterministic`` is held instead to the bound of
         a reordered sum (``tolerance``, run to run) of its value and logits' gradient."""
         __tracebackhide__ = True
         declared = "nondeterministic" in self.impl.deviations
-        again = self.form.quantities(self.impl, problem, self.call(problem), ev)
+        fresh = cases.from_recipe(problem.case.family, problem.case.recipe, problem.device)  # the first may overwrite
+        again = self.form.quantities(self.impl, problem, self.call(replace(problem, case=fresh)), ev)
         for q, second in zip(self.form.quantities(self.impl, problem, first, ev), again):
             if q.actual is None or second.actual is None:
                 continue
