@@ -2,7 +2,7 @@
 (torch OpInfo's ``DecorateInfo`` is the model): features the implementation declares
 unsupported or an input kind a check is not stated for (the check is reported as unsupported,
 never run), torch's own failures pinned in
-``known_failures`` and the user's ``--conformance-xfail`` file (strict xfails; ``~``: not strict).
+``known_failures`` (by test id; the mechanism pins are the judge's, ``pins``) and the user's ``--conformance-xfail`` file (strict xfails; ``~``: not strict).
 
 Outcomes found while a check runs are the judge's (``judge.Judge.gap``: a capability probed and
 missing); a declared deviation (``vocabulary.DEVIATIONS``) is judged against its declared result by the
@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import pytest
 
 from .impl import Implementation
-from .known_failures import pinned_failures
+from .known_failures import pinned_failures, pins
 from .records import Gap
 from .vocabulary import VARIANT_FEATURES
 
@@ -60,11 +60,10 @@ def read_xfail_file(path: str) -> dict:
 
 class Expectations:
     """The table for one run: each implementation's declarations, torch's pins under the run's
-    contract and at its seed, and the user's xfail file."""
+    contract, and the user's xfail file."""
 
-    def __init__(self, contract: str, xfail_path: Optional[str] = None, *, seed: int = 0) -> None:
+    def __init__(self, contract: str, xfail_path: Optional[str] = None) -> None:
         self.contract = contract
-        self.seed = seed
         self.xfail_path = xfail_path
         self.listed = read_xfail_file(xfail_path) if xfail_path else {}
         self.matched: set = set()
@@ -84,7 +83,7 @@ class Expectations:
             reason = f"{UNSUPPORTED_PREFIX}{', '.join(missing)} ({by})"
             return Expected("unsupported", reason, gap=Gap(how, missing, reason))
         if impl.spec not in self._known:
-            self._known[impl.spec] = {**pinned_failures(impl.call, self.contract, self.seed), **self.listed}
+            self._known[impl.spec] = {**pinned_failures(impl.call, self.contract), **self.listed}
         known = self._known[impl.spec]
         test_id = next((test_id for test_id in known if nodeid.endswith(test_id)), None)
         if test_id is None:
@@ -92,6 +91,11 @@ class Expectations:
         self.matched.add(test_id)
         reason, strict = known[test_id]
         return Expected("xfail", reason, strict)
+
+    def pins(self, impl: Implementation) -> tuple:
+        """torch's defects pinned by mechanism for ``impl`` under the run's contract (the judge
+        applies them to the problems it judges, ``known_failures.Pin``)."""
+        return pins(impl.call, self.contract)
 
     def unmatched(self) -> list[str]:
         """Ids of the xfail file that matched no collected check (the user is warned)."""

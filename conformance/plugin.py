@@ -17,7 +17,7 @@ from . import adapters, bench, cases, hookspecs, options, records, report
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
-from .judge import FIRST_FAILURE, REPRODUCE, Judge
+from .judge import FIRST_FAILURE, PINNED, REPRODUCE, Judge
 from .session import SESSION_KEY, ConformanceSession, is_check, item_dtype, item_form
 from .vocabulary import DTYPES, FORMS
 
@@ -105,8 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"{', '.join(available_devices())})")
     contract = config.getoption("conformance_contract")
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
-                                 expectations=Expectations(contract, config.getoption("conformance_xfail"),
-                                                           seed=config.getoption("conformance_seed")),
+                                 expectations=Expectations(contract, config.getoption("conformance_xfail")),
                                  seed=config.getoption("conformance_seed"), named=named,
                                  baseline=_checked_at_start(config))
     config.stash[SESSION_KEY] = session
@@ -262,6 +261,10 @@ def pytest_runtest_call(item: pytest.Item):
         with time_limit(item.config.getoption("conformance_timeout"), item.config.stash[STACK_DUMP_FD_KEY]):
             result = yield
         state.check("during the check (its backward, or outside the guarded calls)")
+        pin = item.stash.get(PINNED, None)
+        if pin is not None:
+            raise AssertionError(f"[XPASS(strict)] the known failure {pin.describe()} did not show: the check judged "
+                                 f"a problem it covers and passed; revisit the pin ({pin.reason})")
         return result
     except BaseException as error:
         timeout = _timeout_behind(error)
@@ -329,8 +332,10 @@ def impl(request) -> Implementation:
 
 @pytest.fixture
 def judge(request, impl) -> Judge:
+    session = request.config.stash[SESSION_KEY]
     return Judge(request.node, impl, contract=request.config.getoption("conformance_contract"),
-                 required=frozenset(request.config.getoption("conformance_require") or ()))
+                 required=frozenset(request.config.getoption("conformance_require") or ()),
+                 pins=session.expectations.pins(impl), seed=session.seed)
 
 
 @pytest.fixture
@@ -383,6 +388,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if SESSION_KEY not in config.stash or hasattr(config, "workerinput"):
         return
     config.stash[VERDICT_KEY] = run, found, _ = config.stash[SESSION_KEY].judged()
+    for pin in config.stash[SESSION_KEY].unshown_pins():
+        warnings.warn(pytest.PytestWarning(f"known failure {pin.describe()} covered no problem although "
+                                           f"{pin.found_by} ran: revisit the pin ({pin.reason})"))
     path = config.getoption("conformance_report")
     if path:
         report.save(run, path)

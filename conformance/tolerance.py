@@ -592,6 +592,49 @@ def linear_autocast_bound(bound_of: str, rounded, truth_distance: Tensor, autoca
     that dtype, plus ``truth_distance``, how far its truth lies from the float32 inputs' truth."""
     return BOUNDS[bound_of](rounded, dtype=autocast_dtype, contract=contract, **terms) + truth_distance
 
+def _gamma(n: int, u: float) -> float:
+    """``gamma_n = n u / (1 - n u)`` (Higham, Accuracy and Stability of Numerical Algorithms, 3.1)."""
+    return n * u / (1 - n * u)
+
+
+# Run to run. A loss that declares ``nondeterministic`` (atomic adds: its sums take their terms in
+# the order the scheduler picks) is held to the difference of two such orders, not to bitwise
+# equality. A sum of n terms in any order errs by gamma_{n-1} sum_i |x_i| (Higham (4.4)), so two
+# orders differ by at most twice that. The loss sums C exponentials per position, whose log then
+# moves by at most 2 gamma_C (the terms are positive: a relative change of s), weighted by the
+# position's a; and N position losses, non-negative, so sum_i |x_i| is the result itself. The
+# gradient's softmax shares its row's sum (2 gamma_C relative, times the row's scale |upstream| a),
+# and the mean's divisor is a sum of N weights (2 gamma_N relative). A half result is rounded once
+# more in each run: 2 u_o |result|.
+
+def rerun_value_bound(ev: Evaluation, first: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """Largest acceptable difference of two runs' losses where the sums' order may change."""
+    _check_contract(contract)
+    u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
+    n_rows, first = ev.row_loss.shape[0], first.detach().double().cpu().abs()
+    per_position = 2 * _gamma(ev.num_classes, u) * ev.weighted_target.sum(1)
+    if ev.reduction == "none":
+        compute = per_position.reshape(first.shape)
+    else:
+        compute = per_position.sum() / (ev.denominator.abs() if ev.reduction == "mean" else 1)
+        compute = compute + 2 * _gamma(n_rows, u) * first
+    rounding = 2 * u_o * first if _is_half(dtype) else torch.zeros_like(first)
+    return compute + rounding + underflow_floor(dtype)
+
+
+def rerun_gradient_bound(ev: Evaluation, grad_output: Tensor, first: Tensor, dtype: torch.dtype,
+                         contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """Largest acceptable difference of two runs' logit gradients where the sums' order may change."""
+    _check_contract(contract)
+    u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
+    first = first.detach().double().cpu().abs()
+    scale = ev.upstream_rows(grad_output).abs() * ev.weighted_target.sum(1)
+    shared = _rows_shaped_like(scale[:, None].expand(-1, ev.num_classes), first)
+    compute = 2 * _gamma(ev.num_classes, u) * (first + shared) + 2 * _gamma(ev.row_loss.shape[0], u) * first
+    rounding = 2 * u_o * first if _is_half(dtype) else torch.zeros_like(first)
+    return compute + rounding + underflow_floor(dtype)
+
+
 BOUNDS = {
     "value": value_bound,
     "gradient": grad_bound,
@@ -610,6 +653,8 @@ BOUNDS = {
     "linear weight gradient": linear_weight_grad_bound,
     "linear bias gradient": linear_bias_grad_bound,
     "linear under autocast": linear_autocast_bound,
+    "run to run value": rerun_value_bound,
+    "run to run gradient": rerun_gradient_bound,
 }
 
 

@@ -88,6 +88,9 @@ DEVIATIONS = {
                          "and every other argument, it must not",
     "float32_output": "float16/bfloat16 inputs give a float32 loss on purpose (cut-cross-entropy's, summed in "
                       "float32 by a mixed-precision step); every other dtype gives its own",
+    "nondeterministic": "two calls on identical inputs may differ in their last bits (atomic adds take their terms "
+                        "in the order the scheduler picks, torch PR #193477); held to the difference of two orders "
+                        "of its sums (tolerance, run to run) instead of bitwise equality",
 }
 
 APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear)

@@ -115,7 +115,49 @@ def test_default_run_pins_torch_failures_as_strict_xfail(pytester):
     outcomes = result.parseoutcomes()
     assert result.ret == pytest.ExitCode.OK
     assert outcomes["xfailed"] == 4
-    result.stdout.fnmatch_lines(["*XFAIL*confident_rows_value*bfloat16-10*logsumexp rounded to the dtype*"])
+    result.stdout.fnmatch_lines(["*XFAIL*confident_rows_value*bfloat16-10*known failure, half exponential sum*"])
+
+
+def test_a_pin_covers_the_cases_of_the_deep_run_where_its_mechanism_shows(pytester):
+    """torch's float16 running sums, pinned by where they overflow, cover the deep run's cases the
+    default run never generates (65535 rows 'mean', smoothing at 4099 classes 'mean'), and the
+    cases beside them (65535 rows 'sum', whose truth itself overflows float16) stay judged."""
+    result = _run(pytester, "--conformance-deep", "-rx", "-k", "(test_row_count_boundaries and (65535-float16 or 65536-float16 or "
+                  "65537-float16)) or (test_features_at_large_size and smoothed-float16)")
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=8, xfailed=7, deselected=result.parseoutcomes()["deselected"])
+    result.stdout.fnmatch_lines(["*XFAIL*test_row_count_boundaries?cpu-65537-float16-mean?*float16 loss sum*",
+                                 "*XFAIL*large_size?cpu-smoothed-float16-mean?*float16 smoothing sum*"])
+
+
+def _pin(**changes):
+    import torch
+
+    from conformance.known_failures import Pin
+    return Pin(**{**dict(name="planted pin", reason="a planted defect", where="every float64 problem",
+                         shows=lambda problem: True, dtypes=frozenset({torch.float64}),
+                         reductions=frozenset({"none"}),
+                         found_by="test_value.py::test_value_matches_truth[cpu-float64-none-7x3]"), **changes})
+
+
+def test_a_pin_whose_defect_does_not_show_fails_the_check(pytester, monkeypatch):
+    """A check that judges a problem a pin covers and passes fails, as a strict xfail would: the
+    defect no longer shows where the pin says."""
+    from conformance import known_failures
+    monkeypatch.setattr(known_failures, "TORCH_CPU_PINS", (_pin(),))
+    result = _run(pytester, "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*[[]XPASS(strict)[]] the known failure planted pin (cpu, float64, none, every "
+                                 "float64 problem) did not show*"])
+
+
+def test_a_pin_that_covers_nothing_where_its_evidence_ran_warns(pytester, monkeypatch):
+    from conformance import known_failures
+    monkeypatch.setattr(known_failures, "TORCH_CPU_PINS", (_pin(shows=lambda problem: False),))
+    result = _run(pytester, "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*PytestWarning: known failure planted pin * covered no problem although "
+                                 "test_value.py::test_value_matches_truth[[]cpu-float64-none-7x3[]] ran*"])
 
 
 def test_a_data_dependent_pin_applies_at_the_seeds_it_fails_at_only(pytester):

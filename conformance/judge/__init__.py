@@ -2,6 +2,6 @@
 reproduce snippet of a failure) and ``judge`` (the bounds of the run's contract, the records,
 the probing of optional capabilities, and ``conforms`` over a form's quantities)."""
 from .compare import Comparison, compare
-from .judge import FIRST_FAILURE, PROBED_PREFIX, REPRODUCE, Judge
+from .judge import FIRST_FAILURE, PINNED, PROBED_PREFIX, REPRODUCE, Judge
 
-__all__ = ["Comparison", "compare", "Judge", "FIRST_FAILURE", "PROBED_PREFIX", "REPRODUCE"]
+__all__ = ["Comparison", "compare", "Judge", "FIRST_FAILURE", "PINNED", "PROBED_PREFIX", "REPRODUCE"]

@@ -1,5 +1,6 @@
 """The document's gradient identity: dL/dz = (softmax(z) - y) times the upstream gradient over the
-mean's divisor, with non-uniform, scalar and expanded (stride-0) upstream gradients."""
+mean's divisor, with non-uniform, scalar and expanded (stride-0) upstream gradients; a second
+call on identical inputs gives the same bits (run to run)."""
 import pytest
 import torch
 
@@ -25,6 +26,7 @@ def test_gradient_is_softmax_minus_target(impl, judge, device, dtype, reduction,
     out = logits_form.forward_backward(impl, problem)
     ev = logits_form.truth(impl, problem, out)
     judge.gradient(problem, out, ev)
+    judge.repeats(problem, out, ev)
     if impl.input_kind == "logits":
         # Each row of softmax(z) - y sums to zero, and every component lies in [-A, A] times the scale.
         grad_rows = to_rows(out.grad.double().cpu(), class_dim=True)

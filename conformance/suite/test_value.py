@@ -1,4 +1,5 @@
-"""The loss value against the float64 truth on the same rounded inputs."""
+"""The loss value against the float64 truth on the same rounded inputs, and the same bits from a
+second call on identical inputs (run to run)."""
 import pytest
 
 from conformance import cases
@@ -14,4 +15,6 @@ def test_value_matches_truth(impl, judge, device, dtype, reduction, shape, seed)
     problem = cases.problem(cases.well_conditioned(*shape, dtype, device, seed=seed), reduction=reduction,
                             upstream=None)
     out = logits_form.forward(impl, problem)
-    judge.value(problem, out, logits_form.truth(impl, problem, out))
+    ev = logits_form.truth(impl, problem, out)
+    judge.value(problem, out, ev)
+    judge.repeats(problem, out, ev)
