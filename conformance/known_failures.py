@@ -7,7 +7,7 @@ import torch
 
 from . import defaults
 
-__all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "TORCH_CHUNKED_LINEAR_FAILURES", "TORCH_LINEAR_EXACT_FAILURES",
+__all__ = ["TORCH_CPU_FAILURES", "TORCH_CPU_DATA_DEPENDENT", "TORCH_LOG_SOFTMAX_HALF", "TORCH_CHUNKED_LINEAR_FAILURES", "TORCH_LINEAR_EXACT_FAILURES",
            "pinned_failures"]
 
 _CONFIDENT_HALF = ("torch 2.13's CPU float16/bfloat16 cross_entropy subtracts a logsumexp rounded to the dtype: "
@@ -62,6 +62,27 @@ TORCH_LINEAR_EXACT_FAILURES = {
 }
 
 
+_LOG_SOFTMAX_LSE_HALF = (
+    "torch 2.13's CPU float16/bfloat16 log_softmax subtracts a logsumexp rounded to the dtype at widths below "
+    "about 4096: its error reaches u(|log p| + |lse|) (within 0.82 of it, never beyond, over widths 7 to 1025, "
+    "64 rows of randn * 3), up to 128 times one rounding of the result (bfloat16, width 7); a confident entry "
+    "(log p = -1.8e-4) gives 0.0 (confirmed by hand against float64), the mechanism of cross_entropy's pins above")
+
+# torch's half log_softmax on the default run's data (--conformance-seed 0): other seeds' data shows
+# the same mechanism on other half checks.
+TORCH_LOG_SOFTMAX_HALF = {f"test_log_softmax.py::{test_id}": (_LOG_SOFTMAX_LSE_HALF, frozenset({0})) for test_id in (
+    "test_value_and_gradient[log_softmax-cpu-bfloat16-attention_last-random]",
+    "test_value_and_gradient[log_softmax-cpu-bfloat16-attention_last-transposed]",
+    "test_extremes[log_softmax-cpu-bfloat16-neg_inf_entries]",
+    "test_nonfinite_row_stays_in_its_row[log_softmax-cpu-bfloat16-all_neg_inf]",
+    "test_nonfinite_row_stays_in_its_row[log_softmax-cpu-bfloat16-nan]",
+    "test_nonfinite_row_stays_in_its_row[log_softmax-cpu-bfloat16-pos_inf]",
+    "test_strided_input[log_softmax-cpu-float16-transposed]",
+    "test_strided_input[log_softmax-cpu-float16-sliced]",
+    "test_strided_input[log_softmax-cpu-float16-expanded]",
+)}
+
+
 def pinned_failures(call, contract: str, seed: int = 0) -> dict:
     """The pins that apply to this callable under ``contract`` at ``seed``, test id -> (reason,
     strict): torch's own losses (parity compares the logits loss with itself; the chunked linear
@@ -70,6 +91,8 @@ def pinned_failures(call, contract: str, seed: int = 0) -> dict:
         return {**{test_id: (reason, True)
                    for test_id, (reason, seeds) in TORCH_CPU_DATA_DEPENDENT.items() if seed in seeds},
                 **{test_id: (reason, True) for test_id, reason in TORCH_CPU_FAILURES.items()}}
+    if call is torch.nn.functional.log_softmax:
+        return {test_id: (reason, True) for test_id, (reason, seeds) in TORCH_LOG_SOFTMAX_HALF.items() if seed in seeds}
     if call is defaults.chunked_linear_cross_entropy:
         return {test_id: (reason, True) for test_id, reason in TORCH_CHUNKED_LINEAR_FAILURES.items()}
     if call is torch.nn.functional.linear_cross_entropy and contract == "exact":

@@ -52,6 +52,8 @@ FORMS = {
     "logits": "logits (N, C) and a target (torch's cross_entropy)",
     "linear": "hidden states (N, H), the classifier weight (V, H) and bias, and a target (torch's linear_cross_entropy)",
     "vocab_parallel": "each rank's class shard of the logits in a process group (keywords group and vocab_start)",
+    "softmax": "softmax(input, dim, dtype=None) (torch's softmax)",
+    "log_softmax": "log_softmax(input, dim, dtype=None) (torch's log_softmax)",
 }
 
 FEATURES = {
