@@ -23,7 +23,8 @@ attributes on the object declare what it is:
                  makes on purpose; the kit judges it by that bound and reports it as declared.
 ``form``         ``FORMS``: what the loss takes (``"softmax"`` and ``"log_softmax"``: torch's
                  ``softmax(input, dim, dtype=None)``, or a module class built as ``nn.Softmax(dim)``;
-                 torch's own are known by name). Found from the signature where it is not declared:
+                 torch's own are known by name, and so is a function named ``softmax`` or ``log_softmax``
+                 that takes ``dim`` and no ``target``). Found from the signature where it is not declared:
                  a ``linear_weight`` parameter is torch's ``linear_cross_entropy(input, linear_weight,
                  target, *, linear_bias, ...)``; keyword-only ``group`` and ``vocab_start`` a
                  vocab-parallel loss on a rank's class shard. Each suite module judges one form.
@@ -272,6 +273,8 @@ def _form(obj: Any) -> str:
         return "logits"
     if "linear_weight" in parameters:
         return "linear"
+    if "dim" in parameters and "target" not in parameters and getattr(obj, "__name__", None) in SOFTMAX_FORMS:
+        return obj.__name__
     keyword_only = {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return "vocab_parallel" if {"group", "vocab_start"} <= keyword_only else "logits"
 
