@@ -6,7 +6,8 @@ copies of what the implementation was fed.
 
 A problem (``SoftmaxProblem``) is built by a plain-torch recipe that defines ``x`` (already in
 its dtype and layout: a transposed or sliced view is fed as that view) and, for backward, one
-that defines ``grad``; the reproduce snippet prints both.
+that defines ``grad``; the reproduce snippet prints both. The quantities carry no torch
+counterpart: under ``parity`` they are judged by ``standard``.
 """
 from __future__ import annotations
 
