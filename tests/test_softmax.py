@@ -38,3 +38,13 @@ def test_the_default_run_judges_torchs_softmax_forms(suite):
     result.stdout.fnmatch_lines(["also judged (torch's own, no implementation named):*torch.nn.functional:softmax,*",
                                  "*torch.nn.functional:log_softmax*", "  feature * float32 cpu * bfloat16 cpu*",
                                  "  log_softmax * pass 1 * pass 1*", "  softmax * pass 1 * pass 1*"])
+
+
+def test_torchs_half_log_softmax_is_pinned_strictly(suite):
+    """torch's CPU float16 log_softmax subtracts a logsumexp rounded to the dtype: its strided-input
+    checks are strict expected failures with the evidence; its softmax passes them."""
+    result = suite("-k", "test_strided_input and float16", "-rx")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    outcomes = result.parseoutcomes()
+    assert (outcomes["passed"], outcomes["xfailed"]) == (3, 3), outcomes
+    result.stdout.fnmatch_lines(["*XFAIL*test_strided_input[[]log_softmax-cpu-float16-*logsumexp rounded to the dtype*"])
