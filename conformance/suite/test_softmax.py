@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conformance import cases
 from conformance.forms import Show
-from conformance.forms.softmax import GRADIENT, VALUE, UPSTREAM_KINDS, softmax_problem
+from conformance.forms.softmax import UPSTREAM_KINDS, softmax_problem
 from conformance.reference import evaluate
 from conformance.softmax import evaluate_softmax
 from conformance.vocabulary import DTYPES, dtype_name
