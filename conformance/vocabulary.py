@@ -76,6 +76,7 @@ FEATURES = {
     "input_validation": "raising on invalid targets and shapes",
     "uneven_shards": "vocab parallel: a split of the classes over the ranks other than torch.chunk's",
     "linear_bias": "a classifier bias (linear losses; without it their checks run unbiased)",
+    "dtype_argument": "softmax forms: dtype=, the input cast to it before the operation",
     **{name: f"{what} (declared in variants)" for name, what in VARIANTS.items()},
     **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},
 }

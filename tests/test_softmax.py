@@ -48,3 +48,22 @@ def test_torchs_half_log_softmax_is_pinned_strictly(suite):
     outcomes = result.parseoutcomes()
     assert (outcomes["passed"], outcomes["xfailed"]) == (3, 3), outcomes
     result.stdout.fnmatch_lines(["*XFAIL*test_strided_input[[]log_softmax-cpu-float16-*logsumexp rounded to the dtype*"])
+
+
+CARELESS = {  # a softmax that is right but for one thing, the check that names it, and the message
+    "ignores_dtype": ("def softmax(input, dim, dtype=None):\n    return torch.softmax(input, dim)\n",
+                      "test_dtype_argument", "*output dtype*returned torch.float16 for torch.float32*"),
+    "scales_its_input": ("def softmax(input, dim, dtype=None):\n    y = torch.softmax(input, dim)\n"
+                         "    input.detach().mul_(2)\n    return y\n",
+                         "test_value_and_gradient and float32 and rows-random", "*input unchanged*modified its input*"),
+}
+
+
+@pytest.mark.parametrize("name", CARELESS)
+def test_what_a_softmax_call_must_not_do_is_caught(suite, pytester, name):
+    code, selection, message = CARELESS[name]
+    pytester.makepyfile(**{name: "import torch\n" + code})
+    pytester.syspathinsert()
+    result = suite(f"--impl={name}", "-k", selection)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines([message])

@@ -35,7 +35,8 @@ UPSTREAM_KINDS = ("random", "scalar", "transposed")
 @dataclass(frozen=True)
 class SoftmaxProblem:
     """One call of a softmax form: the recipe of ``x`` and the tensor it built on ``device``, the
-    ``dim``, the upstream gradient's recipe (``None``: forward only) and kind."""
+    ``dim``, the ``dtype=`` argument (``cast``; ``None``: not passed), the upstream gradient's
+    recipe (``None``: forward only) and kind."""
 
     family: str
     recipe: str
@@ -45,10 +46,16 @@ class SoftmaxProblem:
     upstream: Optional[str] = None
     upstream_kind: str = ""
     note: str = ""
+    cast: Optional[torch.dtype] = None
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.input.dtype
+        """The dtype the operation runs in and returns."""
+        return self.cast or self.input.dtype
+
+    def call_code(self) -> str:
+        cast = "" if self.cast is None else f", dtype=torch.{dtype_name(self.cast)}"
+        return f"impl.along(x, {self.dim}{cast})"
 
     def upstream_gradient(self) -> Tensor:
         namespace: dict = {"torch": torch}
@@ -58,7 +65,8 @@ class SoftmaxProblem:
     def describe(self) -> str:
         shape = "x".join(str(s) for s in self.input.shape)
         upstream = "forward only" if self.upstream is None else f"upstream={self.upstream_kind}"
-        return (f"case={self.family} shape={shape} dim={self.dim} dtype={dtype_name(self.dtype)} "
+        cast = "" if self.cast is None else f" from {dtype_name(self.input.dtype)} (dtype=)"
+        return (f"case={self.family} shape={shape} dim={self.dim} dtype={dtype_name(self.dtype)}{cast} "
                 f"device={self.device}, {upstream}{self.note}")
 
     __repr__ = describe
@@ -75,16 +83,16 @@ def upstream_recipe(kind: str, shape: tuple, dtype: torch.dtype) -> str:
 
 
 def softmax_problem(family: str, recipe: str, device: str, dim: int = -1, *, upstream: Optional[str] = "random",
-                    note: str = "") -> SoftmaxProblem:
+                    note: str = "", cast: Optional[torch.dtype] = None) -> SoftmaxProblem:
     """Execute ``recipe`` (it defines ``x`` on the cpu) and pose the problem along ``dim``, with an
-    upstream gradient of kind ``upstream`` (``None``: forward only)."""
+    upstream gradient of kind ``upstream`` (``None``: forward only) and ``dtype=cast`` if given."""
     namespace: dict = {"torch": torch}
     exec(recipe, namespace)
     x = namespace["x"].to(device)
     code = None if upstream is None else upstream_recipe(
         upstream if x.dim() > 1 or upstream != "transposed" else "random", tuple(x.shape), x.dtype)
     return SoftmaxProblem(family=family, recipe=recipe.strip(), device=device, input=x, dim=dim, upstream=code,
-                          upstream_kind=upstream or "", note=note)
+                          upstream_kind=upstream or "", note=note, cast=cast)
 
 
 @dataclass(frozen=True)
@@ -110,17 +118,17 @@ class SoftmaxForm(Form):
         pristine = x.clone()
         if problem.upstream is None:
             with torch.no_grad():
-                y = impl.along(x, problem.dim)
+                y = impl.along(x, problem.dim, problem.cast)
             return SoftmaxOutcome(input=pristine, output=y.detach(), fed=x)
         x = x.requires_grad_()
-        y = impl.along(x, problem.dim)
+        y = impl.along(x, problem.dim, problem.cast)
         grad = problem.upstream_gradient()
         pristine_grad = grad.clone()
         y.backward(grad)
         return SoftmaxOutcome(input=pristine, output=y.detach(), fed=x.detach(), grad=x.grad, upstream=pristine_grad)
 
     def truth(self, impl: Implementation, problem: SoftmaxProblem, outcome: SoftmaxOutcome) -> SoftmaxEvaluation:
-        return evaluate_softmax(outcome.input, problem.dim, self.name)
+        return evaluate_softmax(outcome.input.to(problem.dtype), problem.dim, self.name)
 
     def quantities(self, impl: Implementation, problem: SoftmaxProblem, outcome: SoftmaxOutcome,
                    sev: SoftmaxEvaluation) -> list[Quantity]:
@@ -137,12 +145,13 @@ class SoftmaxForm(Form):
             lines.append(f"x = x.to({problem.device!r})")
         lines += impl.load_code()
         if show.truth:
-            lines.append(f"truth = evaluate_softmax(x, {problem.dim}, {self.name!r})")
+            x = "x" if problem.cast is None else f"x.to(torch.{dtype_name(problem.cast)})"
+            lines.append(f"truth = evaluate_softmax({x}, {problem.dim}, {self.name!r})")
         if show.steps is not None:
             return lines + list(show.steps)
         if problem.upstream is None:
-            return lines + [f"y = impl.along(x, {problem.dim})"]
-        lines += ["x.requires_grad_()", f"y = impl.along(x, {problem.dim})", problem.upstream]
+            return lines + [f"y = {problem.call_code()}"]
+        lines += ["x.requires_grad_()", f"y = {problem.call_code()}", problem.upstream]
         if problem.device != "cpu":
             lines.append(f"grad = grad.to({problem.device!r})")
         return lines + ["y.backward(grad)"]

@@ -5,6 +5,8 @@ block sizes, a dim other than the last, strided views, offsets, underflow, and n
 that must stay in their row; rows that sum to 1, the inputs left as they were, and the document's
 paths built from the implementation's pieces.
 """
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,15 +32,17 @@ def _randn(shape: tuple, dtype: torch.dtype, seed: int, body: str = "", scale: f
 
 
 def _checked(judge, problem):
-    """Every quantity of the call, then what the call must not do: change its input, return
-    another dtype or shape."""
-    out = judge.conforms(problem)
-    if not torch.equal(out.fed, out.input) and not (out.fed.isnan() & out.input.isnan()).any():
+    """What the call must not do (change its input, return another dtype), then every quantity of
+    the call against the truth."""
+    if "backward" in judge.impl.unsupported:
+        problem = replace(problem, upstream=None)
+    out = judge.call(problem)
+    if not ((out.fed == out.input) | (out.fed.isnan() & out.input.isnan())).all():
         judge.fail("input unchanged", problem, "the call modified its input", show=Show("x", "'x as built'"))
     if out.output.dtype != problem.dtype:
-        judge.fail("output dtype", problem, f"returned {out.output.dtype} for {problem.dtype} input",
+        judge.fail("output dtype", problem, f"returned {out.output.dtype} for {problem.dtype}",
                    show=Show("y.dtype", f"torch.{dtype_name(problem.dtype)}"))
-    return out
+    return judge.conforms(problem, out)
 
 
 # name -> (shape, dim): the last, first and a middle dim of 2-D, 3-D and 4-D (attention-shaped) inputs.
@@ -144,6 +148,21 @@ def test_empty_batch(judge, device, dtype):
         judge.fail("empty batch", problem, f"output shape {tuple(out.output.shape)}", show=Show("y.shape", "(0, 7)"))
 
 
+# input dtype -> the dtype= argument: a half input computed and returned in float32, and one
+# rounded down to a half dtype first.
+CASTS = [(torch.float16, torch.float32), (torch.float32, torch.bfloat16)]
+
+
+@pytest.mark.feature("dtype_argument")
+@pytest.mark.parametrize("dtype,cast", CASTS, ids=lambda d: dtype_name(d))
+def test_dtype_argument(judge, device, dtype, cast, seed):
+    """``dtype=`` casts the input before the operation and the output has that dtype (torch's):
+    the value against the truth of the cast input (forward only: the gradient goes back through
+    the cast)."""
+    _checked(judge, softmax_problem("dtype argument", _randn((9, 65), dtype, seed), device, upstream=None,
+                                    cast=cast))
+
+
 @pytest.mark.default_dtypes(torch.float32, torch.float16)
 @pytest.mark.parametrize("width", [7, 1025])
 def test_rows_sum_to_one(judge, device, dtype, width, seed):
@@ -185,4 +204,4 @@ def test_document_path_with_the_implementation(judge, impl, device, dtype, seed)
 
 
 __all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "test_nonfinite_row_stays_in_its_row",
-           "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation"]
+           "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation", "test_dtype_argument"]
