@@ -21,7 +21,10 @@ attributes on the object declare what it is:
                  is for logging (the kit judges no gradient of a returned logsumexp).
 ``approximations``  ``{name: bound}`` from ``APPROXIMATIONS``: a documented approximation the loss
                  makes on purpose; the kit judges it by that bound and reports it as declared.
-``form``         ``FORMS``: what the loss takes. Found from the signature where it is not declared:
+``form``         ``FORMS``: what the loss takes (``"softmax"`` and ``"log_softmax"``: torch's
+                 ``softmax(input, dim, dtype=None)``, or a module class built as ``nn.Softmax(dim)``;
+                 torch's own are known by name, and so is a function named ``softmax`` or ``log_softmax``
+                 that takes ``dim`` and no ``target``). Found from the signature where it is not declared:
                  a ``linear_weight`` parameter is torch's ``linear_cross_entropy(input, linear_weight,
                  target, *, linear_bias, ...)``; keyword-only ``group`` and ``vocab_start`` a
                  vocab-parallel loss on a rank's class shard. Each suite module judges one form.
@@ -41,6 +44,7 @@ from torch import Tensor
 
 from .guards import GlobalState, ImplementationFault, calling
 from .reference import Variant
+from .softmax import SOFTMAX_FORMS
 from .vocabulary import (
     APPROXIMATIONS,
     AUXILIARIES,
@@ -64,7 +68,12 @@ DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
 DEFAULT_SPECS = {
     "logits": (DEFAULT_SPEC,),
     "linear": ("torch.nn.functional:linear_cross_entropy", "conformance.defaults:chunked_linear_cross_entropy"),
+    "softmax": ("torch.nn.functional:softmax",),
+    "log_softmax": ("torch.nn.functional:log_softmax",),
 }
+# The attributes ``--conformance-impl=module`` looks for, in this order: ``cross_entropy``, else
+# the one softmax form the module has.
+DEFAULT_ATTRIBUTES = ("cross_entropy", "softmax", "log_softmax")
 
 # The attributes an implementation declares itself by (the module docstring); those that name
 # things are sets of names or, in MAPPING_DECLARATIONS, dicts keyed by names.
@@ -172,6 +181,13 @@ class Implementation:
                                called)
         return self._tensor(result, input, called)
 
+    def along(self, input: Tensor, dim: int, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """Call a softmax-form implementation (torch's ``softmax(input, dim, dtype=None)``; ``dtype``
+        is passed only when given), held to the same conduct as every other call."""
+        called = f"on input {tuple(input.shape)} {input.dtype}, dim={dim}" + (f", dtype={dtype}" if dtype else "")
+        return self._tensor(self._guarded((input, dim), {} if dtype is None else {"dtype": dtype}, called), input,
+                            called)
+
     def call_returning(self, auxiliary: str, input: Tensor, target: Tensor,
                        options: LossOptions = LossOptions()) -> tuple[Tensor, Tensor]:
         """Call it asking for ``auxiliary`` as well (its ``returns`` keyword set to True)."""
@@ -236,24 +252,39 @@ class Implementation:
         return x, t
 
 
-def _wrap_module_class(cls: type) -> Callable[..., Tensor]:
+def _wrap_module_class(cls: type, form: str) -> Callable[..., Tensor]:
+    if form in SOFTMAX_FORMS:
+        def along(input, dim, dtype=None):
+            return cls(dim=dim)(input if dtype is None else input.to(dtype))
+        return along
+
     def call(input, target, **options):
         return cls(**options)(input, target)
     return call
 
 
-def _form(obj: Any, call: Callable) -> str:
+# torch's own softmax forms, which carry no declaration.
+_TORCH_FORMS = ((torch.nn.functional.softmax, "softmax"), (torch.nn.functional.log_softmax, "log_softmax"),
+                (torch.nn.Softmax, "softmax"), (torch.nn.LogSoftmax, "log_softmax"))
+
+
+def _form(obj: Any) -> str:
     """The declared ``form``, else the one the signature shows (see the module docstring)."""
     declared = getattr(obj, "form", None)
     if declared is not None:
         return declared
-    target = obj.forward if inspect.isclass(obj) else type(obj).forward if isinstance(obj, torch.nn.Module) else call
+    torch_own = next((form for own, form in _TORCH_FORMS if obj is own or type(obj) is own), None)
+    if torch_own is not None:
+        return torch_own
+    target = obj.forward if inspect.isclass(obj) else type(obj).forward if isinstance(obj, torch.nn.Module) else obj
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # a builtin without a signature
         return "logits"
     if "linear_weight" in parameters:
         return "linear"
+    if "dim" in parameters and "target" not in parameters and getattr(obj, "__name__", None) in SOFTMAX_FORMS:
+        return obj.__name__
     keyword_only = {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return "vocab_parallel" if {"group", "vocab_start"} <= keyword_only else "logits"
 
@@ -297,12 +328,15 @@ def _stray_declarations(obj: Any, spec: str) -> None:
 
 def adapt(obj: Any, spec: str) -> Implementation:
     """Turn a user's function, module class or module instance into an ``Implementation``."""
+    form = _form(obj)
+    if form not in FORMS:
+        raise ImplementationError(f"{spec}: form={form!r}; expected one of {sorted(FORMS)}")
     if inspect.isclass(obj):
         if not issubclass(obj, torch.nn.Module):
             raise ImplementationError(f"{spec}: class {obj.__name__} is not a torch.nn.Module subclass")
-        call = _wrap_module_class(obj)
+        call = _wrap_module_class(obj, form)
     elif isinstance(obj, torch.nn.Module):
-        call = _wrap_module_class(type(obj))
+        call = _wrap_module_class(type(obj), form)
     elif callable(obj):
         call = obj
     else:
@@ -328,9 +362,6 @@ def adapt(obj: Any, spec: str) -> Implementation:
     approximations = _declared_names(obj, "approximations", APPROXIMATIONS, spec)
     if any(not (isinstance(eps, (int, float)) and 0 <= eps < 1) for eps in approximations.values()):
         raise ImplementationError(f"{spec}: approximations={approximations!r}: each bound is a number in [0, 1)")
-    form = _form(obj, call)
-    if form not in FORMS:
-        raise ImplementationError(f"{spec}: form={form!r}; expected one of {sorted(FORMS)}")
     if form != "logits" and (input_kind != "logits" or target_kind != "index"):
         raise ImplementationError(f"{spec}: a {form} loss takes logits and index targets, not "
                                   f"input_kind={input_kind!r}, target_kind={target_kind!r}")
@@ -376,10 +407,23 @@ def implementation_of(obj: Any, spec: Optional[str] = None,
     return replace(adapt(wrap(obj), name), importable=importable)
 
 
-def _import_object(spec: str) -> Any:
-    """What ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"`` names."""
+def _default_attribute(module: Any, given: str) -> str:
+    """The attribute ``--conformance-impl=module`` names: ``cross_entropy``, else the module's one
+    softmax form (``DEFAULT_ATTRIBUTES``); a module with both softmax forms must say which."""
+    if hasattr(module, DEFAULT_ATTRIBUTES[0]):
+        return DEFAULT_ATTRIBUTES[0]
+    found = [name for name in DEFAULT_ATTRIBUTES[1:] if hasattr(module, name)]
+    if len(found) > 1:
+        raise ImplementationError(f"{given}: module {module.__name__!r} has {' and '.join(found)}; name the one to "
+                                  f"judge: --conformance-impl={module.__name__}:{found[0]}")
+    return found[0] if found else DEFAULT_ATTRIBUTES[0]
+
+
+def _import_object(spec: str) -> tuple[Any, str]:
+    """What ``"pkg.module"`` (attribute ``DEFAULT_ATTRIBUTES``) or ``"pkg.module:attr"`` names, and
+    the attribute."""
     module_name, _, attr = spec.partition(":")
-    attr, given = attr or "cross_entropy", f"--conformance-impl={spec!r}"
+    given = f"--conformance-impl={spec!r}"
     if not module_name:
         raise ImplementationError(f"{given}: expected 'package.module' or 'package.module:attribute'")
     try:
@@ -392,20 +436,21 @@ def _import_object(spec: str) -> Any:
                                   f"{exc.name!r}, or install your package: pip install -e .)") from None
     except Exception as exc:  # the user's module raised while importing
         raise ImplementationError(f"{given}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    attr = attr or _default_attribute(module, given)
     obj = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise ImplementationError(f"{given}: module {module_name!r} has no attribute {attr!r}") from None
-    return obj
+    return obj, attr
 
 
 def load_implementation(spec: Optional[str] = None,
                         wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
-    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``) or ``"pkg.module:attr"`` (``attr`` may
+    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``, else ``softmax`` or ``log_softmax``) or ``"pkg.module:attr"`` (``attr`` may
     be dotted: ``Class.method``); ``wrap`` adapts the object first (a loss from another framework,
     ``conformance.adapters``)."""
     spec = spec or DEFAULT_SPEC
-    module_name, _, attr = spec.partition(":")
-    return implementation_of(_import_object(spec), f"{module_name}:{attr or 'cross_entropy'}", wrap)
+    obj, attr = _import_object(spec)
+    return implementation_of(obj, f"{spec.partition(':')[0]}:{attr}", wrap)

@@ -16,8 +16,8 @@ from . import defaults, tolerance
 from .cases import Case, Problem
 from .vocabulary import dtype_name
 
-__all__ = ["Pin", "TORCH_CPU_PINS", "TORCH_CHUNKED_LINEAR_FAILURES", "TORCH_LINEAR_EXACT_FAILURES",
-           "pinned_failures", "pins"]
+__all__ = ["Pin", "TORCH_CPU_PINS", "TORCH_LOG_SOFTMAX_HALF", "TORCH_CHUNKED_LINEAR_FAILURES",
+           "TORCH_LINEAR_EXACT_FAILURES", "pinned_failures", "pins"]
 
 FLOAT16_MAX = torch.finfo(torch.float16).max   # 65504: a float16 running sum past it is inf
 
@@ -155,6 +155,39 @@ TORCH_LINEAR_EXACT_FAILURES = {
 }
 
 
+_LOG_SOFTMAX_LSE_HALF = (
+    "torch 2.13's CPU float16/bfloat16 log_softmax subtracts a logsumexp rounded to the dtype at widths below "
+    "about 4096: its error reaches u(|log p| + |lse|) (within 0.82 of it, never beyond, over widths 7 to 1025, "
+    "64 rows of randn * 3), up to 128 times one rounding of the result (bfloat16, width 7); a confident entry "
+    "(log p = -1.8e-4) gives 0.0 (confirmed by hand against float64), the mechanism of cross_entropy's pins above")
+
+# torch's half log_softmax on the data of --conformance-seed 0 (the default and the deep run): other
+# seeds' data shows the same mechanism on other half checks (seed 1: 14, seed 2: 21 of the default run's).
+TORCH_LOG_SOFTMAX_HALF = {f"test_log_softmax.py::{test_id}": (_LOG_SOFTMAX_LSE_HALF, frozenset({0})) for test_id in (
+    "test_value_and_gradient[log_softmax-cpu-bfloat16-attention_last-random]",
+    "test_value_and_gradient[log_softmax-cpu-bfloat16-attention_last-transposed]",
+    "test_extremes[log_softmax-cpu-bfloat16-neg_inf_entries]",
+    "test_nonfinite_row_stays_in_its_row[log_softmax-cpu-bfloat16-all_neg_inf]",
+    "test_nonfinite_row_stays_in_its_row[log_softmax-cpu-bfloat16-nan]",
+    "test_nonfinite_row_stays_in_its_row[log_softmax-cpu-bfloat16-pos_inf]",
+    "test_strided_input[log_softmax-cpu-float16-transposed]",
+    "test_strided_input[log_softmax-cpu-float16-sliced]",
+    "test_strided_input[log_softmax-cpu-float16-expanded]",
+    # --conformance-deep's further checks
+    "test_value_and_gradient[log_softmax-cpu-float16-rows-random]",
+    "test_value_and_gradient[log_softmax-cpu-float16-rows-scalar]",
+    "test_value_and_gradient[log_softmax-cpu-float16-rows-transposed]",
+    "test_value_and_gradient[log_softmax-cpu-float16-attention_last-random]",
+    "test_value_and_gradient[log_softmax-cpu-float16-attention_last-scalar]",
+    "test_value_and_gradient[log_softmax-cpu-float16-attention_last-transposed]",
+    "test_value_and_gradient[log_softmax-cpu-bfloat16-attention_last-scalar]",
+    "test_block_widths[log_softmax-cpu-32-bfloat16]",
+    "test_block_widths[log_softmax-cpu-33-float16]",
+    "test_strided_input[log_softmax-cpu-bfloat16-sliced]",
+    "test_strided_input[log_softmax-cpu-bfloat16-expanded]",
+)}
+
+
 def pins(call, contract: str) -> tuple:
     """The mechanism pins that apply to this callable under ``contract``."""
     if call is torch.nn.functional.cross_entropy and contract != "parity":
@@ -162,10 +195,12 @@ def pins(call, contract: str) -> tuple:
     return ()
 
 
-def pinned_failures(call, contract: str) -> dict:
-    """The pins by test id that apply to this callable under ``contract``, test id -> (reason,
-    strict): the chunked linear path's accumulators fail every contract, the composition the
-    exact one."""
+def pinned_failures(call, contract: str, seed: int = 0) -> dict:
+    """The pins by test id that apply to this callable under ``contract`` at ``seed``, test id ->
+    (reason, strict): torch's half log_softmax on seed 0's data, the chunked linear path's
+    accumulators under every contract, the composition under the exact one."""
+    if call is torch.nn.functional.log_softmax:
+        return {test_id: (reason, True) for test_id, (reason, seeds) in TORCH_LOG_SOFTMAX_HALF.items() if seed in seeds}
     if call is defaults.chunked_linear_cross_entropy:
         return {test_id: (reason, True) for test_id, reason in TORCH_CHUNKED_LINEAR_FAILURES.items()}
     if call is torch.nn.functional.linear_cross_entropy and contract == "exact":

@@ -105,7 +105,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"{', '.join(available_devices())})")
     contract = config.getoption("conformance_contract")
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
-                                 expectations=Expectations(contract, config.getoption("conformance_xfail")),
+                                 expectations=Expectations(contract, config.getoption("conformance_xfail"),
+                                                           seed=config.getoption("conformance_seed")),
                                  seed=config.getoption("conformance_seed"), named=named,
                                  baseline=_checked_at_start(config))
     config.stash[SESSION_KEY] = session

@@ -131,6 +131,40 @@ problem in ``dtype``, plus how far the two problems' truths lie apart.
 A declared ``gradient_filter`` ``eps`` (``vocabulary.APPROXIMATIONS``) lets each element of ``G`` be
 dropped below ``eps`` times its row's upstream gradient over the divisor: ``E += s eps``.
 
+Softmax forms (``softmax.SoftmaxEvaluation``; ``n`` entries along ``dim``, ``m`` their max, ``s =
+sum_k exp(z_k - m)``, ``spread = sum_k p_k |z_k - m|``). ``m`` is exact (comparisons). The sum:
+each term ``exp(z_k - m)`` is relatively off by ``u |z_k - m| + _EXP_LOG_ULPS u`` (an online
+kernel forms it as ``exp(z_k - m_b) exp(m_b - m)`` over running maxima, whose differences'
+roundings add up to at most ``u |z_k - m|`` as every ``m_b`` lies between ``z_k`` and ``m``), which
+enters ``s`` weighted by ``p_k``: ``u (spread + _EXP_LOG_ULPS)``; the ``n - 1`` additions round
+once each in any order (Higham 4.2) and may each come with the rescaling of a partial sum to a new
+max (``_RESCALE_ULPS``): ``sigma = u (spread + _EXP_LOG_ULPS + (1 + _RESCALE_ULPS)(n - 1))``
+relative to ``s``, hence absolute in ``log s`` (``log(1 + e) <= e``).
+  * softmax ``y_j = exp(z_j - m) / s`` or ``exp((z_j - m) - log s)``: relatively off by
+    ``u (|z_j - m| + 2 log s + 2 _EXP_LOG_ULPS + 1) + sigma`` (the difference, the log and its
+    rounding, the exp, the division); ``standard`` also admits ``exp(z_j - lse)`` with ``lse = m +
+    log s`` rounded as one number (``expm1(u |lse|)`` more), ``exact`` does not;
+  * log-softmax ``(z_j - m) - log s``: absolutely off by ``u (|z_j - m| + log s + _EXP_LOG_ULPS +
+    |log p_j|) + sigma`` (the two differences, the log and its rounding); ``standard`` also admits
+    ``z_j - lse`` (``u |lse|`` more), ``exact`` does not.
+  A half result is that float32 computation rounded to the dtype (``u_o |y_j|``), where one
+  intermediate may be kept in the dtype too: a softmax's exponential ``exp(z_j - m)`` (torch's CPU
+  kernel along a dim other than the last writes them into its output; a relative ``u_o`` more),
+  a log-softmax's ``log s`` (torch's CPU kernel keeps it so: ``u_o log s``, no more than the
+  result's rounding since ``log p_j <= -log s``). A kernel that keeps the sum, the
+  log-probabilities of a float32 result, or anything in a narrower dtype than its result fails.
+  Rows sum to 1 within the sum of their elements' bounds; every element lies in [0, 1] exactly
+  (``exp(z_j - m) <= s`` and rounding is monotone).
+  The VJPs, from the forward bound ``d_j`` at the compute precision plus the saved half output's
+  rounding (the output a kernel saves for backward): softmax ``y_j (g_j - c)``, ``c = sum_k g_k y_k``
+  off by ``sum_k |g_k| d_k + (n - 1) u sum_k |g_k y_k|``: ``d_j |g_j - c| + (y_j + d_j)(that) +
+  u y_j |g_j - c| + u |dx_j|``; log-softmax ``g_j - p_j G``, ``G = sum_k g_k`` off by ``(n - 1) u
+  sum_k |g_k|``, ``p_j = exp(y_j)`` relatively off by ``expm1(d_j + _EXP_LOG_ULPS u)``:
+  ``p_j (that) |G| + p_j (1 + that)(n - 1) u sum |g| + u p_j |G| + u |dx_j|``; a half gradient
+  rounds once more (``u_o |dx_j|``). The float64 truth errs by the ``exact`` bounds at float64's
+  ``u``, added to each. Every softmax bound adds the underflow floor (times the row's
+  largest upstream gradient, at least 1, for the VJPs).
+
 Derived identities (Hessian-vector products, directional derivatives, sums of two bounds, the
 document's paths, the XOR trajectory) are bounded from these, each derivation at its function.
 """
@@ -635,6 +669,100 @@ def rerun_gradient_bound(ev: Evaluation, grad_output: Tensor, first: Tensor, dty
     return compute + rounding + underflow_floor(dtype)
 
 
+# ---------------------------------------------------------------------------------------------
+# The softmax forms (see Softmax forms above).
+
+
+def _softmax_sum_error(sev, u: float) -> Tensor:
+    """``sigma`` per row (rows, 1): the relative error of ``s``, so the absolute error of ``log s``."""
+    additions = (1 + _RESCALE_ULPS) * max(sev.num_classes - 1, 0)
+    return (u * (sev.spread + _EXP_LOG_ULPS + additions)).nan_to_num(0.0, 0.0, 0.0)[:, None]
+
+
+def _finite_abs(t: Tensor) -> Tensor:
+    return t.abs().nan_to_num(0.0, 0.0, 0.0)
+
+
+def _softmax_compute_error(sev, u: float, contract: str) -> Tensor:
+    """``d_j`` (rows, n): the forward error at unit roundoff ``u``, before any half rounding."""
+    log_sum = _finite_abs(sev.log_sum)[:, None]
+    z_minus_m = _finite_abs(sev.shifted)
+    lse = _finite_abs(sev.inputs.amax(1, keepdim=True) + sev.log_sum[:, None]) if sev.num_classes else log_sum
+    sigma = _softmax_sum_error(sev, u)
+    if sev.form == "softmax":
+        rel = u * (z_minus_m + 2 * log_sum + 2 * _EXP_LOG_ULPS + 1) + sigma
+        if contract != EXACT:
+            rel = rel + torch.expm1(u * lse)
+        return torch.where(sev.probs == 0, 0.0, sev.probs * rel).nan_to_num(0.0, 0.0, 0.0)
+    error = u * (z_minus_m + log_sum + _EXP_LOG_ULPS + _finite_abs(sev.log_probs)) + sigma
+    return error + u * lse if contract != EXACT else error
+
+
+def _softmax_forward_error(sev, dtype: torch.dtype, contract: str) -> Tensor:
+    """``d_j`` plus a half result's one rounding (rows, n)."""
+    error = _softmax_compute_error(sev, unit_roundoff(compute_dtype(dtype)), contract)
+    if _is_half(dtype):
+        error = error + unit_roundoff(dtype) * _half_rounded(sev)
+    return error
+
+
+def _half_rounded(sev) -> Tensor:
+    """What a half result's roundings to the dtype cost: the result's own, and either the
+    exponential's (softmax: a relative ``u_o`` more) or ``log s``'s (log-softmax: no larger than
+    the result, as ``log p_j <= -log s``)."""
+    rounded = _finite_abs(sev.output_rows)
+    return 2 * rounded if sev.form == "softmax" else rounded + _finite_abs(sev.log_sum)[:, None]
+
+
+def softmax_bound(sev, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """Largest acceptable ``|y - truth|`` per element of a softmax or log-softmax, shaped like the
+    input: the implementation's error and the float64 truth's own."""
+    _check_contract(contract)
+    truth = _softmax_compute_error(sev, _TRUTH_U, EXACT)
+    return sev.to_input(_softmax_forward_error(sev, dtype, contract) + truth + underflow_floor(dtype))
+
+
+def softmax_row_sum_bound(sev, dtype: torch.dtype, contract: str) -> Tensor:
+    """A softmax row sums to 1 within the sum of its elements' bounds (the float64 sum of the
+    check is exact to far below them); shaped like the input with ``dim`` kept as 1."""
+    rows = (_softmax_forward_error(sev, dtype, contract) + underflow_floor(dtype)).sum(1)
+    moved = [size for i, size in enumerate(sev.shape) if i != sev.dim] + [1]
+    return rows.reshape(moved).movedim(-1, sev.dim)
+
+
+def softmax_grad_bound(sev, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """Largest acceptable ``|dx - truth|`` per element of the VJP, shaped like the input."""
+    _check_contract(contract)
+    u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
+    d = _softmax_compute_error(sev, u, contract)
+    if _is_half(dtype):  # the saved output, rounded to the dtype
+        d = d + u_o * _half_rounded(sev)
+    g = sev.rows(grad_output)
+    compute = _softmax_vjp_error(sev, g, d, u) + _softmax_vjp_error(sev, g, _softmax_compute_error(
+        sev, _TRUTH_U, EXACT), _TRUTH_U)  # the implementation's and the float64 truth's own
+    if _is_half(dtype):
+        compute = compute + u_o * _finite_abs(sev.grad_rows(grad_output))
+    scale = g.abs().amax(1, keepdim=True).clamp(min=1.0) if sev.num_classes else torch.ones(g.shape[0], 1)
+    return sev.to_input(compute.nan_to_num(0.0, 0.0, 0.0) + underflow_floor(dtype) * scale)
+
+
+def _softmax_vjp_error(sev, g: Tensor, d: Tensor, u: float) -> Tensor:
+    """The VJP's error at unit roundoff ``u`` from the forward's ``d`` (rows, n)."""
+    dx = _finite_abs(sev.grad_rows_of(g))
+    additions = max(sev.num_classes - 1, 0) * u
+    p = sev.probs.nan_to_num(0.0, 0.0, 0.0)
+    if sev.form == "softmax":
+        y = p
+        diff = _finite_abs(g - (g * y).sum(1, keepdim=True))
+        c_error = (g.abs() * d).sum(1, keepdim=True) + additions * (g * y).abs().sum(1, keepdim=True)
+        compute = d * diff + (y + d) * c_error + u * y * diff + u * dx
+    else:
+        total = g.sum(1, keepdim=True).abs()
+        rel_p = torch.expm1(d + _EXP_LOG_ULPS * u)
+        compute = p * rel_p * total + p * (1 + rel_p) * additions * g.abs().sum(1, keepdim=True) + u * p * total + u * dx
+    return compute
+
+
 BOUNDS = {
     "value": value_bound,
     "gradient": grad_bound,
@@ -655,6 +783,9 @@ BOUNDS = {
     "linear under autocast": linear_autocast_bound,
     "run to run value": rerun_value_bound,
     "run to run gradient": rerun_gradient_bound,
+    "softmax": softmax_bound,
+    "softmax gradient": softmax_grad_bound,
+    "softmax row sums": softmax_row_sum_bound,
 }
 
 

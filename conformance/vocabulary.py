@@ -53,6 +53,8 @@ FORMS = {
     "linear": ("hidden states (N, H), the classifier weight (V, H) and bias, and a target "
                "(torch's linear_cross_entropy)"),
     "vocab_parallel": "each rank's class shard of the logits in a process group (keywords group and vocab_start)",
+    "softmax": "softmax(input, dim, dtype=None) (torch's softmax)",
+    "log_softmax": "log_softmax(input, dim, dtype=None) (torch's log_softmax)",
 }
 
 FEATURES = {
@@ -75,6 +77,7 @@ FEATURES = {
     "input_validation": "raising on invalid targets and shapes",
     "uneven_shards": "vocab parallel: a split of the classes over the ranks other than torch.chunk's",
     "linear_bias": "a classifier bias (linear losses; without it their checks run unbiased)",
+    "dtype_argument": "softmax forms: dtype=, the input cast to it before the operation",
     **{name: f"{what} (declared in variants)" for name, what in VARIANTS.items()},
     **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},
 }

@@ -49,10 +49,23 @@ CORRECT = {
     "linear_composed": (),
     "linear_chunked": (),
     "linear_filtered": (),
+    # softmax forms (test_softmax.py, test_log_softmax.py)
+    "softmax_two_pass": (),
+    "softmax_exp2": (),
+    "log_softmax_online": (),
+    "log_softmax_float64_inside": (),
 }
 
 # broken fixture -> the suite test that must catch it
 CAUGHT_BY = {
+    "softmax_max_identity_zero": "test_extremes",
+    "softmax_tail_zero_fill": "test_block_widths",
+    "softmax_backward_drops_sum": "test_value_and_gradient",
+    "softmax_exp2_without_log2e": "test_value_and_gradient",
+    "softmax_stride_blind": "test_strided_input",
+    "log_softmax_backward_mask_from_output": "test_extremes",
+    "log_softmax_nan_dropped": "test_nonfinite_row_stays_in_its_row",
+    "log_softmax_bf16_storage": "test_value_and_gradient",
     "accepts_out_of_range_target": "test_invalid_input_raises",
     "cap_before_scale": "test_variant_value_and_gradient",
     "cap_first_block_only": "test_variant_at_block_widths",
@@ -155,7 +168,7 @@ def test_every_fixture_is_proven():
 
 
 # The fewest checks a correct fixture of each form passes (a run judges the checks of its form).
-MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80}   # vocab parallel: 154 checks, 100 for loss_parallel
+MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80, "softmax": 40, "log_softmax": 40}   # vocab parallel: 154 checks, 100 for loss_parallel
 
 
 @pytest.mark.parametrize("name", CORRECT)

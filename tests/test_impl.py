@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance.impl import ImplementationError, LossOptions, adapt
+from conformance.impl import ImplementationError, LossOptions, adapt, load_implementation
 from conformance.reference import Variant
 from conformance.vocabulary import VARIANT_FEATURES
 
@@ -87,8 +87,10 @@ class _LinearModule(torch.nn.Module):
 @pytest.mark.parametrize("obj,form", [
     (F.cross_entropy, "logits"), (torch.nn.CrossEntropyLoss, "logits"),
     (F.linear_cross_entropy, "linear"), (_LinearModule, "linear"), (_vocab_parallel, "vocab_parallel"),
-    (_declaring(form="linear"), "linear"),
-], ids=["cross_entropy", "module", "linear_cross_entropy", "linear_module", "vocab_parallel", "declared"])
+    (_declaring(form="linear"), "linear"), (F.softmax, "softmax"), (F.log_softmax, "log_softmax"),
+    (torch.nn.Softmax, "softmax"), (torch.nn.LogSoftmax(1), "log_softmax"),
+], ids=["cross_entropy", "module", "linear_cross_entropy", "linear_module", "vocab_parallel", "declared", "softmax",
+        "log_softmax", "softmax_module", "log_softmax_module_instance"])
 def test_the_form_is_read_from_the_signature_unless_declared(obj, form):
     assert adapt(obj, "probe").form == form
 
@@ -111,3 +113,32 @@ def test_a_linear_loss_is_called_with_the_weight_and_bias_in_torchs_convention()
     torch.testing.assert_close(impl.linear(h, w, t, b, LossOptions(reduction="sum")),
                                F.cross_entropy(h @ w.T + b, t, reduction="sum"))
     assert impl.name == "linear_cross_entropy"
+
+
+@pytest.mark.parametrize("obj", [F.softmax, torch.nn.Softmax, torch.nn.Softmax(0)], ids=["function", "class", "instance"])
+def test_a_softmax_is_called_in_torchs_convention(obj):
+    """``fn(input, dim, dtype=None)``; a module class is built as ``nn.Softmax(dim)``; ``dtype``
+    casts the input first."""
+    impl = adapt(obj, "probe")
+    x = torch.randn(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(impl.along(x, 0), torch.softmax(x, 0), rtol=0, atol=0)
+    assert impl.along(x, 1, torch.float32).dtype == torch.float32
+
+
+def _module(tmp_path, monkeypatch, name: str, attributes: str):
+    (tmp_path / f"{name}.py").write_text("import torch.nn.functional as F\n" + attributes)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_a_module_without_cross_entropy_resolves_its_one_softmax_form(tmp_path, monkeypatch):
+    _module(tmp_path, monkeypatch, "only_log_softmax", "def log_softmax(input, dim, dtype=None):\n"
+                                                       "    return F.log_softmax(input, dim, dtype=dtype)\n")
+    impl = load_implementation("only_log_softmax")
+    assert (impl.form, impl.spec) == ("log_softmax", "only_log_softmax:log_softmax")
+
+
+def test_a_module_with_both_softmax_forms_must_say_which(tmp_path, monkeypatch):
+    _module(tmp_path, monkeypatch, "both_forms", "softmax = F.softmax\nlog_softmax = F.log_softmax\n")
+    with pytest.raises(ImplementationError, match=re.escape("module 'both_forms' has softmax and log_softmax; name "
+                                                            "the one to judge: --conformance-impl=both_forms:softmax")):
+        load_implementation("both_forms")

@@ -36,6 +36,10 @@ FAMILIES = {
     "linear": ("linear_half_accumulator", "test_linear_at_scale and bfloat16"),
     "linear value": ("linear_no_grad_drops_bias", "test_linear_forward_without_autograd"),
     "linear frozen head": ("linear_needs_grad_misindexed", "test_linear_gradients_of_some_inputs and float32"),
+    "softmax gradient": ("softmax_backward_drops_sum", "test_value_and_gradient and float32"),
+    "softmax layouts": ("softmax_stride_blind", "test_strided_input and float32"),
+    "log_softmax non-finite rows": ("log_softmax_nan_dropped", "test_nonfinite_row_stays_in_its_row and float32"),
+    "log_softmax document path": ("log_softmax_bf16_storage", "test_document_path_with_the_implementation and float32"),
 }
 
 

@@ -1,0 +1,157 @@
+"""The softmax forms: ``softmax`` and ``log_softmax`` with torch's calling convention
+``fn(input, dim, dtype=None)``. A call runs forward and, where the problem has an upstream
+gradient, ``output.backward(grad)``; the quantities are the output and the input's gradient (the
+vector-Jacobian product) against the float64 truth (``softmax.evaluate_softmax``) on pristine
+copies of what the implementation was fed.
+
+A problem (``SoftmaxProblem``) is built by a plain-torch recipe that defines ``x`` (already in
+its dtype and layout: a transposed or sliced view is fed as that view) and, for backward, one
+that defines ``grad``; the reproduce snippet prints both. The quantities carry no torch
+counterpart: under ``parity`` they are judged by ``standard``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..impl import Implementation
+from ..softmax import SoftmaxEvaluation, evaluate_softmax
+from ..vocabulary import dtype_name
+from .protocol import Form, Quantity, Show
+
+__all__ = ["SoftmaxProblem", "SoftmaxOutcome", "softmax_problem", "upstream_recipe", "UPSTREAM_KINDS", "VALUE",
+           "GRADIENT", "SoftmaxForm"]
+
+VALUE = Show("y{at}.item()", "truth.output{at}.item()")
+GRADIENT = Show("x.grad{at}.item()", "truth.grad(grad){at}.item()")
+# random: a fresh normal gradient; scalar: one value broadcast (stride 0, what ``y.sum().backward()``
+# feeds); transposed: a normal gradient made as the transpose of a contiguous one.
+UPSTREAM_KINDS = ("random", "scalar", "transposed")
+
+
+@dataclass(frozen=True)
+class SoftmaxProblem:
+    """One call of a softmax form: the recipe of ``x`` and the tensor it built on ``device``, the
+    ``dim``, the ``dtype=`` argument (``cast``; ``None``: not passed), the upstream gradient's
+    recipe (``None``: forward only) and kind."""
+
+    family: str
+    recipe: str
+    device: str
+    input: Tensor
+    dim: int
+    upstream: Optional[str] = None
+    upstream_kind: str = ""
+    note: str = ""
+    cast: Optional[torch.dtype] = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the operation runs in and returns."""
+        return self.cast or self.input.dtype
+
+    def call_code(self) -> str:
+        cast = "" if self.cast is None else f", dtype=torch.{dtype_name(self.cast)}"
+        return f"impl.along(x, {self.dim}{cast})"
+
+    def upstream_gradient(self) -> Tensor:
+        namespace: dict = {"torch": torch}
+        exec(self.upstream, namespace)
+        return namespace["grad"].to(self.device)
+
+    def describe(self) -> str:
+        shape = "x".join(str(s) for s in self.input.shape)
+        upstream = "forward only" if self.upstream is None else f"upstream={self.upstream_kind}"
+        cast = "" if self.cast is None else f" from {dtype_name(self.input.dtype)} (dtype=)"
+        return (f"case={self.family} shape={shape} dim={self.dim} dtype={dtype_name(self.dtype)}{cast} "
+                f"device={self.device}, {upstream}{self.note}")
+
+    __repr__ = describe
+
+
+def upstream_recipe(kind: str, shape: tuple, dtype: torch.dtype) -> str:
+    """Code for the upstream gradient ``grad`` shaped ``shape`` (``UPSTREAM_KINDS``)."""
+    name = dtype_name(dtype)
+    if kind == "scalar":
+        return f"grad = torch.tensor(1.75, dtype=torch.{name}).expand({tuple(shape)})"
+    drawn = tuple(shape[:-2]) + tuple(shape[-2:][::-1]) if kind == "transposed" else tuple(shape)
+    code = f"grad = torch.randn({drawn}, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).to(torch.{name})"
+    return code + ".transpose(-1, -2)" * (kind == "transposed")
+
+
+def softmax_problem(family: str, recipe: str, device: str, dim: int = -1, *, upstream: Optional[str] = "random",
+                    note: str = "", cast: Optional[torch.dtype] = None) -> SoftmaxProblem:
+    """Execute ``recipe`` (it defines ``x`` on the cpu) and pose the problem along ``dim``, with an
+    upstream gradient of kind ``upstream`` (``None``: forward only) and ``dtype=cast`` if given."""
+    namespace: dict = {"torch": torch}
+    exec(recipe, namespace)
+    x = namespace["x"].to(device)
+    code = None if upstream is None else upstream_recipe(
+        upstream if x.dim() > 1 or upstream != "transposed" else "random", tuple(x.shape), x.dtype)
+    return SoftmaxProblem(family=family, recipe=recipe.strip(), device=device, input=x, dim=dim, upstream=code,
+                          upstream_kind=upstream or "", note=note, cast=cast)
+
+
+@dataclass(frozen=True)
+class SoftmaxOutcome:
+    """Pristine copies of the fed input and upstream gradient, the output, the input's gradient
+    after backward, and the fed input itself (to see what the call did to it)."""
+
+    input: Tensor
+    output: Tensor
+    fed: Tensor
+    grad: Optional[Tensor] = None
+    upstream: Optional[Tensor] = None
+
+
+class SoftmaxForm(Form):
+    parity_widens = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def call(self, impl: Implementation, problem: SoftmaxProblem, **context) -> SoftmaxOutcome:
+        x = problem.input.detach()
+        pristine = x.clone()
+        if problem.upstream is None:
+            with torch.no_grad():
+                y = impl.along(x, problem.dim, problem.cast)
+            return SoftmaxOutcome(input=pristine, output=y.detach(), fed=x)
+        x = x.requires_grad_()
+        y = impl.along(x, problem.dim, problem.cast)
+        grad = problem.upstream_gradient()
+        pristine_grad = grad.clone()
+        y.backward(grad)
+        return SoftmaxOutcome(input=pristine, output=y.detach(), fed=x.detach(), grad=x.grad, upstream=pristine_grad)
+
+    def truth(self, impl: Implementation, problem: SoftmaxProblem, outcome: SoftmaxOutcome) -> SoftmaxEvaluation:
+        return evaluate_softmax(outcome.input.to(problem.dtype), problem.dim, self.name)
+
+    def quantities(self, impl: Implementation, problem: SoftmaxProblem, outcome: SoftmaxOutcome,
+                   sev: SoftmaxEvaluation) -> list[Quantity]:
+        found = [Quantity("value", outcome.output, sev.output, "softmax", {"sev": sev}, VALUE)]
+        if outcome.upstream is not None:
+            found.append(Quantity("gradient", outcome.grad, sev.grad(outcome.upstream), "softmax gradient",
+                                  {"sev": sev, "grad_output": outcome.upstream}, GRADIENT))
+        return found
+
+    def snippet(self, impl: Implementation, problem: SoftmaxProblem, show: Show) -> list[str]:
+        lines = ["import torch", "from conformance.impl import load_implementation",
+                 "from conformance.softmax import evaluate_softmax", problem.recipe]
+        if problem.device != "cpu":
+            lines.append(f"x = x.to({problem.device!r})")
+        lines += impl.load_code()
+        if show.truth:
+            x = "x" if problem.cast is None else f"x.to(torch.{dtype_name(problem.cast)})"
+            lines.append(f"truth = evaluate_softmax({x}, {problem.dim}, {self.name!r})")
+        if show.steps is not None:
+            return lines + list(show.steps)
+        if problem.upstream is None:
+            return lines + [f"y = {problem.call_code()}"]
+        lines += ["x.requires_grad_()", f"y = {problem.call_code()}", problem.upstream]
+        if problem.device != "cpu":
+            lines.append(f"grad = grad.to({problem.device!r})")
+        return lines + ["y.backward(grad)"]

@@ -1,0 +1,207 @@
+"""Softmax kernels (``FORM = "softmax"``; ``test_log_softmax`` runs the same checks on the
+log-softmax form): the output and its vector-Jacobian product against the float64 truth under the
+bounds of ``tolerance`` (Softmax forms), on the cases where softmax kernels break: widths around
+block sizes, a dim other than the last, strided views, offsets, underflow, and non-finite rows
+that must stay in their row; rows that sum to 1, the inputs left as they were, and the document's
+paths built from the implementation's pieces.
+"""
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformance import cases
+from conformance.forms import Show
+from conformance.forms.softmax import UPSTREAM_KINDS, softmax_problem
+from conformance.reference import evaluate
+from conformance.softmax import evaluate_softmax
+from conformance.vocabulary import DTYPES, dtype_name
+
+FORM = "softmax"
+
+WIDE = (torch.float64, torch.float32)
+
+
+def _randn(shape: tuple, dtype: torch.dtype, seed: int, body: str = "", scale: float = 3.0) -> str:
+    """A recipe of ``x``: normal entries times ``scale``, then ``body`` in float64, rounded to ``dtype``."""
+    lines = [f"torch.default_generator.manual_seed({seed})",
+             f"x = torch.randn({tuple(shape)}, dtype=torch.float64) * {scale!r}"]
+    lines += [body] if body else []
+    return "\n".join(lines + [f"x = x.to(torch.{dtype_name(dtype)})"])
+
+
+def _checked(judge, problem):
+    """What the call must not do (change its input, return another dtype), then every quantity of
+    the call against the truth."""
+    if "backward" in judge.impl.unsupported:
+        problem = replace(problem, upstream=None)
+    out = judge.call(problem)
+    if not ((out.fed == out.input) | (out.fed.isnan() & out.input.isnan())).all():
+        judge.fail("input unchanged", problem, "the call modified its input", show=Show("x", "'x as built'"))
+    if out.output.dtype != problem.dtype:
+        judge.fail("output dtype", problem, f"returned {out.output.dtype} for {problem.dtype}",
+                   show=Show("y.dtype", f"torch.{dtype_name(problem.dtype)}"))
+    return judge.conforms(problem, out)
+
+
+# name -> (shape, dim): the last, first and a middle dim of 2-D, 3-D and 4-D (attention-shaped) inputs.
+SHAPES = {"rows": ((9, 100), -1), "single_column": ((7, 1), -1), "first_dim": ((37, 5, 3), 0),
+          "middle_dim": ((3, 41, 5), 1), "attention_last": ((2, 3, 5, 33), -1), "attention_heads": ((2, 17, 4, 3), 1)}
+
+
+# The default run takes every shape with a random upstream gradient and two with the others;
+# --conformance-deep every pair.
+_DEFAULT_PAIRS = [(shape, "random") for shape in SHAPES] + [("rows", "scalar"), ("attention_last", "transposed")]
+PAIRS = [pytest.param(shape, upstream, id=f"{shape}-{upstream}",
+                      marks=[] if (shape, upstream) in _DEFAULT_PAIRS else [pytest.mark.deep])
+         for shape in SHAPES for upstream in UPSTREAM_KINDS]
+# Costly checks run in two dtypes by default (plugin: default_dtypes), every dtype when deep.
+DEFAULT_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@pytest.mark.default_dtypes(*DEFAULT_DTYPES)
+@pytest.mark.parametrize("shape,upstream", PAIRS)
+def test_value_and_gradient(judge, device, dtype, shape, upstream, seed):
+    """The output and the VJP with a random, a scalar broadcast (stride 0) and a transposed upstream gradient."""
+    size, dim = SHAPES[shape]
+    _checked(judge, softmax_problem(shape, _randn(size, dtype, seed), device, dim, upstream=upstream))
+
+
+# Widths around the block sizes kernels tile by (2^k - 1, 2^k, 2^k + 1) and odd widths between 512
+# and 1024 (pytorch#147284); the default run takes a few, --conformance-deep all of them.
+DEFAULT_WIDTHS = [15, 16, 17, 1023, 1024, 1025, 4097]
+DEEP_WIDTHS = sorted(({2 ** k + d for k in range(4, 18) for d in (-1, 0, 1)} | set(range(513, 1024, 34)))
+                     - set(DEFAULT_WIDTHS))
+
+
+def _widths():
+    return [pytest.param(w, d, id=f"{w}-{dtype_name(d)}") for i, w in enumerate(DEFAULT_WIDTHS)
+            for d in (DTYPES[i % len(DTYPES)],)] + \
+           [pytest.param(w, d, id=f"{w}-{dtype_name(d)}", marks=pytest.mark.deep) for w in DEEP_WIDTHS for d in DTYPES]
+
+
+@pytest.mark.parametrize("width,dtype", _widths())
+def test_block_widths(judge, device, width, dtype, seed):
+    """All-negative rows at a width around a block size: a tail block loaded without a -inf fill
+    adds exp(0 - m) terms; a max started at 0 underflows the row."""
+    rows = 3 if width > 5000 else 5
+    _checked(judge, softmax_problem(f"width {width}", _randn((rows, width), dtype, seed, "x = -x.abs() - 20"),
+                                    device))
+
+
+# name -> (the recipe's body over x (9, 65), the dtypes it is stated for).
+EXTREMES = {
+    "all_negative": ("x = -x.abs() - 30", DTYPES),
+    "constant_rows": ("x[:] = 2.5", DTYPES),
+    "offset_plus_1e4": ("x = x + 1e4", WIDE),
+    "offset_minus_1e7": ("x = x - 1e7", WIDE),
+    "peaked_underflow": ("x[:, 3] += 120", DTYPES),
+    "neg_inf_entries": ("x[:, ::3] = float('-inf')", DTYPES),
+}
+
+
+@pytest.mark.default_dtypes(*DEFAULT_DTYPES)
+@pytest.mark.parametrize("extreme", EXTREMES)
+def test_extremes(judge, device, dtype, extreme, seed):
+    """Rows where kernels lose accuracy or the row: offsets (pytorch#38839 at -1e7), probabilities
+    that underflow to 0 or to subnormals, -inf entries (exactly 0 and zero gradient)."""
+    body, dtypes = EXTREMES[extreme]
+    if dtype not in dtypes:
+        pytest.skip(f"{extreme} is not representable in {dtype_name(dtype)}")
+    _checked(judge, softmax_problem(extreme, _randn((9, 65), dtype, seed, body), device))
+
+
+# name -> the row made non-finite: its output is NaN (torch's), every other row untouched.
+NONFINITE_ROWS = {"all_neg_inf": "x[2] = float('-inf')", "nan": "x[2, 7] = float('nan')",
+                  "pos_inf": "x[2, 7] = float('inf')"}
+
+
+@pytest.mark.default_dtypes(*DEFAULT_DTYPES)
+@pytest.mark.parametrize("row", NONFINITE_ROWS)
+def test_nonfinite_row_stays_in_its_row(judge, device, dtype, row, seed):
+    """A row of -inf, or holding NaN or +inf, is NaN (torch's); it never leaks into other rows, and
+    a NaN dropped by the max reduce (torch-xpu-ops PR #5022) gives a finite row where NaN is due."""
+    _checked(judge, softmax_problem(f"{row} row", _randn((5, 40), dtype, seed, NONFINITE_ROWS[row]), device,
+                                    upstream=None))
+
+
+# name -> how the fed view is made from a contiguous tensor x0.
+LAYOUTS = {"transposed": "x = x0.t()", "sliced": "x = x0[::2, 1:-1]", "expanded": "x = x0[:1].expand(6, -1)"}
+
+
+@pytest.mark.feature("noncontiguous")
+@pytest.mark.default_dtypes(torch.float32, torch.float16)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_strided_input(judge, device, dtype, layout, seed):
+    """A transposed, sliced or expanded (stride 0) view, read through its strides (FlagGems PR #5723)."""
+    recipe = _randn((37, 12), dtype, seed).replace("x =", "x0 =").replace("x.to(", "x0.to(") + "\n" + LAYOUTS[layout]
+    _checked(judge, softmax_problem(layout, recipe, device))
+
+
+@pytest.mark.feature("empty_batch")
+@pytest.mark.default_dtypes(torch.float32)
+def test_empty_batch(judge, device, dtype):
+    problem = softmax_problem("empty batch", _randn((0, 7), dtype, 0), device)
+    out = judge.conforms(problem)
+    if out.output.shape != problem.input.shape:
+        judge.fail("empty batch", problem, f"output shape {tuple(out.output.shape)}", show=Show("y.shape", "(0, 7)"))
+
+
+# input dtype -> the dtype= argument: a half input computed and returned in float32, and one
+# rounded down to a half dtype first.
+CASTS = [(torch.float16, torch.float32), (torch.float32, torch.bfloat16)]
+
+
+@pytest.mark.feature("dtype_argument")
+@pytest.mark.parametrize("dtype,cast", CASTS, ids=lambda d: dtype_name(d))
+def test_dtype_argument(judge, device, dtype, cast, seed):
+    """``dtype=`` casts the input before the operation and the output has that dtype (torch's):
+    the value against the truth of the cast input (forward only: the gradient goes back through
+    the cast)."""
+    _checked(judge, softmax_problem("dtype argument", _randn((9, 65), dtype, seed), device, upstream=None,
+                                    cast=cast))
+
+
+@pytest.mark.default_dtypes(torch.float32, torch.float16)
+@pytest.mark.parametrize("width", [7, 1025])
+def test_rows_sum_to_one(judge, device, dtype, width, seed):
+    """Each row sums to 1 within the sum of its elements' bounds, and every element is in [0, 1]."""
+    problem = softmax_problem("rows sum to 1", _randn((9, width), dtype, seed), device, upstream=None)
+    out = judge.conforms(problem)
+    sev = evaluate_softmax(out.input, -1, "softmax")
+    judge.within("rows sum to 1", problem, out.output.double().sum(-1, keepdim=True), torch.ones(9, 1),
+                 "softmax row sums", show=Show("y.double().sum(-1)[{at}[0]].item()", "1.0"), sev=sev)
+    outside = (out.output < 0) | (out.output > 1)
+    if bool(outside.any()):
+        judge.fail("elements in [0, 1]", problem, f"{int(outside.sum())} elements outside [0, 1], e.g. "
+                   f"{out.output[outside][0].item()!r}", show=Show("y.min().item(), y.max()", "'[0, 1]'"))
+
+
+def _document_path(form: str) -> tuple:
+    """The document's path that uses the implementation's piece, as code over ``x`` and ``target``,
+    and whether it takes the log of a probability rounded to the dtype."""
+    if form == "softmax":
+        return "F.nll_loss(torch.log(impl.along(x, 1)), target)", True
+    return "F.nll_loss(impl.along(x, 1), target)", False
+
+
+@pytest.mark.default_dtypes(*DEFAULT_DTYPES)
+def test_document_path_with_the_implementation(judge, impl, device, dtype, seed):
+    """The document's paths with the user's piece: ``nll_loss(log(softmax(z)), y)`` or
+    ``nll_loss(log_softmax(z), y)`` against the cross-entropy truth (the first with the
+    document path's bound for a rounded probability, ``tolerance.document_path_bound``)."""
+    case = cases.well_conditioned(64, 4, dtype, device, seed=seed)
+    problem = softmax_problem("document path", case.recipe + "\nx = logits", device, 1, upstream=None)
+    code, rounded = _document_path(impl.form)
+    loss = eval(code, {"torch": torch, "F": F, "impl": impl, "x": problem.input, "target": case.target})
+    ev = evaluate(case.logits, case.target)
+    judge.within(f"document path {code}", problem, loss, ev.loss, "document path",
+                 show=Show("loss.item()", "reference.loss.item()",
+                           ("import torch.nn.functional as F", "from conformance.reference import evaluate",
+                            "reference = evaluate(logits, target)", f"loss = {code}")),
+                 ev=ev, logs_rounded_probability=rounded)
+
+
+__all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "test_nonfinite_row_stays_in_its_row",
+           "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation", "test_dtype_argument"]
