@@ -2,7 +2,8 @@
 (torch OpInfo's ``DecorateInfo`` is the model): features the implementation declares
 unsupported or an input kind a check is not stated for (the check is reported as unsupported,
 never run), torch's own failures pinned in
-``known_failures`` (by test id; the mechanism pins are the judge's, ``pins``) and the user's ``--conformance-xfail`` file (strict xfails; ``~``: not strict).
+``known_failures`` (by test id; the mechanism pins are the judge's, ``pins``) and the user's
+``--conformance-xfail`` file (strict xfails; ``~``: not strict).
 
 Outcomes found while a check runs are the judge's (``judge.Judge.gap``: a capability probed and
 missing); a declared deviation (``vocabulary.DEVIATIONS``) is judged against its declared result by the

@@ -448,9 +448,9 @@ def _import_object(spec: str) -> tuple[Any, str]:
 
 def load_implementation(spec: Optional[str] = None,
                         wrap: Callable[[Any], Any] = lambda obj: obj) -> Implementation:
-    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``, else ``softmax`` or ``log_softmax``) or ``"pkg.module:attr"`` (``attr`` may
-    be dotted: ``Class.method``); ``wrap`` adapts the object first (a loss from another framework,
-    ``conformance.adapters``)."""
+    """Resolve ``"pkg.module"`` (attribute ``cross_entropy``, else ``softmax`` or ``log_softmax``) or
+    ``"pkg.module:attr"`` (``attr`` may be dotted: ``Class.method``); ``wrap`` adapts the object first
+    (a loss from another framework, ``conformance.adapters``)."""
     spec = spec or DEFAULT_SPEC
     obj, attr = _import_object(spec)
     return implementation_of(obj, f"{spec.partition(':')[0]}:{attr}", wrap)

@@ -92,7 +92,8 @@ def _exponential_sum_rounds_to_one(problem: Problem) -> bool:
     at_max = rows.gather(1, target[:, None]).squeeze(1)
     loss = lse - at_max
     rounds_to_one = (at_max == rows.amax(1)) & (loss < tolerance.unit_roundoff(problem.dtype))
-    beyond_float32 = loss > 4 * tolerance.unit_roundoff(tolerance.compute_dtype(problem.dtype)) * (rows.shape[1] + 4) * lse.abs()
+    beyond_float32 = loss > (4 * tolerance.unit_roundoff(tolerance.compute_dtype(problem.dtype))
+                             * (rows.shape[1] + 4) * lse.abs())
     return bool((rounds_to_one & beyond_float32).any())
 
 
@@ -114,20 +115,24 @@ TORCH_CPU_PINS = (
         "9.353 (float32 inside gives 84.18 and 9.353; 'none' is right: a row's term is 36126; confirmed by hand "
         "against float64)",
         "label smoothing, sum over positions and classes of w_c (-log p_c) past 65504", _smoothing_sum_overflows,
-        FLOAT16, frozenset({"mean", "sum"}), "test_boundaries.py::test_features_at_large_size[cpu-smoothed-float16-sum]"),
+        FLOAT16, frozenset({"mean", "sum"}),
+        "test_boundaries.py::test_features_at_large_size[cpu-smoothed-float16-sum]"),
     Pin("half exponential sum",
         "torch 2.13's CPU float16/bfloat16 cross_entropy rounds the row's sum of exponentials to the dtype: "
         "confident rows (target logit = max + 10, true loss about 1e-4) give loss -0.0 (0 - log 1.0) and a target "
         "gradient of 0, where float64 on the same rounded logits gives 7.4e-5 to 1.5e-4 (confirmed by hand; the "
         "mechanism of https://github.com/linkedin/Liger-Kernel/issues/1268)",
-        "a kept row's target at its maximum and its loss between 4 u (C + 4) |lse| in float32 and a rounding of 1 in the dtype",
-        _exponential_sum_rounds_to_one, HALF, frozenset({"none"}), "test_extremes.py::test_confident_rows_value[cpu-float16-10]"),
+        "a kept row's target at its maximum and its loss between 4 u (C + 4) |lse| in float32 and a rounding "
+        "of 1 in the dtype",
+        _exponential_sum_rounds_to_one, HALF, frozenset({"none"}),
+        "test_extremes.py::test_confident_rows_value[cpu-float16-10]"),
     Pin("float16 logsumexp rounding",
         "torch 2.13's CPU float16 cross_entropy rounds the row's logsumexp to float16 before subtracting the "
         "target logit: on some data (seed 16: loss 0.039246 where float32 inside gives 0.039124 and the truth is "
         "0.039138) a row is 3.5 ulps off, beyond the strict contract; seeds 0 to 20 tried, only 16 fails",
         "rows scaled from 1e-2 to 1e3 (case mixed_scales)", lambda problem: problem.case.family == "mixed_scales",
-        FLOAT16, frozenset({"none"}), "test_extremes.py::test_rows_of_very_different_scales[cpu-float16]", seeds=frozenset({16})),
+        FLOAT16, frozenset({"none"}), "test_extremes.py::test_rows_of_very_different_scales[cpu-float16]",
+        seeds=frozenset({16})),
 )
 
 

@@ -391,7 +391,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config.stash[VERDICT_KEY] = run, found, _ = config.stash[SESSION_KEY].judged()
     for pin in config.stash[SESSION_KEY].unshown_pins():
         warnings.warn(pytest.PytestWarning(f"known failure {pin.describe()} covered no problem although "
-                                           f"{pin.found_by} ran: revisit the pin ({pin.reason})"))
+                                           f"{pin.found_by} ran: revisit the pin ({pin.reason})"), stacklevel=1)
     path = config.getoption("conformance_report")
     if path:
         report.save(run, path)

@@ -202,7 +202,8 @@ class ConformanceSession:
                        for nodeid, record in self.by_nodeid.items())
 
         return [pin for spec, impl in judged.items() for pin in self.expectations.pins(impl)
-                if pin.name not in covered and (pin.seeds is None or self.seed in pin.seeds) and found_by_ran(pin, spec)]
+                if pin.name not in covered and (pin.seeds is None or self.seed in pin.seeds)
+                and found_by_ran(pin, spec)]
 
     def judged(self) -> tuple[Run, list, list]:
         """The run, its regressions against the baseline and its timing comparisons (the rule of

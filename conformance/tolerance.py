@@ -759,7 +759,8 @@ def _softmax_vjp_error(sev, g: Tensor, d: Tensor, u: float) -> Tensor:
     else:
         total = g.sum(1, keepdim=True).abs()
         rel_p = torch.expm1(d + _EXP_LOG_ULPS * u)
-        compute = p * rel_p * total + p * (1 + rel_p) * additions * g.abs().sum(1, keepdim=True) + u * p * total + u * dx
+        compute = (p * rel_p * total + p * (1 + rel_p) * additions * g.abs().sum(1, keepdim=True)
+                   + u * p * total + u * dx)
     return compute
 
 

@@ -115,7 +115,8 @@ def test_a_linear_loss_is_called_with_the_weight_and_bias_in_torchs_convention()
     assert impl.name == "linear_cross_entropy"
 
 
-@pytest.mark.parametrize("obj", [F.softmax, torch.nn.Softmax, torch.nn.Softmax(0)], ids=["function", "class", "instance"])
+@pytest.mark.parametrize("obj", [F.softmax, torch.nn.Softmax, torch.nn.Softmax(0)],
+                         ids=["function", "class", "instance"])
 def test_a_softmax_is_called_in_torchs_convention(obj):
     """``fn(input, dim, dtype=None)``; a module class is built as ``nn.Softmax(dim)``; ``dtype``
     casts the input first."""

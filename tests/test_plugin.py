@@ -122,7 +122,8 @@ def test_a_pin_covers_the_cases_of_the_deep_run_where_its_mechanism_shows(pytest
     """torch's float16 running sums, pinned by where they overflow, cover the deep run's cases the
     default run never generates (65535 rows 'mean', smoothing at 4099 classes 'mean'), and the
     cases beside them (65535 rows 'sum', whose truth itself overflows float16) stay judged."""
-    result = _run(pytester, "--conformance-deep", "-rx", "-k", "(test_row_count_boundaries and (65535-float16 or 65536-float16 or "
+    result = _run(pytester, "--conformance-deep", "-rx", "-k",
+                  "(test_row_count_boundaries and (65535-float16 or 65536-float16 or "
                   "65537-float16)) or (test_features_at_large_size and smoothed-float16)")
     assert result.ret == pytest.ExitCode.OK
     result.assert_outcomes(passed=8, xfailed=7, deselected=result.parseoutcomes()["deselected"])

@@ -33,6 +33,7 @@ def test_first_run_page_quotes_a_failure_as_the_kit_prints_it(suite):
     printed = [line.rstrip() for line in result.stdout.lines]
     failure, copyable = _code_blocks(page)[:2]
     quoted = [line for line in failure if not line.endswith("...")]
-    assert len(quoted) >= 5 and all(line in printed for line in quoted), [line for line in quoted if line not in printed]
+    assert len(quoted) >= 5 and all(line in printed for line in quoted), \
+        [line for line in quoted if line not in printed]
     start = printed.index(next(line for line in printed if "reproduce (copy and run as is)" in line)) + 1
     assert copyable[1:] == printed[start:start + len(copyable) - 1]

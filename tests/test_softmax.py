@@ -47,7 +47,8 @@ def test_torchs_half_log_softmax_is_pinned_strictly(suite):
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
     outcomes = result.parseoutcomes()
     assert (outcomes["passed"], outcomes["xfailed"]) == (3, 3), outcomes
-    result.stdout.fnmatch_lines(["*XFAIL*test_strided_input[[]log_softmax-cpu-float16-*logsumexp rounded to the dtype*"])
+    result.stdout.fnmatch_lines(["*XFAIL*test_strided_input[[]log_softmax-cpu-float16-"
+                                 "*logsumexp rounded to the dtype*"])
 
 
 CARELESS = {  # a softmax that is right but for one thing, the check that names it, and the message

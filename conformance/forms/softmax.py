@@ -78,7 +78,8 @@ def upstream_recipe(kind: str, shape: tuple, dtype: torch.dtype) -> str:
     if kind == "scalar":
         return f"grad = torch.tensor(1.75, dtype=torch.{name}).expand({tuple(shape)})"
     drawn = tuple(shape[:-2]) + tuple(shape[-2:][::-1]) if kind == "transposed" else tuple(shape)
-    code = f"grad = torch.randn({drawn}, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).to(torch.{name})"
+    code = (f"grad = torch.randn({drawn}, dtype=torch.float64, "
+            f"generator=torch.Generator().manual_seed(7)).to(torch.{name})")
     return code + ".transpose(-1, -2)" * (kind == "transposed")
 
 

@@ -138,8 +138,9 @@ class Judge:
 
     def repeats(self, problem: Problem, first, ev) -> None:
         """The call made again on identical inputs (the case built again from its recipe) gives the
-        same bits as ``first`` (tt-metal runs every op twice); a loss that declares ``nondeterministic`` is held instead to the bound of
-        a reordered sum (``tolerance``, run to run) of its value and logits' gradient."""
+        same bits as ``first`` (tt-metal runs every op twice); a loss that declares ``nondeterministic``
+        is held instead to the bound of a reordered sum (``tolerance``, run to run) of its value and
+        logits' gradient."""
         __tracebackhide__ = True
         declared = "nondeterministic" in self.impl.deviations
         fresh = cases.from_recipe(problem.case.family, problem.case.recipe, problem.device)  # the first may overwrite
@@ -156,9 +157,10 @@ class Judge:
             elif not _same_bits(q.actual, second.actual):
                 differ = (q.actual != second.actual) & ~(q.actual.isnan() & second.actual.isnan())
                 at = tuple(differ.nonzero()[0].tolist()) if differ.dim() else ()
-                self.fail(identity, problem, f"two calls on identical inputs differ in their bits: {q.actual[at].item()!r} "
-                          f"then {second.actual[at].item()!r} at {at or 'the scalar'} (a loss whose sums take their terms in "
-                          "a varying order declares deviations = {'nondeterministic'})", show=q.show)
+                self.fail(identity, problem, "two calls on identical inputs differ in their bits: "
+                          f"{q.actual[at].item()!r} then {second.actual[at].item()!r} at {at or 'the scalar'} "
+                          "(a loss whose sums take their terms in a varying order declares "
+                          "deviations = {'nondeterministic'})", show=q.show)
 
     def within(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, kind: str, *,
                show: Show = VALUE, also: Optional[Tensor] = None, **terms) -> Comparison:

@@ -55,5 +55,5 @@ def test_rows_that_count_for_nothing(judge, device, dtype, reduction, kind, fill
         judge.exactly("rows that count for nothing: loss", problem, out.loss[rows], torch.zeros(len(rows)),
                       show=Show(f"loss[{rows}]", "0.0"))
     if out.grad is not None:
-        judge.exactly("rows that count for nothing: gradient", problem, out.grad[rows], torch.zeros(out.grad[rows].shape),
-                      show=Show(f"x.grad[{rows}]", "0.0"))
+        judge.exactly("rows that count for nothing: gradient", problem, out.grad[rows],
+                      torch.zeros(out.grad[rows].shape), show=Show(f"x.grad[{rows}]", "0.0"))

@@ -204,4 +204,5 @@ def test_document_path_with_the_implementation(judge, impl, device, dtype, seed)
 
 
 __all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "test_nonfinite_row_stays_in_its_row",
-           "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation", "test_dtype_argument"]
+           "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation",
+           "test_dtype_argument"]
