@@ -166,8 +166,9 @@ _LOG_SOFTMAX_LSE_HALF = (
     "64 rows of randn * 3), up to 128 times one rounding of the result (bfloat16, width 7); a confident entry "
     "(log p = -1.8e-4) gives 0.0 (confirmed by hand against float64), the mechanism of cross_entropy's pins above")
 
-# torch's half log_softmax on the data of --conformance-seed 0 (the default and the deep run): other
-# seeds' data shows the same mechanism on other half checks (seed 1: 14, seed 2: 21 of the default run's).
+# torch's half log_softmax: strict on the data of --conformance-seed 0 (the default and the deep run),
+# where it shows; on other seeds' data the same mechanism shows on some of these checks and not others
+# (not strict there: a pass says nothing of a fix).
 TORCH_LOG_SOFTMAX_HALF = {f"test_log_softmax.py::{test_id}": (_LOG_SOFTMAX_LSE_HALF, frozenset({0})) for test_id in (
     "test_value_and_gradient[log_softmax-cpu-bfloat16-attention_last-random]",
     "test_value_and_gradient[log_softmax-cpu-bfloat16-attention_last-transposed]",
@@ -191,6 +192,13 @@ TORCH_LOG_SOFTMAX_HALF = {f"test_log_softmax.py::{test_id}": (_LOG_SOFTMAX_LSE_H
     "test_strided_input[log_softmax-cpu-bfloat16-sliced]",
     "test_strided_input[log_softmax-cpu-bfloat16-expanded]",
 )}
+# The same mechanism on other seeds' data only (seeds 1 to 15 tried; seed 0's data passes them): not
+# strict, and not pinned at seed 0.
+TORCH_LOG_SOFTMAX_HALF.update({f"test_log_softmax.py::{test_id}": (_LOG_SOFTMAX_LSE_HALF, frozenset()) for test_id in (
+    "test_dtype_argument[log_softmax-cpu-float32-bfloat16]",
+    "test_value_and_gradient[log_softmax-cpu-bfloat16-rows-random]",
+    "test_value_and_gradient[log_softmax-cpu-bfloat16-rows-scalar]",
+)})
 
 
 def pins(call, contract: str) -> tuple:
@@ -204,8 +212,9 @@ def pinned_failures(call, contract: str, seed: int = 0) -> dict:
     """The pins by test id that apply to this callable under ``contract`` at ``seed``, test id ->
     (reason, strict): torch's half log_softmax on seed 0's data, the chunked linear path's
     accumulators under every contract, the composition under the exact one."""
-    if call is torch.nn.functional.log_softmax:
-        return {test_id: (reason, True) for test_id, (reason, seeds) in TORCH_LOG_SOFTMAX_HALF.items() if seed in seeds}
+    if call is torch.nn.functional.log_softmax:   # strict where seed 0's data shows it, else as it falls
+        return {test_id: (reason, seed in seeds) for test_id, (reason, seeds) in TORCH_LOG_SOFTMAX_HALF.items()
+                if seeds or seed != 0}
     if call is defaults.chunked_linear_cross_entropy:
         return {test_id: (reason, True) for test_id, reason in TORCH_CHUNKED_LINEAR_FAILURES.items()}
     if call is torch.nn.functional.linear_cross_entropy and contract == "exact":
