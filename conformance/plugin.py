@@ -273,8 +273,10 @@ def pytest_runtest_call(item: pytest.Item):
             raise
         found = item.stash.get(FIRST_FAILURE, None)
         if found is not None:  # hypothesis was shrinking a failure it had already found
+            limit = item.config.getoption("conformance_timeout")
             raise AssertionError(f"{found}\n  (hypothesis found this failing example; shrinking it ran past the "
-                                 f"time limit: {timeout})") from None
+                                 f"{limit:g} s time limit (--conformance-timeout): the example as found, not "
+                                 "the smallest)") from None
         timed_out = True
         if timeout is error:
             raise
