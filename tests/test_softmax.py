@@ -60,6 +60,7 @@ def test_torchs_half_log_softmax_stays_known_on_other_seeds_data(suite, seed):
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
     assert "failed" not in result.parseoutcomes()
 
+
 CARELESS = {  # a softmax that is right but for one thing, the check that names it, and the message
     "ignores_dtype": ("def softmax(input, dim, dtype=None):\n    return torch.softmax(input, dim)\n",
                       "test_dtype_argument", "*output dtype*returned torch.float16 for torch.float32*"),

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..cases import Problem
 from ..impl import Implementation
 from ..reference import Evaluation, evaluate
-from .protocol import Form, Quantity, Show
+from .protocol import Form, Quantity, Show, call_lines
 
 __all__ = ["Outcome", "forward", "forward_backward", "truth", "torch_on", "call_code", "truth_code", "keywords_code",
            "truth_options_code", "VALUE", "GRADIENT", "LogitsForm"]
@@ -143,12 +143,7 @@ class LogitsForm(Form):
             lines.append(truth_code(impl, problem))
         if show.steps is not None:
             return lines + list(show.steps)
-        if problem.upstream is None:
-            return lines + [f"loss = {call_code(impl, problem)}"]
-        lines += ["x.requires_grad_()", f"loss = {call_code(impl, problem)}", problem.upstream]
-        if case.device != "cpu":
-            lines.append(f"grad = grad.to({case.device!r})")
-        return lines + ["loss.backward(grad)"]
+        return lines + call_lines(call_code(impl, problem), problem.upstream, case.device, "loss")
 
 
 class _Counterpart:

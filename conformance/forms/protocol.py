@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from torch import Tensor
 
-__all__ = ["Show", "Quantity", "Form"]
+__all__ = ["Show", "Quantity", "Form", "call_lines"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,14 @@ class Form(ABC):
     def snippet(self, impl, problem, show: Show) -> list[str]:
         """The lines that rebuild the problem, load the implementation, evaluate the truth and
         (unless ``show.steps`` replaces it) call it as ``call`` does."""
+
+
+def call_lines(call: str, upstream: Optional[str], device: str, result: str) -> list[str]:
+    """A snippet's call of a problem on ``x`` as ``Form.call`` makes it: forward alone, or with ``x``
+    requiring grad and backward with the upstream gradient ``upstream`` builds, on ``device``."""
+    if upstream is None:
+        return [f"{result} = {call}"]
+    lines = ["x.requires_grad_()", f"{result} = {call}", upstream]
+    if device != "cpu":
+        lines.append(f"grad = grad.to({device!r})")
+    return lines + [f"{result}.backward(grad)"]

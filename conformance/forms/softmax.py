@@ -20,7 +20,7 @@ from torch import Tensor
 from ..impl import Implementation
 from ..softmax import SoftmaxEvaluation, evaluate_softmax
 from ..vocabulary import dtype_name
-from .protocol import Form, Quantity, Show
+from .protocol import Form, Quantity, Show, call_lines
 
 __all__ = ["SoftmaxProblem", "SoftmaxOutcome", "softmax_problem", "upstream_recipe", "UPSTREAM_KINDS", "VALUE",
            "GRADIENT", "SoftmaxForm"]
@@ -150,9 +150,4 @@ class SoftmaxForm(Form):
             lines.append(f"truth = evaluate_softmax({x}, {problem.dim}, {self.name!r})")
         if show.steps is not None:
             return lines + list(show.steps)
-        if problem.upstream is None:
-            return lines + [f"y = {problem.call_code()}"]
-        lines += ["x.requires_grad_()", f"y = {problem.call_code()}", problem.upstream]
-        if problem.device != "cpu":
-            lines.append(f"grad = grad.to({problem.device!r})")
-        return lines + ["y.backward(grad)"]
+        return lines + call_lines(problem.call_code(), problem.upstream, problem.device, "y")

@@ -21,6 +21,8 @@ from .protocol import Form, Quantity, Show
 __all__ = ["RanksOutcome", "steps", "VocabParallelForm"]
 
 
+_LOGITS = LogitsForm()   # the gathered problem is a logits problem
+
 @dataclass(frozen=True)
 class RanksOutcome(Outcome):
     """A logits outcome of the full problem as fed (rank 0's loss, the ranks' gradient slices
@@ -73,8 +75,8 @@ class VocabParallelForm(Form):
                               Show("x_grad{at}.item()", "truth.grad(grad){at}.item()", ran))}
         return [Quantity(shows[q.identity][0], q.actual, q.expected, q.kind, q.terms, shows[q.identity][1],
                          counterpart=q.counterpart)
-                for q in LogitsForm().quantities(impl, problem, outcome, ev, shards=outcome.world_size)]
+                for q in _LOGITS.quantities(impl, problem, outcome, ev, shards=outcome.world_size)]
 
     def snippet(self, impl: Implementation, problem: Problem, show: Show) -> list[str]:
-        return LogitsForm().snippet(impl, problem, show)
+        return _LOGITS.snippet(impl, problem, show)
 
