@@ -25,26 +25,31 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from test_fixtures import CORRECT  # noqa: E402  (the options each correct fixture is judged with)
 
 import fixtures  # noqa: E402  (the repository's fixtures, importable from its root)
 
-# Fixtures judged with extra options (tests/test_fixtures.py says why).
-OPTIONS = {
-    "fixtures.correct.logsoftmax_nll": ("--conformance-xfail=fixtures/correct/logsoftmax_nll.xfail",),
-    "fixtures.correct.nll_log_probs": ("--conformance-xfail=fixtures/correct/nll_log_probs.xfail",),
-    "fixtures.frameworks.optax_ce": ("--conformance-xfail=fixtures/frameworks/optax_ce.xfail",
-                                     "--conformance-impl-framework=jax"),
-    **{f"fixtures.correct.flexible_{kind}": ("--conformance-contract=exact",)
-       for kind in ("logits", "log_probs", "probs", "onehot")},
-}
+
+def _options(spec: str) -> tuple:
+    """The options the self-tests judge a fixture with: a correct one's from tests/test_fixtures.py,
+    a framework's known findings from the xfail file beside it (optax through the JAX adapter)."""
+    kind, _, name = spec.removeprefix("fixtures.").partition(".")
+    if kind == "correct":
+        return CORRECT.get(name, ())
+    xfail = ROOT / "fixtures" / kind / f"{name}.xfail"
+    found = (f"--conformance-xfail={xfail}",) if xfail.exists() else ()
+    return found + ("--conformance-impl-framework=jax",) * (name == "optax_ce")
+
+
 PROPERTY_TESTS = "test_properties.py::"
 TOLERANCE = 1e-6
 
 
 def _run(spec: str, report: Path) -> dict:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--conformance-impl", spec,
-               f"--conformance-report={report}", "--conformance-timeout=60", *OPTIONS.get(spec, ())]
+               f"--conformance-report={report}", "--conformance-timeout=60", *_options(spec)]
     subprocess.run(command, cwd=ROOT, capture_output=True, timeout=1800, check=False,
                    env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
     if not report.exists():
