@@ -4,7 +4,8 @@ import pytest
 
 @pytest.hookspec(firstresult=True)
 def pytest_conformance_impl(config):
-    """Return the cross-entropy implementation to judge (function, module class or instance).
+    """Return the implementation to judge (function, module class or instance), or a list of them,
+    one per form (a loss and a softmax judged in one run).
 
     Called once, when ``--conformance-impl`` (``--impl``) is not given. Example, in a ``conftest.py``::
 

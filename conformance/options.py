@@ -168,9 +168,11 @@ class Option:
 
 
 OPTIONS = (
-    Option("impl", "implementation to judge: a module (attribute cross_entropy) or module:attribute, imported from "
-           "the folder pytest was started in; default: the pytest_conformance_impl hook, else "
-           "torch.nn.functional.cross_entropy", str, metavar="MODULE[:ATTR]", alias="--impl"),
+    Option("impl", "implementation to judge: a module (attribute cross_entropy, else softmax or log_softmax) or "
+           "module:attribute, imported from the folder pytest was started in; repeatable, once per form (a loss and "
+           "a softmax judged in one run); default: the pytest_conformance_impl hook, else torch's own "
+           "(cross_entropy, linear_cross_entropy, softmax, log_softmax)", str, metavar="MODULE[:ATTR]",
+           repeatable=True, alias="--impl"),
     Option("impl-framework", "the framework the implementation is written in: torch (default), numpy, jax, "
            "keras or mlx (conformance.adapters: torch's keywords, a per-example loss like optax's, Keras' "
            "losses, MLX's cross_entropy)",

@@ -59,21 +59,39 @@ def pytest_addhooks(pluginmanager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def _resolve(config: pytest.Config) -> tuple[Implementation, bool]:
-    """The implementation under test, and whether the user named one. ``--conformance-impl``
-    imports from the folder pytest was started in, as ``python -m pytest`` would."""
+def _resolve(config: pytest.Config) -> tuple[list[Implementation], bool]:
+    """The implementations under test, one per form, and whether the user named any.
+    ``--conformance-impl`` (repeatable) imports from the folder pytest was started in, as
+    ``python -m pytest`` would; the hook may return one object or a list of them."""
     framework = config.getoption("conformance_impl_framework")
-    spec = config.getoption("conformance_impl")
+    specs = config.getoption("conformance_impl")
     adapters.prepare(framework)
-    if spec:
+    if specs:
         started_in = str(config.invocation_params.dir)
         if started_in not in sys.path:
             sys.path.insert(0, started_in)
-        return load_implementation(spec, wrap=lambda obj: adapters.wrap(obj, framework)), True
-    obj = config.hook.pytest_conformance_impl(config=config)
-    if obj is None:
-        return load_implementation(), False
-    return implementation_of(obj, wrap=lambda obj: adapters.wrap(obj, framework)), True
+        return _one_per_form([load_implementation(spec, wrap=lambda obj: adapters.wrap(obj, framework))
+                              for spec in specs]), True
+    found = config.hook.pytest_conformance_impl(config=config)
+    if found is None:
+        return [load_implementation()], False
+    objects = found if isinstance(found, (list, tuple)) else [found]
+    return _one_per_form([implementation_of(obj, wrap=lambda obj: adapters.wrap(obj, framework))
+                          for obj in objects]), True
+
+
+def _one_per_form(implementations: list[Implementation]) -> list[Implementation]:
+    """A run judges one implementation of each form: a second of a form is a usage error (judge it
+    in a run of its own)."""
+    seen = {}
+    for impl in implementations:
+        if impl.form in seen:
+            raise ImplementationError(f"two implementations of the form {impl.form!r}: {seen[impl.form].spec} and "
+                                      f"{impl.spec}; a run judges one of each form (--impl once per form)")
+        seen[impl.form] = impl
+    if not implementations:
+        raise ImplementationError("the pytest_conformance_impl hook returned an empty list")
+    return implementations
 
 
 # tryfirst: the profile is loaded before hypothesis' own pytest_configure applies
@@ -95,7 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "default_dtypes(*dtypes): the dtypes of a check in the default run; every "
                                        "dtype under --conformance-deep or --conformance-dtype")
     try:
-        impl, named = _resolve(config)
+        (impl, *also), named = _resolve(config)
     except ImplementationError as exc:
         raise pytest.UsageError(str(exc)) from None
     devices = config.getoption("conformance_device") or available_devices()
@@ -107,7 +125,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
                                  expectations=Expectations(contract, config.getoption("conformance_xfail"),
                                                            seed=config.getoption("conformance_seed")),
-                                 seed=config.getoption("conformance_seed"), named=named,
+                                 seed=config.getoption("conformance_seed"), named=named, also=also,
                                  baseline=_checked_at_start(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "conformance-session")
@@ -327,10 +345,10 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def impl(request) -> Implementation:
-    """The implementation under test."""
-    return request.config.stash[SESSION_KEY].impl
+    """The implementation under test (of the check's form: ``ConformanceSession.judged_by``)."""
+    return request.config.stash[SESSION_KEY].judged_by(request.node)
 
 
 @pytest.fixture
@@ -347,6 +365,14 @@ def seed(request) -> int:
     return request.config.getoption("conformance_seed")
 
 
+def _described(impl: Implementation) -> str:
+    """What the verdict's header says an implementation takes: a loss's input and target kinds, a
+    softmax form's name."""
+    if impl.form in ("softmax", "log_softmax"):
+        return f"form {impl.form}"
+    return f"input {impl.input_kind}, target {impl.target_kind}"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     judged = config.stash.get(VERDICT_KEY, None)
@@ -355,13 +381,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     run, found, timings = judged
     tr = terminalreporter
     tr.section("conformance verdict")
-    impl = session.impl
-    lines = [f"implementation: {impl.spec} (input {impl.input_kind}, target {impl.target_kind}); "
-             f"contract: {session.contract}; devices: {', '.join(session.devices)}"]
-    if impl.approximations:
-        lines.append("declared approximations, judged by their bounds: " + ", ".join(
-            f"{name} <= {bound:g}" for name, bound in impl.approximations.items()))
-    others = [other.spec for form in FORMS if form != impl.form for other in session.implementations(form)]
+    lines = []
+    for impl in session.chosen:
+        lines.append(f"implementation: {impl.spec} ({_described(impl)}); contract: {session.contract}; "
+                     f"devices: {', '.join(session.devices)}")
+        if impl.approximations:
+            lines.append("declared approximations, judged by their bounds: " + ", ".join(
+                f"{name} <= {bound:g}" for name, bound in impl.approximations.items()))
+    others = [other.spec for form in FORMS for other in session.implementations(form) if other not in session.chosen]
     if others:
         lines.append(f"also judged (torch's own, no implementation named): {', '.join(others)}")
     width = tr._tw.fullwidth

@@ -67,32 +67,42 @@ def _skip_reason(report: pytest.TestReport) -> str:
 class ConformanceSession:
     """One run: the implementation, where and how it is judged, and every check's record."""
 
-    impl: Implementation
+    impl: Implementation   # the first implementation named (with none named, torch's cross_entropy)
     devices: list
     contract: str
     expectations: Expectations
     seed: int = 0
     named: bool = True   # False: no implementation named, torch's own losses are judged (DEFAULT_SPECS)
+    also: list = field(default_factory=list)   # the other implementations named, each of another form
     baseline: Optional[Run] = None   # --conformance-baseline
     by_nodeid: dict = field(default_factory=dict)   # nodeid -> the check's record (pytest_runtest_logreport)
     _defaults: dict = field(default_factory=dict)
 
+    @property
+    def chosen(self) -> list[Implementation]:
+        """The implementations the run was given (one per form), or torch's cross_entropy."""
+        return [self.impl, *self.also]
+
     def implementations(self, form: str) -> list[Implementation]:
-        """The implementations a check of ``form`` judges: the named one if it has that form; with
-        none named, torch's own of that form."""
-        if self.impl.form == form:
-            return [self.impl]
-        if self.named:
-            return []
+        """The implementations a check of ``form`` judges: the one named of that form; with none
+        named, torch's own of that form."""
+        found = [impl for impl in self.chosen if impl.form == form]
+        if found or self.named:
+            return found
         if form not in self._defaults:
             self._defaults[form] = [load_implementation(spec) for spec in DEFAULT_SPECS.get(form, ())]
         return self._defaults[form]
+
+    def judged_by(self, item: pytest.Item) -> Implementation:
+        """The implementation a check that takes the unparametrized ``impl`` fixture judges: the
+        one of its form (a logits check's), else the first named."""
+        return (self.implementations(item_form(item)) or [self.impl])[0]
 
     def describe(self, item: pytest.Item) -> None:
         """Attach what the check is to the item (its reports carry it, also from xdist workers),
         and apply its expected outcome."""
         features = item_features(item)
-        impl = _params(item).get("impl", self.impl)
+        impl = _params(item).get("impl") or self.judged_by(item)
         kinds = item.get_closest_marker("input_kind")
         expected = self.expectations.of(item.nodeid, features, impl, kinds.args if kinds else None)
         records.attach(item.user_properties, "item", {
@@ -183,6 +193,7 @@ class ConformanceSession:
             "implementation": impl.spec, "input_kind": impl.input_kind, "target_kind": impl.target_kind,
             "unsupported": sorted(impl.unsupported), "deviations": sorted(impl.deviations),
             "approximations": impl.approximations, "form": impl.form,
+            "also": [other.spec for other in self.also],
             "contract": self.contract, "torch": torch.__version__, "kit": _kit_version(), "devices": self.devices,
             "seed": self.seed, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "platform": platform.platform(), "machine": bench.machine_info(),
@@ -193,7 +204,7 @@ class ConformanceSession:
     def unshown_pins(self) -> list:
         """torch's defects pinned by mechanism that covered no judged problem although the check
         that found them ran: the pin no longer says where its evidence is."""
-        judged = {self.impl.spec: self.impl, **{impl.spec: impl for found in self._defaults.values() for impl in found}}
+        judged = {impl.spec: impl for impl in [*self.chosen, *(i for found in self._defaults.values() for i in found)]}
         covered = {name for record in self.by_nodeid.values() for name in record.get("pinned") or ()}
 
         def found_by_ran(pin, spec: str) -> bool:

@@ -329,3 +329,51 @@ def test_the_kit_provokes_no_warning_of_torch_s_chunked_linear_path(pytester):
                   "-W", "error::UserWarning")
     outcomes = result.parseoutcomes()
     assert result.ret == pytest.ExitCode.OK and outcomes["passed"] == 4 and "warnings" not in outcomes, outcomes
+
+
+def test_one_run_judges_an_implementation_of_each_form(pytester):
+    """``--impl`` once per form: a package's loss and its softmax in one run, each check judging the
+    implementation of its form; the log-softmax checks, of a form not named, do not run."""
+    pytester.makepyfile(mypkg="""
+import torch
+def cross_entropy(input, target, **options):
+    return 2 * torch.nn.functional.cross_entropy(input, target, **options)
+def softmax(input, dim, dtype=None):
+    return torch.softmax(input, dim, dtype=dtype)
+""")
+    pytester.syspathinsert()
+    result = _run(pytester, "--impl=mypkg:cross_entropy", "--impl=mypkg:softmax", "-rA",
+                  "-k", "(test_value_matches_truth and float64 and none and 7x3) or "
+                        "(test_value_and_gradient and float32 and random)")
+    result.stdout.fnmatch_lines(["implementation: mypkg:cross_entropy (input logits, target index)*",
+                                 "implementation: mypkg:softmax (form softmax)*"])
+    lines = result.stdout.str().splitlines()
+    failed = [line for line in lines if line.startswith("FAILED")]
+    passed = [line for line in lines if line.startswith("PASSED")]
+    assert failed and all("test_value.py::test_value_matches_truth" in line for line in failed), failed
+    assert passed and all("test_softmax.py::test_value_and_gradient[softmax-" in line for line in passed), passed
+
+
+def test_a_hook_may_return_an_implementation_of_each_form(pytester):
+    pytester.makeconftest("""
+import torch
+def pytest_conformance_impl(config):
+    return [torch.nn.functional.cross_entropy, torch.nn.functional.log_softmax]
+""")
+    both = _run(pytester, "-k", "test_value_matches_truth and float64 and none and 7x3")
+    assert both.ret == pytest.ExitCode.OK, both.stdout.str()[-2000:]
+    both.stdout.fnmatch_lines(["implementation: torch.nn.functional:cross_entropy *",
+                               "implementation: torch.nn.functional:log_softmax (form log_softmax)*"])
+
+
+def test_two_implementations_of_one_form_are_a_usage_error(pytester):
+    pytester.makepyfile(twin="""
+import torch
+def softmax(input, dim, dtype=None):
+    return torch.softmax(input, dim, dtype=dtype)
+""")
+    pytester.syspathinsert()
+    result = _run(pytester, "--impl=torch.nn.functional:softmax", "--impl=twin:softmax", "-k", "test_value")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*two implementations of the form 'softmax': torch.nn.functional:softmax and "
+                                 "twin:softmax; a run judges one of each form*"])
