@@ -38,6 +38,14 @@ def test_traffic_counts_logits_read_and_gradient_written():
         bench.traffic_bytes("fwd", 1, 1, torch.float32)
 
 
+def test_softmax_traffic_counts_input_output_and_gradients():
+    tensor = 64 * 1000 * 2
+    assert bench.softmax_traffic_bytes("forward", 64, 1000, torch.bfloat16) == 2 * tensor
+    assert bench.softmax_traffic_bytes("forward+backward", 64, 1000, torch.bfloat16) == 5 * tensor
+    with pytest.raises(ValueError, match="op='backward'"):
+        bench.softmax_traffic_bytes("backward", 1, 1, torch.float32)
+
+
 def test_peak_memory_counts_what_a_call_touches():
     size = 64 * 2**20
     peak = bench.peak_extra_memory(lambda: torch.ones(size // 4), "cpu")
@@ -60,8 +68,9 @@ def test_machine_info_records_threads_and_allocator(monkeypatch):
 def test_benchmarks_do_not_run_by_default(pytester):
     result = pytester.runpytest_inprocess(*BENCH)
     outcomes = result.parseoutcomes()
-    # the six groups at 8x300, and the 16 of torch's two linear paths (2 ops, 2 dtypes, 2 shapes)
-    assert outcomes["deselected"] == 6 + 16 and "passed" not in outcomes
+    # the six groups at 8x300, the 16 of torch's two linear paths (2 ops, 2 dtypes, 2 shapes) and the
+    # 8 of torch's softmax forms (2 forms, 2 ops, 2 dtypes)
+    assert outcomes["deselected"] == 6 + 16 + 8 and "passed" not in outcomes
 
 
 def test_bad_shape_is_a_usage_error(pytester):
@@ -72,11 +81,14 @@ def test_bad_shape_is_a_usage_error(pytester):
 
 def test_benchmark_only_times_the_implementation_beside_torch(pytester):
     result = pytester.runpytest_inprocess(*BENCH, "--benchmark-only", "--benchmark-json=bench.json")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=6 + 8)
     data = json.loads((pytester.path / "bench.json").read_text())
     assert data["machine_info"]["conformance"]["threads"] == torch.get_num_threads()
     groups = {b["group"]: b for b in data["benchmarks"]}
-    assert sorted(groups) == sorted(f"{op} {dtype} 8x300 cpu" for op in bench.OPS for dtype in ("float32", "bfloat16"))
+    dtypes = ("float32", "bfloat16")
+    assert sorted(groups) == sorted([f"{op} {dtype} 8x300 cpu" for op in bench.OPS for dtype in dtypes]
+                                    + [f"{form} {op} {dtype} 8x300 cpu" for form in ("softmax", "log_softmax")
+                                       for op in bench.SOFTMAX_OPS for dtype in dtypes])
     for b in groups.values():
         info = b["extra_info"]
         # one test per group: pytest-benchmark timed the implementation's six rounds, the kit paired them with torch's
@@ -89,7 +101,8 @@ def test_benchmark_only_times_the_implementation_beside_torch(pytester):
 
 def test_conformance_bench_runs_checks_and_benchmarks(pytester):
     result = pytester.runpytest_inprocess("--pyargs", "conformance.suite.test_value", *BENCH[1:],
-                                          "--conformance-bench", "-k", "float32 and (1x10 or (speed and not backward))")
+                                          "--conformance-bench", "-k",
+                                          "float32 and (1x10 or (speed and not backward and not softmax))")
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] == 3 + 1
     result.stdout.fnmatch_lines(["*benchmark*pass 1*", "*value*pass 3*"])
@@ -107,7 +120,7 @@ def test_benchmarks_under_xdist_are_a_usage_error(pytester):
 def test_a_benchmark_that_timed_nothing_is_no_pass(pytester):
     """Under --benchmark-disable a benchmark runs once, untimed: the verdict says skipped, never
     pass, and against a baseline that timed it the run and the report both find a regression."""
-    only = ("--conformance-bench", "-k", "float32 and not backward")
+    only = ("--conformance-bench", "-k", "float32 and not backward and not softmax")
     pytester.runpytest_inprocess(*BENCH, *only, "--conformance-report=base.json").assert_outcomes(passed=1)
     untimed = pytester.runpytest_inprocess(*BENCH, *only, "--benchmark-disable", "--conformance-baseline=base.json",
                                            "--conformance-report=untimed.json")
@@ -123,7 +136,7 @@ def test_a_benchmark_that_timed_nothing_is_no_pass(pytester):
 def test_benchmark_only_verdict_shows_the_speed_beside_torch(pytester):
     """The terminal says how fast the loss is: per group, torch's time, the loss's, the ratio with
     its interval; no accuracy grade or empty section for a run that graded nothing."""
-    result = pytester.runpytest_inprocess(*BENCH, "--benchmark-only", "-k", "bfloat16")
+    result = pytester.runpytest_inprocess(*BENCH, "--benchmark-only", "-k", "bfloat16 and not softmax")
     result.assert_outcomes(passed=3)
     verdict = result.stdout.str().split("conformance verdict")[1]
     result.stdout.fnmatch_lines(["Speed beside torch:*", "*benchmark*torch ms*impl ms*impl/torch*95% interval*pairs",
@@ -134,7 +147,7 @@ def test_benchmark_only_verdict_shows_the_speed_beside_torch(pytester):
 def test_benchmark_compare_fail_still_gates(pytester):
     pytester.makepyfile(slow_impl=SLOW_IMPL)
     pytester.syspathinsert()
-    only = ("--benchmark-only", "-k", "float32 and not backward")
+    only = ("--benchmark-only", "-k", "float32 and not backward and not softmax")
     first = pytester.runpytest_inprocess(*BENCH, *only, "--benchmark-autosave")
     first.assert_outcomes(passed=1)
     same = pytester.runpytest_inprocess(*BENCH, *only, "--benchmark-compare")

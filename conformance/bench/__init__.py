@@ -1,5 +1,5 @@
 """Benchmarks beside torch: what they time (``workload``: ops, shapes, inputs, the bytes a loss
-must move), the machine they time it on (``machine``: synchronising, copy bandwidth, extra memory,
+or a softmax must move), the machine they time it on (``machine``: synchronising, copy bandwidth, extra memory,
 settings), the paired rounds under pytest-benchmark (``rounds``) and the vocab-parallel ranks
 beside one process (``ranks``). The statistics of the pairs are ``conformance.paired``'s."""
 from .machine import SETTINGS, copy_bandwidth, machine_info, peak_extra_memory, synchronize
@@ -11,14 +11,17 @@ from .workload import (
                        LINEAR_CPU_SHAPES,
                        LINEAR_OPS,
                        OPS,
+                       SOFTMAX_OPS,
                        inputs,
                        linear_inputs,
                        linear_shapes_for,
                        linear_traffic_bytes,
                        shapes_for,
+                       softmax_traffic_bytes,
                        traffic_bytes,
 )
 
 __all__ = ["OPS", "ACCELERATOR_SHAPES", "CPU_SHAPES", "LARGE_SHAPE", "shapes_for", "synchronize", "inputs",
            "LINEAR_OPS", "LINEAR_CPU_SHAPES", "LINEAR_ACCELERATOR_SHAPES", "linear_shapes_for", "linear_inputs",
-           "linear_traffic_bytes", "traffic_bytes", "copy_bandwidth", "peak_extra_memory", "machine_info", "SETTINGS"]
+           "linear_traffic_bytes", "traffic_bytes", "SOFTMAX_OPS", "softmax_traffic_bytes",
+           "copy_bandwidth", "peak_extra_memory", "machine_info", "SETTINGS"]

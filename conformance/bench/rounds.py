@@ -19,7 +19,7 @@ import pytest
 from .. import paired, records
 from .machine import copy_bandwidth, peak_extra_memory, synchronize
 
-__all__ = ["steps", "linear_steps", "paired_rounds", "benchmarks_from", "time_beside_torch"]
+__all__ = ["steps", "linear_steps", "softmax_steps", "paired_rounds", "benchmarks_from", "time_beside_torch"]
 
 
 def benchmarks_from(item: pytest.Item) -> int:
@@ -162,3 +162,21 @@ def linear_steps(call, inputs: tuple, device: str) -> dict:
             leaf.grad = None
 
     return {"forward": (forward, None), "forward+backward": (forward_backward, fresh_grads)}
+
+
+def softmax_steps(call, x, upstream, device: str) -> dict:
+    """``steps`` for a softmax form: ``call(x, -1)``, and its backward with ``upstream``."""
+    x = x.detach().requires_grad_()
+
+    def forward():
+        call(x, -1)
+        synchronize(device)
+
+    def forward_backward():
+        call(x, -1).backward(upstream)
+        synchronize(device)
+
+    def fresh_grad():
+        x.grad = None
+
+    return {"forward": (forward, None), "forward+backward": (forward_backward, fresh_grad)}

@@ -16,7 +16,7 @@ from torch import Tensor
 
 __all__ = ["OPS", "ACCELERATOR_SHAPES", "CPU_SHAPES", "LARGE_SHAPE", "shapes_for", "inputs", "traffic_bytes",
            "LINEAR_OPS", "LINEAR_CPU_SHAPES", "LINEAR_ACCELERATOR_SHAPES", "linear_shapes_for", "linear_inputs",
-           "linear_traffic_bytes"]
+           "linear_traffic_bytes", "SOFTMAX_OPS", "softmax_traffic_bytes"]
 
 OPS = ("forward", "backward", "forward+backward")
 
@@ -60,6 +60,19 @@ def linear_traffic_bytes(op: str, n: int, h: int, v: int, dtype: torch.dtype) ->
     and their gradients written once more (forward and backward); the logits need never exist."""
     inputs = (n * h + v * h + v) * dtype.itemsize
     return inputs if op == "forward" else 2 * inputs
+
+
+# A softmax form is timed on the loss benchmarks' logits shapes, along the classes.
+SOFTMAX_OPS = ("forward", "forward+backward")
+
+
+def softmax_traffic_bytes(op: str, n: int, c: int, dtype: torch.dtype) -> int:
+    """What a softmax form must move at least: the forward reads the input and writes the output;
+    the backward reads the output (or the input) and the upstream gradient and writes the input's
+    gradient, so forward and backward together move five times the input's bytes."""
+    if op not in SOFTMAX_OPS:
+        raise ValueError(f"op={op!r}: expected one of {SOFTMAX_OPS}")
+    return (2 if op == "forward" else 5) * n * c * dtype.itemsize
 
 
 def shapes_for(device: str) -> tuple:

@@ -1,5 +1,6 @@
 """Speed beside torch's own loss: forward, backward and both, in float32 and bfloat16, at
-language-model shapes, and a linear loss beside torch's composition. One test per
+language-model shapes, a linear loss beside torch's composition, and a softmax form (forward, and
+forward and backward) beside torch's on the same logits. One test per
 pytest-benchmark group times the implementation and torch in alternating rounds on the same
 inputs (``conformance.bench.rounds``); the ratio to torch is the median of the paired ratios with
 its 95 % interval, and rounds go on until the interval is within ``--conformance-bench-precision``
@@ -62,12 +63,15 @@ def _plan(request, bench_time: paired.TimeBudget) -> paired.RoundPlan:
     return options.round_plan(request.config, budget=bench_time.share(rounds.benchmarks_from(request.node)))
 
 
+BENCH_DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
+
+
 def _backward_marked(ops) -> list:
     return [pytest.param(op, marks=pytest.mark.feature("backward")) if "backward" in op else op for op in ops]
 
 
 @pytest.mark.parametrize("op", _backward_marked(bench.OPS))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
+@BENCH_DTYPES
 def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time):
     if not request.config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
         pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
@@ -84,7 +88,7 @@ def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, 
 
 @pytest.mark.form("linear")
 @pytest.mark.parametrize("op", _backward_marked(bench.LINEAR_OPS))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
+@BENCH_DTYPES
 def test_linear_speed_beside_torch(benchmark, request, impl, device, linear_shape, dtype, op, seed,
                                    copy_bandwidths, bench_time):
     """A linear loss beside torch's composition (``linear_cross_entropy``'s reference path), which
@@ -103,3 +107,40 @@ def test_linear_speed_beside_torch(benchmark, request, impl, device, linear_shap
     rounds.time_beside_torch(benchmark, request.node, sides, device, bench.linear_traffic_bytes(op, n, h, v, dtype),
                              info, copy_bandwidths=copy_bandwidths, plan=_plan(request, bench_time),
                              bench_time=bench_time)
+
+
+def _softmax_speed(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time,
+                   torch_fn) -> None:
+    """A softmax form along the classes of the loss benchmarks' logits, beside torch's own."""
+    if not request.config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
+        pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
+    n, c = shape
+    benchmark.group = f"{impl.form} {op} {dtype_name(dtype)} {n}x{c} {device}"
+    x, _ = bench.inputs(n, c, dtype, device, seed)
+    upstream = torch.randn(n, c, generator=torch.Generator().manual_seed(seed)).to(dtype).to(device)
+    sides = {side: rounds.softmax_steps(fn, x, upstream, device)[op]
+             for side, fn in (("torch", torch_fn), ("impl", impl.call))}
+    info = {"implementation": impl.spec, "op": f"{impl.form} {op}", "dtype": dtype_name(dtype), "shape": f"{n}x{c}"}
+    rounds.time_beside_torch(benchmark, request.node, sides, device, bench.softmax_traffic_bytes(op, n, c, dtype),
+                             info, copy_bandwidths=copy_bandwidths, plan=_plan(request, bench_time),
+                             bench_time=bench_time)
+
+
+SOFTMAX_OPS = pytest.mark.parametrize("op", _backward_marked(bench.SOFTMAX_OPS))
+
+
+@pytest.mark.form("softmax")
+@SOFTMAX_OPS
+@BENCH_DTYPES
+def test_softmax_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths,
+                                    bench_time):
+    _softmax_speed(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time, F.softmax)
+
+
+@pytest.mark.form("log_softmax")
+@SOFTMAX_OPS
+@BENCH_DTYPES
+def test_log_softmax_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths,
+                                        bench_time):
+    _softmax_speed(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time,
+                   F.log_softmax)
