@@ -66,11 +66,16 @@ DEFAULT_SPEC = "torch.nn.functional:cross_entropy"
 # What a run judges when no implementation is named: torch's own loss of each form it has
 # (``conformance.defaults``); torch has no vocab-parallel loss with this signature.
 DEFAULT_SPECS = {
-    "logits": (DEFAULT_SPEC,),
+    "logits": (DEFAULT_SPEC, "conformance.defaults:nll_loss"),
     "linear": ("torch.nn.functional:linear_cross_entropy", "conformance.defaults:chunked_linear_cross_entropy"),
     "softmax": ("torch.nn.functional:softmax",),
     "log_softmax": ("torch.nn.functional:log_softmax",),
 }
+# The families (suite modules) a default other than cross_entropy is judged on outside
+# --conformance-deep, which judges it on every check: nll_loss meets torch's semantics there
+# (weights, ignore_index inside and outside [0, C), K-dim, unbatched, each with its gradient) and
+# the value, and the default run stays within 20 s on two cores (about 1 s for these).
+DEFAULT_RUN_FAMILIES = {"conformance.defaults:nll_loss": ("features", "value")}
 # The attributes ``--conformance-impl=module`` looks for, in this order: ``cross_entropy``, else
 # the one softmax form the module has.
 DEFAULT_ATTRIBUTES = ("cross_entropy", "softmax", "log_softmax")
@@ -200,8 +205,11 @@ class Implementation:
         return self._tensor(loss, input, called), self._tensor(aux, input, called + f" ({auxiliary})")
 
     def keywords(self, options: LossOptions) -> dict[str, Any]:
-        """The call's keywords: torch's, and the variant's under the implementation's names."""
-        return {**options.kwargs(), **{self.variants[name]: value for name, value in options.variant.options().items()}}
+        """The call's keywords: torch's, and the variant's under the implementation's names. A loss
+        that declares label smoothing unsupported (``F.nll_loss``) is not given the keyword."""
+        torch_keywords = {name: value for name, value in options.kwargs().items()
+                          if not (name == "label_smoothing" and not value and name in self.unsupported)}
+        return {**torch_keywords, **{self.variants[name]: value for name, value in options.variant.options().items()}}
 
     def reference_variant(self, options: LossOptions) -> Variant:
         """The problem's variant under this implementation's declared conventions."""

@@ -179,8 +179,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = metafunc.config.stash[SESSION_KEY]
     form = item_form(metafunc.definition)
-    if form != "logits" and "impl" in metafunc.fixturenames and session.implementations(form):
-        implementations = session.implementations(form)
+    # A logits check is parametrized by implementation only where it judges several (torch's two in
+    # the default run): a named loss's test ids stay those its xfail file and baseline name.
+    implementations = session.implementations(form)
+    if "impl" in metafunc.fixturenames and (len(implementations) > 1 or implementations and form != "logits"):
         metafunc.parametrize("impl", implementations, ids=[impl.name for impl in implementations])
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", session.devices)
@@ -232,7 +234,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         judged = not is_check(item) or bool(session.implementations(item_form(item)))
         return ((wanted and item_dtype(item) not in (None, *wanted)) or (is_bench and not bench_wanted)
                 or (only and "benchmark" not in getattr(item, "fixturenames", ())) or not judged
-                or (not deep and item.get_closest_marker("deep") is not None))
+                or (not deep and (item.get_closest_marker("deep") is not None
+                                  or is_check(item) and session.beyond_default_run(item))))
 
     dropped = [item for item in items if unwanted(item)]
     if dropped:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from . import bench, records
-from .expectations import Expectations
-from .impl import DEFAULT_SPECS, Implementation, load_implementation
+from .expectations import Expectations, unparametrized
+from .impl import DEFAULT_RUN_FAMILIES, DEFAULT_SPECS, Implementation, load_implementation
 from .records import Check, Gap, Measured, Status
 from .report import Benchmark, Run, regressions, timing_comparisons
 from .vocabulary import dtype_name
@@ -86,12 +86,18 @@ class ConformanceSession:
     def implementations(self, form: str) -> list[Implementation]:
         """The implementations a check of ``form`` judges: the one named of that form; with none
         named, torch's own of that form."""
-        found = [impl for impl in self.chosen if impl.form == form]
-        if found or self.named:
-            return found
+        if self.named:
+            return [impl for impl in self.chosen if impl.form == form]
         if form not in self._defaults:
             self._defaults[form] = [load_implementation(spec) for spec in DEFAULT_SPECS.get(form, ())]
         return self._defaults[form]
+
+    def beyond_default_run(self, item: pytest.Item) -> bool:
+        """A check of a default implementation that the default run leaves to the deep run
+        (``impl.DEFAULT_RUN_FAMILIES``)."""
+        impl = _params(item).get("impl")
+        families = DEFAULT_RUN_FAMILIES.get(impl.spec) if isinstance(impl, Implementation) and not self.named else None
+        return families is not None and _family(item.module.__name__) not in families
 
     def judged_by(self, item: pytest.Item) -> Implementation:
         """The implementation a check that takes the unparametrized ``impl`` fixture judges: the
@@ -207,14 +213,14 @@ class ConformanceSession:
         judged = {impl.spec: impl for impl in [*self.chosen, *(i for found in self._defaults.values() for i in found)]}
         covered = {name for record in self.by_nodeid.values() for name in record.get("pinned") or ()}
 
-        def found_by_ran(pin, spec: str) -> bool:
-            return any(nodeid.endswith(pin.found_by) and record.get("implementation") == spec
+        def found_by_ran(pin, impl: Implementation) -> bool:
+            return any(unparametrized(nodeid, impl).endswith(pin.found_by) and record.get("implementation") == impl.spec
                        and record["status"] in (Status.PASSED, Status.FAILED, Status.XFAILED)
                        for nodeid, record in self.by_nodeid.items())
 
-        return [pin for spec, impl in judged.items() for pin in self.expectations.pins(impl)
+        return [pin for impl in judged.values() for pin in self.expectations.pins(impl)
                 if pin.name not in covered and (pin.seeds is None or self.seed in pin.seeds)
-                and found_by_ran(pin, spec)]
+                and found_by_ran(pin, impl)]
 
     def judged(self) -> tuple[Run, list, list]:
         """The run, its regressions against the baseline and its timing comparisons (the rule of
