@@ -69,6 +69,16 @@ class SoftmaxEvaluation:
     def grad(self, upstream: Tensor) -> Tensor:
         return self.to_input(self.grad_rows(upstream))
 
+    def directional_rows_of(self, v: Tensor) -> Tensor:
+        """The Jacobian times tangent rows ``v`` (what forward mode computes): softmax's Jacobian
+        ``diag(y) - y y^T`` is symmetric, so its JVP is its VJP; log-softmax ``v - sum(softmax(z) v)``."""
+        if self.form == "softmax":
+            return self.grad_rows_of(v)
+        return v - (self.probs * v).sum(1, keepdim=True)
+
+    def directional(self, tangent: Tensor) -> Tensor:
+        return self.to_input(self.directional_rows_of(self.rows(tangent)))
+
 
 def evaluate_softmax(input: Tensor, dim: int, form: str) -> SoftmaxEvaluation:
     """The truth of ``form`` (``SOFTMAX_FORMS``) on ``input`` along ``dim``, in float64."""

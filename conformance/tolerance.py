@@ -164,6 +164,11 @@ relative to ``s``, hence absolute in ``log s`` (``log(1 + e) <= e``).
   rounds once more (``u_o |dx_j|``). The float64 truth errs by the ``exact`` bounds at float64's
   ``u``, added to each. Every softmax bound adds the underflow floor (times the row's
   largest upstream gradient, at least 1, for the VJPs).
+  Forward mode (float64 and float32 only, as every tangent): softmax's Jacobian is symmetric, so
+  its JVP ``y (v - sum(v y))`` is the VJP's expression with the tangent for ``g``, under the VJP's
+  bound; log-softmax's ``v_j - c``, ``c = sum_k p_k v_k`` with ``p_k = exp(y_k)`` relatively off
+  by ``r_k = expm1(d_k + _EXP_LOG_ULPS u)``: ``sum_k |v_k| p_k r_k + n u sum_k p_k |v_k|`` (the
+  products and the additions) for ``c``, and one rounding of the difference, ``u |v_j - c|``.
 
 Derived identities (Hessian-vector products, directional derivatives, sums of two bounds, the
 document's paths, the XOR trajectory) are bounded from these, each derivation at its function.
@@ -764,6 +769,28 @@ def _softmax_vjp_error(sev, g: Tensor, d: Tensor, u: float) -> Tensor:
     return compute
 
 
+def softmax_directional_bound(sev, tangent: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """Largest acceptable ``|jvp - truth|`` per element of a softmax form's forward-mode derivative
+    along ``tangent`` (see Softmax forms: softmax's is its VJP's bound), shaped like the input."""
+    if sev.form == "softmax":
+        return softmax_grad_bound(sev, tangent, dtype, contract)
+    _check_contract(contract)
+    v = sev.rows(tangent)
+
+    def error(u: float, d: Tensor) -> Tensor:
+        p = sev.probs.nan_to_num(0.0, 0.0, 0.0)
+        weighted = (v.abs() * p).sum(1, keepdim=True)
+        c_error = (v.abs() * p * torch.expm1(d + _EXP_LOG_ULPS * u)).sum(1, keepdim=True) + \
+            sev.num_classes * u * weighted
+        return c_error + u * _finite_abs(sev.directional_rows_of(v))
+
+    u = unit_roundoff(compute_dtype(dtype))
+    compute = error(u, _softmax_compute_error(sev, u, contract)) + error(
+        _TRUTH_U, _softmax_compute_error(sev, _TRUTH_U, EXACT))   # the implementation's and the truth's own
+    scale = v.abs().amax(1, keepdim=True).clamp(min=1.0) if sev.num_classes else torch.ones(v.shape[0], 1)
+    return sev.to_input(compute.nan_to_num(0.0, 0.0, 0.0) + underflow_floor(dtype) * scale)
+
+
 BOUNDS = {
     "value": value_bound,
     "gradient": grad_bound,
@@ -787,6 +814,7 @@ BOUNDS = {
     "softmax": softmax_bound,
     "softmax gradient": softmax_grad_bound,
     "softmax row sums": softmax_row_sum_bound,
+    "softmax directional derivative": softmax_directional_bound,
 }
 
 

@@ -203,6 +203,64 @@ def test_document_path_with_the_implementation(judge, impl, device, dtype, seed)
                  ev=ev, logs_rounded_probability=rounded)
 
 
+# Forward mode and vmap: optional capabilities, probed (an error is a gap, a wrong result fails),
+# in float64 and float32 as every tangent (tolerance: Softmax forms, forward mode).
+TRANSFORM_SHAPES = ("rows", "middle_dim")
+# torch.func scripts helpers on first use; the warning is torch's own, not the implementation's.
+TORCH_FUNC_WARNING = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+
+
+@pytest.mark.feature("forward_ad")
+@pytest.mark.filterwarnings(TORCH_FUNC_WARNING)
+@pytest.mark.parametrize("dtype", WIDE, ids=dtype_name)
+@pytest.mark.parametrize("shape", TRANSFORM_SHAPES)
+def test_forward_mode(judge, impl, device, dtype, shape, seed):
+    """``torch.func.jvp`` along a tangent ``v``: softmax ``y (v - sum(v y))`` (its Jacobian is
+    symmetric), log-softmax ``v - sum(softmax(z) v)``."""
+    size, dim = SHAPES[shape]
+    problem = softmax_problem(shape, _randn(size, dtype, seed), device, dim, upstream=None)
+    tangent = (f"v = torch.randn({tuple(size)}, dtype=torch.float64, generator=torch.Generator()"
+               f".manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
+    v = _built(tangent, "v", device)
+    x = problem.input.detach().clone()
+    y, jvp = judge.probe("forward_ad", problem, lambda: torch.func.jvp(lambda z: impl.along(z, dim), (x,), (v,)),
+                         what="torch.func.jvp")
+    sev = evaluate_softmax(problem.input, dim, impl.form)
+    steps = (tangent, *([f"v = v.to({device!r})"] if device != "cpu" else []),
+             f"y, d = torch.func.jvp(lambda z: impl.along(z, {dim}), (x,), (v,))")
+    judge.within("value under jvp", problem, y, sev.output, "softmax",
+                 show=Show("y{at}.item()", "truth.output{at}.item()", steps), sev=sev)
+    judge.within("directional derivative", problem, jvp, sev.directional(v), "softmax directional derivative",
+                 show=Show("d{at}.item()", "truth.directional(v){at}.item()", steps), sev=sev, tangent=v)
+
+
+VMAP_BATCH = 3
+
+
+@pytest.mark.feature("vmap")
+@pytest.mark.filterwarnings(TORCH_FUNC_WARNING)
+@pytest.mark.parametrize("dtype", WIDE, ids=dtype_name)
+@pytest.mark.parametrize("shape", TRANSFORM_SHAPES)
+def test_vmap(judge, impl, device, dtype, shape, seed):
+    """``torch.func.vmap`` over a leading batch of inputs: each the form of its own input along
+    ``dim``, as one call on the stacked input gives."""
+    size, dim = SHAPES[shape]
+    problem = softmax_problem(f"vmap {shape}", _randn((VMAP_BATCH, *size), dtype, seed), device, upstream=None)
+    inner = dim % len(size)
+    y = judge.probe("vmap", problem, lambda: torch.func.vmap(lambda z: impl.along(z, inner))(problem.input),
+                    what="torch.func.vmap")
+    sev = evaluate_softmax(problem.input, inner + 1, impl.form)
+    judge.within("value under vmap", problem, y, sev.output, "softmax",
+                 show=Show("y{at}.item()", "truth.output{at}.item()",
+                           (f"y = torch.func.vmap(lambda z: impl.along(z, {inner}))(x)",)), sev=sev)
+
+
+def _built(code: str, name: str, device: str) -> torch.Tensor:
+    namespace: dict = {"torch": torch}
+    exec(code, namespace)
+    return namespace[name].to(device)
+
+
 __all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "test_nonfinite_row_stays_in_its_row",
            "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation",
-           "test_dtype_argument"]
+           "test_dtype_argument", "test_forward_mode", "test_vmap"]
