@@ -190,8 +190,7 @@ def _mask(shape: tuple, *lines: str) -> str:
 
 
 def _variant_problem(family: str, shape: tuple, body: str, dtype, device, seed: int, options: dict):
-    return softmax_problem(family, _randn(shape, dtype, seed, body), device,
-                           variant=SoftmaxVariant(**options), note=f", variant setting={family}")
+    return softmax_problem(family, _randn(shape, dtype, seed, body), device, variant=SoftmaxVariant(**options))
 
 
 def _variant_params(table: dict) -> list:
