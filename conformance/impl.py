@@ -12,6 +12,11 @@ attributes on the object declare what it is:
                  semantics, reported as declared instead of failing.
 ``variants``     ``{kit name: keyword}`` for the options beyond torch it takes (``VARIANTS``;
                  e.g. Liger's ``{"z_loss": "lse_square_scale", "softcap": "softcap"}``).
+                 A softmax form's are ``vocabulary.SOFTMAX_VARIANTS`` (``scale``, ``softcap``,
+                 ``mask``, ``causal``).
+``mask_convention``, ``causal_alignment``, ``fully_masked_rows``  a softmax form's conventions
+                 (``vocabulary.SOFTMAX_CONVENTIONS``, ``softmax.SoftmaxVariant``): what True in
+                 its mask means, where its causal diagonal sits, what a row with nothing kept is.
 ``z_loss_weighting``  ``"unweighted"`` (default, Liger's) or ``"class_weight"`` (see reference).
 ``returns``      ``{auxiliary: keyword}``: the keyword (set to True) that makes it also return
                  an auxiliary (``AUXILIARIES``), as ``(loss, aux)`` or an object with
@@ -44,7 +49,7 @@ from torch import Tensor
 
 from .guards import GlobalState, ImplementationFault, calling
 from .reference import Variant
-from .softmax import SOFTMAX_FORMS
+from .softmax import SOFTMAX_FORMS, TORCH_SOFTMAX, SoftmaxVariant
 from .vocabulary import (
     APPROXIMATIONS,
     AUXILIARIES,
@@ -53,6 +58,8 @@ from .vocabulary import (
     FEATURES,
     FORMS,
     INPUT_KINDS,
+    SOFTMAX_CONVENTIONS,
+    SOFTMAX_VARIANTS,
     VARIANT_FEATURES,
     VARIANTS,
     Z_LOSS_WEIGHTINGS,
@@ -83,7 +90,7 @@ DEFAULT_ATTRIBUTES = ("cross_entropy", "softmax", "log_softmax")
 # The attributes an implementation declares itself by (the module docstring); those that name
 # things are sets of names or, in MAPPING_DECLARATIONS, dicts keyed by names.
 DECLARATIONS = ("unsupported", "input_kind", "target_kind", "deviations", "variants", "z_loss_weighting", "returns",
-                "differentiable_returns", "approximations", "form")
+                "differentiable_returns", "approximations", "form", *SOFTMAX_CONVENTIONS)
 MAPPING_DECLARATIONS = ("variants", "returns", "approximations")
 
 
@@ -135,6 +142,7 @@ class Implementation:
     differentiable_returns: frozenset = field(default_factory=frozenset)
     form: str = "logits"
     approximations: dict = field(default_factory=dict)
+    conventions: dict = field(default_factory=lambda: {name: values[0] for name, values in SOFTMAX_CONVENTIONS.items()})
     importable: bool = True   # load_implementation(spec) loads it (a closure from the hook cannot be)
 
     def load_code(self) -> list[str]:
@@ -186,12 +194,25 @@ class Implementation:
                                called)
         return self._tensor(result, input, called)
 
-    def along(self, input: Tensor, dim: int, dtype: Optional[torch.dtype] = None) -> Tensor:
+    def along(self, input: Tensor, dim: int, dtype: Optional[torch.dtype] = None, *,
+              variant: SoftmaxVariant = TORCH_SOFTMAX) -> Tensor:
         """Call a softmax-form implementation (torch's ``softmax(input, dim, dtype=None)``; ``dtype``
-        is passed only when given), held to the same conduct as every other call."""
-        called = f"on input {tuple(input.shape)} {input.dtype}, dim={dim}" + (f", dtype={dtype}" if dtype else "")
-        return self._tensor(self._guarded((input, dim), {} if dtype is None else {"dtype": dtype}, called), input,
-                            called)
+        is passed only when given; the variant's options under the implementation's keywords, its
+        mask in the implementation's ``mask_convention``), held to the same conduct as every other call."""
+        options = variant.options()
+        keywords = {} if dtype is None else {"dtype": dtype}
+        keywords.update({self.variants[name]: ~value if name == "mask" and self.conventions["mask_convention"] == "drop"
+                         else value for name, value in options.items()})
+        taken = ", ".join(f"{name}=<{tuple(value.shape)}>" if name == "mask" else f"{name}={value!r}"
+                          for name, value in options.items())
+        called = (f"on input {tuple(input.shape)} {input.dtype}, dim={dim}" + (f", dtype={dtype}" if dtype else "")
+                  + (f", {taken}" if taken else ""))
+        return self._tensor(self._guarded((input, dim), keywords, called), input, called)
+
+    def softmax_variant(self, variant: SoftmaxVariant) -> SoftmaxVariant:
+        """A softmax problem's variant under this implementation's declared conventions."""
+        return replace(variant, causal_alignment=self.conventions["causal_alignment"],
+                       fully_masked_rows=self.conventions["fully_masked_rows"])
 
     def call_returning(self, auxiliary: str, input: Tensor, target: Tensor,
                        options: LossOptions = LossOptions()) -> tuple[Tensor, Tensor]:
@@ -357,7 +378,13 @@ def adapt(obj: Any, spec: str) -> Implementation:
     target_kind = getattr(obj, "target_kind", "index")
     if target_kind not in DECLARED_TARGET_KINDS:
         raise ImplementationError(f"{spec}: target_kind={target_kind!r}; expected one of {DECLARED_TARGET_KINDS}")
-    variants = _declared_names(obj, "variants", VARIANTS, spec)
+    variants = _declared_names(obj, "variants", SOFTMAX_VARIANTS if form in SOFTMAX_FORMS else VARIANTS, spec)
+    conventions = {name: getattr(obj, name, values[0]) for name, values in SOFTMAX_CONVENTIONS.items()}
+    for name, value in conventions.items():
+        if value not in SOFTMAX_CONVENTIONS[name]:
+            raise ImplementationError(f"{spec}: {name}={value!r}; expected one of {SOFTMAX_CONVENTIONS[name]}")
+        if form not in SOFTMAX_FORMS and hasattr(obj, name):
+            raise ImplementationError(f"{spec}: {name} is a softmax form's declaration, not a {form} loss's")
     returns = _declared_names(obj, "returns", AUXILIARIES, spec)
     differentiable = _declared_names(obj, "differentiable_returns", returns, spec)
     z_loss_weighting = getattr(obj, "z_loss_weighting", "unweighted")
@@ -384,7 +411,7 @@ def adapt(obj: Any, spec: str) -> Implementation:
                           target_kind=target_kind, deviations=deviations,
                           framework=getattr(obj, "framework", "torch"), variants=variants,
                           z_loss_weighting=z_loss_weighting, returns=returns, differentiable_returns=differentiable,
-                          form=form, approximations=approximations)
+                          form=form, approximations=approximations, conventions=conventions)
 
 
 def importable_name(obj: Any) -> Optional[str]:

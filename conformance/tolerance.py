@@ -169,11 +169,27 @@ relative to ``s``, hence absolute in ``log s`` (``log(1 + e) <= e``).
   bound; log-softmax's ``v_j - c``, ``c = sum_k p_k v_k`` with ``p_k = exp(y_k)`` relatively off
   by ``r_k = expm1(d_k + _EXP_LOG_ULPS u)``: ``sum_k |v_k| p_k r_k + n u sum_k p_k |v_k|`` (the
   products and the additions) for ``c``, and one rounding of the difference, ``u |v_j - c|``.
+  Variants (``softmax.SoftmaxVariant``): the softmax sees ``z = c tanh(s x / c)`` (or ``s x``).
+  ``standard`` lets a kernel form it at the compute precision, each ``z_j`` off by ``delta_j = k u
+  |z_j|`` as the loss variants' logits (``k`` = ``_SCALE_ULPS`` + ``_CAP_ULPS``), which moves each
+  log-probability by ``delta_j + sum_k p_k delta_k`` (absolute for log-softmax, relative through
+  ``expm1`` for softmax); ``exact`` does not (a kernel whose scale is a power of two and that
+  takes no cap forms ``z`` exactly). The float64 truth's own transform is added in both. The VJP
+  with respect to ``x`` is ``d_j`` times the one with respect to ``z``: its bound times ``|d_j|``,
+  plus ``|dz_j|`` times the chain factor's error (Variants, at the compute precision and at
+  float64's), plus the product's rounding ``u |dx_j|``. What a mask fixes is judged exactly (bound
+  0): a masked entry of a row that keeps one is 0 (``-inf``) with gradient 0, whatever the offset
+  of the kept ones (a kernel that fills with a finite value fails where a kept score lies below
+  it); a fully masked row under ``"zero"`` is 0 (``-inf``) with gradient 0, under ``"uniform"``
+  ``1/n`` (``-log n``) within the bound of a constant row, with gradient 0; under ``"nan"`` NaN,
+  its gradient judged only to stay in its row.
 
 Derived identities (Hessian-vector products, directional derivatives, sums of two bounds, the
 document's paths, the XOR trajectory) are bounded from these, each derivation at its function.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -257,11 +273,15 @@ def _abs_lse(ev: Evaluation) -> Tensor:
     return ev.logsumexp.abs().nan_to_num(0.0, 0.0, 0.0)
 
 
+def _transform_error(z: Tensor, scaled: bool, capped: bool, u: float) -> Tensor:
+    """``delta``: the error of each transformed input ``z`` (scaled, capped) formed at ``u`` (Variants)."""
+    ulps = (_SCALE_ULPS if scaled else 0) + (_CAP_ULPS if capped else 0)
+    return ulps * u * z.abs().nan_to_num(0.0, 0.0, 0.0)
+
+
 def _logit_error(ev: Evaluation, u: float) -> Tensor:
     """``delta_c``: the error of each logit the loss sees, formed from the given ones (Variants)."""
-    variant = ev.variant
-    ulps = (_SCALE_ULPS if variant.logit_scale != 1.0 else 0) + (_CAP_ULPS if variant.softcap is not None else 0)
-    return ulps * u * ev.inputs.abs().nan_to_num(0.0, 0.0, 0.0)
+    return _transform_error(ev.inputs, ev.variant.logit_scale != 1.0, ev.variant.softcap is not None, u)
 
 
 def _probabilities(ev: Evaluation) -> Tensor:
@@ -361,14 +381,17 @@ def _rows_shaped_like(bound_rows: Tensor, g: Tensor) -> Tensor:
     return bound_rows.reshape(g.shape)
 
 
-def _derivative_error(ev: Evaluation, u: float) -> Tensor:
+def _chain_factor_error(d: Tensor, cap_tanh, scale: float, u: float) -> Tensor:
     """The error of the chain rule's factor ``d = s (1 - t^2)`` as a kernel forms it (Variants)."""
-    d = ev.logit_derivative
-    if ev.cap_tanh is None:
+    if cap_tanh is None:
         return u * d.abs()
-    t = ev.cap_tanh.abs()
+    t = cap_tanh.abs()
     t_error = 3 * u * t + u / 2
-    return abs(ev.variant.logit_scale) * (2 * t * t_error + u * t * t + u * (1 - t * t)) + u * d.abs()
+    return abs(scale) * (2 * t * t_error + u * t * t + u * (1 - t * t)) + u * d.abs()
+
+
+def _derivative_error(ev: Evaluation, u: float) -> Tensor:
+    return _chain_factor_error(ev.logit_derivative, ev.cap_tanh, ev.variant.logit_scale, u)
 
 
 def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT,
@@ -688,19 +711,29 @@ def _finite_abs(t: Tensor) -> Tensor:
     return t.abs().nan_to_num(0.0, 0.0, 0.0)
 
 
-def _softmax_compute_error(sev, u: float, contract: str) -> Tensor:
-    """``d_j`` (rows, n): the forward error at unit roundoff ``u``, before any half rounding."""
+def _softmax_compute_error(sev, u: float, contract: str, transform: Optional[bool] = None) -> Tensor:
+    """``d_j`` (rows, n): the forward error at unit roundoff ``u``, before any half rounding;
+    ``transform``: with the variant's roundings of ``z`` (by default under ``standard`` only)."""
     log_sum = _finite_abs(sev.log_sum)[:, None]
     z_minus_m = _finite_abs(sev.shifted)
     lse = _finite_abs(sev.inputs.amax(1, keepdim=True) + sev.log_sum[:, None]) if sev.num_classes else log_sum
     sigma = _softmax_sum_error(sev, u)
+    moved = _softmax_transform_error(sev, u) if (contract != EXACT if transform is None else transform) else 0.0
     if sev.form == "softmax":
-        rel = u * (z_minus_m + 2 * log_sum + 2 * _EXP_LOG_ULPS + 1) + sigma
+        rel = u * (z_minus_m + 2 * log_sum + 2 * _EXP_LOG_ULPS + 1) + sigma + torch.expm1(torch.as_tensor(moved))
         if contract != EXACT:
             rel = rel + torch.expm1(u * lse)
         return torch.where(sev.probs == 0, 0.0, sev.probs * rel).nan_to_num(0.0, 0.0, 0.0)
-    error = u * (z_minus_m + log_sum + _EXP_LOG_ULPS + _finite_abs(sev.log_probs)) + sigma
+    error = u * (z_minus_m + log_sum + _EXP_LOG_ULPS + _finite_abs(sev.log_probs)) + sigma + moved
     return error + u * lse if contract != EXACT else error
+
+
+def _softmax_transform_error(sev, u: float) -> Tensor:
+    """What the rounded ``z = cap(s x)`` moves each log-probability by: ``delta_j + sum_k p_k delta_k``."""
+    variant = sev.variant
+    delta = _transform_error(sev.inputs, variant.scale != 1.0, variant.softcap is not None, u)
+    p = sev.probs.nan_to_num(0.0, 0.0, 0.0)
+    return delta + torch.where(p == 0, 0.0, p * delta).sum(1, keepdim=True)
 
 
 def _softmax_forward_error(sev, dtype: torch.dtype, contract: str) -> Tensor:
@@ -719,12 +752,23 @@ def _half_rounded(sev) -> Tensor:
     return 2 * rounded if sev.form == "softmax" else rounded + _finite_abs(sev.log_sum)[:, None]
 
 
+def _fixed(sev, gradient: bool) -> Tensor:
+    """The entries the semantics fix exactly (rows, n), judged with bound 0: a masked entry of a
+    row that keeps one (output 0 or -inf, gradient 0), a fully masked row's output under
+    ``"zero"``, and its gradient under ``"zero"`` or ``"uniform"``."""
+    fully = sev.fully_masked[:, None]
+    masked = torch.zeros_like(fully) if sev.masked is None else sev.masked
+    fills = ("zero", "uniform") if gradient else ("zero",)
+    return (masked & ~fully) | (fully & (sev.variant.fully_masked_rows in fills))
+
+
 def softmax_bound(sev, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
     """Largest acceptable ``|y - truth|`` per element of a softmax or log-softmax, shaped like the
     input: the implementation's error and the float64 truth's own."""
     _check_contract(contract)
-    truth = _softmax_compute_error(sev, _TRUTH_U, EXACT)
-    return sev.to_input(_softmax_forward_error(sev, dtype, contract) + truth + underflow_floor(dtype))
+    truth = _softmax_compute_error(sev, _TRUTH_U, EXACT, transform=True)
+    bound = _softmax_forward_error(sev, dtype, contract) + truth + underflow_floor(dtype)
+    return sev.to_input(bound.masked_fill(_fixed(sev, gradient=False), 0.0))
 
 
 def softmax_row_sum_bound(sev, dtype: torch.dtype, contract: str) -> Tensor:
@@ -736,7 +780,8 @@ def softmax_row_sum_bound(sev, dtype: torch.dtype, contract: str) -> Tensor:
 
 
 def softmax_grad_bound(sev, grad_output: Tensor, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
-    """Largest acceptable ``|dx - truth|`` per element of the VJP, shaped like the input."""
+    """Largest acceptable ``|dx - truth|`` per element of the VJP, shaped like the input: with
+    respect to ``z``, then through the chain rule's factor ``dz/dx`` (Variants) where there is one."""
     _check_contract(contract)
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
     d = _softmax_compute_error(sev, u, contract)
@@ -744,16 +789,22 @@ def softmax_grad_bound(sev, grad_output: Tensor, dtype: torch.dtype, contract: s
         d = d + u_o * _half_rounded(sev)
     g = sev.rows(grad_output)
     compute = _softmax_vjp_error(sev, g, d, u) + _softmax_vjp_error(sev, g, _softmax_compute_error(
-        sev, _TRUTH_U, EXACT), _TRUTH_U)  # the implementation's and the float64 truth's own
+        sev, _TRUTH_U, EXACT, transform=True), _TRUTH_U)  # the implementation's and the float64 truth's own
+    dx = _finite_abs(sev.grad_rows_of(g))
+    if sev.derivative is not None:
+        dz = _finite_abs(sev.z_grad_rows(g))
+        factor = sum(_chain_factor_error(sev.derivative, sev.cap_tanh, sev.variant.scale, at) for at in (u, _TRUTH_U))
+        compute = sev.derivative.abs() * compute + dz * factor + u * dx
     if _is_half(dtype):
-        compute = compute + u_o * _finite_abs(sev.grad_rows(grad_output))
+        compute = compute + u_o * dx
     scale = g.abs().amax(1, keepdim=True).clamp(min=1.0) if sev.num_classes else torch.ones(g.shape[0], 1)
-    return sev.to_input(compute.nan_to_num(0.0, 0.0, 0.0) + underflow_floor(dtype) * scale)
+    bound = compute.nan_to_num(0.0, 0.0, 0.0) + underflow_floor(dtype) * scale
+    return sev.to_input(bound.masked_fill(_fixed(sev, gradient=True), 0.0))
 
 
 def _softmax_vjp_error(sev, g: Tensor, d: Tensor, u: float) -> Tensor:
-    """The VJP's error at unit roundoff ``u`` from the forward's ``d`` (rows, n)."""
-    dx = _finite_abs(sev.grad_rows_of(g))
+    """The error at unit roundoff ``u`` of the VJP with respect to ``z``, from the forward's ``d`` (rows, n)."""
+    dx = _finite_abs(sev.z_grad_rows(g))
     additions = max(sev.num_classes - 1, 0) * u
     p = sev.probs.nan_to_num(0.0, 0.0, 0.0)
     if sev.form == "softmax":

@@ -8,7 +8,8 @@ import torch
 
 __all__ = ["DTYPES", "WIDE_DTYPES", "HALF_DTYPES", "DTYPE_NAMES", "dtype_name", "REDUCTIONS", "DEVICES",
            "INPUT_KINDS", "REFERENCE_TARGET_KINDS", "DECLARED_TARGET_KINDS", "FLEXIBLE_TARGET_KINDS",
-           "Z_LOSS_WEIGHTINGS", "VARIANTS", "AUXILIARIES", "VARIANT_FEATURES", "FORMS", "FEATURES", "PROBED_FEATURES",
+           "Z_LOSS_WEIGHTINGS", "VARIANTS", "SOFTMAX_VARIANTS", "SOFTMAX_CONVENTIONS", "AUXILIARIES",
+           "VARIANT_FEATURES", "FORMS", "FEATURES", "PROBED_FEATURES",
            "DEVIATIONS", "APPROXIMATIONS"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -41,12 +42,25 @@ VARIANTS = {  # the options beyond torch's loss, by the kit's names (``reference
     "z_loss": "z-loss, lam * logsumexp^2 per kept position",
 }
 
+SOFTMAX_VARIANTS = {  # the softmax forms' options, applied in this order (``softmax.SoftmaxVariant``)
+    "scale": "the input multiplied by a scale first (which may be negative)",
+    "softcap": "then soft-capped, cap * tanh(z / cap)",
+    "mask": "then masked by a boolean tensor broadcastable to the input (mask_convention)",
+    "causal": "then masked causally over the last two dims (Sq, Sk), dim=-1 only (causal_alignment)",
+}
+# The softmax forms' conventions, declared on the implementation: each name's values, the default first.
+SOFTMAX_CONVENTIONS = {
+    "mask_convention": ("keep", "drop"),              # True takes part (torch SDPA's), or is masked out (Megatron's)
+    "causal_alignment": ("top_left", "bottom_right"),  # SDPA's is_causal, or flash-attention's
+    "fully_masked_rows": ("nan", "zero", "uniform"),   # torch's NaN, a safe softmax's 0, a finite fill's 1/n
+}
+
 AUXILIARIES = {
     "z_loss": "the z-loss alone, reduced as the loss",
     "lse": "the logsumexp of the (capped) logits per position",
 }
 # The feature names of the variants and returned auxiliaries: unsupported unless declared.
-VARIANT_FEATURES = frozenset(VARIANTS) | {f"return_{name}" for name in AUXILIARIES}
+VARIANT_FEATURES = frozenset(VARIANTS) | frozenset(SOFTMAX_VARIANTS) | {f"return_{name}" for name in AUXILIARIES}
 
 FORMS = {
     "logits": "logits (N, C) and a target (torch's cross_entropy)",
@@ -78,7 +92,7 @@ FEATURES = {
     "uneven_shards": "vocab parallel: a split of the classes over the ranks other than torch.chunk's",
     "linear_bias": "a classifier bias (linear losses; without it their checks run unbiased)",
     "dtype_argument": "softmax forms: dtype=, the input cast to it before the operation",
-    **{name: f"{what} (declared in variants)" for name, what in VARIANTS.items()},
+    **{name: f"{what} (declared in variants)" for name, what in {**VARIANTS, **SOFTMAX_VARIANTS}.items()},
     **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},
 }
 # Optional capabilities: any error they raise reports them as probed gaps (the judge's probe).

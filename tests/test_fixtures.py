@@ -54,6 +54,11 @@ CORRECT = {
     "softmax_exp2": (),
     "log_softmax_online": (),
     "log_softmax_float64_inside": (),
+    # softmax forms with variants (scale, softcap, mask, causal) under each declared convention
+    "softmax_variants": (),
+    "log_softmax_variants": (),
+    "softmax_megatron_style": (),
+    "softmax_safe_bottom_right": (),
 }
 
 # broken fixture -> the suite test that must catch it
@@ -68,6 +73,13 @@ CAUGHT_BY = {
     "log_softmax_backward_mask_from_output": "test_extremes",
     "log_softmax_nan_dropped": "test_nonfinite_row_stays_in_its_row",
     "log_softmax_bf16_storage": "test_value_and_gradient",
+    "softmax_mask_fill_finite": "test_masked_entries_take_no_part",
+    "log_softmax_masked_finite": "test_masked_entries_take_no_part",
+    "softmax_fully_masked_uniform": "test_fully_masked_rows_follow_the_declaration",
+    "softmax_backward_leaks_into_masked": "test_fully_masked_rows_follow_the_declaration",
+    "softmax_scale_applied_twice": "test_variant_value_and_gradient",
+    "softmax_max_before_scale": "test_variant_value_and_gradient",
+    "softmax_causal_top_left": "test_causal_mask",
     "accepts_out_of_range_target": "test_invalid_input_raises",
     "cap_before_scale": "test_variant_value_and_gradient",
     "cap_first_block_only": "test_variant_at_block_widths",

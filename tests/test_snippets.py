@@ -40,6 +40,9 @@ FAMILIES = {
     "softmax layouts": ("softmax_stride_blind", "test_strided_input and float32"),
     "log_softmax non-finite rows": ("log_softmax_nan_dropped", "test_nonfinite_row_stays_in_its_row and float32"),
     "log_softmax document path": ("log_softmax_bf16_storage", "test_document_path_with_the_implementation and float32"),
+    "softmax variants": ("softmax_mask_fill_finite", "test_masked_entries_take_no_part and float32"),
+    "softmax causal": ("softmax_causal_top_left", "test_causal_mask and float32 and short_queries"),
+    "log_softmax under a mask": ("log_softmax_masked_finite", "test_masked_entries_take_no_part and float32"),
 }
 
 

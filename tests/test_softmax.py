@@ -1,11 +1,17 @@
 """The softmax forms (``conformance.softmax``, ``forms.softmax``, the Softmax forms bounds of
 ``tolerance``): torch's semantics of non-finite rows in the truth, the two contracts' line
-between ``exp(z - m) / s`` and ``exp(z - lse)``, and the default run judging torch's own."""
+between ``exp(z - m) / s`` and ``exp(z - lse)``, the default run judging torch's own, and the
+variants: their truth against torch's composition, the declared conventions, the contracts' line
+on the transform's rounding, the declarations refused."""
+import math
+import re
+
 import pytest
 import torch
 
 from conformance import tolerance
-from conformance.softmax import evaluate_softmax
+from conformance.impl import ImplementationError, adapt
+from conformance.softmax import SoftmaxVariant, evaluate_softmax
 
 
 @pytest.mark.parametrize("form", ["softmax", "log_softmax"])
@@ -78,3 +84,90 @@ def test_what_a_softmax_call_must_not_do_is_caught(suite, pytester, name):
     result = suite(f"--impl={name}", "-k", selection)
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines([message])
+
+
+def _composed(x, form, scale, softcap, keep):
+    """torch's float64 composition of the variants: scale, cap, masked_fill(-inf), then the form."""
+    z = softcap * torch.tanh(x * scale / softcap)
+    return getattr(torch, form)(z.masked_fill(~keep, float("-inf")), -1)
+
+
+@pytest.mark.parametrize("alignment", ["top_left", "bottom_right"])
+@pytest.mark.parametrize("form", ["softmax", "log_softmax"])
+def test_the_truth_of_a_variant_is_torchs_composition(form, alignment):
+    """Scale, cap, a broadcast mask and a causal mask (5 queries, 7 keys) in the kit's order: the
+    value is torch's float64 composition, the gradient its autograd's (0 upstream at masked
+    entries for log-softmax), a masked entry exactly 0 (-inf) with gradient exactly 0."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, generator=generator).requires_grad_()
+    mask = torch.rand(2, 1, 5, 7, generator=generator) > 0.3
+    variant = SoftmaxVariant(scale=-0.7, softcap=2.0, mask=mask, causal=True, causal_alignment=alignment)
+    keep = (mask & torch.ones(5, 7, dtype=torch.bool).tril(2 if alignment == "bottom_right" else 0)).expand(x.shape)
+    expected = _composed(x, form, -0.7, 2.0, keep)
+    g = torch.randn(x.shape, dtype=torch.float64, generator=generator).masked_fill(~keep, 0.0)
+    expected.backward(g)
+    ev = evaluate_softmax(x.detach(), -1, form, variant)
+    torch.testing.assert_close(ev.output, expected.detach(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(ev.grad(g), x.grad, rtol=1e-12, atol=1e-15)
+    assert (ev.output[~keep] == (0.0 if form == "softmax" else float("-inf"))).all()
+    assert (ev.grad(torch.randn(x.shape, dtype=torch.float64))[~keep] == 0).all()
+
+
+@pytest.mark.parametrize("convention,value,log_value", [
+    ("nan", float("nan"), float("nan")), ("zero", 0.0, float("-inf")), ("uniform", 0.25, -math.log(4))])
+def test_a_fully_masked_row_is_the_declared_convention(convention, value, log_value):
+    """A row masked whole, and a row of -inf input: NaN, 0 (-inf) or 1/n (-log n) as declared;
+    the masked row's gradient is 0, the -inf row's NaN under "nan" (torch's) and 0 otherwise; the
+    other rows are the plain softmax."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x[2] = float("-inf")
+    mask = torch.tensor([[True] * 4, [False] * 4, [True] * 4])
+    variant = SoftmaxVariant(mask=mask, fully_masked_rows=convention)
+    for form, expected in (("softmax", value), ("log_softmax", log_value)):
+        ev = evaluate_softmax(x, -1, form, variant)
+        torch.testing.assert_close(ev.output[1:], torch.full((2, 4), expected, dtype=torch.float64), equal_nan=True)
+        torch.testing.assert_close(ev.output[0], getattr(torch, form)(x[0], 0), rtol=1e-15, atol=0)
+        grad = ev.grad(torch.ones(3, 4, dtype=torch.float64))
+        assert (grad[1] == 0).all()   # masked: no dependence on the input (torch's masked_fill backward)
+        assert grad[2].isnan().all() if convention == "nan" else (grad[2] == 0).all()
+
+
+def test_standard_admits_one_rounding_of_the_scaled_input_and_exact_does_not():
+    """A float32 log-softmax of ``s x`` rounded once, on rows offset by 3e4 (``|s x|`` about 1e4,
+    ``s = 1/3`` not a power of two): within the standard bound, beyond the exact one."""
+    x = (torch.randn(9, 65, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 3e4).float()
+    ev = evaluate_softmax(x, -1, "log_softmax", SoftmaxVariant(scale=1 / 3))
+    error = (torch.log_softmax(x * (1 / 3), -1).double() - ev.output).abs()
+    assert (error <= tolerance.bound("softmax", "standard", torch.float32, sev=ev)).all()
+    assert (error > tolerance.bound("softmax", "exact", torch.float32, sev=ev)).any()
+
+
+REFUSED = {  # declaration -> the words of the refusal
+    "softmax.variants = {'z_loss': 'lam'}": "variants names unknown ['z_loss']",
+    "softmax.mask_convention = 'additive'": "mask_convention='additive'; expected one of ('keep', 'drop')",
+    "softmax.fully_masked_rows = 'ones'": "fully_masked_rows='ones'; expected one of ('nan', 'zero', 'uniform')",
+    "cross_entropy.causal_alignment = 'top_left'": "causal_alignment is a softmax form's declaration",
+}
+
+
+@pytest.mark.parametrize("declaration", REFUSED)
+def test_a_softmax_declaration_the_kit_does_not_know_is_refused(declaration):
+    def softmax(input, dim, dtype=None):
+        return torch.softmax(input, dim)
+
+    def cross_entropy(input, target):
+        return torch.nn.functional.cross_entropy(input, target)
+
+    exec(declaration, {"softmax": softmax, "cross_entropy": cross_entropy})
+    obj = softmax if declaration.startswith("softmax") else cross_entropy
+    with pytest.raises(ImplementationError, match=re.escape(REFUSED[declaration])):
+        adapt(obj, "mine:fn")
+
+
+def test_the_default_run_takes_no_softmax_variant(suite):
+    """torch's softmax forms take no variant: the variant checks are listed "not taken" and cost no call."""
+    result = suite("-k", "test_causal_mask or test_masked_entries or test_fully_masked or test_variant_value", "-rs")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    outcomes = result.parseoutcomes()
+    assert "passed" not in outcomes and outcomes["skipped"] > 0, outcomes
+    result.stdout.fnmatch_lines(["*unsupported: causal (not taken by torch.nn.functional:softmax)*"])

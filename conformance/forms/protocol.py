@@ -39,7 +39,8 @@ class Quantity:
     where one was due), the truth's ``expected``, the bound ``kind`` (``tolerance.BOUNDS``) and its
     ``terms``; ``declared``: terms of an approximation the implementation declares, which widen the
     contract's bound but not the accuracy grade; ``counterpart``: torch's own result on what the
-    implementation was fed (the ``parity`` contract), computed only when asked."""
+    implementation was fed (the ``parity`` contract), computed only when asked; ``also``: a result
+    accepted besides the truth per element (NaN: none)."""
 
     identity: str
     actual: Optional[Tensor]
@@ -49,6 +50,7 @@ class Quantity:
     show: Show
     declared: dict = field(default_factory=dict)
     counterpart: Optional[Callable[[], Tensor]] = None
+    also: Optional[Tensor] = None
 
 
 class Form(ABC):

@@ -114,6 +114,7 @@ class Judge:
         if q.actual is None:
             self.fail(q.identity, problem, f"{q.identity.removesuffix(' gradient')} requires grad but has no "
                       "gradient after backward", show=Show(q.show.actual.partition("{at}")[0], "'a gradient'"))
+        also = q.also if also is None else also
         exact = tolerance.bound(q.kind, tolerance.EXACT, problem.dtype, **q.terms)
         bound = self.bound(q.kind, problem.dtype, **q.terms, **q.declared)
         if q.counterpart is not None and self._parity(problem):

@@ -15,7 +15,7 @@ from conformance import cases
 from conformance.forms import Show
 from conformance.forms.softmax import UPSTREAM_KINDS, softmax_problem
 from conformance.reference import evaluate
-from conformance.softmax import evaluate_softmax
+from conformance.softmax import SoftmaxVariant, evaluate_softmax
 from conformance.vocabulary import DTYPES, dtype_name
 
 FORM = "softmax"
@@ -178,6 +178,108 @@ def test_rows_sum_to_one(judge, device, dtype, width, seed):
                    f"{out.output[outside][0].item()!r}", show=Show("y.min().item(), y.max()", "'[0, 1]'"))
 
 
+# Variants (README, "Softmax variants"): run only for an implementation that declares them (the
+# ``feature`` marks), otherwise listed as "not taken". Inputs are attention scores (B, H, Sq, Sk).
+# A recipe that defines ``mask`` (True takes part) poses the problem under it; the random masks
+# drop about 30 % of the entries and broadcast over the heads (mask (B, 1, Sq, Sk)).
+_MASK = "mask = torch.rand({shape}) > 0.3"
+
+
+def _mask(shape: tuple, *lines: str) -> str:
+    return "\n".join([_MASK.format(shape=(shape[0], 1) + tuple(shape[2:]))] + list(lines))
+
+
+def _variant_problem(family: str, shape: tuple, body: str, dtype, device, seed: int, options: dict):
+    return softmax_problem(family, _randn(shape, dtype, seed, body), device, variant=SoftmaxVariant(**options))
+
+
+def _variant_params(table: dict) -> list:
+    return [pytest.param(name, id=name, marks=[pytest.mark.feature(*features)])
+            for name, (*_, features) in table.items()]
+
+
+# name -> (shape, the recipe's body, the variant's options, the features it needs). The negative
+# scale meets rows whose scaled range passes float32's exp range (a max taken before the scale
+# overflows); the small cap saturates, the large one barely bends.
+VARIANT_SETTINGS = {
+    "scale": ((2, 3, 16, 40), "", dict(scale=0.125), ("scale",)),
+    "negative_scale": ((2, 3, 16, 40), "x = x * 6", dict(scale=-2.0), ("scale",)),
+    "small_cap": ((2, 3, 16, 40), "x = x * 4", dict(softcap=2.0), ("softcap",)),
+    "large_cap": ((2, 3, 16, 40), "x = x * 10", dict(softcap=50.0), ("softcap",)),
+    "broadcast_mask": ((2, 3, 16, 40), _mask((2, 3, 16, 40)), {}, ("mask",)),
+    "scale_cap_mask_causal": ((2, 3, 12, 40), _mask((2, 3, 12, 40)), dict(scale=-0.5, softcap=5.0, causal=True),
+                              ("scale", "softcap", "mask", "causal")),
+}
+
+
+@pytest.mark.default_dtypes(*DEFAULT_DTYPES)
+@pytest.mark.parametrize("setting", _variant_params(VARIANT_SETTINGS))
+def test_variant_value_and_gradient(judge, device, dtype, setting, seed):
+    """The output and its gradient with the variants on (applied as scale, cap, mask, causal),
+    against the float64 truth of the same rounded input: scale applied twice or with the wrong
+    sign, a cap in the wrong place, a mask misread show here."""
+    shape, body, options, _ = VARIANT_SETTINGS[setting]
+    _checked(judge, _variant_problem(setting, shape, body, dtype, device, seed, options))
+
+
+# name -> (B, H, Sq, Sk): square, fewer and more queries than keys (where top-left and bottom-right
+# differ; equal lengths pass either, rocm-libraries PR #10999), one query (decoding), and
+# sequences below and across 128 (Megatron-LM #132).
+CAUSAL_SHAPES = {"square_24": (2, 3, 24, 24), "short_queries": (2, 3, 9, 40), "long_queries": (2, 3, 40, 9),
+                 "one_query": (1, 2, 1, 33), "square_129": (1, 2, 129, 129)}
+
+
+@pytest.mark.feature("causal")
+@pytest.mark.default_dtypes(*DEFAULT_DTYPES)
+@pytest.mark.parametrize("lengths", [pytest.param(name, marks=[pytest.mark.deep] * (name == "square_129"))
+                                     for name in CAUSAL_SHAPES])
+def test_causal_mask(judge, device, dtype, lengths, seed):
+    """A causal mask over (Sq, Sk), aligned as declared (``causal_alignment``): its rows keep the
+    keys at or below their diagonal, the others are exactly 0 with gradient 0."""
+    _checked(judge, _variant_problem(lengths, CAUSAL_SHAPES[lengths], "", dtype, device, seed, dict(causal=True)))
+
+
+# name -> the offset of the kept scores: a kernel that fills masked entries with a finite value
+# (-10000, -5e4) gives them weight where a kept score lies below its fill (flashinfer PR #4401).
+MASKED_OFFSETS = {"kept_near_0": ("", DTYPES), "kept_at_minus_1e5": ("x = x - 1e5", WIDE),
+                  "kept_at_plus_1e4": ("x = x + 1e4", WIDE)}
+
+
+@pytest.mark.feature("mask")
+@pytest.mark.default_dtypes(*DEFAULT_DTYPES)
+@pytest.mark.parametrize("offset", MASKED_OFFSETS)
+def test_masked_entries_take_no_part(judge, device, dtype, offset, seed):
+    """Every masked entry of a row that keeps one is exactly 0 (-inf for log-softmax) with
+    gradient exactly 0, whatever the kept scores' offset."""
+    body, dtypes = MASKED_OFFSETS[offset]
+    if dtype not in dtypes:
+        pytest.skip(f"{offset} is not representable in {dtype_name(dtype)}")
+    shape = (2, 3, 8, 40)
+    body = "\n".join(filter(None, [body, _mask(shape)]))
+    _checked(judge, _variant_problem(offset, shape, body, dtype, device, seed, {}))
+
+
+# name -> (shape, the recipe's body, the variant's options, the features): rows masked whole by the
+# mask (at query 3 of every batch and head), besides one whose input is -inf, and by a causal mask
+# with more queries than keys (under bottom_right, the first Sq - Sk rows keep nothing).
+FULLY_MASKED = {
+    "by_mask": ((2, 3, 10, 24), _mask((2, 3, 10, 24), "mask[:, :, 3] = False"), {}, ("mask",)),
+    "by_mask_and_neg_inf_input": ((2, 3, 10, 24), _mask((2, 3, 10, 24), "mask[:, :, 3] = False",
+                                                        "x[1, 2, 6] = float('-inf')"), {}, ("mask",)),
+    "by_causal": ((2, 3, 20, 8), "", dict(causal=True), ("causal",)),
+}
+
+
+@pytest.mark.default_dtypes(*DEFAULT_DTYPES)
+@pytest.mark.parametrize("rows", _variant_params(FULLY_MASKED))
+def test_fully_masked_rows_follow_the_declaration(judge, device, dtype, rows, seed):
+    """A row that keeps nothing is what ``fully_masked_rows`` declares: NaN (torch's; its gradient
+    judged only to stay in its row), 0 (-inf) or 1/n (-log n) with gradient 0; the rows beside it
+    are judged as any row."""
+    shape, body, options, _ = FULLY_MASKED[rows]
+    _checked(judge, _variant_problem(rows, shape, body, dtype, device, seed, options))
+
+
 def _document_path(form: str) -> tuple:
     """The document's path that uses the implementation's piece, as code over ``x`` and ``target``,
     and whether it takes the log of a probability rounded to the dtype."""
@@ -263,4 +365,6 @@ def _built(code: str, name: str, device: str) -> torch.Tensor:
 
 __all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "test_nonfinite_row_stays_in_its_row",
            "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation",
-           "test_dtype_argument", "test_forward_mode", "test_vmap"]
+           "test_dtype_argument", "test_variant_value_and_gradient", "test_causal_mask",
+           "test_masked_entries_take_no_part", "test_fully_masked_rows_follow_the_declaration", "test_forward_mode",
+           "test_vmap"]
