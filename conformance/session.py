@@ -124,6 +124,7 @@ class ConformanceSession:
             record["probed"] = next(iter(records.read(report.user_properties, "gap")), None)
             record["benchmark"] = next(iter(records.read(report.user_properties, "benchmark")), None)
             record["collectives"] = next(iter(records.read(report.user_properties, "collectives")), None)
+            record["memory"] = next(iter(records.read(report.user_properties, "memory")), None)
             record["pinned"] = records.read(report.user_properties, "pinned")
         status = self._status(report, record)
         if status and (record["status"] in (None, Status.PASSED) or status == Status.FAILED):
@@ -170,7 +171,7 @@ class ConformanceSession:
                 bound=worst and worst.bound, exact_ratio=worst_exact and worst_exact.exact_ratio,
                 exact_identity=worst_exact.identity if worst_exact else "",
                 exact_worst=worst_exact.exact_worst if worst_exact else "", reason=record["reason"],
-                duration=record["duration"], collectives=record.get("collectives"),
+                duration=record["duration"], collectives=record.get("collectives"), memory=record.get("memory"),
                 gap=Gap.from_json(gap) if gap else None))
         return found
 

@@ -266,6 +266,27 @@ def _collectives_table(run: Run) -> Table:
                   "backward bytes (most)"], rows)
 
 
+def _bytes(count: int) -> str:
+    return f"{count / 2**20:.2f} MiB" if abs(count) >= 2**20 else f"{count} B"
+
+
+def _memory_table(run: Run) -> Table:
+    """The memory checks' measurements: a linear loss's peak in forward and backward beside its
+    logits' size, and what repeated calls of each loss left allocated, each with its limit."""
+    rows = []
+    for c in run.checks:
+        m = c.memory
+        if m:
+            what = "peak" if m["measure"] == "peak" else "left"
+            limit = f"< {_bytes(m['limit'])}" if m["limit"] is not None else "not judged"
+            logits = "" if m["logits_bytes"] is None else f" (logits {_bytes(m['logits_bytes'])})"
+            rows.append([c.id.rpartition("::")[2], (f"{what} {_bytes(m['bytes'])}",
+                                                     "fail" if c.status == "failed" else "ok"), limit + logits])
+    return Table("Memory", "bytes beyond the inputs (cpu: the autograd profiler's record of every allocation): the "
+                 "peak of a linear loss declaring memory = 'chunked', below its N x V logits; what repeated identical "
+                 "calls left allocated, nothing.", ["test", "measured", "limit"], rows)
+
+
 GRADE_WORST = 5
 
 
@@ -293,7 +314,8 @@ def _shown(tables: list) -> list:
 def report_tables(run: Run, found: list, timings: list) -> list:
     """Every table of a report file, in order (the terminal shows fewer: ``verdict_tables``)."""
     tables = [_verdict_table(run)] + _shown(_regression_tables(found) + _accuracy_tables(run) + [
-        _failures_by_identity(run), _problems_table(run), _gaps_table(run), _collectives_table(run), _grade(run)])
+        _failures_by_identity(run), _problems_table(run), _gaps_table(run), _collectives_table(run),
+        _memory_table(run), _grade(run)])
     if run.benchmarks:
         tables.append(_benchmark_table(run, timings))
     return tables
@@ -302,10 +324,10 @@ def report_tables(run: Run, found: list, timings: list) -> list:
 def verdict_tables(run: Run, found: Sequence = (), timings: Sequence = ()) -> list:
     """What the terminal shows at the end of a run: the verdict matrix, the regressions against a
     baseline (``found``), the failures by identity, the unsupported features, the collectives, the
-    accuracy grade, the closest passes and the speed beside torch (with ``timings``, the gate's
-    verdict of each benchmark)."""
+    memory checks' measurements, the accuracy grade, the closest passes and the speed beside torch
+    (with ``timings``, the gate's verdict of each benchmark)."""
     closest = _accuracy_tables(run)[1]
     closest = Table(closest.title, closest.note, closest.columns, closest.rows[:3])
     return [_verdict_table(run)] + _shown(_regression_tables(list(found)) + [
-        _failures_by_identity(run), _gaps_table(run), _collectives_table(run), _grade(run), closest,
+        _failures_by_identity(run), _gaps_table(run), _collectives_table(run), _memory_table(run), _grade(run), closest,
         benchmark_summary(run, list(timings))])
