@@ -164,7 +164,7 @@ def test_bench_options_are_validated(pytester):
 def test_slow_fixtures_are_torch_with_a_sleep_after_forward_and_backward(monkeypatch):
     """fixtures/slow: torch's value and gradient, bit for bit; each of the two passes ends with a
     sleep of ``factor - 1`` times its own duration."""
-    assert SLOW == ("fixtures.slow.one_and_a_half_times", "fixtures.slow.three_times")
+    assert SLOW == ("fixtures.slow.one_and_a_half_times", "fixtures.slow.steep_in_size", "fixtures.slow.three_times")
     sleeps = []
     monkeypatch.setattr(_stretch.time, "sleep", sleeps.append)
     logits, target = torch.randn(8, 300, requires_grad=True), torch.randint(300, (8,))

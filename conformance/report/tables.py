@@ -70,7 +70,7 @@ def _verdict_table(run: Run) -> Table:
         rows.append(row)
     return Table("Verdict", "Checks per feature, dtype and device; 'declared' counts documented deviations "
                  "(expected failures); 'not run', checks taken to hang after earlier runs of theirs ran past the "
-                 "time limit.", ["feature"] + headers, rows)
+                 "time limit, or too slow at their size after a smaller one did.", ["feature"] + headers, rows)
 
 
 def _ratio_cell(ratio: Optional[float]) -> Cell:
