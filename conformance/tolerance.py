@@ -814,10 +814,11 @@ def chunked_peak_limit(n: int, v: int, dtype: torch.dtype) -> int:
     One that chunks holds a chunk's logits (Liger-Kernel and torch's chunked path size a chunk to
     about ``n h`` elements), the three gradients (``n h + v h + v``) and what it saves for
     backward, all of order ``(n + v) h``. A case with ``n v`` well above ``(n + v) h`` tells the
-    two apart at this line: at ``test_memory``'s 1024 x 64 x 4096, ``n v / ((n + v) h) = 12.8``,
-    and in float32 torch 2.13's chunked path peaks at 3.8 MiB, the chunked fixture at 3.9 MiB
-    ('mean', its gradients formed in forward) and 5.3 MiB ('none', recomputed in backward), the
-    composition at 49 MiB, against 16 MiB of logits."""
+    two apart at this line: at ``test_memory``'s 1024 x 64 x 4096 ('mean'),
+    ``n v / ((n + v) h) = 12.8``, and torch 2.13's chunked path peaks at 2.5 MiB in float32 (5.1
+    MiB in float16 and bfloat16, its float32 copies of the weight and its gradient), the chunked
+    fixture at 2.6 MiB (4.2), the composition at 48 MiB (24), against 16 MiB of float32 logits
+    (8 MiB in a half dtype)."""
     return n * v * dtype.itemsize
 
 
