@@ -49,7 +49,8 @@ def _run(checks=(), benchmarks=()):
 def test_run_round_trips_through_json(tmp_path):
     run = _run([_check("a", collectives={"world_size": 2, "forward": [3, 288], "backward": [0, 0]}),
                 _check("b", status="failed", ratio=float("inf"), reason="boom"),
-                _check("c", status="unsupported", ratio=None)],
+                _check("c", status="unsupported", ratio=None),
+                _check("m", memory={"measure": "peak", "bytes": 2**21, "limit": 2**24, "logits_bytes": 2**24})],
                [_bench(1.1, 1.1e-3)])
     report.save(run, tmp_path / "run.json")
     assert "Infinity" not in (tmp_path / "run.json").read_text()
@@ -67,6 +68,23 @@ def test_collectives_per_call_span_the_checks_of_each_world_size():
     assert table.rows == [["impl", "2", "2", "3-4", "0.4 KiB", "0-2", "4.0 KiB"],
                           ["impl", "4", "1", "3", "0.3 KiB", "0", "0.0 KiB"]]
     assert "Collectives per call" not in [t.title for t in report.verdict_tables(_run([_check("d")]))]
+
+
+def test_memory_table_shows_each_measurement_beside_its_limit():
+    """The verdict's memory table: a chunked loss's peak beside its logits, an undeclared one's
+    peak reported, not judged, and what repeated calls left; no table without measurements."""
+    run = _run([_check("peak[chunked]", memory={"measure": "peak", "bytes": 5 * 2**19, "limit": 2**24,
+                                                "logits_bytes": 2**24}),
+                _check("peak[composed]", status="skipped", memory={"measure": "peak", "bytes": 48 * 2**20,
+                                                                   "limit": None, "logits_bytes": 2**24}),
+                _check("growth", status="failed", memory={"measure": "growth", "bytes": 3484400, "limit": 100,
+                                                          "logits_bytes": None}),
+                _check("d")])
+    table = next(t for t in report.verdict_tables(run) if t.title == "Memory")
+    assert table.rows == [["peak[chunked]", ("peak 2.50 MiB", "ok"), "< 16.00 MiB (logits 16.00 MiB)"],
+                          ["peak[composed]", ("peak 48.00 MiB", "ok"), "not judged (logits 16.00 MiB)"],
+                          ["growth", ("left 3.32 MiB", "fail"), "< 100 B"]]
+    assert "Memory" not in [t.title for t in report.verdict_tables(_run([_check("d")]))]
 
 
 def test_unreadable_files_say_why(tmp_path):
