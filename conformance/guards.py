@@ -51,8 +51,8 @@ class CheckTimeout(BaseException):
         where = self.where.replace(HANG, "")
         return CheckTimeout(self.limit, where, f"too slow at this size ({size}): the check ran past the "
                             f"{self.limit:g} s time limit (--conformance-timeout) {where}; its runs at smaller sizes "
-                            "with the same other parameters finished within the limit, so it is not taken to hang "
-                            "(a longer --conformance-timeout judges it)")
+                            "finished within the limit, so it is not taken to hang (a longer --conformance-timeout "
+                            "judges it)")
 
 
 def _deterministic() -> tuple[bool, bool]:
@@ -207,10 +207,6 @@ class Size:
     elements: int
     parameters: tuple
 
-    @property
-    def names(self) -> frozenset:
-        return frozenset(name for name, _ in self.parameters)
-
     def __str__(self) -> str:
         return ", ".join(f"{name}={value}" for name, value in self.parameters) + f": {self.elements} elements"
 
@@ -220,9 +216,9 @@ class HangLedger:
     the remaining runs are not run (reported apart, as not run): too slow at their size, or
     taken to hang.
 
-    Slow is not hung: a run that times out where a run of the same check function with the same
-    other parameters and a smaller ``Size`` finished (``too_slow``) is too slow at its size; the
-    function's remaining runs at least as large are not run, the smaller ones are (the plugin
+    Slow is not hung: a run that times out where a run of the same check function at a smaller
+    ``Size`` finished, outside the parameters it hangs on (``too_slow``), is too slow at its size;
+    the function's remaining runs at least as large are not run, the smaller ones are (the plugin
     runs each function's sized runs from small to large). Any other timeout is taken for a hang:
     after ``per_check`` of them in one check function, its remaining runs that share the hung
     runs' parameters are not run: those parameters on which every hung run agrees and that some
@@ -241,14 +237,18 @@ class HangLedger:
         self.finished: dict = {}        # function -> (params, Size or None) of each run within the limit
 
     def too_slow(self, function: str, params: dict, size: Optional[Size]) -> bool:
-        """Whether a run that timed out is too slow at its size rather than hung: a run of the
-        function with the same parameters but those that size it, and a smaller size, finished."""
-        if size is None:
+        """Whether a run that timed out is too slow at its size rather than hung: a run of the same
+        function at a smaller size finished within the limit (its smallest runs come first), and
+        the run does not share the parameters on which the function's runs taken to hang agree
+        (a loss that hangs on reduction='sum' at the smallest size hangs on it at every size)."""
+        if size is None or not any(other is not None and other.elements < size.elements
+                                   for _, other in self.finished.get(function, ())):
             return False
-        same = {k: v for k, v in params.items() if k not in size.names}
-        return any(other is not None and other.elements < size.elements
-                   and all(p.get(k) == v for k, v in same.items())
-                   for p, other in self.finished.get(function, ()))
+        hung = [p for f, p, _ in self.hung if f == function]
+        sizing = {name for name, _ in size.parameters}
+        shared = {k: v for k, v in (hung[0] if hung else {}).items()
+                  if k not in sizing and all(p.get(k) == v for p in hung)}
+        return not hung or any(params.get(k) != v for k, v in shared.items())
 
     def record(self, function: str, params: dict, nodeid: str, *, timed_out: bool, size: Optional[Size] = None,
                slow: bool = False) -> None:
