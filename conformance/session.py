@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import math
 import platform
 from dataclasses import dataclass, field
 from typing import Optional
@@ -79,11 +80,8 @@ def item_size(item: pytest.Item) -> Optional[Size]:
     sized = {name: numbers for name, numbers in sized.items() if numbers}
     if not sized:
         return None
-    elements = 1
-    for numbers in sized.values():
-        for number in numbers:
-            elements *= number
-    return Size(elements, tuple((name, "x".join(map(str, numbers))) for name, numbers in sized.items()))
+    return Size(math.prod(n for numbers in sized.values() for n in numbers),
+                tuple((name, "x".join(map(str, numbers))) for name, numbers in sized.items()))
 
 
 def small_to_large(items: list) -> None:
