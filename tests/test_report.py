@@ -10,7 +10,7 @@ import pytest
 from conformance import report
 from conformance.__main__ import main
 from conformance.records import Gap
-from conformance.report import Benchmark, Check, Run, Side, rendering
+from conformance.report import Benchmark, Check, Run, Side, rendering, tables
 from suite_run import ROOT
 
 # Every loss 2^-22 too large: far beyond float64's bound, inside float32's but several times
@@ -80,11 +80,17 @@ def test_memory_table_shows_each_measurement_beside_its_limit():
                 _check("growth", status="failed", memory={"measure": "growth", "bytes": 3484400, "limit": 100,
                                                           "logits_bytes": None}),
                 _check("d")])
-    table = next(t for t in report.verdict_tables(run) if t.title == "Memory")
-    assert table.rows == [["peak[chunked]", ("peak 2.50 MiB", "ok"), "< 16.00 MiB (logits 16.00 MiB)"],
-                          ["peak[composed]", ("peak 48.00 MiB", "ok"), "not judged (logits 16.00 MiB)"],
-                          ["growth", ("left 3.32 MiB", "fail"), "< 100 B"]]
+    rows = [["peak[chunked]", ("peak 2.50 MiB", "ok"), "< 16.00 MiB (logits 16.00 MiB)"],
+            ["peak[composed]", ("peak 48.00 MiB", "ok"), "not judged (logits 16.00 MiB)"],
+            ["growth", ("left 3.32 MiB", "fail"), "< 100 B"]]
+    assert next(t for t in report.verdict_tables(run) if t.title == "Memory").rows == rows
     assert "Memory" not in [t.title for t in report.verdict_tables(_run([_check("d")]))]
+    # the terminal counts the repeated-call checks that left nothing; the report file lists them
+    clean = _check("clean", memory={"measure": "growth", "bytes": 0, "limit": 100, "logits_bytes": None})
+    terminal = next(t for t in report.verdict_tables(_run([*run.checks, clean])) if t.title == "Memory")
+    assert terminal.rows == rows and "(1 checks left nothing)" in terminal.note
+    listed = next(t for t in tables.report_tables(_run([*run.checks, clean]), [], []) if t.title == "Memory")
+    assert listed.rows == rows + [["clean", ("left 0 B", "ok"), "< 100 B"]]
 
 
 def test_unreadable_files_say_why(tmp_path):

@@ -270,21 +270,27 @@ def _bytes(count: int) -> str:
     return f"{count / 2**20:.2f} MiB" if abs(count) >= 2**20 else f"{count} B"
 
 
-def _memory_table(run: Run) -> Table:
+def _memory_table(run: Run, *, terminal: bool = False) -> Table:
     """The memory checks' measurements: a linear loss's peak in forward and backward beside its
-    logits' size, and what repeated calls of each loss left allocated, each with its limit."""
-    rows = []
+    logits' size, and what repeated calls of each loss left allocated, each with its limit; on the
+    ``terminal``, the repeated-call checks that left nothing are counted in the note, not listed."""
+    rows, clean = [], 0
     for c in run.checks:
         m = c.memory
-        if m:
-            what = "peak" if m["measure"] == "peak" else "left"
-            limit = f"< {_bytes(m['limit'])}" if m["limit"] is not None else "not judged"
-            logits = "" if m["logits_bytes"] is None else f" (logits {_bytes(m['logits_bytes'])})"
-            rows.append([c.id.rpartition("::")[2], (f"{what} {_bytes(m['bytes'])}",
-                                                     "fail" if c.status == "failed" else "ok"), limit + logits])
-    return Table("Memory", "bytes beyond the inputs (cpu: the autograd profiler's record of every allocation): the "
-                 "peak of a linear loss declaring memory = 'chunked', below its N x V logits; what repeated identical "
-                 "calls left allocated, nothing.", ["test", "measured", "limit"], rows)
+        if not m:
+            continue
+        if terminal and m["measure"] == "growth" and c.status != "failed":
+            clean += 1
+            continue
+        what = "peak" if m["measure"] == "peak" else "left"
+        limit = f"< {_bytes(m['limit'])}" if m["limit"] is not None else "not judged"
+        logits = "" if m["logits_bytes"] is None else f" (logits {_bytes(m['logits_bytes'])})"
+        tone = "fail" if c.status == "failed" else "ok"
+        rows.append([c.id.rpartition("::")[2], (f"{what} {_bytes(m['bytes'])}", tone), limit + logits])
+    note = ("bytes beyond the inputs (cpu: the autograd profiler's record of every allocation): the peak of a linear "
+            "loss declaring memory = 'chunked', below its N x V logits; what repeated identical calls left "
+            "allocated, nothing" + (f" ({clean} checks left nothing)" if clean else "") + ".")
+    return Table("Memory", note, ["test", "measured", "limit"], rows)
 
 
 GRADE_WORST = 5
@@ -329,5 +335,6 @@ def verdict_tables(run: Run, found: Sequence = (), timings: Sequence = ()) -> li
     closest = _accuracy_tables(run)[1]
     closest = Table(closest.title, closest.note, closest.columns, closest.rows[:3])
     return [_verdict_table(run)] + _shown(_regression_tables(list(found)) + [
-        _failures_by_identity(run), _gaps_table(run), _collectives_table(run), _memory_table(run), _grade(run), closest,
+        _failures_by_identity(run), _gaps_table(run), _collectives_table(run), _memory_table(run, terminal=True),
+        _grade(run), closest,
         benchmark_summary(run, list(timings))])
