@@ -40,6 +40,8 @@ FAMILIES = {
     "softmax layouts": ("softmax_stride_blind", "test_strided_input and float32"),
     "log_softmax non-finite rows": ("log_softmax_nan_dropped", "test_nonfinite_row_stays_in_its_row and float32"),
     "log_softmax document path": ("log_softmax_bf16_storage", "test_document_path_with_the_implementation and float32"),
+    "memory peak": ("linear_materialises_logits", "test_chunked_linear_loss_never_holds_the_logits"),
+    "memory growth": ("keeps_every_loss", "test_logits_loss_keeps_nothing_between_calls"),
 }
 
 
