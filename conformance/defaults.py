@@ -18,6 +18,12 @@ def chunked_linear_cross_entropy(input, linear_weight, target, *, linear_bias=No
                                   **({"options": LinearCrossEntropyOptions()} if chunked else {}), **options)
 
 
+# Measured (test_memory, 1024 x 64 x 4096): 2.5 MiB at its peak, forward and backward, against
+# 16 MiB of float32 logits (5.1 of 8 MiB in float16 and bfloat16); where it falls back to the
+# reference path (label smoothing, probability targets) it forms them.
+chunked_linear_cross_entropy.memory = "chunked"
+
+
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     """torch's ``F.nll_loss``: the document's second path, the loss of given log-probabilities
     (the kit feeds ``log_softmax`` of its logits in float64 and rounds it to the dtype). Called

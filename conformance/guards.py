@@ -4,8 +4,9 @@ A loss under test may change process-wide torch state (default dtype, grad mode,
 generator, deterministic algorithms), hang, or print without end. Each of those would corrupt or
 stall every later check, so the kit watches for them around each call and each check: a change
 of global state fails the check that caused it and is undone; a check that runs past the time
-limit is interrupted and fails; after a few timeouts the remaining runs taken to hang are not run
-instead of waiting for each (``HangLedger``); captured output is cut short in failure reports.
+limit is interrupted and fails; a check too slow at one size has its larger runs not run, and
+after a few timeouts the remaining runs taken to hang are not run instead of waiting for each
+(``HangLedger``); captured output is cut short in failure reports.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 __all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections", "calling",
-           "crash_trampoline", "bits", "HangLedger", "NOT_RUN_PREFIX", "Call"]
+           "crash_trampoline", "bits", "HangLedger", "Size", "NOT_RUN_PREFIX", "Call"]
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -37,8 +38,21 @@ class ImplementationFault(AssertionError):
 
 
 class CheckTimeout(BaseException):
-    """Raised into a check that ran past ``--conformance-timeout``. A ``BaseException``, so that no
-    ``except Exception`` in the check and no hypothesis shrinking re-runs the hanging call."""
+    """Raised into a check that ran past ``--conformance-timeout`` (``limit`` seconds) ``where``
+    says. A ``BaseException``, so that no ``except Exception`` in the check and no hypothesis
+    shrinking re-runs the hanging call."""
+
+    def __init__(self, limit: float, where: str, message: Optional[str] = None) -> None:
+        self.limit, self.where = limit, where
+        super().__init__(message or f"the check ran past the {limit:g} s time limit (--conformance-timeout): {where}")
+
+    def too_slow(self, size: "Size") -> "CheckTimeout":
+        """The same timeout, judged slowness at ``size`` (``HangLedger.too_slow``), not a hang."""
+        where = self.where.replace(HANG, "")
+        return CheckTimeout(self.limit, where, f"too slow at this size ({size}): the check ran past the "
+                            f"{self.limit:g} s time limit (--conformance-timeout) {where}; its runs at smaller sizes "
+                            "finished within the limit, so it is not taken to hang (a longer --conformance-timeout "
+                            "judges it)")
 
 
 def _deterministic() -> tuple[bool, bool]:
@@ -130,6 +144,9 @@ def _in_gc_callback(frame) -> bool:
     return False
 
 
+HANG = "the implementation hangs or is far too slow "   # what a timeout in a call says, unless judged slow
+
+
 def _interrupt(limit: float) -> Callable:
     def handler(signum, frame):
         if _in_gc_callback(frame):   # interrupt once the callback has returned
@@ -144,12 +161,11 @@ def _interrupt(limit: float) -> Callable:
             if inner is not outer:
                 where += f" (in the call {inner.description} at the time)"
         elif inner is not None:
-            where = (f"the implementation hangs or is far too slow in the call {inner.description}, running for "
-                     f"{now - inner.started:.1f} s")
+            where = f"{HANG}in the call {inner.description}, running for {now - inner.started:.1f} s"
         else:
             where = ("outside the implementation's forward calls (in its backward, or in the check's own work "
                      "around them)")
-        raise CheckTimeout(f"the check ran past the {limit:g} s time limit (--conformance-timeout): {where}")
+        raise CheckTimeout(limit, where)
     return handler
 
 
@@ -183,40 +199,85 @@ def time_limit(seconds: float, stack_dump_fd: Optional[int]) -> Iterator[None]:
 NOT_RUN_PREFIX = "not run: "
 
 
+@dataclass(frozen=True)
+class Size:
+    """How large a run of a check is: ``elements`` (the product of the parameters that size it),
+    and those parameters, ``((name, value in words), ...)``."""
+
+    elements: int
+    parameters: tuple
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name}={value}" for name, value in self.parameters) + f": {self.elements} elements"
+
+
 class HangLedger:
     """Which runs of the checks ran past the time limit and which finished, and so which of
-    the remaining runs are taken to hang and not run (reported apart, as not run).
+    the remaining runs are not run (reported apart, as not run): too slow at their size, or
+    taken to hang.
 
-    After ``per_check`` timeouts of one check function, its remaining runs that share the hung
+    Slow is not hung: a run that times out where a run of the same check function at a smaller
+    ``Size`` finished, outside the parameters it hangs on (``too_slow``), is too slow at its size;
+    the function's remaining runs at least as large are not run, the smaller ones are (the plugin
+    runs each function's sized runs from small to large). Any other timeout is taken for a hang:
+    after ``per_check`` of them in one check function, its remaining runs that share the hung
     runs' parameters are not run: those parameters on which every hung run agrees and that some
     finished run of the function did not have (a loss that hangs on reduction='sum' has its
     remaining 'sum' runs not run, the others run). Where no parameter tells them apart, every
     remaining run of the function is not run; a run outside them that hangs too narrows the
-    shared parameters. After ``in_all`` timeouts no check runs: a hanging implementation costs at
-    most ``in_all`` times the limit."""
+    shared parameters. After ``in_all`` timeouts of either kind no check runs: a hanging or slow
+    implementation costs at most ``in_all`` times the limit."""
 
     def __init__(self, per_check: int, in_all: int) -> None:
         self.per_check = per_check
         self.in_all = in_all
-        self.hung: list = []            # (function, params, nodeid) of each run that timed out
-        self.finished: dict = {}        # function -> params of each run that ended within the limit
+        self.hung: list = []            # (function, params, nodeid) of each run taken to hang
+        self.slow: dict = {}            # function -> (Size, nodeid) of its smallest run too slow at its size
+        self.timeouts: list = []        # nodeid of every run that timed out
+        self.finished: dict = {}        # function -> (params, Size or None) of each run within the limit
 
-    def record(self, function: str, params: dict, nodeid: str, *, timed_out: bool) -> None:
-        if timed_out:
-            self.hung.append((function, params, nodeid))
+    def too_slow(self, function: str, params: dict, size: Optional[Size]) -> bool:
+        """Whether a run that timed out is too slow at its size rather than hung: a run of the same
+        function at a smaller size finished within the limit (its smallest runs come first), and
+        the run does not share the parameters on which the function's runs taken to hang agree
+        (a loss that hangs on reduction='sum' at the smallest size hangs on it at every size)."""
+        if size is None or not any(other is not None and other.elements < size.elements
+                                   for _, other in self.finished.get(function, ())):
+            return False
+        hung = [p for f, p, _ in self.hung if f == function]
+        sizing = {name for name, _ in size.parameters}
+        shared = {k: v for k, v in (hung[0] if hung else {}).items()
+                  if k not in sizing and all(p.get(k) == v for p in hung)}
+        return not hung or any(params.get(k) != v for k, v in shared.items())
+
+    def record(self, function: str, params: dict, nodeid: str, *, timed_out: bool, size: Optional[Size] = None,
+               slow: bool = False) -> None:
+        """A run that finished, or that timed out (``slow``: too slow at ``size``, else taken to hang)."""
+        if not timed_out:
+            self.finished.setdefault(function, []).append((params, size))
+            return
+        self.timeouts.append(nodeid)
+        if slow:
+            if function not in self.slow or size.elements < self.slow[function][0].elements:
+                self.slow[function] = (size, nodeid)
         else:
-            self.finished.setdefault(function, []).append(params)
+            self.hung.append((function, params, nodeid))
 
-    def not_run(self, function: str, params: dict) -> Optional[str]:
-        """Why the run of ``function`` with ``params`` is taken to hang, or ``None`` to run it."""
-        if len(self.hung) >= self.in_all:
-            return (f"{NOT_RUN_PREFIX}the implementation already ran past the time limit in {len(self.hung)} checks "
-                    f"(first: {self.hung[0][2]}); every remaining check is taken to hang")
+    def not_run(self, function: str, params: dict, size: Optional[Size] = None) -> Optional[str]:
+        """Why the run of ``function`` with ``params`` at ``size`` is not run, or ``None`` to run it."""
+        if len(self.timeouts) >= self.in_all:
+            return (f"{NOT_RUN_PREFIX}the implementation already ran past the time limit in {len(self.timeouts)} "
+                    f"checks (first: {self.timeouts[0]}); every remaining check is taken to hang")
+        if function in self.slow and size is not None and size.elements >= self.slow[function][0].elements:
+            slowest, nodeid = self.slow[function]
+            return (f"{NOT_RUN_PREFIX}too slow at this size ({size}): this check ran past the time limit at "
+                    f"{slowest} ({nodeid}); its runs at least as large are not run, the smaller ones are")
         hung = [(p, nodeid) for f, p, nodeid in self.hung if f == function]
         if len(hung) < self.per_check:
             return None
+        finished = [p for p, _ in self.finished.get(function, ())]
         shared = {k: v for k, v in hung[0][0].items() if all(p.get(k) == v for p, _ in hung)}
-        telling = {k: v for k, v in shared.items() if any(p.get(k) != v for p in self.finished.get(function, ()))}
+        telling = {k: v for k, v in shared.items() if any(p.get(k) != v for p in finished)}
         if any(params.get(k) != v for k, v in telling.items()):
             return None
         which = ", ".join(f"{k}={v}" for k, v in telling.items())

@@ -26,6 +26,8 @@ attributes on the object declare what it is:
                  is for logging (the kit judges no gradient of a returned logsumexp).
 ``approximations``  ``{name: bound}`` from ``APPROXIMATIONS``: a documented approximation the loss
                  makes on purpose; the kit judges it by that bound and reports it as declared.
+``memory``       ``"chunked"`` (``MEMORY``), for a linear loss that never holds the N x V logits at
+                 once: the kit fails it if its peak memory reaches their size (``test_memory``).
 ``form``         ``FORMS``: what the loss takes (``"softmax"`` and ``"log_softmax"``: torch's
                  ``softmax(input, dim, dtype=None)``, or a module class built as ``nn.Softmax(dim)``;
                  torch's own are known by name, and so is a function named ``softmax`` or ``log_softmax``
@@ -58,6 +60,7 @@ from .vocabulary import (
     FEATURES,
     FORMS,
     INPUT_KINDS,
+    MEMORY,
     SOFTMAX_CONVENTIONS,
     SOFTMAX_VARIANTS,
     VARIANT_FEATURES,
@@ -90,7 +93,7 @@ DEFAULT_ATTRIBUTES = ("cross_entropy", "softmax", "log_softmax")
 # The attributes an implementation declares itself by (the module docstring); those that name
 # things are sets of names or, in MAPPING_DECLARATIONS, dicts keyed by names.
 DECLARATIONS = ("unsupported", "input_kind", "target_kind", "deviations", "variants", "z_loss_weighting", "returns",
-                "differentiable_returns", "approximations", "form", *SOFTMAX_CONVENTIONS)
+                "differentiable_returns", "approximations", "memory", "form", *SOFTMAX_CONVENTIONS)
 MAPPING_DECLARATIONS = ("variants", "returns", "approximations")
 
 
@@ -143,6 +146,7 @@ class Implementation:
     form: str = "logits"
     approximations: dict = field(default_factory=dict)
     conventions: dict = field(default_factory=lambda: {name: values[0] for name, values in SOFTMAX_CONVENTIONS.items()})
+    memory: Optional[str] = None
     importable: bool = True   # load_implementation(spec) loads it (a closure from the hook cannot be)
 
     def load_code(self) -> list[str]:
@@ -397,6 +401,10 @@ def adapt(obj: Any, spec: str) -> Implementation:
     approximations = _declared_names(obj, "approximations", APPROXIMATIONS, spec)
     if any(not (isinstance(eps, (int, float)) and 0 <= eps < 1) for eps in approximations.values()):
         raise ImplementationError(f"{spec}: approximations={approximations!r}: each bound is a number in [0, 1)")
+    memory = getattr(obj, "memory", None)
+    if memory is not None and (memory not in MEMORY or form != "linear"):
+        raise ImplementationError(f"{spec}: memory={memory!r}: a linear loss declares one of {sorted(MEMORY)}"
+                                  + ("" if form == "linear" else f"; this is a {form} loss"))
     if form != "logits" and (input_kind != "logits" or target_kind != "index"):
         raise ImplementationError(f"{spec}: a {form} loss takes logits and index targets, not "
                                   f"input_kind={input_kind!r}, target_kind={target_kind!r}")
@@ -411,7 +419,7 @@ def adapt(obj: Any, spec: str) -> Implementation:
                           target_kind=target_kind, deviations=deviations,
                           framework=getattr(obj, "framework", "torch"), variants=variants,
                           z_loss_weighting=z_loss_weighting, returns=returns, differentiable_returns=differentiable,
-                          form=form, approximations=approximations, conventions=conventions)
+                          form=form, approximations=approximations, conventions=conventions, memory=memory)
 
 
 def importable_name(obj: Any) -> Optional[str]:

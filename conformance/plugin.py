@@ -18,7 +18,7 @@ from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
 from .judge import FIRST_FAILURE, PINNED, REPRODUCE, Judge
-from .session import SESSION_KEY, ConformanceSession, is_check, item_dtype, item_form
+from .session import SESSION_KEY, ConformanceSession, is_check, item_dtype, item_form, item_size, small_to_large
 from .vocabulary import DTYPES, FORMS
 
 VERDICT_KEY = pytest.StashKey[tuple]()   # ConformanceSession.judged(), taken once at the session's end
@@ -26,9 +26,10 @@ HANGS_KEY = pytest.StashKey[HangLedger]()
 STACK_DUMP_FD_KEY = pytest.StashKey[Optional[int]]()
 
 # A check function whose runs time out MAX_TIMEOUTS_PER_CHECK times is taken to hang on its
-# remaining runs that share the hung runs' parameters, which are not run; after MAX_TIMEOUTS
-# timeouts in all, no remaining check runs. So a hanging implementation costs at most
-# MAX_TIMEOUTS * the limit (see guards.HangLedger).
+# remaining runs that share the hung runs' parameters, which are not run (one too slow at its
+# size, only on its runs at least as large); after MAX_TIMEOUTS timeouts in all, no remaining
+# check runs. So a hanging implementation costs at most MAX_TIMEOUTS * the limit (see
+# guards.HangLedger).
 MAX_TIMEOUTS_PER_CHECK = 2
 MAX_TIMEOUTS = 10
 
@@ -110,6 +111,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "conformance_bench: a benchmark beside torch; runs only with "
                                        "--benchmark-only or --conformance-bench")
     config.addinivalue_line("markers", "deep: a check of the deep run only (--conformance-deep)")
+    config.addinivalue_line("markers", "size(elements, parameter): how large a run is, where its parameter (a case's "
+                                       "name) does not show it: its sized runs go from small to large, and a timeout "
+                                       "stops only those at least as large (guards.HangLedger)")
     config.addinivalue_line("markers", "default_dtypes(*dtypes): the dtypes of a check in the default run; every "
                                        "dtype under --conformance-deep or --conformance-dtype")
     try:
@@ -214,8 +218,9 @@ def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     """Deselect dtypes not asked for, benchmarks not asked for, deep checks outside a deep run and
-    checks of a form no implementation of the run has (``session.implementations``); describe
-    every check and apply its expected outcome; seed the property tests."""
+    checks of a form no implementation of the run has (``session.implementations``); run each
+    check function's sized runs from small to large; describe every check and apply its expected
+    outcome; seed the property tests."""
     wanted = config.getoption("conformance_dtype")
     deep = config.getoption("conformance_deep")
     only = config.getoption("benchmark_only", False)
@@ -241,6 +246,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if not unwanted(item)]
+    small_to_large(items)
     for item in items:
         if is_check(item):
             session.describe(item)
@@ -271,14 +277,15 @@ def pytest_runtest_call(item: pytest.Item):
     function = item.nodeid.partition("[")[0]
     params = {name: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
               for name, value in getattr(getattr(item, "callspec", None), "params", {}).items()}
-    reason = hangs.not_run(function, params)
+    size = item_size(item)
+    reason = hangs.not_run(function, params, size)
     if reason is not None:
         records.attach(item.user_properties, "not_run", reason)
         pytest.skip(reason)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     state = GlobalState(include_random=False)  # the checks' own recipes seed the generator
-    timed_out = False
+    timed_out = slow = False
     try:
         with time_limit(item.config.getoption("conformance_timeout"), item.config.stash[STACK_DUMP_FD_KEY]):
             result = yield
@@ -299,11 +306,14 @@ def pytest_runtest_call(item: pytest.Item):
                                  f"{limit:g} s time limit (--conformance-timeout): the example as found, not "
                                  "the smallest)") from None
         timed_out = True
+        slow = hangs.too_slow(function, params, size)
+        if slow:
+            raise timeout.too_slow(size) from error
         if timeout is error:
             raise
         raise timeout from error
     finally:
-        hangs.record(function, params, item.nodeid, timed_out=timed_out)
+        hangs.record(function, params, item.nodeid, timed_out=timed_out, size=size, slow=slow)
         state.restore_changes()
         torch.set_num_threads(threads)
 

@@ -121,6 +121,10 @@ class Check:
     # Vocab parallel: rank 0's collectives in one call, {"world_size": W, "forward": [count, bytes],
     # "backward": [count, bytes]} (conformance.distributed counts them).
     collectives: Optional[dict] = None
+    # The memory checks: {"measure": "peak" (forward and backward of one call) or "growth" (left
+    # allocated by ``test_memory.CALLS`` calls), "bytes": measured, "limit": the bound it is held
+    # to (None: reported, not judged), "logits_bytes": the N x V logits of a linear case}.
+    memory: Optional[dict] = None
     gap: Optional[Gap] = None
 
     def __post_init__(self) -> None:
@@ -150,7 +154,7 @@ class Check:
 
 
 def attach(user_properties: list, kind: str, payload) -> None:
-    """Add a record of ``kind`` (``item``, ``measured``, ``gap``, ``benchmark``, ``collectives``)
+    """Add a record of ``kind`` (``item``, ``measured``, ``gap``, ``benchmark``, ``collectives``, ``memory``)
     to a test item's ``user_properties``: JSON, so that it crosses from an xdist worker."""
     user_properties.append((PROPERTY, {"kind": kind, "payload": payload}))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import math
 import platform
 from dataclasses import dataclass, field
 from typing import Optional
@@ -14,12 +15,14 @@ import torch
 
 from . import bench, records
 from .expectations import Expectations, unparametrized
+from .guards import Size
 from .impl import DEFAULT_RUN_FAMILIES, DEFAULT_SPECS, Implementation, load_implementation
 from .records import Check, Gap, Measured, Status
 from .report import Benchmark, Run, regressions, timing_comparisons
 from .vocabulary import dtype_name
 
-__all__ = ["ConformanceSession", "SESSION_KEY", "item_features", "item_form", "is_check"]
+__all__ = ["ConformanceSession", "SESSION_KEY", "item_features", "item_form", "item_size", "is_check",
+           "small_to_large"]
 
 
 def is_check(item: pytest.Item) -> bool:
@@ -51,6 +54,51 @@ def item_features(item: pytest.Item) -> list[str]:
     if params.get("reduction") in ("none", "sum"):
         names.append(f"reduction_{params['reduction']}")
     return names
+
+
+# The parameters that size a check's run (a shape, a count of classes or rows, a width): the
+# product of their numbers is its size, unless the run's ``size(elements, parameter)`` marker says it.
+SIZE_PARAMETERS = ("shape", "num_classes", "num_rows", "width", "prefix", "extra_dims")
+
+
+def _numbers(value) -> Optional[tuple]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    return None
+
+
+def item_size(item: pytest.Item) -> Optional[Size]:
+    """How large the check's run is (``guards.Size``), or None where no parameter sizes it."""
+    params = _params(item)
+    marker = item.get_closest_marker("size")
+    if marker is not None:
+        elements, name = marker.args
+        return Size(elements, ((name, str(params.get(name))),))
+    sized = {name: _numbers(params.get(name)) for name in SIZE_PARAMETERS}
+    sized = {name: numbers for name, numbers in sized.items() if numbers}
+    if not sized:
+        return None
+    return Size(math.prod(n for numbers in sized.values() for n in numbers),
+                tuple((name, "x".join(map(str, numbers))) for name, numbers in sized.items()))
+
+
+def small_to_large(items: list) -> None:
+    """Each check function's sized runs in order of size, smallest first, in the places its runs
+    held (stable: equal sizes keep their order), so that a run too slow at one size has had every
+    smaller one judged first (``guards.HangLedger``)."""
+    places: dict = {}
+    for index, item in enumerate(items):
+        if is_check(item):
+            places.setdefault(item.nodeid.partition("[")[0], []).append(index)
+    for indices in places.values():
+        sizes = [item_size(items[i]) for i in indices]
+        if any(sizes):
+            ordered = sorted(zip(indices, sizes), key=lambda pair: pair[1].elements if pair[1] else 0)
+            runs = [items[i] for i, _ in ordered]
+            for index, item in zip(indices, runs):
+                items[index] = item
 
 
 def _family(module_name: str) -> str:
@@ -140,6 +188,7 @@ class ConformanceSession:
             record["probed"] = next(iter(records.read(report.user_properties, "gap")), None)
             record["benchmark"] = next(iter(records.read(report.user_properties, "benchmark")), None)
             record["collectives"] = next(iter(records.read(report.user_properties, "collectives")), None)
+            record["memory"] = next(iter(records.read(report.user_properties, "memory")), None)
             record["pinned"] = records.read(report.user_properties, "pinned")
         status = self._status(report, record)
         if status and (record["status"] in (None, Status.PASSED) or status == Status.FAILED):
@@ -186,7 +235,7 @@ class ConformanceSession:
                 bound=worst and worst.bound, exact_ratio=worst_exact and worst_exact.exact_ratio,
                 exact_identity=worst_exact.identity if worst_exact else "",
                 exact_worst=worst_exact.exact_worst if worst_exact else "", reason=record["reason"],
-                duration=record["duration"], collectives=record.get("collectives"),
+                duration=record["duration"], collectives=record.get("collectives"), memory=record.get("memory"),
                 gap=Gap.from_json(gap) if gap else None))
         return found
 

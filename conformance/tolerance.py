@@ -198,7 +198,8 @@ from .reference import Evaluation, to_rows
 from .vocabulary import HALF_DTYPES
 
 __all__ = ["CONTRACTS", "DEFAULT_CONTRACT", "EXACT", "PARITY_FACTOR", "unit_roundoff", "compute_dtype",
-           "underflow_floor", "value_bound", "grad_bound", "parity_bound", "BOUNDS", "bound"]
+           "underflow_floor", "value_bound", "grad_bound", "parity_bound", "BOUNDS", "bound", "chunked_peak_limit",
+           "growth_limit"]
 
 CONTRACTS = ("standard", "exact", "parity")
 DEFAULT_CONTRACT = "standard"
@@ -876,3 +877,35 @@ def bound(kind: str, contract: str, dtype: torch.dtype, **terms) -> Tensor:
     if kind not in BOUNDS:
         raise ValueError(f"bound kind {kind!r}: expected one of {sorted(BOUNDS)}")
     return BOUNDS[kind](dtype=dtype, contract=DEFAULT_CONTRACT if contract == "parity" else contract, **terms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory (``conformance.memory`` measures it; the suite's ``test_memory`` applies these).
+
+
+def chunked_peak_limit(n: int, v: int, dtype: torch.dtype) -> int:
+    """Bytes a linear loss that declares ``memory = "chunked"`` must stay below, forward and backward
+    together: the size of its ``n x v`` logits in the input's dtype.
+
+    A loss that forms the logits holds all ``n v`` of them at once, in the input's dtype at the
+    least (most hold them in float32, with their softmax or gradient beside them: torch's
+    composition peaks at three times their float32 size), so its peak reaches ``n v itemsize``.
+    One that chunks holds a chunk's logits (Liger-Kernel and torch's chunked path size a chunk to
+    about ``n h`` elements), the three gradients (``n h + v h + v``) and what it saves for
+    backward, all of order ``(n + v) h``. A case with ``n v`` well above ``(n + v) h`` tells the
+    two apart at this line: at ``test_memory``'s 1024 x 64 x 4096 ('mean'),
+    ``n v / ((n + v) h) = 12.8``, and torch 2.13's chunked path peaks at 2.5 MiB in float32 (5.1
+    MiB in float16 and bfloat16, its float32 copies of the weight and its gradient), the chunked
+    fixture at 2.6 MiB (4.2), the composition at 48 MiB (24), against 16 MiB of float32 logits
+    (8 MiB in a half dtype)."""
+    return n * v * dtype.itemsize
+
+
+def growth_limit(calls: int) -> int:
+    """Bytes that ``calls`` identical calls after a warm-up call may leave allocated: fewer than one
+    byte a call. A call that keeps nothing leaves the allocated bytes as it found them, whatever
+    its sizes (its output, its graph and its saved tensors are freed with it; a cache it builds
+    once is built by the warm-up, and reference cycles are collected before the end is read);
+    one that keeps anything of each call (its output, its graph, a saved tensor of one element)
+    keeps at least one byte a call, ``calls`` bytes in all (cuda rounds each block up to 512)."""
+    return calls

@@ -10,7 +10,7 @@ __all__ = ["DTYPES", "WIDE_DTYPES", "HALF_DTYPES", "DTYPE_NAMES", "dtype_name", 
            "INPUT_KINDS", "REFERENCE_TARGET_KINDS", "DECLARED_TARGET_KINDS", "FLEXIBLE_TARGET_KINDS",
            "Z_LOSS_WEIGHTINGS", "VARIANTS", "SOFTMAX_VARIANTS", "SOFTMAX_CONVENTIONS", "AUXILIARIES",
            "VARIANT_FEATURES", "FORMS", "FEATURES", "PROBED_FEATURES",
-           "DEVIATIONS", "APPROXIMATIONS"]
+           "DEVIATIONS", "APPROXIMATIONS", "MEMORY"]
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 WIDE_DTYPES = (torch.float64, torch.float32)
@@ -113,4 +113,9 @@ DEVIATIONS = {
 APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear)
     "gradient_filter": "linear losses: logit-gradient elements below eps (before the upstream gradient and the "
                        "divisor) are dropped, as cut-cross-entropy's filter_eps drops them",
+}
+
+MEMORY = {  # what a linear loss declares of its memory (``memory``; tolerance, Memory)
+    "chunked": "linear losses: forward and backward never hold the N x V logits at once (row or vocabulary "
+               "chunks, as Liger-Kernel's fused linear loss, cut-cross-entropy and torch's chunked path)",
 }

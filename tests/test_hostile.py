@@ -110,6 +110,24 @@ def test_a_check_that_hangs_on_one_reduction_runs_its_others_and_reports_what_hu
     assert all(check["status"] == "passed" for test_id, check in checks.items() if test_id not in on_sum)
 
 
+def test_a_loss_too_slow_at_its_largest_size_has_every_smaller_size_judged(suite_with_report):
+    """Slow is not hung: a correct loss that sleeps a millisecond for each element beyond 1000 has
+    its 1x10 and 7x3 runs judged (they pass), its first 67x130 run times out and is reported too
+    slow at that size, and the other 67x130 runs are not run, for the same reason; no run of it is
+    said to hang."""
+    result, checks = suite_with_report("--impl=fixtures.slow.steep_in_size", "--conformance-timeout=1", "-k",
+                                       "test_value_matches_truth")
+    failed = _assert_kept_its_head(result, checks, r"CheckTimeout: too slow at this size \(shape=67x130: 8710 "
+                                                   r"elements\): the check ran past the 1 s time limit")
+    large = {test_id for test_id in checks if test_id.endswith("-67x130]")}
+    assert len(failed) == 1 and set(failed) < large and len(large) == 12
+    assert all(checks[test_id]["status"] == "not run" and "too slow at this size (shape=67x130: 8710 elements)"
+               in checks[test_id]["reason"] for test_id in large - set(failed))
+    assert all(check["status"] == "passed" for test_id, check in checks.items() if test_id not in large)
+    assert len(checks) == 36 and not any(said in check["reason"] for check in checks.values()
+                                         for said in ("hangs or is far too slow", "it is taken to hang"))
+
+
 SLOW_LOSS = """
 import time
 import torch

@@ -100,10 +100,17 @@ def test_the_form_is_read_from_the_signature_unless_declared(obj, form):
     (dict(approximations={"top_k": 5}), "approximations names unknown ['top_k']"),
     (dict(approximations={"gradient_filter": 2.0}), "each bound is a number in [0, 1)"),
     (dict(form="linear", input_kind="probs"), "a linear loss takes logits and index targets"),
+    (dict(form="linear", memory="streamed"), "memory='streamed': a linear loss declares one of ['chunked']"),
+    (dict(memory="chunked"), "memory='chunked': a linear loss declares one of ['chunked']; this is a logits loss"),
 ])
 def test_form_declarations_are_checked(attributes, message):
     with pytest.raises(ImplementationError, match=re.escape(message)):
         adapt(_declaring(**attributes), "probe")
+
+
+def test_a_linear_loss_declares_its_memory():
+    assert adapt(_declaring(form="linear", memory="chunked"), "probe").memory == "chunked"
+    assert adapt(F.linear_cross_entropy, "probe").memory is None
 
 
 def test_a_linear_loss_is_called_with_the_weight_and_bias_in_torchs_convention():

@@ -10,7 +10,7 @@ import pytest
 from conformance import report
 from conformance.__main__ import main
 from conformance.records import Gap
-from conformance.report import Benchmark, Check, Run, Side, rendering
+from conformance.report import Benchmark, Check, Run, Side, rendering, tables
 from suite_run import ROOT
 
 # Every loss 2^-22 too large: far beyond float64's bound, inside float32's but several times
@@ -49,7 +49,8 @@ def _run(checks=(), benchmarks=()):
 def test_run_round_trips_through_json(tmp_path):
     run = _run([_check("a", collectives={"world_size": 2, "forward": [3, 288], "backward": [0, 0]}),
                 _check("b", status="failed", ratio=float("inf"), reason="boom"),
-                _check("c", status="unsupported", ratio=None)],
+                _check("c", status="unsupported", ratio=None),
+                _check("m", memory={"measure": "peak", "bytes": 2**21, "limit": 2**24, "logits_bytes": 2**24})],
                [_bench(1.1, 1.1e-3)])
     report.save(run, tmp_path / "run.json")
     assert "Infinity" not in (tmp_path / "run.json").read_text()
@@ -67,6 +68,29 @@ def test_collectives_per_call_span_the_checks_of_each_world_size():
     assert table.rows == [["impl", "2", "2", "3-4", "0.4 KiB", "0-2", "4.0 KiB"],
                           ["impl", "4", "1", "3", "0.3 KiB", "0", "0.0 KiB"]]
     assert "Collectives per call" not in [t.title for t in report.verdict_tables(_run([_check("d")]))]
+
+
+def test_memory_table_shows_each_measurement_beside_its_limit():
+    """The verdict's memory table: a chunked loss's peak beside its logits, an undeclared one's
+    peak reported, not judged, and what repeated calls left; no table without measurements."""
+    run = _run([_check("peak[chunked]", memory={"measure": "peak", "bytes": 5 * 2**19, "limit": 2**24,
+                                                "logits_bytes": 2**24}),
+                _check("peak[composed]", status="skipped", memory={"measure": "peak", "bytes": 48 * 2**20,
+                                                                   "limit": None, "logits_bytes": 2**24}),
+                _check("growth", status="failed", memory={"measure": "growth", "bytes": 3484400, "limit": 100,
+                                                          "logits_bytes": None}),
+                _check("d")])
+    rows = [["peak[chunked]", ("peak 2.50 MiB", "ok"), "< 16.00 MiB (logits 16.00 MiB)"],
+            ["peak[composed]", ("peak 48.00 MiB", "ok"), "not judged (logits 16.00 MiB)"],
+            ["growth", ("left 3.32 MiB", "fail"), "< 100 B"]]
+    assert next(t for t in report.verdict_tables(run) if t.title == "Memory").rows == rows
+    assert "Memory" not in [t.title for t in report.verdict_tables(_run([_check("d")]))]
+    # the terminal counts the repeated-call checks that left nothing; the report file lists them
+    clean = _check("clean", memory={"measure": "growth", "bytes": 0, "limit": 100, "logits_bytes": None})
+    terminal = next(t for t in report.verdict_tables(_run([*run.checks, clean])) if t.title == "Memory")
+    assert terminal.rows == rows and "(1 checks left nothing)" in terminal.note
+    listed = next(t for t in tables.report_tables(_run([*run.checks, clean]), [], []) if t.title == "Memory")
+    assert listed.rows == rows + [["clean", ("left 0 B", "ok"), "< 100 B"]]
 
 
 def test_unreadable_files_say_why(tmp_path):
@@ -333,7 +357,8 @@ def test_runs_taken_to_hang_are_counted_apart_from_failures():
     assert row[1] == ("FAIL 2/9 · 3 not run", "fail")
     (row,) = report.verdict_tables(_run(not_run + passed))[0].rows
     assert row[1] == ("pass 4 · 3 not run", "fail")
-    assert "2 failing checks, 3 not run (taken to hang)" in report.render(_run(hung + not_run + passed), "md")
+    assert "2 failing checks, 3 not run (taken to hang, or too slow at their size)" in \
+        report.render(_run(hung + not_run + passed), "md")
 
 
 def test_variants_a_loss_does_not_take_are_listed_as_not_taken():

@@ -43,6 +43,8 @@ FAMILIES = {
     "softmax variants": ("softmax_mask_fill_finite", "test_masked_entries_take_no_part and float32"),
     "softmax causal": ("softmax_causal_top_left", "test_causal_mask and float32 and short_queries"),
     "log_softmax under a mask": ("log_softmax_masked_finite", "test_masked_entries_take_no_part and float32"),
+    "memory peak": ("linear_materialises_logits", "test_chunked_linear_loss_never_holds_the_logits"),
+    "memory growth": ("keeps_every_loss", "test_logits_loss_keeps_nothing_between_calls"),
 }
 
 

@@ -1,15 +1,14 @@
 """The machine a benchmark runs on: waiting for a device's queued work, its copy bandwidth (the
-roofline a loss's bytes per second are held against), the extra memory a call takes, and the
-settings that change all of these (recorded with every run)."""
+roofline a loss's bytes per second are held against), and the settings that change these
+(recorded with every run). The extra memory a call takes is ``conformance.memory``'s."""
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional
 
 import torch
 
-__all__ = ["SETTINGS", "synchronize", "copy_bandwidth", "peak_extra_memory", "machine_info"]
+__all__ = ["SETTINGS", "synchronize", "copy_bandwidth", "machine_info"]
 
 # Environment variables that change what the benchmarks measure. THP_MEM_ALLOC_ENABLE=1 backs
 # torch's large CPU allocations with transparent huge pages, so a fresh buffer is not zero-filled
@@ -38,42 +37,6 @@ def copy_bandwidth(device: str, *, nbytes: int = 256 * 2**20, repeats: int = 5) 
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * nbytes / best
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def peak_extra_memory(fn: Callable[[], object], device: str) -> Optional[int]:
-    """Bytes that ``fn()`` needs beyond what is allocated when it starts: its peak minus its start.
-
-    cuda: the caching allocator's ``max_memory_allocated``. cpu: the process's peak resident set
-    (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``), which counts the pages a call
-    actually touches; ``None`` where that is not available.
-    """
-    if device == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated() - start
-    if device != "cpu":
-        fn()
-        return None
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current VmRSS
-        start = _status_kib("VmRSS")
-    except OSError:
-        fn()
-        return None
-    fn()
-    return max(0, _status_kib("VmHWM") - start) * 1024
 
 
 def machine_info() -> dict:

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from .. import paired, records
-from .machine import copy_bandwidth, peak_extra_memory, synchronize
+from .. import memory, paired, records
+from .machine import copy_bandwidth, synchronize
 
 __all__ = ["steps", "linear_steps", "softmax_steps", "paired_rounds", "benchmarks_from", "time_beside_torch"]
 
@@ -119,7 +119,7 @@ def time_beside_torch(benchmark, node: pytest.Item, sides: dict, device: str, tr
     step}``, each a ``steps`` entry) under ``plan``, spend their time from ``bench_time``, and
     record what they measured in ``benchmark.extra_info`` and ``node``'s ``benchmark`` record;
     skip, once recorded, where pytest-benchmark timed nothing (``--benchmark-disable``)."""
-    peaks = {side: peak_extra_memory(_once(*step), device) for side, step in sides.items()}
+    peaks = {side: getattr(memory.footprint(_once(*step), device), "peak", None) for side, step in sides.items()}
     if device not in copy_bandwidths:
         copy_bandwidths[device] = copy_bandwidth(device)
     start = time.perf_counter()

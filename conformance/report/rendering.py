@@ -146,7 +146,7 @@ def _headline(run: Run, baseline: Optional[Run], found: list, timings: list) -> 
     untimed = any(b.interval is None for b in run.benchmarks)
     not_run = sum(c.status == Status.NOT_RUN for c in run.checks)
     if not_run:
-        verdict += f", {not_run} not run (taken to hang)"
+        verdict += f", {not_run} not run (taken to hang, or too slow at their size)"
     if baseline is None:
         return verdict, "fail" if failed else "warn" if untimed else "ok"
     noisy = sum(t.verdict == paired.UNDECIDED for t in timings)

@@ -70,7 +70,7 @@ def _verdict_table(run: Run) -> Table:
         rows.append(row)
     return Table("Verdict", "Checks per feature, dtype and device; 'declared' counts documented deviations "
                  "(expected failures); 'not run', checks taken to hang after earlier runs of theirs ran past the "
-                 "time limit.", ["feature"] + headers, rows)
+                 "time limit, or too slow at their size after a smaller one did.", ["feature"] + headers, rows)
 
 
 def _ratio_cell(ratio: Optional[float]) -> Cell:
@@ -266,6 +266,33 @@ def _collectives_table(run: Run) -> Table:
                   "backward bytes (most)"], rows)
 
 
+def _bytes(count: int) -> str:
+    return f"{count / 2**20:.2f} MiB" if abs(count) >= 2**20 else f"{count} B"
+
+
+def _memory_table(run: Run, *, terminal: bool = False) -> Table:
+    """The memory checks' measurements: a linear loss's peak in forward and backward beside its
+    logits' size, and what repeated calls of each loss left allocated, each with its limit; on the
+    ``terminal``, the repeated-call checks that left nothing are counted in the note, not listed."""
+    rows, clean = [], 0
+    for c in run.checks:
+        m = c.memory
+        if not m:
+            continue
+        if terminal and m["measure"] == "growth" and c.status != "failed":
+            clean += 1
+            continue
+        what = "peak" if m["measure"] == "peak" else "left"
+        limit = f"< {_bytes(m['limit'])}" if m["limit"] is not None else "not judged"
+        logits = "" if m["logits_bytes"] is None else f" (logits {_bytes(m['logits_bytes'])})"
+        tone = "fail" if c.status == "failed" else "ok"
+        rows.append([c.id.rpartition("::")[2], (f"{what} {_bytes(m['bytes'])}", tone), limit + logits])
+    note = ("bytes beyond the inputs (cpu: the autograd profiler's record of every allocation): the peak of a linear "
+            "loss declaring memory = 'chunked', below its N x V logits; what repeated identical calls left "
+            "allocated, nothing" + (f" ({clean} checks left nothing)" if clean else "") + ".")
+    return Table("Memory", note, ["test", "measured", "limit"], rows)
+
+
 GRADE_WORST = 5
 
 
@@ -293,7 +320,8 @@ def _shown(tables: list) -> list:
 def report_tables(run: Run, found: list, timings: list) -> list:
     """Every table of a report file, in order (the terminal shows fewer: ``verdict_tables``)."""
     tables = [_verdict_table(run)] + _shown(_regression_tables(found) + _accuracy_tables(run) + [
-        _failures_by_identity(run), _problems_table(run), _gaps_table(run), _collectives_table(run), _grade(run)])
+        _failures_by_identity(run), _problems_table(run), _gaps_table(run), _collectives_table(run),
+        _memory_table(run), _grade(run)])
     if run.benchmarks:
         tables.append(_benchmark_table(run, timings))
     return tables
@@ -302,10 +330,11 @@ def report_tables(run: Run, found: list, timings: list) -> list:
 def verdict_tables(run: Run, found: Sequence = (), timings: Sequence = ()) -> list:
     """What the terminal shows at the end of a run: the verdict matrix, the regressions against a
     baseline (``found``), the failures by identity, the unsupported features, the collectives, the
-    accuracy grade, the closest passes and the speed beside torch (with ``timings``, the gate's
-    verdict of each benchmark)."""
+    memory checks' measurements, the accuracy grade, the closest passes and the speed beside torch
+    (with ``timings``, the gate's verdict of each benchmark)."""
     closest = _accuracy_tables(run)[1]
     closest = Table(closest.title, closest.note, closest.columns, closest.rows[:3])
     return [_verdict_table(run)] + _shown(_regression_tables(list(found)) + [
-        _failures_by_identity(run), _gaps_table(run), _collectives_table(run), _grade(run), closest,
+        _failures_by_identity(run), _gaps_table(run), _collectives_table(run), _memory_table(run, terminal=True),
+        _grade(run), closest,
         benchmark_summary(run, list(timings))])

@@ -47,7 +47,10 @@ def _features(case_options: dict, loss_options: dict) -> list:
 
 
 def _params(table: dict) -> list:
-    return [pytest.param(name, marks=pytest.mark.feature(*_features(*spec[3:]))) for name, spec in table.items()]
+    """Each case with its features and its size: the N x V logits it forms or avoids."""
+    return [pytest.param(name, marks=[pytest.mark.feature(*_features(*spec[3:])), pytest.mark.size(spec[0] * spec[2],
+                                                                                                     "name")])
+            for name, spec in table.items()]
 
 
 def linear_problem(name: str, impl, dtype, device, seed, *, upstream="random") -> cases.Problem:

@@ -1,0 +1,68 @@
+"""The memory a call allocates: the most it holds at once beyond what was allocated when it
+started (its peak), and what it leaves allocated when it returns (what it retains).
+
+cuda: the caching allocator's own counters (``memory_allocated``, ``max_memory_allocated``).
+cpu: torch 2.13 keeps no statistics of its CPU allocator (there is no ``torch.cpu.memory_stats``,
+and ``torch.accelerator``'s counters are for accelerators), so the call runs under the autograd
+profiler with ``profile_memory=True``, which records each allocation and free of the CPU
+allocator with its size, in the calling thread and in the threads torch hands its work to;
+summed in time order they give the bytes allocated at every moment. The profiler does not know
+the size of a block allocated before it started, so freeing one counts 0 (and torch warns): the
+measured function frees only what it allocated, as a loss call does. Unlike the process's
+resident set, this counts what torch allocated, not what the C allocator kept or the kernel
+mapped. Other devices: ``None``.
+"""
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["Footprint", "footprint"]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes beyond those allocated when the call started: the most at once, and those left at its end."""
+
+    peak: int
+    retained: int
+
+
+def footprint(fn: Callable[[], object], device: str) -> Optional[Footprint]:
+    """What ``fn()`` allocates on ``device``, its result dropped and the reference cycles it made
+    collected before the end is read (a tensor a loss keeps only through a cycle is freed by the
+    next collection, not leaked); ``None`` where the device keeps no account. The objects that
+    exist when it starts are frozen meanwhile (``gc.freeze``), so that collection only looks
+    through what the call made: a full one takes a quarter of a second in a pytest process."""
+    if device == "cuda":
+        gc.collect()   # garbage from before, freed during the call, would offset what the call keeps
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        _frozen(fn)
+        torch.cuda.synchronize()
+        return Footprint(torch.cuda.max_memory_allocated() - start, torch.cuda.memory_allocated() - start)
+    if device != "cpu":
+        _frozen(fn)
+        return None
+    with torch.autograd.profiler.profile(profile_memory=True) as profile:
+        _frozen(fn)
+    now = peak = 0
+    events = [e for e in profile.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        now += event.nbytes()
+        peak = max(peak, now)
+    return Footprint(peak, now)
+
+
+def _frozen(fn: Callable[[], object]) -> None:
+    gc.freeze()
+    try:
+        fn()
+        gc.collect()
+    finally:
+        gc.unfreeze()
