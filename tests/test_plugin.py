@@ -126,9 +126,13 @@ def test_a_pin_covers_the_cases_of_the_deep_run_where_its_mechanism_shows(pytest
                   "(test_row_count_boundaries and (65535-float16 or 65536-float16 or "
                   "65537-float16)) or (test_features_at_large_size and smoothed-float16)")
     assert result.ret == pytest.ExitCode.OK
-    result.assert_outcomes(passed=8, xfailed=7, deselected=result.parseoutcomes()["deselected"])
-    result.stdout.fnmatch_lines(["*XFAIL*test_row_count_boundaries?cpu-65537-float16-mean?*float16 loss sum*",
-                                 "*XFAIL*large_size?cpu-smoothed-float16-mean?*float16 smoothing sum*"])
+    # cross_entropy's 8 and 7, and nll_loss's row counts (its 'mean' pinned as 'float16 nll sum');
+    # smoothing, which nll_loss does not take, is unsupported there
+    result.assert_outcomes(passed=8 + 6, xfailed=7 + 3, skipped=6, deselected=result.parseoutcomes()["deselected"])
+    result.stdout.fnmatch_lines(["*XFAIL*test_row_count_boundaries?cross_entropy-cpu-65537-float16-mean?*"
+                                 "float16 loss sum*",
+                                 "*XFAIL*large_size?cross_entropy-cpu-smoothed-float16-mean?*float16 smoothing sum*"])
+    result.stdout.fnmatch_lines(["*XFAIL*test_row_count_boundaries?nll_loss-cpu-65537-float16-mean?*float16 nll sum*"])
 
 
 def _pin(**changes):
@@ -262,13 +266,15 @@ def test_the_deep_run_adds_xor_dtypes_and_the_reference_identities(pytester):
     selection = ("-k", "test_network_learns_xor or " + " or ".join(REFERENCE_IDENTITIES))
     default = _run(pytester, "--collect-only", *selection)
     assert sorted(line.rpartition("::")[2] for line in default.outlines if "::" in line) == \
-        ["test_network_learns_xor[cpu-bfloat16]", "test_network_learns_xor[cpu-float32]"]
+        ["test_network_learns_xor[cross_entropy-cpu-bfloat16]", "test_network_learns_xor[cross_entropy-cpu-float32]"]
     chosen = _run(pytester, "--collect-only", "--dtype=float16", *selection)
     assert [line.rpartition("::")[2] for line in chosen.outlines if "::" in line] == \
-        ["test_network_learns_xor[cpu-float16]"]
+        ["test_network_learns_xor[cross_entropy-cpu-float16]"]
     deep = _run(pytester, "--conformance-deep", "-k", "test_network_learns_xor and float64 or "
                 + " or ".join(REFERENCE_IDENTITIES))
-    deep.assert_outcomes(passed=5, deselected=deep.parseoutcomes()["deselected"])
+    # the identities beside each of torch's two logits losses; XOR of nll_loss, which takes
+    # log-probabilities, is unsupported: the claim is stated for logits
+    deep.assert_outcomes(passed=1 + 2 * 4, skipped=1, deselected=deep.parseoutcomes()["deselected"])
 
 
 def test_a_conftest_with_its_own_device_and_dtype_options_keeps_them(pytester):
