@@ -66,9 +66,11 @@ def _parser() -> argparse.ArgumentParser:
                               "of each and every failing check.")
     cmd.add_argument("--catalogue", type=Path, default=Path("catalogue"), metavar="DIR",
                      help="a folder of hook files, one per implementation (default: ./catalogue)")
-    cmd.add_argument("-o", "--output", type=Path, metavar="PAGE",
-                     help="PAGE.md or PAGE.html (default: standard output, Markdown)")
+    cmd.add_argument("-o", "--output", type=Path, metavar="PAGE", action="append",
+                     help="PAGE.md or PAGE.html, repeatable (default: standard output, Markdown)")
     cmd.add_argument("--only", nargs="+", metavar="NAME", help="these entries only (file names without .py)")
+    cmd.add_argument("--runs", type=Path, metavar="DIR",
+                     help="keep each row's run file there, as NAME.json (for 'python -m conformance report')")
     cmd.add_argument("--row-timeout", type=_number_at_least(1), default=900.0, metavar="S",
                      help="seconds a row may run; then it is interrupted and keeps the checks done (default 900)")
     cmd.epilog = ("exit status: 0 every row ran and nothing failed; 1 a row has failing checks or could not run; 2 "
@@ -131,26 +133,33 @@ def _report(args: argparse.Namespace, run: report.Run, baseline: Optional[report
 
 def _matrix(args: argparse.Namespace) -> int:
     try:
-        if args.output:
-            report.writable(args.output)
+        for page in args.output or []:
+            report.writable(page)
         entries = matrix.catalogue(args.catalogue, args.only)
+        if args.runs:
+            args.runs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: --runs {args.runs}: {exc.strerror}", file=sys.stderr)
+        return 2
     except (report.ReportError, matrix.MatrixError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = []
     for entry in entries:
         print(f"{entry.name}: running", file=sys.stderr, flush=True)
-        rows.append(matrix.run_row(entry, args.catalogue, timeout=args.row_timeout))
+        rows.append(matrix.run_row(entry, args.catalogue, timeout=args.row_timeout, keep=args.runs))
         row = rows[-1]
         counts = f", {len(row.run.checks)} checks" if row.run else ""
         print(f"{entry.name}: {row.state}{counts}" + (f" ({row.note})" if row.note else ""), file=sys.stderr)
-    fmt = "html" if args.output and args.output.suffix in (".html", ".htm") else "md"
-    text = render_matrix(rows, fmt, generated=matrix.generated_line(args.catalogue, args.row_timeout))
+    generated = matrix.generated_line(args.catalogue, args.row_timeout)
     try:
-        if args.output:
-            args.output.write_text(text)
-        else:
-            sys.stdout.write(text)
+        for page in args.output or [None]:
+            text = render_matrix(rows, "html" if page and page.suffix in (".html", ".htm") else "md",
+                                 generated=generated)
+            if page:
+                page.write_text(text)
+            else:
+                sys.stdout.write(text)
     except OSError as exc:
         print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2

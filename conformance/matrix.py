@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,8 +116,9 @@ def _stop(process: subprocess.Popen) -> str:
         return process.communicate()[0]
 
 
-def run_row(entry: CatalogueEntry, folder: Path, *, timeout: float) -> Row:
-    """Run one entry's row in its own pytest process (``timeout`` seconds at most)."""
+def run_row(entry: CatalogueEntry, folder: Path, *, timeout: float, keep: Optional[Path] = None) -> Row:
+    """Run one entry's row in its own pytest process (``timeout`` seconds at most); ``keep``: a
+    folder to keep its run file in, as NAME.json (every message and reproduce snippet)."""
     row = dict(name=entry.name, description=entry.description, profile=entry.profile)
     missing = _missing(entry)
     if missing:
@@ -134,6 +136,8 @@ def run_row(entry: CatalogueEntry, folder: Path, *, timeout: float) -> Row:
         except subprocess.TimeoutExpired:
             output, state, note = _stop(process), STOPPED, f"{timeout:g} s; the checks done by then"
         seconds = time.monotonic() - start
+        if keep and run_file.exists():
+            shutil.copyfile(run_file, keep / f"{entry.name}.json")
         try:
             run = report.load(run_file)
         except report.ReportError:

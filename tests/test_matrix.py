@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from conformance import matrix
+from conformance import matrix, report
 from conformance.__main__ import main
 from suite_run import ROOT
 
@@ -44,9 +44,13 @@ def catalogue(tmp_path, monkeypatch):
 
 
 def test_matrix_page_shows_pass_fail_and_not_installed(catalogue, tmp_path):
-    page = tmp_path / "matrix.md"
-    assert main(["matrix", "--catalogue", str(catalogue), "-o", str(page)]) == 1
+    page, runs = tmp_path / "matrix.md", tmp_path / "runs"
+    assert main(["matrix", "--catalogue", str(catalogue), "-o", str(page), "-o", str(page.with_suffix(".html")),
+                 "--runs", str(runs)]) == 1
     text = page.read_text()
+    assert "FAIL 3/3" in page.with_suffix(".html").read_text()
+    assert sorted(p.name for p in runs.iterdir()) == ["broken.json", "correct.json"]
+    assert [c.status for c in report.load(runs / "broken.json").checks] == ["failed"] * 3
     table = text[text.index("## Matrix"):text.index("## By dtype")]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert "| pass 3 |" in rows["correct"] and "FAIL" not in rows["correct"], rows["correct"]
