@@ -28,16 +28,23 @@ def pytest_conformance_impl(config):
     te = load("transformer_engine", "pytorch/cross_entropy.py", "transformer_engine.pytorch.cross_entropy")
 
     def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
-        # TE takes (B, SQ, V) logits and one target per row: a batch of N rows is (1, N, V); its
-        # mean comes back as shape (1,), its losses as (B * SQ,).
+        # The one check of _validate_inputs that the kit's declarations do not already cover
+        # (dtype, empty input), skipped here with the CUDA one: one target per row.
+        if target.numel() != input.shape[0]:
+            raise ValueError(f"Each input row needs one target token ID: expected {input.shape[0]}, "
+                             f"got {target.numel()}")
+        # TE takes (B, SQ, V) logits: a batch of N rows is (1, N, V); its mean (reduce_loss) comes
+        # back as shape (1,), its losses as (B * SQ,), which a sum adds up as a caller would.
         loss = te.CrossEntropyFunction.apply(input.unsqueeze(0), target.unsqueeze(0), label_smoothing,
                                              reduction == "mean", None, ignore_index, False)
-        return loss.reshape(() if reduction == "mean" else target.shape)
+        if reduction == "mean":
+            return loss.reshape(())
+        return loss.sum() if reduction == "sum" else loss.reshape(target.shape)
 
     # Documented (parallel_cross_entropy's docstring and _validate_inputs): BF16 or FP32 input,
     # 3D logits, reduce_loss (the mean) or one loss per row, the loss in FP32, no class weights,
     # no empty dimension, one backward per loss.
-    cross_entropy.unsupported = {"float64", "float16", "weight", "reduction_sum", "probability_target", "kdim",
+    cross_entropy.unsupported = {"float64", "float16", "weight", "probability_target", "kdim",
                                  "unbatched", "empty_batch", "double_backward", "forward_ad", "vmap"}
     cross_entropy.deviations = {"float32_output"}
     return cross_entropy
