@@ -2,6 +2,7 @@
 passes, a broken row fails with its finding, a row whose package is missing is listed as not
 installed (and fails nothing), and the exit status says whether any row failed. Each row runs a
 reduced profile (three value checks) so the whole file takes seconds per row."""
+import sys
 import textwrap
 
 import pytest
@@ -84,3 +85,24 @@ def test_row_stopped_at_its_timeout_says_so(catalogue):
     entry = matrix.catalogue(catalogue, ["correct"])[0]
     row = matrix.run_row(entry, catalogue, timeout=1)
     assert row.state == "stopped at the row timeout" and row.note.startswith("1 s"), row
+
+
+def test_a_loss_file_loads_from_its_package_folder_without_the_package_init(tmp_path, monkeypatch):
+    """catalogue/_installed.py: a file inside a package whose ``__init__`` cannot run here (it loads
+    a CUDA extension) is loaded from the package's folder, its own ``import pkg.a.b as m`` served
+    from what was loaded, and the ``__init__`` never runs."""
+    from catalogue._installed import load
+
+    package = tmp_path / "cuda_only_pkg"
+    (package / "ops").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('no CUDA here')\n")
+    (package / "ops" / "kernel.py").write_text("SCALE = 2\n")
+    (package / "ops" / "loss.py").write_text("import cuda_only_pkg.ops.kernel as kernel\n\n"
+                                             "def loss(x):\n    return kernel.SCALE * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("cuda_only_pkg", "cuda_only_pkg.ops", "cuda_only_pkg.ops.kernel", "cuda_only_pkg.ops.loss"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    load("cuda_only_pkg", "ops/kernel.py", "cuda_only_pkg.ops.kernel")
+    assert load("cuda_only_pkg", "ops/loss.py", "cuda_only_pkg.ops.loss").loss(3) == 6
+    for name in ("cuda_only_pkg", "cuda_only_pkg.ops", "cuda_only_pkg.ops.kernel", "cuda_only_pkg.ops.loss"):
+        monkeypatch.delitem(sys.modules, name)
