@@ -106,3 +106,11 @@ def test_a_loss_file_loads_from_its_package_folder_without_the_package_init(tmp_
     assert load("cuda_only_pkg", "ops/loss.py", "cuda_only_pkg.ops.loss").loss(3) == 6
     for name in ("cuda_only_pkg", "cuda_only_pkg.ops", "cuda_only_pkg.ops.kernel", "cuda_only_pkg.ops.loss"):
         monkeypatch.delitem(sys.modules, name)
+
+
+def test_matrix_of_rows_none_installed_is_a_well_formed_page(catalogue, capsys):
+    """Every table's lines have the header's cells, also where no row ran (no dtype to show)."""
+    assert main(["matrix", "--catalogue", str(catalogue), "--only", "absent"]) == 0
+    tables = [[line for line in block.splitlines() if line.startswith("|")]
+              for block in capsys.readouterr().out.split("\n## ")]
+    assert all(len({line.replace("\\|", "").count("|") for line in table}) == 1 for table in tables if table), tables

@@ -124,7 +124,7 @@ def _dtype_table(rows: list) -> Table:
     for row in rows:
         for label, checks in _lines(row):
             if checks is None:
-                lines.append([label] + [_absent(row)] + [("", "muted")] * (len(dtypes) - 1))
+                lines.append([label] + [_absent(row), *[("", "muted")] * (len(dtypes) - 1)][:len(dtypes)])
                 continue
             lines.append([label] + [verdict_cell(cs) if (cs := [c for c in checks if c.dtype == d]) else ("", "muted")
                                     for d in dtypes])
