@@ -1,4 +1,5 @@
 """``python -m conformance report RUN.json [--baseline OLD.json] [--benchmarks BENCH.json] --format md|html -o OUT``
+and ``python -m conformance matrix [--catalogue DIR] [-o PAGE.md|.html] [--only NAME ...] [--row-timeout S]``.
 
 Renders a run (``--conformance-report``) and, with a baseline run, its regressions. The exit
 status gates CI: 0 when there are no regressions, 1 when there are, 2 when the report could not
@@ -14,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import paired, report
+from . import matrix, paired, report
+from .report.matrix import BROKEN, failing, render_matrix
 
 __all__ = ["main"]
 
@@ -57,6 +59,23 @@ def _parser() -> argparse.ArgumentParser:
                           f"than FRACTION above the upper end of the baseline's (default {report.SLOWDOWN:g})")
     cmd.epilog = ("exit status: 0 no regressions; 1 regressions against the baseline; 2 the report could not be "
                   "made (unreadable input, unwritable output, bad arguments)")
+    cmd = commands.add_parser("matrix", help="run the kit on each implementation of a catalogue into one page",
+                              description="Runs the kit once per entry of a catalogue (a folder of hook files, "
+                              "one per implementation; see conformance/matrix.py), each in its own pytest process, and "
+                              "writes one page: implementations down, families and dtypes across, the worst accuracy "
+                              "of each and every failing check.")
+    cmd.add_argument("--catalogue", type=Path, default=Path("catalogue"), metavar="DIR",
+                     help="a folder of hook files, one per implementation (default: ./catalogue)")
+    cmd.add_argument("-o", "--output", type=Path, metavar="PAGE", action="append",
+                     help="PAGE.md or PAGE.html, repeatable (default: standard output, Markdown)")
+    cmd.add_argument("--only", nargs="+", metavar="NAME", help="these entries only (file names without .py)")
+    cmd.add_argument("--runs", type=Path, metavar="DIR",
+                     help="keep each row's run file there, as NAME.json (for 'python -m conformance report')")
+    cmd.add_argument("--row-timeout", type=_number_at_least(1), default=900.0, metavar="S",
+                     help="seconds a row may run; then it is interrupted and keeps the checks done (default 900)")
+    cmd.epilog = ("exit status: 0 every row ran and nothing failed; 1 a row has failing checks or could not run; 2 "
+                  "the page could not be made (unreadable catalogue, unwritable output, bad arguments). A row whose "
+                  "package is not installed is listed as such and changes nothing.")
     return parser
 
 
@@ -66,6 +85,8 @@ def _with_benchmarks(run: report.Run, path: Optional[Path]) -> report.Run:
 
 def main(argv: Optional[list] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "matrix":
+        return _matrix(args)
     try:
         if args.output:
             report.writable(args.output)
@@ -108,6 +129,41 @@ def _report(args: argparse.Namespace, run: report.Run, baseline: Optional[report
             print(text, file=sys.stderr)
         print(f"{len(found)} regressions against {args.baseline}", file=sys.stderr)
     return 1 if found else 0
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    try:
+        for page in args.output or []:
+            report.writable(page)
+        entries = matrix.catalogue(args.catalogue, args.only)
+        if args.runs:
+            args.runs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: --runs {args.runs}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except (report.ReportError, matrix.MatrixError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = []
+    for entry in entries:
+        print(f"{entry.name}: running", file=sys.stderr, flush=True)
+        rows.append(matrix.run_row(entry, args.catalogue, timeout=args.row_timeout, keep=args.runs))
+        row = rows[-1]
+        counts = f", {len(row.run.checks)} checks" if row.run else ""
+        print(f"{entry.name}: {row.state}{counts}" + (f" ({row.note})" if row.note else ""), file=sys.stderr)
+    generated = matrix.generated_line(args.catalogue, args.row_timeout)
+    try:
+        for page in args.output or [None]:
+            text = render_matrix(rows, "html" if page and page.suffix in (".html", ".htm") else "md",
+                                 generated=generated)
+            if page:
+                page.write_text(text)
+            else:
+                sys.stdout.write(text)
+    except OSError as exc:
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 1 if failing(rows) or any(row.state == BROKEN for row in rows) else 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from .plots import ratio_plot
 from .runfile import Run
 from .tables import Cell, report_tables
 
-__all__ = ["render", "render_text", "baseline_lines"]
+__all__ = ["render", "render_text", "baseline_lines", "markdown_page", "html_page"]
 
 
 def _cell_text(cell: Cell) -> str:
@@ -165,12 +165,14 @@ def _md_cell(cell: Cell) -> str:
     return str(text).replace("|", "\\|").replace("\n", " / ")
 
 
-def _markdown(run: Run, baseline: Optional[Run], found: list, timings: list, plot_name: Optional[str]) -> str:
-    headline, _ = _headline(run, baseline, found, timings)
-    out = ["# Conformance report", "", f"**{headline}**", ""] + [f"- {line}" for line in _environment(run)]
-    if baseline is not None:
-        out += [""] + [f"- **{text}**" if tone else f"- {text}" for text, tone in baseline_lines(run, baseline)]
-    for table in report_tables(run, found, timings):
+def markdown_page(title: str, headline: str, lists: list, tables: list, *, figures: Optional[dict] = None) -> str:
+    """A page in Markdown: the title, the headline, ``lists`` of ``(text, tone)`` lines (a toned
+    line in bold), then each table under its title; ``figures`` maps a table's title to a figure
+    (an image link) shown after it."""
+    out = [f"# {title}", "", f"**{headline}**"]
+    for lines in lists:
+        out += [""] + [f"- **{text}**" if tone else f"- {text}" for text, tone in lines]
+    for table in tables:
         out += ["", f"## {table.title}", ""] + ([table.note, ""] if table.note else [])
         if not table.rows:
             out.append("none")
@@ -178,9 +180,22 @@ def _markdown(run: Run, baseline: Optional[Run], found: list, timings: list, plo
         out.append("| " + " | ".join(_md_cell(c) for c in table.columns) + " |")
         out.append("|" + "---|" * len(table.columns))
         out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
-        if table.title.startswith("Benchmarks") and plot_name:
-            out += ["", f"![implementation time over torch time]({plot_name})"]
+        if figures and table.title in figures:
+            out += ["", figures[table.title]]
     return "\n".join(out) + "\n"
+
+
+def _markdown(run: Run, baseline: Optional[Run], found: list, timings: list, plot_name: Optional[str]) -> str:
+    headline, _ = _headline(run, baseline, found, timings)
+    tables = report_tables(run, found, timings)
+    figures = {t.title: f"![implementation time over torch time]({plot_name})"
+               for t in tables if t.title.startswith("Benchmarks")} if plot_name else None
+    return markdown_page("Conformance report", headline, _lists(run, baseline), tables, figures=figures)
+
+
+def _lists(run: Run, baseline: Optional[Run]) -> list:
+    """What a report says before its tables: the run's environment, and what it was judged against."""
+    return [[(line, "") for line in _environment(run)]] + ([baseline_lines(run, baseline)] if baseline else [])
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
@@ -203,23 +218,26 @@ def _html_cell(cell: Cell, tag: str = "td") -> str:
     return f"<{tag}{attr}>{html.escape(str(text))}</{tag}>"
 
 
-def _html(run: Run, baseline: Optional[Run], found: list, timings: list) -> str:
-    headline, tone = _headline(run, baseline, found, timings)
-    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Conformance report</title>",
-           f"<style>{_CSS}</style></head><body><h1>Conformance report</h1>",
-           f"<div class='headline {tone}'>{html.escape(headline)}</div><ul>"]
-    out += [f"<li>{html.escape(line)}</li>" for line in _environment(run)] + ["</ul>"]
-    if baseline is not None:
-        out += ["<ul>"] + [_html_cell(line, "li") for line in baseline_lines(run, baseline)] + ["</ul>"]
-    for table in report_tables(run, found, timings):
+def html_page(title: str, headline: str, tone: str, lists: list, tables: list, *,
+              figures: Optional[dict] = None) -> str:
+    """A self-contained HTML page: the title, the headline in its ``tone``, ``lists`` of
+    ``(text, tone)`` lines, then each table under its title (folded when long); ``figures`` maps a
+    table's title to a figure (inline SVG) shown before it."""
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>"
+           f"<title>{html.escape(title)}</title>",
+           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+           f"<div class='headline {tone}'>{html.escape(headline)}</div>"]
+    for lines in lists:
+        out += ["<ul>"] + [_html_cell(line, "li") for line in lines] + ["</ul>"]
+    for table in tables:
         out.append(f"<h2>{html.escape(table.title)}</h2>")
         if table.note:
             out.append(f"<p class='note'>{html.escape(table.note)}</p>")
         if not table.rows:
             out.append("<p>none</p>")
             continue
-        if table.title.startswith("Benchmarks"):
-            out.append(ratio_plot(run.benchmarks, baseline.benchmarks if baseline else None))
+        if figures and table.title in figures:
+            out.append(figures[table.title])
         long = len(table.rows) > LONG_TABLE
         if long:
             out.append(f"<details><summary>all {len(table.rows)} rows</summary>")
@@ -228,6 +246,14 @@ def _html(run: Run, baseline: Optional[Run], found: list, timings: list) -> str:
         out.append("</table></details>" if long else "</table>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _html(run: Run, baseline: Optional[Run], found: list, timings: list) -> str:
+    headline, tone = _headline(run, baseline, found, timings)
+    tables = report_tables(run, found, timings)
+    figures = {t.title: ratio_plot(run.benchmarks, baseline.benchmarks if baseline else None)
+               for t in tables if t.title.startswith("Benchmarks")}
+    return html_page("Conformance report", headline, tone, _lists(run, baseline), tables, figures=figures)
 
 
 def render(run: Run, fmt: str, *, baseline: Optional[Run] = None, found: Optional[list] = None,

@@ -12,7 +12,8 @@ from ..vocabulary import DTYPE_NAMES
 from .baseline import NOT_TIMED, ratio_text
 from .runfile import Benchmark, Run, Side
 
-__all__ = ["Cell", "Table", "verdict_tables", "benchmark_summary", "report_tables", "ratio_tone", "label"]
+__all__ = ["Cell", "Table", "verdict_tables", "benchmark_summary", "report_tables", "ratio_tone", "label",
+           "verdict_cell", "ratio_cell", "number", "cut"]
 
 Cell = Union[str, tuple]  # text, or (text, tone) with tone ok, warn, fail or muted
 
@@ -25,7 +26,12 @@ class Table:
     rows: list
 
 
-def _verdict(counts: dict) -> tuple:
+def verdict_cell(checks: Sequence) -> Cell:
+    """The verdict of a group of checks (a cell of a verdict matrix): ``pass N`` with what else
+    they were, ``FAIL failed/run``, or ``unsupported`` / ``skipped`` where nothing ran."""
+    counts = defaultdict(int)
+    for c in checks:
+        counts[c.status] += 1
     total = sum(counts.values())
     hung = f" · {counts['not run']} not run" if counts.get("not run") else ""
     if counts.get("failed"):
@@ -63,17 +69,14 @@ def _verdict_table(run: Run) -> Table:
         row = [feature]
         for column in columns:
             checks = cells.get((feature, *column), [])
-            counts = defaultdict(int)
-            for c in checks:
-                counts[c.status] += 1
-            row.append(_verdict(counts) if checks else ("", "muted"))
+            row.append(verdict_cell(checks) if checks else ("", "muted"))
         rows.append(row)
     return Table("Verdict", "Checks per feature, dtype and device; 'declared' counts documented deviations "
                  "(expected failures); 'not run', checks taken to hang after earlier runs of theirs ran past the "
                  "time limit, or too slow at their size after a smaller one did.", ["feature"] + headers, rows)
 
 
-def _ratio_cell(ratio: Optional[float]) -> Cell:
+def ratio_cell(ratio: Optional[float]) -> Cell:
     if ratio is None:
         return ("", "muted")
     return (f"{ratio:.3g}", "fail" if ratio > 1 else "warn" if ratio > 0.5 else "ok")
@@ -86,9 +89,9 @@ def _accuracy_tables(run: Run) -> list:
         worst = [max((c.ratio for c in cells.get((feature, *column), []) if c.ratio is not None), default=None)
                  for column in columns]
         if any(w is not None for w in worst):
-            rows.append([feature] + [_ratio_cell(w) for w in worst])
+            rows.append([feature] + [ratio_cell(w) for w in worst])
     passes = [c for c in run.checks if c.status in ("passed", "xpassed") and c.ratio]
-    closest = [[c.id, c.identity, _format(c.error), _format(c.bound), _ratio_cell(c.ratio)]
+    closest = [[c.id, c.identity, number(c.error), number(c.bound), ratio_cell(c.ratio)]
                for c in sorted(passes, key=lambda c: -c.ratio)[:10]]
     return [Table("Accuracy", "The worst error as a fraction of its bound (1 = at the bound).", ["feature"] + headers,
                   rows),
@@ -96,7 +99,7 @@ def _accuracy_tables(run: Run) -> list:
                   ["test", "identity", "error", "bound", "error/bound"], closest)]
 
 
-def _format(value: Optional[float]) -> str:
+def number(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.3g}"
 
 
@@ -206,7 +209,7 @@ def _regression_tables(found: list) -> list:
                   [[(r.kind, "fail"), r.id, r.before, r.after] for r in found])]
 
 
-def _cut(text: str, length: int) -> str:
+def cut(text: str, length: int) -> str:
     """``text`` in at most ``length`` characters, an ellipsis saying where it was cut."""
     return text if len(text) <= length else text[:length - 1] + "…"
 
@@ -216,7 +219,7 @@ def _failures_by_identity(run: Run) -> Table:
     groups = defaultdict(list)
     for c in run.checks:
         if c.status == "failed":
-            groups[c.identity or _cut((c.reason.splitlines() or ["?"])[0], 60)].append(c)
+            groups[c.identity or cut((c.reason.splitlines() or ["?"])[0], 60)].append(c)
     rows = [[identity, str(len(checks)), checks[0].id, "\n".join(checks[0].reason.splitlines()[:2])]
             for identity, checks in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
     return Table("Failures by identity", "", ["identity", "checks", "first", "message"], rows)
@@ -232,7 +235,7 @@ def _gaps_table(run: Run) -> Table:
             gap = c.gap or Gap("declared", ("(not recorded in this run file)",), c.reason)
             count, reason = gaps.get((gap.how, ", ".join(gap.features)), (0, gap.reason))
             gaps[(gap.how, ", ".join(gap.features))] = (count + 1, reason)
-    rows = [[how, feature, str(count), _cut(reason, 160) if how == "probed" else ""]
+    rows = [[how, feature, str(count), cut(reason, 160) if how == "probed" else ""]
             for (how, feature), (count, reason) in sorted(gaps.items())]
     return Table("Unsupported features", "Declared in the implementation's `unsupported`, not taken (variants beyond "
                  "torch's loss it has no option for), or probed: an optional transform raised "
