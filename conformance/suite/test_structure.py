@@ -124,7 +124,7 @@ target = torch.randint(9, (6,), generator=g)
                  "value pair", show=Show("loss{at}", "'the unshifted loss'"), ev=ev_plain, other=ev_shifted)
 
 
-@pytest.mark.feature("backward")
+@pytest.mark.feature("backward", "reduction_sum")
 @pytest.mark.input_kind("logits")
 def test_argmax_of_logits_is_argmax_of_softmax(impl, judge, device, dtype, seed):
     """softmax(z) = dL/dz + y for reduction='sum' with a unit upstream: its argmax is z's, on every
