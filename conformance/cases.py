@@ -20,7 +20,7 @@ from torch import Tensor
 from .impl import LossOptions
 from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
-__all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe",
+__all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "built",
            "well_conditioned", "document_example", "upstream_recipe", "UPSTREAM_KINDS"]
 
 
@@ -167,6 +167,11 @@ def _execute(recipe: str, device: str, names: tuple, optional: tuple) -> dict:
     namespace: dict = {"torch": torch, **dict.fromkeys(optional)}
     exec(recipe, namespace)
     return {name: None if namespace[name] is None else namespace[name].to(device) for name in names + optional}
+
+
+def built(code: str, name: str, device: str) -> Tensor:
+    """The tensor ``name`` that ``code`` (a snippet's line, such as a direction or a tangent) builds, on ``device``."""
+    return _execute(code, device, (name,), ())[name]
 
 
 def from_recipe(family: str, recipe: str, device: str) -> Case:

@@ -323,7 +323,7 @@ def test_forward_mode(judge, impl, device, dtype, shape, seed):
     problem = softmax_problem(shape, _randn(size, dtype, seed), device, dim, upstream=None)
     tangent = (f"v = torch.randn({tuple(size)}, dtype=torch.float64, generator=torch.Generator()"
                f".manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
-    v = _built(tangent, "v", device)
+    v = cases.built(tangent, "v", device)
     x = problem.input.detach().clone()
     y, jvp = judge.probe("forward_ad", problem, lambda: torch.func.jvp(lambda z: impl.along(z, dim), (x,), (v,)),
                          what="torch.func.jvp")
@@ -355,12 +355,6 @@ def test_vmap(judge, impl, device, dtype, shape, seed):
     judge.within("value under vmap", problem, y, sev.output, "softmax",
                  show=Show("y{at}.item()", "truth.output{at}.item()",
                            (f"y = torch.func.vmap(lambda z: impl.along(z, {inner}))(x)",)), sev=sev)
-
-
-def _built(code: str, name: str, device: str) -> torch.Tensor:
-    namespace: dict = {"torch": torch}
-    exec(code, namespace)
-    return namespace[name].to(device)
 
 
 __all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "test_nonfinite_row_stays_in_its_row",

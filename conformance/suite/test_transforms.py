@@ -61,12 +61,6 @@ def _direction_recipe(shape: tuple, dtype: torch.dtype, seed: int) -> str:
             f"generator=torch.Generator().manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
 
 
-def _build(code: str, name: str, device: str) -> torch.Tensor:
-    namespace: dict = {"torch": torch}
-    exec(code, namespace)
-    return namespace[name].to(device)
-
-
 def _on_device(names: str, device: str) -> tuple:
     """The snippet's line moving the tensors its recipes built on the cpu to the case's device."""
     if device == "cpu":
@@ -90,7 +84,7 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
     """grad of <dL/dz, v> is s A (diag(p) - p p^T) v per position."""
     problem = _variant_problem(variant, 7, 5, dtype, device, seed, reduction, upstream="random")
     direction = _direction_recipe(problem.case.logits.shape, dtype, seed)
-    grad_output, v = problem.upstream_gradient(), _build(direction, "v", device)
+    grad_output, v = problem.upstream_gradient(), cases.built(direction, "v", device)
     x, t, pristine_x, pristine_t = _fed(impl, problem)
     x = x.detach().requires_grad_()
     call = problem.call_options()
@@ -122,7 +116,7 @@ def test_forward_mode_directional_derivative(impl, judge, device, dtype, reducti
     """torch.func.jvp of the loss along t is <dL/dz, t> (per position for reduction='none')."""
     problem = _variant_problem(variant, 8, 6, dtype, device, seed, reduction, upstream=None)
     direction = _direction_recipe(problem.case.logits.shape, dtype, seed)
-    tangent = _build(direction, "v", device)
+    tangent = cases.built(direction, "v", device)
     x, t, pristine_x, pristine_t = _fed(impl, problem)
     call = problem.call_options()
     loss, jvp = judge.probe("forward_ad", problem,
