@@ -2,44 +2,14 @@
 with them, and a network trained with the implementation learns XOR."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conformance import cases
+from conformance.document import DOCUMENT_PATHS, document_path, document_path_show
 from conformance.forms import Show
 from conformance.forms import logits as logits_form
 from conformance.guards import calling
 from conformance.reference import evaluate
 from conformance.vocabulary import REDUCTIONS, dtype_name
-
-# The document's four paths, in the case's dtype, as code over ``logits`` and ``target`` (the
-# check evaluates the very code its reproduce snippet prints). The last two take the log of a
-# probability that was rounded to the dtype (``tolerance.document_path_bound``).
-_ONE_HOT_ROWS = "(-(F.one_hot(target, logits.shape[1]) * torch.log(F.softmax(logits, 1))).sum(1))"
-_REDUCED = {"none": "{}", "sum": "{}.sum()", "mean": "({0}.sum() / {0}.shape[0])"}
-DOCUMENT_PATHS = {
-    "CrossEntropyLoss": ("F.cross_entropy(logits, target, reduction={reduction!r})", False),
-    "LogSoftmax+NLLLoss": ("F.nll_loss(F.log_softmax(logits, 1), target, reduction={reduction!r})", False),
-    "Softmax+log+NLLLoss": ("F.nll_loss(torch.log(F.softmax(logits, 1)), target, reduction={reduction!r})", True),
-    "-(onehot*log softmax).sum()/N": ("{one_hot_rows}", True),
-}
-
-
-def document_path_code(path: str, reduction: str) -> str:
-    """The document's ``path`` as an expression over ``logits`` and ``target`` (``torch``, ``F``)."""
-    code = DOCUMENT_PATHS[path][0].format(reduction=reduction, one_hot_rows=_ONE_HOT_ROWS)
-    return _REDUCED[reduction].format(code) if path.startswith("-(onehot") else code
-
-
-def document_path(path: str, logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
-    return eval(document_path_code(path, reduction), {"torch": torch, "F": F, "logits": logits, "target": target})
-
-
-def document_path_show(path: str, problem: cases.Problem, truth: str) -> Show:
-    """The snippet's lines for a path against the float64 reference on the case's logits
-    (``truth``: the code of that evaluation)."""
-    return Show("path{at}.item()", "reference.loss{at}.item()",
-                ("import torch.nn.functional as F", f"reference = {truth}",
-                 f"path = {document_path_code(path, problem.options.reduction)}"))
 
 
 @pytest.mark.parametrize("path", DOCUMENT_PATHS)

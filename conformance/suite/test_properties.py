@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conformance import cases, strategies
+from conformance.document import DOCUMENT_PATHS, document_path, document_path_show
 from conformance.forms import Show
 from conformance.reference import Evaluation, evaluate
-from conformance.suite.test_document import DOCUMENT_PATHS, document_path, document_path_show
 from conformance.vocabulary import HALF_DTYPES
 
 # Whatever profile runs: the judge is a function-scoped fixture shared by a test's examples on
