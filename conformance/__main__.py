@@ -108,7 +108,7 @@ def _report(args: argparse.Namespace, run: report.Run, baseline: Optional[report
     fmt = args.format or ("html" if args.output and args.output.suffix in (".html", ".htm") else "md")
     plot_name = None
     if fmt == "md" and args.output and run.benchmarks:
-        plot = report.ratio_plot(run.benchmarks, baseline.benchmarks if baseline else None)
+        plot = report.ratio_plot(run, baseline)
         if plot:
             plot_path = args.output.with_suffix(".svg")
             plot_path.write_text(plot)

@@ -18,10 +18,10 @@ import pytest
 
 from .impl import Implementation
 from .known_failures import pinned_failures, pins
-from .records import Gap
+from .records import Gap, unparametrized
 from .vocabulary import VARIANT_FEATURES
 
-__all__ = ["Expected", "Expectations", "read_xfail_file", "unparametrized", "UNSUPPORTED_PREFIX", "NOT_TAKEN"]
+__all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX", "NOT_TAKEN"]
 
 UNSUPPORTED_PREFIX = "unsupported: "
 NOT_TAKEN = "not taken"   # a variant beyond torch's loss that the implementation does not take
@@ -40,12 +40,6 @@ class Expected:
         if self.status == "unsupported":
             return pytest.mark.skip(reason=self.reason)
         return pytest.mark.xfail(reason=self.reason, strict=self.strict)
-
-
-def unparametrized(nodeid: str, impl: Implementation) -> str:
-    """``nodeid`` without ``impl``'s parameter: a check that judges several implementations (torch's
-    two losses in the default run) carries it first; pins and xfail files name checks without it."""
-    return nodeid.replace(f"[{impl.name}-", "[", 1)
 
 
 def read_xfail_file(path: str) -> dict:
@@ -93,7 +87,7 @@ class Expectations:
         if impl.spec not in self._known:
             self._known[impl.spec] = {**pinned_failures(impl.call, self.contract, self.seed), **self.listed}
         known = self._known[impl.spec]
-        ids = (nodeid, unparametrized(nodeid, impl))
+        ids = (nodeid, unparametrized(nodeid, impl.spec))
         test_id = next((test_id for test_id in known if any(i.endswith(test_id) for i in ids)), None)
         if test_id is None:
             return None

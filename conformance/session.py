@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from . import bench, records
-from .expectations import Expectations, unparametrized
+from .expectations import Expectations
 from .guards import Size
 from .impl import DEFAULT_RUN_FAMILIES, DEFAULT_SPECS, Implementation, load_implementation
-from .records import Check, Gap, Measured, Status
+from .records import Check, Gap, Measured, Status, unparametrized
 from .report import Benchmark, Run, regressions, timing_comparisons
 from .vocabulary import dtype_name
 
@@ -263,7 +263,8 @@ class ConformanceSession:
         covered = {name for record in self.by_nodeid.values() for name in record.get("pinned") or ()}
 
         def found_by_ran(pin, impl: Implementation) -> bool:
-            return any(unparametrized(nodeid, impl).endswith(pin.found_by) and record.get("implementation") == impl.spec
+            return any(unparametrized(nodeid, impl.spec).endswith(pin.found_by)
+                       and record.get("implementation") == impl.spec
                        and record["status"] in (Status.PASSED, Status.FAILED, Status.XFAILED)
                        for nodeid, record in self.by_nodeid.items())
 

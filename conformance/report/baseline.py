@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from .. import paired
-from .runfile import Benchmark, Run, id_key
+from .runfile import Benchmark, Run, by_key
 
 __all__ = ["ACCURACY_FLOOR", "ACCURACY_FACTOR", "SLOWDOWN", "NOT_TIMED", "Regression", "TimingComparison",
            "regressions", "timing_comparisons", "ratio_text"]
@@ -43,20 +43,15 @@ class TimingComparison:
     verdict: str
 
 
-def _timed(run: Run) -> dict:
-    """The benchmarks of ``run`` that timed something, by ``id_key`` of their id."""
-    return {id_key(b.id): b for b in run.benchmarks if b.interval is not None}
-
-
 def timing_comparisons(run: Run, baseline: Run, *, slowdown: float = SLOWDOWN) -> list:
     """Each benchmark timed in both runs, judged on the implementation's time over torch's in
     the same run (which does not depend on the machine's speed) with ``slowdown`` (a fraction)
     allowed."""
     if not slowdown >= 0:
         raise ValueError(f"slowdown={slowdown!r}: must be >= 0")
-    before = _timed(baseline)
+    before = baseline.timed_by_key()
     return [TimingComparison(old, new, paired.compare(new.interval, old.interval, slowdown))
-            for new in run.benchmarks if new.interval is not None and (old := before.get(id_key(new.id))) is not None]
+            for key, new in run.timed_by_key().items() if (old := before.get(key)) is not None]
 
 
 NOT_TIMED = "not timed (0 pairs)"   # a benchmark under --benchmark-disable: never a pass
@@ -83,9 +78,9 @@ def regressions(run: Run, baseline: Run, *, accuracy_factor: float = ACCURACY_FA
         raise ValueError(f"accuracy_factor={accuracy_factor!r}: must be >= 1")
     timings = timing_comparisons(run, baseline, slowdown=slowdown)
     found = []
-    before = {id_key(c.id): c for c in baseline.checks}
-    for check in run.checks:
-        old = before.get(id_key(check.id))
+    before = baseline.checks_by_key()
+    for key, check in run.checks_by_key().items():
+        old = before.get(key)
         if check.status == "failed" and (old is None or old.status not in ("failed", "xfailed")):
             found.append(Regression("newly failing", check.id, check.feature, check.dtype,
                                     old.status if old else "absent", "failed"))
@@ -95,7 +90,7 @@ def regressions(run: Run, baseline: Run, *, accuracy_factor: float = ACCURACY_FA
                                     f"error/bound {old.ratio:.3g}", f"error/bound {check.ratio:.3g}"))
     found += [Regression("slower", t.after.id, "benchmark", t.after.dtype, ratio_text(t.before), ratio_text(t.after))
               for t in timings if t.verdict == paired.SLOWER]
-    timed_before = _timed(baseline)
-    found += [Regression("not timed", b.id, "benchmark", b.dtype, ratio_text(timed_before[id_key(b.id)]), NOT_TIMED)
-              for b in run.benchmarks if b.interval is None and id_key(b.id) in timed_before]
+    timed_before = baseline.timed_by_key()
+    found += [Regression("not timed", b.id, "benchmark", b.dtype, ratio_text(timed_before[key]), NOT_TIMED)
+              for key, b in by_key(run.benchmarks, run.primary).items() if b.interval is None and key in timed_before]
     return found

@@ -6,7 +6,7 @@ import html
 import math
 from typing import Optional
 
-from .runfile import id_key
+from .runfile import Run
 from .tables import label, ratio_tone
 
 __all__ = ["TONE_COLOURS", "ratio_plot"]
@@ -14,16 +14,17 @@ __all__ = ["TONE_COLOURS", "ratio_plot"]
 TONE_COLOURS = {"ok": "#3a9a5b", "warn": "#d99a1e", "fail": "#c8423b"}
 
 
-def ratio_plot(benchmarks: list, baseline: Optional[list] = None) -> str:
-    """A horizontal bar per benchmark group (impl/torch) with its 95 % interval as an error bar,
-    a line at 1, baseline ratios as ticks."""
-    old = {id_key(b.id): b.ratio_to_torch for b in baseline or [] if b.ratio_to_torch is not None}
-    bars = [b for b in benchmarks if b.ratio_to_torch is not None]
+def ratio_plot(run: Run, baseline: Optional[Run] = None) -> str:
+    """A horizontal bar per benchmark group (impl/torch) of ``run`` with its 95 % interval as an
+    error bar, a line at 1, the baseline's ratios as ticks."""
+    bars = [b for b in run.benchmarks if b.ratio_to_torch is not None]
     if not bars:
         return ""
+    timed_before = baseline.timed_by_key() if baseline else {}
+    old = {b.id: timed_before[key].ratio_to_torch for key, b in run.timed_by_key().items() if key in timed_before}
     label_w, bar_w, row_h, top = 300, 420, 24, 30
     ends = [b.ratio_high if b.ratio_high is not None else b.ratio_to_torch for b in bars]
-    xmax = max([2.0] + [1.1 * r for r in ends] + [1.1 * old[id_key(b.id)] for b in bars if id_key(b.id) in old])
+    xmax = max([2.0] + [1.1 * r for r in ends] + [1.1 * r for r in old.values()])
     x = lambda ratio: label_w + bar_w * ratio / xmax  # noqa: E731
     height = top + row_h * len(bars) + 30
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 90}" height="{height}" '
@@ -45,8 +46,8 @@ def ratio_plot(benchmarks: list, baseline: Optional[list] = None) -> str:
             low, high = x(b.ratio_low), x(b.ratio_high)
             parts.append(f'<path d="M{low:.1f} {mid - 4}V{mid + 4}M{low:.1f} {mid}H{high:.1f}M{high:.1f} {mid - 4}'
                          f'V{mid + 4}" stroke="#222" fill="none"/>')
-        if id_key(b.id) in old:
-            before = x(old[id_key(b.id)])
+        if b.id in old:
+            before = x(old[b.id])
             parts.append(f'<line x1="{before:.1f}" y1="{y + 1}" x2="{before:.1f}" y2="{y + row_h - 1}" '
                          f'stroke="#000" stroke-width="2"/>')
     parts.append(f'<line x1="{x(1):.1f}" y1="{top - 4}" x2="{x(1):.1f}" y2="{height - 26}" stroke="#333" '

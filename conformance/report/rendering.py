@@ -251,7 +251,7 @@ def html_page(title: str, headline: str, tone: str, lists: list, tables: list, *
 def _html(run: Run, baseline: Optional[Run], found: list, timings: list) -> str:
     headline, tone = _headline(run, baseline, found, timings)
     tables = report_tables(run, found, timings)
-    figures = {t.title: ratio_plot(run.benchmarks, baseline.benchmarks if baseline else None)
+    figures = {t.title: ratio_plot(run, baseline)
                for t in tables if t.title.startswith("Benchmarks")}
     return html_page("Conformance report", headline, tone, _lists(run, baseline), tables, figures=figures)
 

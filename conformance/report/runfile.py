@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .. import paired
-from ..records import Check, ReportError
+from ..records import Check, ReportError, unparametrized
 
-__all__ = ["SCHEMA", "Side", "Benchmark", "Run", "save", "load", "load_benchmarks", "writable", "id_key"]
+__all__ = ["SCHEMA", "Side", "Benchmark", "Run", "save", "load", "load_benchmarks", "writable", "id_key", "by_key"]
 
 # 2: one benchmark per group, both sides timed in paired rounds, the ratio with its interval.
 SCHEMA = "ce-conformance-run/2"
@@ -83,6 +83,18 @@ class Run:
     benchmarks: list = field(default_factory=list)
     source: str = field(default="", compare=False)   # the file it was loaded from, to name a baseline
 
+    @property
+    def primary(self) -> str:
+        """The implementation the run was given (the first named; torch's cross_entropy by default)."""
+        return self.environment.get("implementation", "")
+
+    def checks_by_key(self) -> dict:
+        return by_key(self.checks, self.primary)
+
+    def timed_by_key(self) -> dict:
+        """The benchmarks that timed something, by ``by_key``."""
+        return by_key([b for b in self.benchmarks if b.interval is not None], self.primary)
+
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "environment": self.environment, "checks": [c.to_json() for c in self.checks],
                 "benchmarks": [dataclasses.asdict(b) for b in self.benchmarks]}
@@ -141,6 +153,15 @@ def load_benchmarks(path: Union[str, Path]) -> list:
         raise ReportError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
     return [Benchmark.from_dict(dict(b["extra_info"], id=b["fullname"], group=b["group"]))
             for b in data["benchmarks"] if "implementation" in b.get("extra_info", {})]
+
+
+def by_key(items, primary: str) -> dict:
+    """Checks or benchmarks by the key two runs' are matched on: ``id_key`` of the id, without the
+    implementation's parameter (``records.unparametrized``) for the run's own implementation
+    (``primary``: the one named, or torch's cross_entropy in a default run, whose checks then match
+    a named loss's run); the other implementations' checks keep it."""
+    return {id_key(unparametrized(item.id, primary) if item.implementation == primary else item.id): item
+            for item in items}
 
 
 def id_key(test_id: str) -> str:
