@@ -25,8 +25,9 @@ from covertable import make, sorters
 __all__ = ["FACTORS", "WIDTHS", "LLM_WIDTHS", "Design", "design", "feasible", "strength"]
 
 # (rows, classes) of each width class: a small problem, one class past a block of 1024, one past
-# the 4096 block, and the vocabularies of Llama 2 (32000) and Gemma (262144), kept to two rows.
-WIDTHS = {"small": (12, 37), "block": (3, 1025), "wide": (2, 4097), "vocab": (2, 32000), "huge": (2, 262144)}
+# the 4096 block, and the vocabularies of Llama 2 (32000) and Qwen 2 (151936, past nine blocks of
+# 16384 and not a multiple of it), kept to two rows.
+WIDTHS = {"small": (12, 37), "block": (3, 1025), "wide": (2, 4097), "vocab": (2, 32000), "huge": (2, 151936)}
 LLM_WIDTHS = ("vocab", "huge")   # LLM-shaped logits (cases.LOGIT_DISTRIBUTIONS) need a real vocabulary
 
 _COMMON = {
