@@ -17,11 +17,15 @@ import pytest
 import torch
 from torch import Tensor
 
+from . import design
+from .design import WIDTHS
 from .impl import LossOptions
+from .reference import Variant
 from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
 __all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "built",
-           "well_conditioned", "document_example", "upstream_recipe", "UPSTREAM_KINDS"]
+           "well_conditioned", "document_example", "upstream_recipe", "UPSTREAM_KINDS", "LOGIT_DISTRIBUTIONS",
+           "logits_lines", "design_params", "designed"]
 
 
 @dataclass(frozen=True)
@@ -288,3 +292,93 @@ def upstream_recipe(kind: str, reduction: str, shape: tuple, dtype: torch.dtype)
         return f"grad = torch.tensor(1.75, dtype=torch.{name})"
     return (f"grad = (torch.rand({tuple(shape)}, dtype=torch.float64, "
             f"generator=torch.Generator().manual_seed(7)) * 2 + 0.25).to(torch.{name})")
+
+
+# The logit distributions a case draws (a factor of the covering design, conformance.design).
+LOGIT_DISTRIBUTIONS = {
+    "normal": "standard-normal logits",
+    "llm": "an LLM's head: one to three large logits and a Zipf-like tail whose classes, each below 1e-5, "
+           "hold about a tenth of the probability (vocabularies of 32000 and more)",
+    "peaked": "a sure head: one logit 15 above standard-normal ones",
+    "flat": "an untrained head: logits within about 0.01 of each other",
+    "capped": "a soft-capped head (Gemma 2's final cap 30): logits crowding near +-30",
+}
+# LLM-shaped rows: the share of the probability the tail holds, and the exponent of its Zipf-like decay
+# (class of rank r: logit -0.6 log r), which keeps its largest probabilities near 1e-3 at 32000 classes
+# and leaves most of its mass in classes below 1e-5 (tests/test_design.py proves it for every dtype).
+LLM_TAIL_MASS = 0.15
+LLM_TAIL_DECAY = 0.6
+
+
+def logits_lines(distribution: str, n: int, c: int) -> list:
+    """Recipe lines that draw float64 logits ``z`` of shape ``(n, c)`` from ``distribution``
+    (``LOGIT_DISTRIBUTIONS``) with the generator ``g`` the recipe seeded."""
+    normal = f"torch.randn({n}, {c}, dtype=torch.float64, generator=g)"
+    if distribution == "normal":
+        return [f"z = {normal}"]
+    if distribution == "peaked":
+        return [f"z = {normal}", f"z[torch.arange({n}), torch.randint({c}, ({n},), generator=g)] += 15.0"]
+    if distribution == "flat":
+        return [f"z = {normal} * 0.01"]
+    if distribution == "capped":
+        return [f"z = 30.0 * torch.tanh({normal} * 2.0)"]
+    if distribution == "llm":
+        return [f"rank = torch.stack([torch.randperm({c}, generator=g) for _ in range({n})]).double() + 1  # shuffled",
+                f"z = -{LLM_TAIL_DECAY} * rank.log() + 0.1 * {normal}",
+                f"head = rank <= 1 + torch.randint(3, ({n}, 1), generator=g)  # one to three large logits",
+                "tail = z.masked_fill(head, float('-inf')).logsumexp(1, keepdim=True)",
+                f"share = ({1 - LLM_TAIL_MASS!r} / {LLM_TAIL_MASS!r} / head.sum(1, keepdim=True)).log()",
+                f"z = torch.where(head, tail + share + 0.1 * {normal}, z) + 3.0"]
+    raise ValueError(f"distribution={distribution!r}; expected one of {sorted(LOGIT_DISTRIBUTIONS)}")
+
+
+_PLACEMENTS = {  # where the target sits in its row (a factor of the covering design)
+    "small": "target = torch.where(z < z.median(1, keepdim=True).values, torch.rand(z.shape, generator=g), -1.0)"
+             ".argmax(1)",
+    "max": "target = z.argmax(1)",
+    "far": "target = z.argmin(1)",
+}
+_FEATURES = {"plain": (), "weighted": ("weight",), "ignored": ("ignore_index",), "smoothed": ("label_smoothing",),
+             "all": ("weight", "ignore_index", "label_smoothing")}
+
+
+def design_params(family: str, *, deep: bool, seed: int) -> list:
+    """Parameters ``(dtype, reduction, (index, row))`` of a design-driven check: the rows of the
+    family's covering design (strength 3 in the deep run, 2 otherwise), each marked with the
+    features it needs."""
+    rows = design.design(family, design.strength(deep), seed).rows
+    params = []
+    for index, row in enumerate(rows):
+        needs = [*_FEATURES[row["features"]], *(name for name in ("logit_scale", "softcap", "z_loss")
+                                                 if row.get(name, "off") != "off")]
+        label = "-".join(level if name in ("width", "distribution", "features") else f"{name}={level}"
+                         for name, level in row.items() if name not in ("dtype", "reduction")
+                         and level not in ("off", "contiguous"))
+        params.append(pytest.param(getattr(torch, row["dtype"]), row["reduction"], (index, row),
+                                   id=f"{index}-{row['dtype']}-{row['reduction']}-{label}",
+                                   marks=[pytest.mark.feature(*needs)] if needs else []))
+    return params
+
+
+def designed(row: dict, index: int, device: str, seed: int) -> Problem:
+    """The problem of one row of a covering design (``conformance.design``): its width class,
+    logit distribution, target placement, features, layout, dtype, reduction and variants."""
+    n, c = WIDTHS[row["width"]]
+    features = _FEATURES[row["features"]]
+    lines = [f"g = torch.Generator().manual_seed({seed * 1000 + index})",
+             *logits_lines(row["distribution"], n, c), _PLACEMENTS[row["placement"]]]
+    if "ignore_index" in features:
+        lines.append("target[::3] = -100")
+    if "weight" in features:
+        lines.append(f"weight = (torch.rand({c}, dtype=torch.float64, generator=g) + 0.25).to(torch.{row['dtype']})")
+    lines.append(f"logits = z.to(torch.{row['dtype']})")
+    if row.get("layout") == "strided":
+        lines.append(f"logits = torch.zeros({n}, {2 * c}, dtype=logits.dtype)[:, ::2].copy_(logits)  # every 2nd")
+    variant = Variant(logit_scale=float(row.get("logit_scale", "off").replace("off", "1.0")),
+                      softcap=None if row.get("softcap", "off") == "off" else float(row["softcap"]),
+                      z_loss=float(row.get("z_loss", "off").replace("off", "0.0")))
+    family = "design: " + ", ".join(f"{name}={level}" for name, level in row.items() if name not in ("dtype",
+                                                                                                      "reduction"))
+    case = from_recipe(family, "\n".join(lines), device)
+    return problem(case, reduction=row["reduction"], label_smoothing=0.1 * ("label_smoothing" in features),
+                   variant=variant)

@@ -167,8 +167,9 @@ def _check_arguments(input, target, input_kind, target_kind, weight, ignore_inde
         raise TypeError(f"ignore_index={ignore_index!r}: expected an int")
     if not 0 <= _real("label_smoothing", label_smoothing) <= 1:
         raise ValueError(f"label_smoothing={label_smoothing!r}: expected a value in [0, 1]")
-    if not (math.isfinite(_real("logit_scale", logit_scale)) and logit_scale > 0):
-        raise ValueError(f"logit_scale={logit_scale!r}: expected a finite number > 0")
+    if not (math.isfinite(_real("logit_scale", logit_scale)) and logit_scale != 0):
+        # a negative scale reverses the logits' order and is still a loss (the covering design's negative level)
+        raise ValueError(f"logit_scale={logit_scale!r}: expected a finite, nonzero number")
     if softcap is not None and not (math.isfinite(_real("softcap", softcap)) and softcap > 0):
         raise ValueError(f"softcap={softcap!r}: expected None or a finite number > 0")
     if not (math.isfinite(_real("z_loss", z_loss)) and z_loss >= 0):

@@ -114,6 +114,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "size(elements, parameter): how large a run is, where its parameter (a case's "
                                        "name) does not show it: its sized runs go from small to large, and a timeout "
                                        "stops only those at least as large (guards.HangLedger)")
+    config.addinivalue_line("markers", "design(family): the check runs the rows of the family's covering design, "
+                                       "parametrized by the kit over (dtype, reduction, row): see cases.design_params")
     config.addinivalue_line("markers", "default_dtypes(*dtypes): the dtypes of a check in the default run; every "
                                        "dtype under --conformance-deep or --conformance-dtype")
     try:
@@ -130,6 +132,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                  expectations=Expectations(contract, config.getoption("conformance_xfail"),
                                                            seed=config.getoption("conformance_seed")),
                                  seed=config.getoption("conformance_seed"), named=named, also=also,
+                                 deep=config.getoption("conformance_deep"),
                                  baseline=_checked_at_start(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "conformance-session")
@@ -198,6 +201,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(f"{name},dtype,reduction",
                              cases.sweep(values, deep=metafunc.config.getoption("conformance_deep"),
                                          features=sweep.kwargs.get("features", {})))
+    elif metafunc.definition.get_closest_marker("design") is not None:
+        family, = metafunc.definition.get_closest_marker("design").args
+        config = metafunc.config
+        metafunc.parametrize("dtype,reduction,row", cases.design_params(
+            family, deep=config.getoption("conformance_deep"), seed=config.getoption("conformance_seed")))
     elif "dtype" in metafunc.fixturenames and not _parametrized(metafunc, "dtype"):
         metafunc.parametrize("dtype", _dtypes(metafunc), ids=lambda d: str(d).removeprefix("torch."))
 

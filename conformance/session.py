@@ -13,7 +13,7 @@ from typing import Optional
 import pytest
 import torch
 
-from . import bench, records
+from . import bench, design, records
 from .expectations import Expectations
 from .guards import Size
 from .impl import DEFAULT_RUN_FAMILIES, DEFAULT_SPECS, Implementation, load_implementation
@@ -120,6 +120,7 @@ class ConformanceSession:
     contract: str
     expectations: Expectations
     seed: int = 0
+    deep: bool = False   # --conformance-deep: among others, the covering designs at strength 3
     named: bool = True   # False: no implementation named, torch's own losses are judged (DEFAULT_SPECS)
     also: list = field(default_factory=list)   # the other implementations named, each of another form
     baseline: Optional[Run] = None   # --conformance-baseline
@@ -250,11 +251,22 @@ class ConformanceSession:
             "approximations": impl.approximations, "form": impl.form,
             "also": [other.spec for other in self.also],
             "contract": self.contract, "torch": torch.__version__, "kit": _kit_version(), "devices": self.devices,
-            "seed": self.seed, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "seed": self.seed, "design": self.designs(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
             "platform": platform.platform(), "machine": bench.machine_info(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         return Run(environment=environment, checks=self.checks(), benchmarks=benchmarks)
+
+    def designs(self) -> dict:
+        """The covering designs the run's checks drew from (``design``): their strength and, per
+        family, the cases and how many combinations of levels they cover."""
+        ran = {record["feature"] for nodeid, record in self.by_nodeid.items() if "_over_the_design[" in nodeid}
+        built = [design.design(family, design.strength(self.deep), self.seed) for family in design.FACTORS
+                 if family in ran]
+        return {"strength": design.strength(self.deep), "seed": self.seed,
+                "families": {d.family: {"factors": len(design.FACTORS[d.family]), "cases": len(d.rows),
+                                        "covered": d.covered, "required": d.required} for d in built}}
 
     def unshown_pins(self) -> list:
         """torch's defects pinned by mechanism that covered no judged problem although the check

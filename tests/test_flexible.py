@@ -328,7 +328,7 @@ ARGUMENT_ERRORS = {
     "label_smoothing negative": (dict(label_smoothing=-0.1), ValueError,
                                  "label_smoothing=-0.1: expected a value in [0, 1]"),
     "label_smoothing type": (dict(label_smoothing="0.1"), TypeError, "label_smoothing='0.1': expected a real number"),
-    "logit_scale zero": (dict(logit_scale=0.0), ValueError, "logit_scale=0.0: expected a finite number > 0"),
+    "logit_scale zero": (dict(logit_scale=0.0), ValueError, "logit_scale=0.0: expected a finite, nonzero number"),
     "logit_scale tensor": (dict(logit_scale=torch.tensor(2.0)), TypeError,
                            "logit_scale=tensor(2.): expected a real number"),
     "softcap zero": (dict(softcap=0), ValueError, "softcap=0: expected None or a finite number > 0"),

@@ -22,7 +22,8 @@ def cross_entropy(input, target, **options):
     return torch.nn.functional.cross_entropy(input, target, **options) * (1 + 2.0 ** -22)
 """
 
-CHECKS = ("--pyargs", "conformance.suite.test_value", "-p", "no:cacheprovider", "-q")
+# test_value.py's fixed checks (its covering design's rows are test_design.py's)
+CHECKS = ("--pyargs", "conformance.suite.test_value", "-p", "no:cacheprovider", "-q", "-m", "not design")
 WITH_BENCH = ("conformance.suite.test_benchmark", "--conformance-bench", "--conformance-bench-shape", "64x1000",
               "--conformance-bench-rounds", "20", "--conformance-bench-time", "0", "-k",
               "test_value_matches_truth or float32")

@@ -314,6 +314,21 @@ def _grade(run: Run) -> Optional[Table]:
                  ["test", "identity", "worst element", "error/exact bound", "within"], rows)
 
 
+def _design_table(run: Run) -> Optional[Table]:
+    """The covering designs the run drew its design-driven cases from (conformance.design)."""
+    design = run.environment.get("design") or {}
+    if not design.get("families"):
+        return None
+    t = design["strength"]
+    combos = "pairs" if t == 2 else f"{t}-tuples"
+    rows = [[family, str(d["factors"]), str(d["cases"]), (f"{d['covered']} of {d['required']} {combos}",
+                                                          "ok" if d["covered"] == d["required"] else "fail")]
+            for family, d in design["families"].items()]
+    return Table("Covering design", f"strength {t}, seed {design['seed']}: every combination of levels of any {t} "
+                 "factors meets in at least one case (--conformance-deep: strength 3)",
+                 ["family", "factors", "cases", "covered"], rows)
+
+
 def _shown(tables: list) -> list:
     """The tables with something to say: rows, or the grade's count (its rows are only the checks
     that miss the exact bound; ``_grade`` is None when nothing was graded)."""
@@ -324,7 +339,7 @@ def report_tables(run: Run, found: list, timings: list) -> list:
     """Every table of a report file, in order (the terminal shows fewer: ``verdict_tables``)."""
     tables = [_verdict_table(run)] + _shown(_regression_tables(found) + _accuracy_tables(run) + [
         _failures_by_identity(run), _problems_table(run), _gaps_table(run), _collectives_table(run),
-        _memory_table(run), _grade(run)])
+        _memory_table(run), _grade(run), _design_table(run)])
     if run.benchmarks:
         tables.append(_benchmark_table(run, timings))
     return tables
@@ -339,5 +354,4 @@ def verdict_tables(run: Run, found: Sequence = (), timings: Sequence = ()) -> li
     closest = Table(closest.title, closest.note, closest.columns, closest.rows[:3])
     return [_verdict_table(run)] + _shown(_regression_tables(list(found)) + [
         _failures_by_identity(run), _gaps_table(run), _collectives_table(run), _memory_table(run, terminal=True),
-        _grade(run), closest,
-        benchmark_summary(run, list(timings))])
+        _grade(run), _design_table(run), closest, benchmark_summary(run, list(timings))])

@@ -1,5 +1,7 @@
 """The loss value against the float64 truth on the same rounded inputs, and the same bits from a
-second call on identical inputs (run to run)."""
+second call on identical inputs (run to run); and the value and gradient over the covering design
+(conformance.design): widths, logit distributions, target placements, features and layouts, every
+pair of their levels met in some case."""
 import pytest
 
 from conformance import cases
@@ -18,3 +20,12 @@ def test_value_matches_truth(impl, judge, device, dtype, reduction, shape, seed)
     ev = logits_form.truth(impl, problem, out)
     judge.value(problem, out, ev)
     judge.repeats(problem, out, ev)
+
+
+@pytest.mark.design("value")
+def test_value_and_gradient_over_the_design(judge, device, dtype, reduction, row, seed):
+    """One row of the covering design: a bug that needs two things at once (a large vocabulary in
+    float32, a target at its row's maximum in a wide row, an LLM's long tail in half precision)
+    meets them here."""
+    index, levels = row
+    judge.conforms(cases.designed(levels, index, device, seed))

@@ -144,3 +144,12 @@ def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, se
                   f"through it gives a gradient off by up to {float(error.max()):.3g} (a user who adds it to the "
                   f"loss trains on a wrong gradient)")
 
+
+
+@pytest.mark.design("variants")
+def test_variants_over_the_design(judge, device, dtype, reduction, row, seed):
+    """One row of the variants' covering design: each variant's parameter off, small, typical,
+    large (and a negative scale), every pair of levels met with the widths, distributions,
+    placements and features (a mistake negligible at a cap of 30 and large at 2.5 shows here)."""
+    index, levels = row
+    judge.conforms(cases.designed(levels, index, device, seed))
