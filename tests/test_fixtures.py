@@ -313,8 +313,8 @@ def test_checks_stated_for_logits_are_unsupported_for_other_input_kinds(suite, p
 
 def test_the_default_run_judges_torchs_nll_loss_on_torchs_semantics(suite):
     """With no implementation named, torch's ``nll_loss`` (log-probabilities in, no smoothing) is
-    judged beside ``cross_entropy`` on the features and the value, an ignore_index inside [0, C)
-    included; the deep run judges it everywhere else."""
+    judged beside ``cross_entropy`` on the features, an ignore_index inside [0, C) included; the
+    deep run judges it everywhere else."""
     result = suite("-rA", "-k", "(test_ignore_index and float32 and mean) or (test_large_common_shift and float32)")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
     lines = result.stdout.str().splitlines()
