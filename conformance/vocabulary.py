@@ -92,6 +92,7 @@ FEATURES = {
     "uneven_shards": "vocab parallel: a split of the classes over the ranks other than torch.chunk's",
     "linear_bias": "a classifier bias (linear losses; without it their checks run unbiased)",
     "dtype_argument": "softmax forms: dtype=, the input cast to it before the operation",
+    "any_dim": "softmax forms: a dim other than the last",
     **{name: f"{what} (declared in variants)" for name, what in {**VARIANTS, **SOFTMAX_VARIANTS}.items()},
     **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},
 }

@@ -87,6 +87,30 @@ def test_what_a_softmax_call_must_not_do_is_caught(suite, pytester, name):
     result.stdout.fnmatch_lines([message])
 
 
+LAST_DIM_ONLY = """import torch
+def softmax(input, dim, dtype=None):
+    if dim % input.dim() != input.dim() - 1:
+        raise NotImplementedError("the kernel runs along the last dim")
+    return torch.softmax(input, dim, dtype=dtype)
+softmax.unsupported = {"any_dim"}
+"""
+
+
+def test_a_kernel_of_the_last_dim_only_declares_any_dim(suite, pytester):
+    """A kernel that runs along the last dim only declares ``any_dim``: its checks along another
+    dim are reported unsupported, the others judged; undeclared, they fail."""
+    pytester.makepyfile(last_dim=LAST_DIM_ONLY, last_dim_undeclared=LAST_DIM_ONLY.replace("softmax.unsupported", "#"))
+    pytester.syspathinsert()
+    selection = ("-k", "test_value_and_gradient and float32 and random", "-rs")
+    declared = suite("--impl=last_dim", *selection)
+    assert declared.ret == pytest.ExitCode.OK, declared.stdout.str()[-3000:]
+    outcomes = declared.parseoutcomes()
+    assert outcomes["passed"] == 3 and outcomes["skipped"] == 3, outcomes   # rows, single column, attention last
+    declared.stdout.fnmatch_lines(["*unsupported: any_dim (declared by last_dim:softmax)*"])
+    undeclared = suite("--impl=last_dim_undeclared", *selection)
+    assert undeclared.parseoutcomes()["failed"] == 3
+
+
 def _composed(x, form, scale, softcap, keep):
     """torch's float64 composition of the variants: scale, cap, masked_fill(-inf), then the form."""
     z = softcap * torch.tanh(x * scale / softcap)

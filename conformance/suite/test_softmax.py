@@ -53,8 +53,18 @@ SHAPES = {"rows": ((9, 100), -1), "single_column": ((7, 1), -1), "first_dim": ((
 # The default run takes every shape with a random upstream gradient and two with the others;
 # --conformance-deep every pair.
 _DEFAULT_PAIRS = [(shape, "random") for shape in SHAPES] + [("rows", "scalar"), ("attention_last", "transposed")]
+ANY_DIM = pytest.mark.feature("any_dim")
+
+
+def _dim_marks(shape: str) -> list:
+    """A shape along a dim other than the last needs ``any_dim`` (a kernel of the last dim only
+    declares it unsupported)."""
+    size, dim = SHAPES[shape]
+    return [ANY_DIM] if dim % len(size) != len(size) - 1 else []
+
+
 PAIRS = [pytest.param(shape, upstream, id=f"{shape}-{upstream}",
-                      marks=[] if (shape, upstream) in _DEFAULT_PAIRS else [pytest.mark.deep])
+                      marks=_dim_marks(shape) + ([] if (shape, upstream) in _DEFAULT_PAIRS else [pytest.mark.deep]))
          for shape in SHAPES for upstream in UPSTREAM_KINDS]
 # Costly checks run in two dtypes by default (plugin: default_dtypes), every dtype when deep.
 DEFAULT_DTYPES = (torch.float32, torch.bfloat16)
@@ -307,7 +317,7 @@ def test_document_path_with_the_implementation(judge, impl, device, dtype, seed)
 
 # Forward mode and vmap: optional capabilities, probed (an error is a gap, a wrong result fails),
 # in float64 and float32 as every tangent (tolerance: Softmax forms, forward mode).
-TRANSFORM_SHAPES = ("rows", "middle_dim")
+TRANSFORM_SHAPES = [pytest.param(shape, marks=_dim_marks(shape)) for shape in ("rows", "middle_dim")]
 # torch.func scripts helpers on first use; the warning is torch's own, not the implementation's.
 TORCH_FUNC_WARNING = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
 
