@@ -100,6 +100,20 @@ def test_block_widths(judge, device, width, dtype, seed):
                                     device))
 
 
+# Row counts at and past a launch grid's 65535 limit on one axis (a kernel launching a program per
+# row wraps or drops the rest) and past a persistent kernel's program count (a loop over rows with
+# the wrong stride: Liger PRs #1139, #1147): the default run takes one, --conformance-deep all.
+ROW_COUNTS = [pytest.param(rows, marks=[] if rows == 65537 else [pytest.mark.deep]) for rows in (65535, 65536, 65537)]
+
+
+@pytest.mark.default_dtypes(torch.float32)
+@pytest.mark.parametrize("rows", ROW_COUNTS)
+def test_rows_past_the_grid_limit(judge, device, dtype, rows, seed):
+    """Every row of a tall input, each normalised on its own: a row past the grid or the persistent
+    loop's last program left unwritten, or written with another row's values, fails."""
+    _checked(judge, softmax_problem(f"{rows} rows", _randn((rows, 3), dtype, seed), device))
+
+
 # name -> (the recipe's body over x (9, 65), the dtypes it is stated for).
 EXTREMES = {
     "all_negative": ("x = -x.abs() - 30", DTYPES),
@@ -371,4 +385,4 @@ __all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "tes
            "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation",
            "test_dtype_argument", "test_variant_value_and_gradient", "test_causal_mask",
            "test_masked_entries_take_no_part", "test_fully_masked_rows_follow_the_declaration", "test_forward_mode",
-           "test_vmap"]
+           "test_vmap", "test_rows_past_the_grid_limit"]
