@@ -5,10 +5,10 @@ moved last and back, ``dtype=`` cast first."""
 REQUIRES = ("liger_kernel", "triton")
 ENVIRONMENT = {"TRITON_INTERPRET": "1"}
 # Under the interpreter each program runs in Python, and bfloat16 arithmetic is wrong there
-# (Triton 3.9: x * g of two bf16 values gives garbage), so no bfloat16; 300 s a check before it
-# is called hung.
-PROFILE = ("--conformance-dtype", "float64", "--conformance-dtype", "float32", "--conformance-dtype", "float16",
-           "--conformance-timeout", "300")
+# (Triton 3.9: x * g of two bf16 values gives garbage), so no bfloat16, and no 65537-row input (a
+# program a row); 300 s a check before it is called hung.
+PROFILE = ("-k", "not test_rows_past_the_grid_limit", "--conformance-dtype", "float64", "--conformance-dtype",
+           "float32", "--conformance-dtype", "float16", "--conformance-timeout", "300")
 
 
 def pytest_conformance_impl(config):
