@@ -175,6 +175,23 @@ class SoftmaxEvaluation:
     def directional(self, tangent: Tensor) -> Tensor:
         return self.to_input(self.directional_rows_of(self.rows(tangent)))
 
+    def hessian_vector(self, upstream: Tensor, v: Tensor) -> Tensor:
+        """The derivative of ``<VJP(upstream), v>`` with respect to the input (what double backward
+        computes), with ``J(w) = p (w - <w, p>)``: softmax ``J(v g) - <v, p> J(g) - <g, p> J(v)``,
+        log-softmax ``-sum(g) J(v)``."""
+        g, v = self.rows(upstream), self.rows(v)
+        p = self.probs
+
+        def jacobian(w: Tensor) -> Tensor:
+            return p * (w - (w * p).sum(1, keepdim=True))
+
+        if self.form == "softmax":
+            rows = (jacobian(v * g) - (v * p).sum(1, keepdim=True) * jacobian(g)
+                    - (g * p).sum(1, keepdim=True) * jacobian(v))
+        else:
+            rows = -g.sum(1, keepdim=True) * jacobian(v)
+        return self.to_input(rows)
+
 
 def evaluate_softmax(input: Tensor, dim: int, form: str,
                      variant: SoftmaxVariant = TORCH_SOFTMAX) -> SoftmaxEvaluation:

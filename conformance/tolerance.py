@@ -843,6 +843,64 @@ def softmax_directional_bound(sev, tangent: Tensor, dtype: torch.dtype, contract
     return sev.to_input(compute.nan_to_num(0.0, 0.0, 0.0) + underflow_floor(dtype) * scale)
 
 
+def softmax_hessian_vector_bound(sev, grad_output: Tensor, v: Tensor, dtype: torch.dtype,
+                                 contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """Largest acceptable ``|Hv - truth|`` per element of a softmax form's double backward
+    (``softmax.SoftmaxEvaluation.hessian_vector``; float64 and float32 only, as every second
+    derivative), shaped like the input.
+
+    Derivation. With ``D_k`` the absolute error of the probability ``p_k`` (softmax: the forward's
+    ``d_k``; log-softmax: ``p_k expm1(d_k + _EXP_LOG_ULPS u)``, ``p = exp(y)``), and each product
+    and sum rounding a partial result no larger than the sum of its terms' magnitudes (Higham 3.1):
+        err <w, p>   <= sum_k |w_k| D_k + sum_k p_k e(w_k) + (n + 1) u sum_k p_k |w_k|
+        err J(w)_j   <= D_j (|w_j| + |<w,p>|) + p_j (e(w_j) + err <w,p>) + 2 u p_j (|w_j| + |<w,p>|)
+    for ``J(w) = p (w - <w, p>)`` and ``w``'s own error ``e(w)``. Log-softmax ``-S J(v)``, ``S =
+    sum g`` off by ``n u sum |g|``: ``|S| err J(v) + n u sum|g| |J(v)| + u |S J(v)|``. Softmax
+    ``J(v g) - <v,p> J(g) - <g,p> J(v)`` (``e(v g) = u |v g|``): ``err J(v g)`` plus, for each
+    product ``c J(w)``, ``|c| err J(w) + err(c) |J(w)| + u |c J(w)|``, plus the two subtractions'
+    roundings ``u`` times the three terms' magnitudes. The float64 truth's own error (the same at
+    float64's ``u`` from the exact forward) is added, and the underflow floor times the row's
+    largest ``|g| |v|`` (at least 1).
+    """
+    _check_contract(contract)
+    g, direction = sev.rows(grad_output), sev.rows(v)
+    n = sev.num_classes
+    p = sev.probs.nan_to_num(0.0, 0.0, 0.0)
+
+    def error(u: float, d: Tensor) -> Tensor:
+        D = d if sev.form == "softmax" else p * torch.expm1(d + _EXP_LOG_ULPS * u)
+
+        def dot(w: Tensor, e: Tensor) -> tuple:
+            value = (w * p).sum(1, keepdim=True)
+            return value, ((w.abs() * D).sum(1, keepdim=True) + (p * e).sum(1, keepdim=True)
+                           + (n + 1) * u * (p * w.abs()).sum(1, keepdim=True))
+
+        def jacobian(w: Tensor, e: Tensor) -> tuple:
+            c, c_error = dot(w, e)
+            size = w.abs() + c.abs()
+            return p * (w - c), D * size + p * (e + c_error) + 2 * u * p * size
+
+        zero = torch.zeros_like(g)
+        jv, jv_error = jacobian(direction, zero)
+        if sev.form != "softmax":
+            total = g.sum(1, keepdim=True)
+            return total.abs() * jv_error + n * u * g.abs().sum(1, keepdim=True) * jv.abs() + u * (total * jv).abs()
+        jvg, jvg_error = jacobian(direction * g, u * (direction * g).abs())
+        found, magnitudes = jvg_error, jvg.abs()
+        for c_of, w in ((direction, g), (g, direction)):
+            c, c_error = dot(c_of, zero)
+            jw, jw_error = jacobian(w, zero)
+            found = found + c.abs() * jw_error + c_error * jw.abs() + u * (c * jw).abs()
+            magnitudes = magnitudes + (c * jw).abs()
+        return found + 2 * u * magnitudes
+
+    u = unit_roundoff(compute_dtype(dtype))
+    compute = error(u, _softmax_compute_error(sev, u, contract)) + error(
+        _TRUTH_U, _softmax_compute_error(sev, _TRUTH_U, EXACT))
+    scale = (g.abs() * direction.abs()).amax(1, keepdim=True).clamp(min=1.0) if n else torch.ones(g.shape[0], 1)
+    return sev.to_input(compute.nan_to_num(0.0, 0.0, 0.0) + underflow_floor(dtype) * scale)
+
+
 BOUNDS = {
     "value": value_bound,
     "gradient": grad_bound,
@@ -867,6 +925,7 @@ BOUNDS = {
     "softmax gradient": softmax_grad_bound,
     "softmax row sums": softmax_row_sum_bound,
     "softmax directional derivative": softmax_directional_bound,
+    "softmax hessian-vector product": softmax_hessian_vector_bound,
 }
 
 

@@ -360,6 +360,38 @@ def test_forward_mode(judge, impl, device, dtype, shape, seed):
                  show=Show("d{at}.item()", "truth.directional(v){at}.item()", steps), sev=sev, tangent=v)
 
 
+@pytest.mark.feature("backward", "double_backward")
+@pytest.mark.filterwarnings(TORCH_FUNC_WARNING)
+@pytest.mark.parametrize("dtype", WIDE, ids=dtype_name)
+@pytest.mark.parametrize("shape", TRANSFORM_SHAPES)
+def test_double_backward(judge, impl, device, dtype, shape, seed):
+    """The derivative of ``<VJP(g), v>`` (softmax ``J(v g) - <v,p> J(g) - <g,p> J(v)``, log-softmax
+    ``-sum(g) J(v)``, ``J(w) = p (w - <w, p>)``): a backward built from detached tensors, or
+    marked once_differentiable, is a probed gap; a wrong second derivative fails."""
+    size, dim = SHAPES[shape]
+    problem = softmax_problem(shape, _randn(size, dtype, seed), device, dim)
+    direction = (f"v = torch.randn({tuple(size)}, dtype=torch.float64, generator=torch.Generator()"
+                 f".manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
+    grad, v = problem.upstream_gradient(), cases.built(direction, "v", device)
+    x = problem.input.detach().clone().requires_grad_()
+    gx = judge.probe("double_backward", problem,
+                     lambda: torch.autograd.grad(impl.along(x, dim), x, grad, create_graph=True)[0],
+                     what="torch.autograd.grad(y, x, grad, create_graph=True)")
+    if not gx.requires_grad:
+        judge.gap("double_backward", problem, "the gradient computed with create_graph=True does not depend on the "
+                  "input (a backward built from detached tensors, or @once_differentiable)")
+    hv = judge.probe("double_backward", problem, lambda: torch.autograd.grad(gx, x, v)[0],
+                     what="torch.autograd.grad(g, x, v) of the gradient computed with create_graph=True")
+    sev = evaluate_softmax(problem.input, dim, impl.form)
+    steps = (problem.upstream, direction, *([f"grad, v = grad.to({device!r}), v.to({device!r})"] if device != "cpu"
+                                            else []), "x.requires_grad_()",
+             f"g, = torch.autograd.grad(impl.along(x, {dim}), x, grad, create_graph=True)",
+             "hv, = torch.autograd.grad(g, x, v)")
+    judge.within("Hessian-vector product", problem, hv, sev.hessian_vector(grad, v), "softmax hessian-vector product",
+                 show=Show("hv{at}.item()", "truth.hessian_vector(grad, v){at}.item()", steps), sev=sev,
+                 grad_output=grad, v=v)
+
+
 VMAP_BATCH = 3
 
 
@@ -385,4 +417,4 @@ __all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "tes
            "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation",
            "test_dtype_argument", "test_variant_value_and_gradient", "test_causal_mask",
            "test_masked_entries_take_no_part", "test_fully_masked_rows_follow_the_declaration", "test_forward_mode",
-           "test_vmap", "test_rows_past_the_grid_limit"]
+           "test_vmap", "test_rows_past_the_grid_limit", "test_double_backward"]
