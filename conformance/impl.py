@@ -86,8 +86,7 @@ DEFAULT_SPECS = {
 # (weights, ignore_index inside and outside [0, C), K-dim, unbatched, each value and gradient
 # against the truth), and the default run stays within 20 s on two cores (0.6 s for these).
 DEFAULT_RUN_FAMILIES = {"conformance.defaults:nll_loss": ("features",)}
-# The attributes ``--conformance-impl=module`` looks for, in this order: ``cross_entropy``, else
-# the one softmax form the module has.
+# The attributes ``--conformance-impl=module`` looks for: the one of them the module has.
 DEFAULT_ATTRIBUTES = ("cross_entropy", "softmax", "log_softmax")
 
 # The attributes an implementation declares itself by (the module docstring); those that name
@@ -451,14 +450,16 @@ def implementation_of(obj: Any, spec: Optional[str] = None,
 
 
 def _default_attribute(module: Any, given: str) -> str:
-    """The attribute ``--conformance-impl=module`` names: ``cross_entropy``, else the module's one
-    softmax form (``DEFAULT_ATTRIBUTES``); a module with both softmax forms must say which."""
-    if hasattr(module, DEFAULT_ATTRIBUTES[0]):
-        return DEFAULT_ATTRIBUTES[0]
-    found = [name for name in DEFAULT_ATTRIBUTES[1:] if hasattr(module, name)]
+    """The attribute ``--conformance-impl=module`` names: the one of ``DEFAULT_ATTRIBUTES`` the
+    module has (a ``softmax`` or ``log_softmax`` counts where it is a softmax form, not a helper of
+    another signature); a module with two must say which, once per form to judge both."""
+    found = [name for name in DEFAULT_ATTRIBUTES if hasattr(module, name)
+             and (name == DEFAULT_ATTRIBUTES[0] or _form(getattr(module, name)) == name)]
     if len(found) > 1:
+        every = " ".join(f"--conformance-impl={module.__name__}:{name}" for name in found)
         raise ImplementationError(f"{given}: module {module.__name__!r} has {' and '.join(found)}; name the one to "
-                                  f"judge: --conformance-impl={module.__name__}:{found[0]}")
+                                  f"judge: --conformance-impl={module.__name__}:{found[0]} (or each, one per form: "
+                                  f"{every})")
     return found[0] if found else DEFAULT_ATTRIBUTES[0]
 
 

@@ -150,3 +150,17 @@ def test_a_module_with_both_softmax_forms_must_say_which(tmp_path, monkeypatch):
     with pytest.raises(ImplementationError, match=re.escape("module 'both_forms' has softmax and log_softmax; name "
                                                             "the one to judge: --conformance-impl=both_forms:softmax")):
         load_implementation("both_forms")
+
+
+def test_a_module_with_a_loss_and_a_softmax_must_say_which(tmp_path, monkeypatch):
+    """A loss and a softmax kernel in one module: name one, or each (one per form); a helper named
+    ``log_softmax`` that is no softmax form (no ``dim``) does not count."""
+    _module(tmp_path, monkeypatch, "kernels", "cross_entropy = F.cross_entropy\nsoftmax = F.softmax\n")
+    with pytest.raises(ImplementationError, match=re.escape(
+            "module 'kernels' has cross_entropy and softmax; name the one to judge: --conformance-impl=kernels:"
+            "cross_entropy (or each, one per form: --conformance-impl=kernels:cross_entropy "
+            "--conformance-impl=kernels:softmax)")):
+        load_implementation("kernels")
+    _module(tmp_path, monkeypatch, "with_helper", "cross_entropy = F.cross_entropy\n"
+                                                  "def log_softmax(rows):\n    return rows.log_softmax(-1)\n")
+    assert load_implementation("with_helper").form == "logits"
