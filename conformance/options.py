@@ -168,7 +168,7 @@ class Option:
 
 
 OPTIONS = (
-    Option("impl", "implementation to judge: a module (attribute cross_entropy, else softmax or log_softmax) or "
+    Option("impl", "implementation to judge: a module (its one attribute cross_entropy, softmax or log_softmax) or "
            "module:attribute, imported from the folder pytest was started in; repeatable, once per form (a loss and "
            "a softmax judged in one run); default: the pytest_conformance_impl hook, else torch's own "
            "(cross_entropy, linear_cross_entropy, softmax, log_softmax)", str, metavar="MODULE[:ATTR]",
