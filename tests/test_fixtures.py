@@ -52,6 +52,7 @@ CORRECT = {
     # softmax forms (test_softmax.py, test_log_softmax.py)
     "softmax_two_pass": (),
     "softmax_exp2": (),
+    "softmax_persistent_rows": (),
     "log_softmax_online": (),
     "log_softmax_float64_inside": (),
     # softmax forms with variants (scale, softcap, mask, causal) under each declared convention
@@ -70,6 +71,7 @@ CAUGHT_BY = {
     "softmax_stride_blind": "test_strided_input",
     "softmax_jvp_drops_sum": "test_forward_mode",
     "softmax_grid_wraps": "test_rows_past_the_grid_limit",
+    "softmax_persistent_wrong_stride": "test_value_and_gradient",
     "softmax_double_backward_detached_sum": "test_double_backward",
     "softmax_vmap_rule_unshifted_dim": "test_vmap",
     "log_softmax_backward_mask_from_output": "test_extremes",
