@@ -247,6 +247,9 @@ TORCH_LOG_SOFTMAX_HALF = {f"test_log_softmax.py::{test_id}": (_LOG_SOFTMAX_LSE_H
     "test_block_widths[log_softmax-cpu-33-float16]",
     "test_strided_input[log_softmax-cpu-bfloat16-sliced]",
     "test_strided_input[log_softmax-cpu-bfloat16-expanded]",
+    # 65535 to 65537 rows of 3 in a half dtype: some row's confident entry reads 0.0 (float64: -0.00385)
+    *(f"test_rows_past_the_grid_limit[log_softmax-cpu-{dtype}-{rows}]"
+      for dtype in ("float16", "bfloat16") for rows in (65535, 65536, 65537)),
 )}
 # The same mechanism on other seeds' data only (seeds 1 to 15 tried; seed 0's data passes them): not
 # strict, and not pinned at seed 0.
