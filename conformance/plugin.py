@@ -19,6 +19,7 @@ from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, tim
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
 from .judge import FIRST_FAILURE, PINNED, REPRODUCE, Judge
 from .session import SESSION_KEY, ConformanceSession, is_check, item_dtype, item_form, item_size, small_to_large
+from .softmax import SOFTMAX_FORMS
 from .vocabulary import DTYPES, FORMS
 
 VERDICT_KEY = pytest.StashKey[tuple]()   # ConformanceSession.judged(), taken once at the session's end
@@ -389,7 +390,7 @@ def seed(request) -> int:
 def _described(impl: Implementation) -> str:
     """What the verdict's header says an implementation takes: a loss's input and target kinds, a
     softmax form's name."""
-    if impl.form in ("softmax", "log_softmax"):
+    if impl.form in SOFTMAX_FORMS:
         return f"form {impl.form}"
     return f"input {impl.input_kind}, target {impl.target_kind}"
 

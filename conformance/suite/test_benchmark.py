@@ -66,6 +66,12 @@ def _plan(request, bench_time: paired.TimeBudget) -> paired.RoundPlan:
 BENCH_DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
 
 
+def _skip_unless_benchmark_shape(request, shape: tuple, device: str) -> None:
+    """A default shape of another device (the run's shapes are every device's) is not timed on this one."""
+    if not request.config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
+        pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
+
+
 def _backward_marked(ops) -> list:
     return [pytest.param(op, marks=pytest.mark.feature("backward")) if "backward" in op else op for op in ops]
 
@@ -73,8 +79,7 @@ def _backward_marked(ops) -> list:
 @pytest.mark.parametrize("op", _backward_marked(bench.OPS))
 @BENCH_DTYPES
 def test_speed_beside_torch(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time):
-    if not request.config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
-        pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
+    _skip_unless_benchmark_shape(request, shape, device)
     n, c = shape
     benchmark.group = f"{op} {dtype_name(dtype)} {n}x{c} {device}"
     logits, target = bench.inputs(n, c, dtype, device, seed)
@@ -112,8 +117,7 @@ def test_linear_speed_beside_torch(benchmark, request, impl, device, linear_shap
 def _softmax_speed(benchmark, request, impl, device, shape, dtype, op, seed, copy_bandwidths, bench_time,
                    torch_fn) -> None:
     """A softmax form along the classes of the loss benchmarks' logits, beside torch's own."""
-    if not request.config.getoption("conformance_bench_shape") and shape not in bench.shapes_for(device):
-        pytest.skip(f"{shape[0]}x{shape[1]} is not a {device} benchmark shape")
+    _skip_unless_benchmark_shape(request, shape, device)
     n, c = shape
     benchmark.group = f"{impl.form} {op} {dtype_name(dtype)} {n}x{c} {device}"
     x, _ = bench.inputs(n, c, dtype, device, seed)
