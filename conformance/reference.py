@@ -48,7 +48,10 @@ Non-finite logits. torch's answer is the arithmetic one: a ``-inf`` non-target l
 log-probabilities are ``inf - inf``. There the mathematical limit is an answer too
 (``Evaluation.loss_limit``): ``+inf`` when the target has mass on a class below the ``+inf``
 logit (its probability tends to 0), 0 when all of it sits on a single ``+inf`` class; NaN in
-the row (a NaN logit, or mass spread over several ``+inf`` classes) has no limit.
+the row (a NaN logit, or mass spread over several ``+inf`` classes) has no limit. An ignored
+position is absent from the function (torch: it "does not contribute to the input gradient"),
+so whatever its logits hold, NaN and ``+inf`` included, its loss and gradient are 0: the truth
+evaluates it as a row of zeros, which keeps every quantity and bound derived from it finite.
 """
 from __future__ import annotations
 
@@ -340,7 +343,6 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
     x = input.detach().to("cpu", torch.float64)
     t = target.detach().cpu()
     num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
-    rows, logit_derivative, cap_tanh = variant.transform(to_rows(x, class_dim=True))
     if target_kind == "probs":
         if t.shape != x.shape:
             raise ValueError(f"probability target shape {tuple(t.shape)} != input shape {tuple(x.shape)}")
@@ -352,6 +354,10 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
             raise ValueError(f"index target shape {tuple(t.shape)} != {tuple(expected_shape)}")
         target_rows = to_rows(t.long(), class_dim=False)
         position_shape = expected_shape
+    rows = to_rows(x, class_dim=True)
+    if target_kind == "index":   # an ignored position is absent: a row of zeros (module docstring)
+        rows = torch.where((target_rows == ignore_index)[:, None], 0.0, rows)
+    rows, logit_derivative, cap_tanh = variant.transform(rows)
     log_probs, lse, spread = _log_probs(rows, input_kind)
     a, denominator = _weighted_target(target_rows, target_kind, num_classes, weight, ignore_index, label_smoothing)
     row_loss = -_safe_product(a, log_probs).sum(1)

@@ -93,11 +93,14 @@ FEATURES = {
     "linear_bias": "a classifier bias (linear losses; without it their checks run unbiased)",
     "dtype_argument": "softmax forms: dtype=, the input cast to it before the operation",
     "any_dim": "softmax forms: a dim other than the last",
+    "nonfinite_ignored_rows": "a gradient of 0 for an ignored position whose logits hold NaN or +inf",
     **{name: f"{what} (declared in variants)" for name, what in {**VARIANTS, **SOFTMAX_VARIANTS}.items()},
     **{f"return_{name}": f"returning {what} (declared in returns)" for name, what in AUXILIARIES.items()},
 }
-# Optional capabilities: any error they raise reports them as probed gaps (the judge's probe).
-PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_loss", "retain_graph")
+# Optional capabilities: any error they raise (the judge's probe), or for nonfinite_ignored_rows a
+# non-zero gradient where torch's own is NaN, reports them as probed gaps.
+PROBED_FEATURES = ("double_backward", "forward_ad", "vmap", "differentiable_z_loss", "retain_graph",
+                   "nonfinite_ignored_rows")
 
 DEVIATIONS = {
     "all_ignored_mean_zero": "reduction='mean' over no kept position returns 0 instead of NaN (Liger#153)",

@@ -134,6 +134,7 @@ CAUGHT_BY = {
     "nondeterministic_last_bits": "test_value_matches_truth",
     "ignored_neg_inf_nan": "test_rows_that_count_for_nothing",
     "zero_weight_row_unguarded": "test_rows_that_count_for_nothing",
+    "ignored_row_masked_by_product": "test_rows_that_count_for_nothing",
     "output_buffer_reused": "test_outputs_are_not_reused_between_calls",
     "block_remainder_dropped": "test_class_count_boundaries",
     "per_chunk_mean": "test_ignored_rows_unevenly_spread",
@@ -250,6 +251,24 @@ def test_a_transform_refused_in_any_words_is_a_probed_gap(suite, name, gaps):
     result = suite(f"--impl=fixtures.correct.{name}", "-k", "test_transforms and float64 and mean")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["Unsupported features:*", *gaps])
+
+
+def test_a_nan_gradient_of_an_ignored_row_holding_nan_is_a_probed_gap(suite):
+    """torch's own loss gives an ignored row holding NaN or +inf logits a NaN gradient (0 times a NaN
+    softmax), as kernels that follow it do: a probed gap, its loss and every other row judged as
+    usual; ``--conformance-require`` fails it; a kernel that masks the row passes the same checks."""
+    selection = ("-k", "test_rows_that_count_for_nothing and float32 and ignored and (nan or +inf)", "-rs")
+    result = suite("--impl=fixtures.correct.torch_default", *selection)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*unsupported (probed): nonfinite_ignored_rows: an ignored row holding nan logits "
+                                 "gets a gradient of nan, not 0*"])
+    assert result.parseoutcomes() == {"skipped": 6, "deselected": result.parseoutcomes()["deselected"]}
+    required = suite("--impl=fixtures.correct.torch_default", *selection,
+                     "--conformance-require=nonfinite_ignored_rows")
+    assert required.parseoutcomes()["failed"] == 6, required.stdout.str()[-3000:]
+    required.stdout.fnmatch_lines(["*required feature 'nonfinite_ignored_rows' is not supported*"])
+    masked = suite("--impl=fixtures.correct.fused_lse", *selection)
+    assert masked.parseoutcomes()["passed"] == 6, masked.stdout.str()[-3000:]
 
 
 def test_a_loss_that_overwrites_its_logits_fails_only_the_mutation_checks(suite):
