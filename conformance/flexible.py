@@ -59,7 +59,8 @@ def flexible_cross_entropy(input: Tensor, target: Tensor, *, input_kind: str = "
         x = _capped_logits(x, float(logit_scale), softcap)
     w = None if weight is None else weight.to(dtype).reshape((-1,) + (1,) * (input.dim() - class_dim - 1))
     eps = float(label_smoothing)
-    if target_kind == "index":
+    if target_kind == "index":   # an ignored position is absent: its logits, NaN included, reach no term or gradient
+        x = torch.where((target != ignore_index).unsqueeze(class_dim), x, 0.0)
         row_loss, target_weight, kept_weight = _index_target_loss(x, target.long(), input_kind, w, ignore_index,
                                                                   eps, class_dim)
     else:
