@@ -563,7 +563,8 @@ _TRUTH_U = unit_roundoff(torch.float64)
 
 
 def _gamma(n: int, u: float) -> float:
-    """Higham's ``gamma_n``: the relative error of a sum or inner product of ``n`` terms."""
+    """Higham's ``gamma_n = n u / (1 - n u)``: the relative error of a sum or inner product of ``n``
+    terms (Accuracy and Stability of Numerical Algorithms, 3.1)."""
     return n * u / (1 - n * u)
 
 
@@ -654,11 +655,6 @@ def linear_autocast_bound(bound_of: str, rounded, truth_distance: Tensor, autoca
     the module docstring): ``bound_of``'s bound of ``rounded``, the problem on the inputs rounded to
     that dtype, plus ``truth_distance``, how far its truth lies from the float32 inputs' truth."""
     return BOUNDS[bound_of](rounded, dtype=autocast_dtype, contract=contract, **terms) + truth_distance
-
-def _gamma(n: int, u: float) -> float:
-    """``gamma_n = n u / (1 - n u)`` (Higham, Accuracy and Stability of Numerical Algorithms, 3.1)."""
-    return n * u / (1 - n * u)
-
 
 # Run to run. A loss that declares ``nondeterministic`` (atomic adds: its sums take their terms in
 # the order the scheduler picks) is held to the difference of two such orders, not to bitwise
