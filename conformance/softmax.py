@@ -17,7 +17,10 @@ does not depend on the input. A *fully masked row* has every ``z`` at ``-inf`` (
 ``-inf`` as given, which a cap makes finite); it is what ``fully_masked_rows`` says: ``"nan"``
 (torch's, the arithmetic's ``-inf - -inf``), ``"zero"`` (a safe softmax: 0, log-softmax
 ``-inf``) or ``"uniform"`` (a finite fill such as Megatron's -10000: ``1/n``, ``-log n``); under
-the last two its gradient is 0 (the output is a constant).
+the last two its gradient is 0 (the output is a constant). A finite fill reaches only the
+entries the mask or ``causal`` leaves out, so under ``"uniform"`` a row that keeps no finite entry
+is uniform over its masked entries (``1/k`` of ``k``; all of them for a row masked whole) and 0
+elsewhere, and a row of ``-inf`` as given that the mask leaves whole is NaN, as torch's.
 """
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ class SoftmaxEvaluation:
     ``inputs`` are ``z`` as the softmax sees it (scaled, capped, ``-inf`` where masked),
     ``derivative`` is ``dz/dx`` and ``cap_tanh`` the cap's ``tanh`` (``None`` without them),
     ``masked`` the entries mask or causal leave out, ``fully_masked`` the rows with no entry
-    above ``-inf``."""
+    above ``-inf`` (under ``"uniform"``, and one the mask leaves out: the module docstring)."""
 
     form: str
     shape: tuple
@@ -213,17 +216,21 @@ def evaluate_softmax(input: Tensor, dim: int, form: str,
         return None if t is None else t.movedim(dim, -1).reshape(-1, n)
 
     rows = rows_of(z)
+    masked = None if kept is None else ~rows_of(kept.expand(input.shape))
     fully_masked = (rows == -torch.inf).all(1) if n else torch.zeros(rows.shape[0], dtype=torch.bool)
+    fill = torch.zeros_like(rows)   # where a row that keeps nothing puts its weight: everywhere
+    if variant.fully_masked_rows == "uniform":   # a finite fill: on the masked entries only
+        fully_masked = fully_masked & (masked.any(1) if masked is not None else False)
+        fill = fill if masked is None else torch.where(masked, 0.0, -torch.inf)
     filled = fully_masked & (variant.fully_masked_rows != "nan")
     row_max = rows.amax(1, keepdim=True) if n else rows.sum(1, keepdim=True)
-    shifted = torch.where(filled[:, None], 0.0, rows - row_max)
+    shifted = torch.where(filled[:, None], fill, rows - row_max)
     log_sum = shifted.exp().sum(1, keepdim=True).log()
     log_probs = shifted - log_sum
     if variant.fully_masked_rows == "zero":
         log_probs = log_probs.masked_fill(filled[:, None], -torch.inf)
     probs = log_probs.exp()
     spread = torch.where(probs == 0, 0.0, probs * shifted.abs()).sum(1)
-    masked = None if kept is None else ~rows_of(kept.expand(input.shape))
     return SoftmaxEvaluation(form=form, shape=tuple(input.shape), dim=dim, inputs=rows, shifted=shifted,
                              log_probs=log_probs, probs=probs, log_sum=log_sum[:, 0], spread=spread, variant=variant,
                              derivative=rows_of(derivative), cap_tanh=rows_of(cap_tanh), masked=masked,

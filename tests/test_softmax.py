@@ -141,20 +141,22 @@ def test_the_truth_of_a_variant_is_torchs_composition(form, alignment):
 @pytest.mark.parametrize("convention,value,log_value", [
     ("nan", float("nan"), float("nan")), ("zero", 0.0, float("-inf")), ("uniform", 0.25, -math.log(4))])
 def test_a_fully_masked_row_is_the_declared_convention(convention, value, log_value):
-    """A row masked whole, and a row of -inf input: NaN, 0 (-inf) or 1/n (-log n) as declared;
-    the masked row's gradient is 0, the -inf row's NaN under "nan" (torch's) and 0 otherwise; the
-    other rows are the plain softmax."""
+    """A row masked whole: NaN, 0 (-inf) or 1/n (-log n) as declared, its gradient 0; a row of
+    -inf input is the same, but NaN with a NaN gradient under "nan" (torch's) and "uniform" (a
+    finite fill reaches masked entries only); the other rows are the plain softmax."""
     x = torch.randn(3, 4, dtype=torch.float64)
     x[2] = float("-inf")
     mask = torch.tensor([[True] * 4, [False] * 4, [True] * 4])
     variant = SoftmaxVariant(mask=mask, fully_masked_rows=convention)
     for form, expected in (("softmax", value), ("log_softmax", log_value)):
         ev = evaluate_softmax(x, -1, form, variant)
-        torch.testing.assert_close(ev.output[1:], torch.full((2, 4), expected, dtype=torch.float64), equal_nan=True)
+        given = float("nan") if convention == "uniform" else expected
+        torch.testing.assert_close(ev.output[1], torch.full((4,), expected, dtype=torch.float64), equal_nan=True)
+        torch.testing.assert_close(ev.output[2], torch.full((4,), given, dtype=torch.float64), equal_nan=True)
         torch.testing.assert_close(ev.output[0], getattr(torch, form)(x[0], 0), rtol=1e-15, atol=0)
         grad = ev.grad(torch.ones(3, 4, dtype=torch.float64))
         assert (grad[1] == 0).all()   # masked: no dependence on the input (torch's masked_fill backward)
-        assert grad[2].isnan().all() if convention == "nan" else (grad[2] == 0).all()
+        assert grad[2].isnan().all() if convention in ("nan", "uniform") else (grad[2] == 0).all()
 
 
 def test_standard_admits_one_rounding_of_the_scaled_input_and_exact_does_not():
