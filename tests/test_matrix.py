@@ -57,7 +57,9 @@ def test_matrix_page_shows_pass_fail_and_not_installed(catalogue, tmp_path):
     assert "| pass 3 |" in rows["correct"] and "FAIL" not in rows["correct"], rows["correct"]
     assert "FAIL 3/3 (float64 3)" in rows["broken"], rows["broken"]
     assert "not installed" in rows["absent"], rows["absent"]
-    findings = text[text.index("## Findings"):text.index("## Rows")]
+    brief = text[text.index("## Findings in brief"):text.index("## Findings\n")]
+    assert "| broken | test_value_matches_truth | value | 3 | float64 |" in brief, brief
+    findings = text[text.index("## Findings\n"):text.index("## Rows")]
     assert findings.count("| broken | test_value_matches_truth[cpu-float64-") == 3, findings
     assert "case=well_conditioned shape=7x3 dtype=float64 device=cpu, reduction=" in findings, findings
     assert "not installed: no module no_such_package" in text

@@ -148,6 +148,25 @@ def _reason_line(check: Check, prefix: str) -> str:
     return next((line.strip() for line in check.reason.splitlines() if line.strip().startswith(prefix)), "")
 
 
+def _findings_in_brief(rows: list) -> Table:
+    """The findings grouped by implementation, check and identity: one line per defect, where the
+    full table has one per failing check (a defect shows in every dtype and reduction it meets)."""
+    groups = defaultdict(list)
+    for row, c in failing(rows):
+        first = cut((c.reason.splitlines() or [""])[0], 120)
+        groups[(_label(row, c.implementation), id_key(c.id).partition("[")[0], c.identity or first)].append(c)
+    lines = []
+    for (label, check, identity), checks in groups.items():
+        dtypes = sorted({"any dtype" if c.dtype == "-" else c.dtype for c in checks})
+        worst = max(checks, key=lambda c: c.ratio if c.ratio is not None else math.inf)
+        lines.append([label, check, identity, str(len(checks)), ", ".join(dtypes), ratio_cell(worst.ratio),
+                      id_key(worst.id)])
+    return Table("Findings in brief", "The failing checks grouped by implementation, check and identity, with the "
+                 "dtypes they fail in and the worst of them (all of them, with their parameters, in Findings).",
+                 ["implementation", "check", "identity", "failing", "dtypes", "worst error/bound", "worst check"],
+                 lines)
+
+
 def _findings_table(rows: list) -> Table:
     lines = []
     for row, c in failing(rows):
@@ -202,7 +221,8 @@ def render_matrix(rows: list, fmt: str, *, generated: str) -> str:
     if fmt not in ("md", "html"):
         raise ValueError(f"fmt={fmt!r}: expected 'md' or 'html'")
     headline, tone = _headline(rows)
-    tables = [_matrix_table(rows), _dtype_table(rows), _accuracy_table(rows), _findings_table(rows), _rows_table(rows)]
+    tables = [_matrix_table(rows), _dtype_table(rows), _accuracy_table(rows), _findings_in_brief(rows),
+              _findings_table(rows), _rows_table(rows)]
     lists = [[(line, "") for line in [generated] + _environment(rows)]]
     if fmt == "md":
         return markdown_page("Conformance matrix", headline, lists, tables)
