@@ -21,7 +21,9 @@ the loss with the call's options and reduces it as Keras does (a function throug
 Declared: "weight" unsupported (Keras' losses weigh samples, not classes: ``class_weight`` belongs to
 ``Model.fit``), so are "label_smoothing", "ignore_index" and "probability_target" where the loss has
 no such parameter or target; the deviations ``float32_output`` (above) and, with ``ignore_class``,
-``all_ignored_mean_zero`` (a mean over no kept position is 0: Keras divides with ``divide_no_nan``).
+``all_ignored_mean_zero`` (a mean over no kept position is 0: Keras divides with ``divide_no_nan``) and,
+on probabilities, ``simplex_gradient`` (Keras divides them by their sum first, so its gradient is the
+kit's plus a multiple of the all-ones vector per position: judged along the simplex).
 """
 from __future__ import annotations
 
@@ -81,7 +83,8 @@ class KerasLoss(FrameworkLoss):
         self.input_kind = "logits" if self.from_logits else "probs"
         if not hasattr(self, "target_kind"):
             self.target_kind = "index" if "ignore_class" in parameters else "onehot"
-        deviations = {"float32_output"} | ({"all_ignored_mean_zero"} if "ignore_class" in parameters else set())
+        deviations = {"float32_output"} | ({"all_ignored_mean_zero"} if "ignore_class" in parameters else set()) | (
+            set() if self.from_logits else {"simplex_gradient"})
         self.deviations = frozenset(getattr(self, "deviations", ())) | deviations
 
     def framework_unsupported(self) -> frozenset:
