@@ -500,8 +500,9 @@ def simplex_grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype,
     n = g.shape[1]
     p = ev.inputs.abs()
     total = p.sum(1, keepdim=True)
-    c = (p * g).sum(1, keepdim=True) / total
-    c_error = (p * (full + (n + 1) * u * g)).sum(1, keepdim=True) / total + u * c
+    weighted = torch.where(p == 0, 0.0, p * (full + (n + 1) * u * g))   # 0 inf = 0: a class of p = 0 adds no term
+    c = torch.where(p == 0, 0.0, p * g).sum(1, keepdim=True) / total
+    c_error = weighted.sum(1, keepdim=True) / total + u * c
     element = full + c_error + u * (g + c)
     if _is_half(dtype):
         element = element + HALF_PRECISION_ROUNDINGS * u_o * (g + c)
