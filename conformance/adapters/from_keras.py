@@ -83,9 +83,18 @@ class KerasLoss(FrameworkLoss):
         self.input_kind = "logits" if self.from_logits else "probs"
         if not hasattr(self, "target_kind"):
             self.target_kind = "index" if "ignore_class" in parameters else "onehot"
-        deviations = {"float32_output"} | ({"all_ignored_mean_zero"} if "ignore_class" in parameters else set()) | (
-            set() if self.from_logits else {"simplex_gradient"})
-        self.deviations = frozenset(getattr(self, "deviations", ())) | deviations
+        deviations = {"float32_output"} | ({"all_ignored_mean_zero"} if "ignore_class" in parameters else set())
+        self.deviations = frozenset(getattr(self, "_deviations", ())) | deviations
+
+    @property
+    def deviations(self) -> frozenset:
+        """The deviations declared and Keras' (module docstring); ``simplex_gradient`` while the input
+        it is judged on is probabilities (``input_kind``, which a user may set on the object)."""
+        return self._deviations | ({"simplex_gradient"} if self.input_kind == "probs" else frozenset())
+
+    @deviations.setter
+    def deviations(self, names) -> None:
+        self._deviations = frozenset(names)
 
     def framework_unsupported(self) -> frozenset:
         names = {"weight"}
