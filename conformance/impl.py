@@ -407,6 +407,9 @@ def adapt(obj: Any, spec: str) -> Implementation:
     if form != "logits" and (input_kind != "logits" or target_kind != "index"):
         raise ImplementationError(f"{spec}: a {form} loss takes logits and index targets, not "
                                   f"input_kind={input_kind!r}, target_kind={target_kind!r}")
+    if "simplex_gradient" in deviations and input_kind != "probs":
+        raise ImplementationError(f"{spec}: deviations={{'simplex_gradient'}} is a probability input's, not "
+                                  f"input_kind={input_kind!r}'s")
     if variants and input_kind != "logits":
         raise ImplementationError(f"{spec}: variants apply to logits, not input_kind={input_kind!r}")
     unsupported |= VARIANT_FEATURES - set(variants) - {f"return_{name}" for name in returns}

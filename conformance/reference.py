@@ -250,6 +250,19 @@ class Evaluation:
         return _rows_like(rows, self.input_shape)
 
 
+    def grad_along_simplex(self, grad_output: Tensor, actual: Tensor) -> Tensor:
+        """The gradient a loss defined along the probability simplex only (``simplex_gradient``)
+        is held to: ``grad`` plus, per position, the multiple of the all-ones vector nearest
+        ``actual`` (the mean of their difference over the classes where it is finite), so that
+        ``actual`` less it is the difference of their projections onto the sum-zero subspace
+        (tolerance, Gradient along the simplex); a class whose gradient overflowed the dtype is
+        judged as every overflow is, not spread over its position."""
+        truth = to_rows(self.grad(grad_output), class_dim=True)
+        difference = to_rows(actual.detach().to("cpu", torch.float64), class_dim=True) - truth
+        finite = difference.isfinite()
+        shift = torch.where(finite, difference, 0.0).sum(1, keepdim=True) / finite.sum(1, keepdim=True).clamp(min=1)
+        return _rows_like(truth + shift, self.input_shape)
+
     def hessian_vector(self, grad_output: Tensor, v: Tensor) -> Tensor:
         """The Hessian of the loss (logits input, no variant) applied to ``v``: per position
         ``s A (p * v - p (p . v))``, shaped like the input."""

@@ -72,6 +72,30 @@ Gradient, logits input (g_j = s (A p_j - a_j), ``s`` the upstream gradient over 
   Neither covers rounding ``p_y`` near 1 before subtracting the one-hot target: in a confident
   row ``|log p_y|`` is tiny, so the target component's cancellation (Liger#1268) still fails.
 
+Gradient along the simplex (a probability input that declares ``simplex_gradient``): a loss
+that normalises its probabilities first, ``g(p) = f(p / S)`` with ``S = sum_k p_k`` (Keras'), has
+``grad g = (grad f(p/S) - (p/S . grad f(p/S)) 1) / S``. Every loss of the family,
+``f(q) = -sum_c a_c log q_c``, has ``grad f(p/S) = S grad f(p)``, so ``grad g = grad f(p) - c 1``
+with ``c = (p . grad f(p)) / S``: the kit's truth ``grad f(p)`` plus a multiple of the all-ones
+vector per position, at any ``S``, not only 1. Only the component in the sum-zero subspace (the
+directions that stay on the simplex) is defined by the loss, so the judge compares
+``P v = v - mean(v) 1`` of both sides: the gradient against the truth plus the multiple of the
+all-ones vector that brings it nearest (``reference.Evaluation.grad_along_simplex``, the mean of
+their difference), whose difference is exactly that of the projections. A kernel forms
+``h_j = g_j - c``: ``g_j`` within the gradient bound ``G_j`` above; ``c`` an inner product of
+``n`` terms, each ``p_k g_k`` off by ``p_k G_k`` and the sum and its rounding by
+``(n + 1) u sum_k p_k |g_k|``, then divided by ``S`` (one rounding, ``u |c|``); the difference
+rounds once (``u (|g_j| + |c|)``) and a half result up to ``HALF_PRECISION_ROUNDINGS`` times more
+(``u_o (|g_j| + |c|)`` each: ``G_j`` covers ``|g_j|`` only, and off the target ``|h_j| = |c|``).
+So ``|e_j| <= E_j = G_j + E_c + u (|g_j| + |c|)`` with
+``E_c = (sum_k p_k (G_k + (n + 1) u |g_k|)) / S + u |c|``, and the projection, linear, gives
+``|P e|_j <= E_j + mean_k E_k``. A class whose ``|h_j|`` passes the dtype's largest finite value
+is judged as every overflow is (the infinity is the right answer there) and left out of the
+mean, over the ``n'`` classes left. The check forms the mean and the subtraction in float64:
+``(n + 2) u_64 (|h_j| + mean_k |h_k|)`` on each side, at ``|h_j| <= |g_j| + |c|``. A gradient
+whose component along the simplex is wrong (a normalisation's derivative written as ``p`` for
+``1``) fails.
+
 Every bound adds an underflow floor: each rounding of a result in the subnormal range errs by
 up to half the dtype's smallest subnormal, and a result may round as often as the contract
 allows (twice in float32/float64, ``HALF_PRECISION_ROUNDINGS`` times in a half dtype, e.g.
@@ -462,6 +486,32 @@ def value_pair_bound(ev: Evaluation, other: Evaluation, dtype: torch.dtype, cont
 def grad_pair_bound(ev: Evaluation, other: Evaluation, grad_output: Tensor, dtype: torch.dtype,
                     contract: str) -> Tensor:
     return grad_bound(ev, grad_output, dtype, contract) + grad_bound(other, grad_output, dtype, contract)
+
+
+def simplex_grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype,
+                       contract: str = DEFAULT_CONTRACT) -> Tensor:
+    """Largest acceptable ``|P grad - P reference grad|`` per input element of a probability input
+    whose gradient is defined along the simplex only (the module docstring, Gradient along the
+    simplex), shaped like the input."""
+    _check_contract(contract)
+    u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
+    g = to_rows(ev.grad(grad_output), class_dim=True).abs()
+    full = to_rows(grad_bound(ev, grad_output, dtype, contract), class_dim=True)
+    n = g.shape[1]
+    p = ev.inputs.abs()
+    total = p.sum(1, keepdim=True)
+    weighted = torch.where(p == 0, 0.0, p * (full + (n + 1) * u * g))   # 0 inf = 0: a class of p = 0 adds no term
+    c = torch.where(p == 0, 0.0, p * g).sum(1, keepdim=True) / total
+    c_error = weighted.sum(1, keepdim=True) / total + u * c
+    element = full + c_error + u * (g + c)
+    if _is_half(dtype):
+        element = element + HALF_PRECISION_ROUNDINGS * u_o * (g + c)
+    overflows = g + c > torch.finfo(dtype).max        # judged as any overflow, left out of the mean
+    kept = (n - overflows.sum(1, keepdim=True)).clamp(min=1)
+    shift = torch.where(overflows, 0.0, element).sum(1, keepdim=True) / kept
+    magnitude = torch.where(overflows, 0.0, g + c)
+    projection = 2 * (n + 2) * _TRUTH_U * (magnitude + magnitude.sum(1, keepdim=True) / kept)
+    return _rows_shaped_like(element + shift + projection, ev.grad(grad_output))
 
 
 def row_sum_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract: str) -> Tensor:
@@ -903,6 +953,7 @@ BOUNDS = {
     "value pair": value_pair_bound,
     "gradient pair": grad_pair_bound,
     "gradient row sums": row_sum_bound,
+    "simplex gradient": simplex_grad_bound,
     "document path": document_path_bound,
     "soft target gradient": soft_target_gradient_bound,
     "xor trajectory": xor_trajectory_bound,

@@ -109,6 +109,10 @@ DEVIATIONS = {
                          "and every other argument, it must not",
     "float32_output": "float16/bfloat16 inputs give a float32 loss on purpose (cut-cross-entropy's, summed in "
                       "float32 by a mixed-precision step); every other dtype gives its own",
+    "simplex_gradient": "input_kind='probs': the gradient is defined along the probability simplex only (the loss "
+                        "normalises p by its sum first, Keras'), so it may differ from the kit's by a multiple of "
+                        "the all-ones vector per position; judged after projecting each position onto its sum-zero "
+                        "subspace (tolerance, Gradient along the simplex)",
     "nondeterministic": "two calls on identical inputs may differ in their last bits (atomic adds take their terms "
                         "in the order the scheduler picks, torch PR #193477); held to the difference of two orders "
                         "of its sums (tolerance, run to run) instead of bitwise equality",

@@ -28,6 +28,8 @@ def _declaring(**attributes):
     (dict(returns={"z_loss": "return_z_loss"}, differentiable_returns={"lse"}),
      "differentiable_returns names unknown ['lse']"),
     (dict(variants={"softcap": "softcap"}, input_kind="probs"), "variants apply to logits"),
+    (dict(deviations={"simplex_gradient"}), "deviations={'simplex_gradient'} is a probability input's"),
+    (dict(deviations={"simplex_gradient"}, input_kind="log_probs"), "not input_kind='log_probs'"),
     (dict(variants={"z_loss": "z"}, z_loss_weighting="by_weight"), "z_loss_weighting='by_weight'"),
     (dict(variants={"soft_cap": "softcap"}),
      "variants names unknown ['soft_cap'] (did you mean 'soft_cap' -> 'softcap'?)"),

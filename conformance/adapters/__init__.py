@@ -2,10 +2,11 @@
 
 ``numpy_loss(forward, backward=None)``, ``jax_loss(fn)``, ``keras_loss(loss)`` and ``mlx_loss(fn)``
 return a callable with the signature of ``torch.nn.functional.cross_entropy`` (torch tensors in
-and out) that ``conformance.impl.adapt`` takes as it takes any function; ``wrap(obj, framework)``
-is what ``--conformance-impl-framework`` calls. Everything judged is computed by the framework:
-torch only carries the tensors across and back (``crossing``), and a result keeps the dtype the
-framework gave it. One module per framework says how its tensors cross and what it declares.
+and out), and ``mlx_softmax(fn, form=...)`` one with ``torch.nn.functional.softmax``'s, that
+``conformance.impl.adapt`` takes as it takes any function; ``wrap(obj, framework)`` is what
+``--conformance-impl-framework`` calls. Everything judged is computed by the framework: torch only
+carries the tensors across and back (``crossing``), and a result keeps the dtype the framework gave it.
+One module per framework says how its tensors cross and what it declares.
 
 NumPy and JAX take two calling conventions, told apart by the function's signature: torch's
 keywords (the function has a ``reduction`` parameter; arrays, classes on axis 1), or per example
@@ -26,14 +27,15 @@ import os
 from typing import Any
 
 from ..impl import ImplementationError
-from .crossing import CrossingLoss, FrameworkLoss, takes_torch_keywords
+from .crossing import CrossingLoss, CrossingSoftmax, FrameworkFunction, FrameworkLoss, takes_torch_keywords
 from .from_jax import JaxLoss, jax_loss
 from .from_keras import KERAS_BACKEND, KerasLoss, keras_loss
-from .from_mlx import MlxLoss, mlx_loss
+from .from_mlx import MlxLoss, MlxSoftmax, mlx_loss, mlx_softmax
 from .from_numpy import NumpyLoss, numpy_loss
 
-__all__ = ["FRAMEWORKS", "FrameworkLoss", "CrossingLoss", "NumpyLoss", "JaxLoss", "KerasLoss", "MlxLoss",
-           "numpy_loss", "jax_loss", "keras_loss", "mlx_loss", "wrap", "prepare", "takes_torch_keywords"]
+__all__ = ["FRAMEWORKS", "FrameworkFunction", "FrameworkLoss", "CrossingLoss", "CrossingSoftmax", "NumpyLoss",
+           "JaxLoss", "KerasLoss", "MlxLoss", "MlxSoftmax", "numpy_loss", "jax_loss", "keras_loss", "mlx_loss",
+           "mlx_softmax", "wrap", "prepare", "takes_torch_keywords"]
 
 # --conformance-impl-framework: each name and how a plain object of it is adapted.
 ADAPTERS = {
@@ -58,9 +60,9 @@ def wrap(obj: Any, framework: str) -> Any:
     if framework not in FRAMEWORKS:
         raise ImplementationError(f"--conformance-impl-framework={framework!r}: expected one of "
                                   f"{', '.join(FRAMEWORKS)}")
-    if framework == "torch" or isinstance(obj, FrameworkLoss) and obj.framework == framework:
+    if framework == "torch" or isinstance(obj, FrameworkFunction) and obj.framework == framework:
         return obj
-    if isinstance(obj, FrameworkLoss):
+    if isinstance(obj, FrameworkFunction):
         raise ImplementationError(f"--conformance-impl-framework={framework}: {obj.__qualname__} is already "
                                   f"adapted from {obj.framework}")
     if not callable(obj):

@@ -21,7 +21,9 @@ the loss with the call's options and reduces it as Keras does (a function throug
 Declared: "weight" unsupported (Keras' losses weigh samples, not classes: ``class_weight`` belongs to
 ``Model.fit``), so are "label_smoothing", "ignore_index" and "probability_target" where the loss has
 no such parameter or target; the deviations ``float32_output`` (above) and, with ``ignore_class``,
-``all_ignored_mean_zero`` (a mean over no kept position is 0: Keras divides with ``divide_no_nan``).
+``all_ignored_mean_zero`` (a mean over no kept position is 0: Keras divides with ``divide_no_nan``) and,
+on probabilities, ``simplex_gradient`` (Keras divides them by their sum first, so its gradient is the
+kit's plus a multiple of the all-ones vector per position: judged along the simplex).
 """
 from __future__ import annotations
 
@@ -82,7 +84,17 @@ class KerasLoss(FrameworkLoss):
         if not hasattr(self, "target_kind"):
             self.target_kind = "index" if "ignore_class" in parameters else "onehot"
         deviations = {"float32_output"} | ({"all_ignored_mean_zero"} if "ignore_class" in parameters else set())
-        self.deviations = frozenset(getattr(self, "deviations", ())) | deviations
+        self.deviations = frozenset(getattr(self, "_deviations", ())) | deviations
+
+    @property
+    def deviations(self) -> frozenset:
+        """The deviations declared and Keras' (module docstring); ``simplex_gradient`` while the input
+        it is judged on is probabilities (``input_kind``, which a user may set on the object)."""
+        return self._deviations | ({"simplex_gradient"} if self.input_kind == "probs" else frozenset())
+
+    @deviations.setter
+    def deviations(self, names) -> None:
+        self._deviations = frozenset(names)
 
     def framework_unsupported(self) -> frozenset:
         names = {"weight"}

@@ -124,7 +124,9 @@ class LogitsForm(Form):
         counterpart = _Counterpart(problem, outcome)
         found = [Quantity("value", outcome.loss, ev.loss, "value", {"ev": ev, **terms}, VALUE,
                           counterpart=counterpart.loss)]
-        if outcome.upstream is not None:
+        if outcome.upstream is not None and "simplex_gradient" in impl.deviations:
+            found.append(_along_simplex(outcome, ev, terms))
+        elif outcome.upstream is not None:
             found.append(Quantity("gradient", outcome.grad, ev.grad(outcome.upstream), "gradient",
                                   {"ev": ev, "grad_output": outcome.upstream, **terms}, GRADIENT,
                                   counterpart=counterpart.grad))
@@ -144,6 +146,16 @@ class LogitsForm(Form):
         if show.steps is not None:
             return lines + list(show.steps)
         return lines + call_lines(call_code(impl, problem), problem.upstream, case.device, "loss")
+
+
+def _along_simplex(outcome: Outcome, ev: Evaluation, terms: dict) -> Quantity:
+    """The gradient of a loss defined along the simplex only (``simplex_gradient``), against the
+    truth plus the multiple of the all-ones vector per position nearest it (``Evaluation.grad_along_simplex``)."""
+    expected = ev.grad(outcome.upstream) if outcome.grad is None else ev.grad_along_simplex(outcome.upstream,
+                                                                                             outcome.grad)
+    return Quantity("gradient", outcome.grad, expected, "simplex gradient",
+                    {"ev": ev, "grad_output": outcome.upstream, **terms},
+                    Show("x.grad{at}.item()", "truth.grad_along_simplex(grad, x.grad){at}.item()"))
 
 
 class _Counterpart:

@@ -19,6 +19,7 @@ from ..forms.logits import GRADIENT, VALUE
 from ..guards import ImplementationFault
 from ..impl import Implementation
 from ..records import Gap, Measured
+from ..reference import to_rows
 from .compare import Comparison, compare, or_torch_nonfinite
 from .snippet import indent, repro_snippet
 
@@ -193,6 +194,27 @@ class Judge:
         __tracebackhide__ = True
         zero = torch.zeros(())
         return self._judge(identity, problem, actual, expected, zero, zero, show, None)
+
+    def masked_gradient(self, problem: Problem, grad: Optional[Tensor], masked: Tensor, show: Show) -> None:
+        """The gradient at masked classes (``masked``, shaped like the input: a ``-inf`` logit, a
+        probability 0) is exactly 0: the loss does not depend on them. A loss whose gradient is
+        defined along the simplex only (``simplex_gradient``) may add one multiple of the all-ones
+        vector per position: its masked classes hold exactly one value per position."""
+        __tracebackhide__ = True
+        if grad is None or not bool(masked.any()):
+            return
+        rows, where = to_rows(grad.detach().double().cpu(), class_dim=True), to_rows(masked.cpu(), class_dim=True)
+        if "simplex_gradient" in self.impl.deviations:
+            one = rows.masked_fill(~where, -torch.inf).amax(1, keepdim=True).expand_as(rows)
+            wrong = where & (rows != one)
+            if bool(wrong.any()):
+                at = tuple(wrong.nonzero()[0].tolist())
+                self.fail("masked classes have zero gradient", problem, f"gradients {rows[at].item()!r} and "
+                          f"{one[at].item()!r} on masked classes of one position (along the simplex, one "
+                          "value per position)", show=show)
+        elif bool((rows[where] != 0).any()):
+            self.fail("masked classes have zero gradient", problem,
+                      f"gradient {rows[where].abs().max().item()!r} on a -inf logit", show=show)
 
     def fail(self, identity: str, problem: Problem, message: str, *,
              show: Show = SEE_MESSAGE) -> None:
