@@ -13,7 +13,10 @@ from ..forms import logits as logits_form
 from ..impl import Implementation
 from ..reference import Variant, evaluate
 
-__all__ = ["repro_snippet", "indent", "Steps"]
+__all__ = ["repro_snippet", "indent", "Steps", "IMPORT_BITS"]
+
+# A step that imports ``guards.bits``, the bitwise copy checks compare to tell whether a tensor changed.
+IMPORT_BITS = "from conformance.guards import bits"
 
 
 def repro_snippet(problem: Problem, impl: Implementation, show: Show, index: tuple = ()) -> str:
@@ -52,6 +55,7 @@ class Steps:
         self.lines: list[str] = []
         exec(logits_form.FEED, self.names)
         self.fed = (self["x"].detach().clone(), self["t"].detach().clone())
+        self.truth = truth
         if truth:
             exec(logits_form.truth_code(impl, problem), self.names)
 
@@ -68,7 +72,7 @@ class Steps:
 
     def show(self, actual: str, expected: str) -> Show:
         """What the snippet prints after the steps run so far (``Show``)."""
-        return Show(actual, expected, tuple(self.lines))
+        return Show(actual, expected, tuple(self.lines), truth=self.truth)
 
 
 class _Guarded:

@@ -15,7 +15,7 @@ from conformance import cases
 from conformance.forms import logits as logits_form
 from conformance.forms.protocol import upstream_lines
 from conformance.guards import bits
-from conformance.judge.snippet import Steps
+from conformance.judge.snippet import IMPORT_BITS, Steps
 
 # A call's life does not depend on its options, but a buffer kept between calls may hold them:
 # every check runs plainly (so a loss without class weights or smoothing is judged on all the
@@ -48,10 +48,6 @@ def _kept_weights(steps: Steps, problem) -> str:
     return "weight0"
 
 
-# The bits of a tensor (NaN equals NaN), to see whether a tensor changed.
-BITS = "from conformance.guards import bits"
-
-
 @pytest.mark.feature("backward")
 @OPTIONS
 def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, options, seed):
@@ -61,7 +57,7 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, opti
     donated buffers) has a probed gap, ``retain_graph``."""
     problem = _problem(impl, options, dtype, device, seed)
     steps = Steps(impl, problem)
-    steps(BITS, "x.requires_grad_()", *_upstream(problem), f"loss = {logits_form.call_code(impl, problem)}",
+    steps(IMPORT_BITS, "x.requires_grad_()", *_upstream(problem), f"loss = {logits_form.call_code(impl, problem)}",
           "first, = torch.autograd.grad(loss, x, grad, retain_graph=True)", "kept = bits(first)")
     judge.probe("retain_graph", problem, lambda: steps("second, = torch.autograd.grad(loss, x, grad)"),
                 "a second backward over the graph kept with retain_graph=True")
@@ -106,7 +102,7 @@ def test_caller_tensors_unchanged(impl, judge, device, dtype, reduction, options
     unchanged after forward and after backward."""
     problem = _problem(impl, options, dtype, device, seed, reduction=reduction)
     steps = Steps(impl, problem)
-    steps(BITS, "x.requires_grad_()", *_upstream(problem))
+    steps(IMPORT_BITS, "x.requires_grad_()", *_upstream(problem))
     owned = {"upstream gradient": "grad", "class weights": "weight", "target": "t"}
     owned = {name: variable for name, variable in owned.items() if steps[variable] is not None}
     steps(f"{', '.join(v + '0' for v in owned.values())}, = {', '.join(f'bits({v})' for v in owned.values())},",
