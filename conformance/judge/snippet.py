@@ -36,11 +36,11 @@ class Steps:
     shows is what ran, never a second copy written beside it.
 
     Steps run in a namespace holding what the logits form's snippet has defined before them: the
-    case's ``logits``, ``target`` and ``weight`` (copies: the case stays as built), ``impl``, the
-    fed ``x`` and ``t`` and the float64 ``truth`` on them (unless ``truth=False``: an input the
-    reference refuses). ``impl.call(...)``, the snippet's plain call, runs in the check through
-    the guards of every call (``Implementation.with_keywords``). ``fed``: pristine copies of ``x``
-    and ``t``, for an outcome's truth and torch's counterpart.
+    case's ``logits``, ``target`` and ``weight`` (copies in their layouts: the case stays as
+    built), ``impl``, the fed ``x`` and ``t`` and the float64 ``truth`` on them (unless
+    ``truth=False``: an input the reference refuses). ``impl.call(...)``, the snippet's plain
+    call, runs in the check through the guards of every call (``Implementation.with_keywords``).
+    ``fed``: pristine copies of ``x`` and ``t``, for an outcome's truth and torch's counterpart.
 
         steps = Steps(impl, problem)
         loss = steps(f"loss = {logits_form.call_code(impl, problem)}")["loss"]
@@ -50,7 +50,7 @@ class Steps:
     def __init__(self, impl: Implementation, problem: Problem, *, truth: bool = True) -> None:
         case = problem.case
         self.names = {"torch": torch, "evaluate": evaluate, "Variant": Variant, "impl": _Guarded(impl),
-                      "logits": case.logits.clone(), "target": case.target.clone(),
+                      "logits": _own_copy(case.logits), "target": _own_copy(case.target),
                       "weight": problem.call_options().weight}
         self.lines: list[str] = []
         exec(logits_form.FEED, self.names)
@@ -73,6 +73,12 @@ class Steps:
     def show(self, actual: str, expected: str) -> Show:
         """What the snippet prints after the steps run so far (``Show``)."""
         return Show(actual, expected, tuple(self.lines), truth=self.truth)
+
+
+def _own_copy(t):
+    """A copy of ``t`` in the same layout (strides, offset, the storage it views) in a storage of its own."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage().clone(), t.storage_offset(),
+                                                               t.shape, t.stride())
 
 
 class _Guarded:
