@@ -59,8 +59,9 @@ def check_in_layout(impl, judge, problem: cases.Problem) -> None:
     """Value and gradient against the float64 truth, and every tensor the caller owns bitwise
     unchanged, in the case's layout.
 
-    The implementation is fed the case's tensors themselves (an input-kind conversion is copied
-    back into the logits' layout), and the upstream gradient keeps its recipe's strides.
+    The implementation is fed the case's tensors in their layouts (``Steps`` copies them whole
+    storage and all; an input-kind conversion is copied back into the logits' layout), and the
+    upstream gradient keeps its recipe's strides.
     """
     __tracebackhide__ = True
     case = problem.case
