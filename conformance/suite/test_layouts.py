@@ -72,7 +72,8 @@ def check_in_layout(impl, judge, problem: cases.Problem) -> None:
     steps = Steps(impl, problem)
     # An input-kind conversion (contiguous) copied into the logits' layout; the upstream gradient
     # moved to the device in its recipe's layout.
-    relayout = [v for v in ("x", "t") if steps[v].shape == case.logits.shape and _other_layout(steps[v], case.logits)]
+    relayout = [v for v, given in (("x", "logits"), ("t", "target")) if steps[v] is not steps[given]
+                and steps[v].shape == case.logits.shape and _other_layout(steps[v], case.logits)]
     moved = case.device != "cpu"
     used = ["in_layout_of"] * bool(relayout) + ["on_device"] * moved
     steps(*[f"from conformance.cases import {', '.join(used)}"] * bool(used),
