@@ -38,9 +38,11 @@ class Steps:
     Steps run in a namespace holding what the logits form's snippet has defined before them: the
     case's ``logits``, ``target`` and ``weight`` (copies in their layouts: the case stays as
     built), ``impl``, the fed ``x`` and ``t`` and the float64 ``truth`` on them (unless
-    ``truth=False``: an input the reference refuses). ``impl.call(...)``, the snippet's plain
-    call, runs in the check through the guards of every call (``Implementation.with_keywords``).
-    ``fed``: pristine copies of ``x`` and ``t``, for an outcome's truth and torch's counterpart.
+    ``truth=False``: an input the reference refuses), the feed and the truth run from the very
+    lines the form prints (``logits.FEED``, ``logits.truth_code``). ``impl.call(...)``, the
+    snippet's plain call, runs in the check through the guards of every call
+    (``Implementation.with_keywords``). ``fed``: pristine copies of ``x`` and ``t``, for an
+    outcome's truth and torch's counterpart.
 
         steps = Steps(impl, problem)
         loss = steps(f"loss = {logits_form.call_code(impl, problem)}")["loss"]
