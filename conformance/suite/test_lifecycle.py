@@ -48,6 +48,20 @@ def _kept_weights(steps: Steps, problem) -> str:
     return "weight0"
 
 
+def _kept(steps: Steps, problem) -> tuple:
+    """Copies of the logits and the class weights as given, kept by steps before any call: the
+    code of each (``_truth_after``)."""
+    steps("x0 = x.detach().clone()")
+    return "x0", _kept_weights(steps, problem)
+
+
+def _truth_after(steps: Steps, impl, problem, kept: tuple):
+    """The truth evaluated by a step after the calls, on the logits and weights as given and the
+    target as the calls left it (a loss that writes into its target is judged on what it left)."""
+    x, weight = kept
+    return steps(logits_form.truth_code(impl, problem, x, weight=weight))["truth"]
+
+
 @pytest.mark.feature("backward")
 @OPTIONS
 def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, options, seed):
@@ -57,14 +71,15 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, opti
     donated buffers) has a probed gap, ``retain_graph``."""
     problem = _problem(impl, options, dtype, device, seed)
     steps = Steps(impl, problem)
+    kept = _kept(steps, problem)
     steps(IMPORT_BITS, "x.requires_grad_()", *_upstream(problem), f"loss = {logits_form.call_code(impl, problem)}",
           "first, = torch.autograd.grad(loss, x, grad, retain_graph=True)", "kept = bits(first)")
     judge.probe("retain_graph", problem, lambda: steps("second, = torch.autograd.grad(loss, x, grad)"),
                 "a second backward over the graph kept with retain_graph=True")
-    pristine, t = steps.fed
-    out = logits_form.Outcome(input=pristine, target=t, loss=steps["loss"].detach(), grad=steps["second"],
-                              upstream=steps["grad"])
-    judge.gradient(problem, out, steps["truth"], identity="second backward (retain_graph=True)",
+    out = logits_form.Outcome(input=steps["x0"], target=steps["t"], loss=steps["loss"].detach(),
+                              grad=steps["second"], upstream=steps["grad"])
+    judge.gradient(problem, out, _truth_after(steps, impl, problem, kept),
+                   identity="second backward (retain_graph=True)",
                    show=steps.show("second{at}.item()", "truth.grad(grad){at}.item()"))
     if not torch.equal(bits(steps["first"]), steps["kept"]):
         judge.fail("a returned gradient does not change", problem,
@@ -85,12 +100,12 @@ def test_gradients_accumulate(impl, judge, device, dtype, options, seed):
     weight = "weight" if problem.case.weight is None else "weight.clone()"
     call = f"{logits_form.call_code(impl, problem, weight=weight)}.backward(grad)"
     renew = ["with torch.no_grad(): x.copy_(x0)"] * restore
-    steps("x.requires_grad_()", *_upstream(problem), *["x0 = x.detach().clone()"] * restore,
-          *renew, call, *renew, call)
-    pristine, t = steps.fed
-    out = logits_form.Outcome(input=pristine, target=t, loss=torch.empty(()), grad=steps["x"].grad,
+    kept = _kept(steps, problem)
+    steps("x.requires_grad_()", *_upstream(problem), *renew, call, *renew, call)
+    out = logits_form.Outcome(input=steps["x0"], target=steps["t"], loss=torch.empty(()), grad=steps["x"].grad,
                               upstream=2 * steps["grad"].double())
-    judge.gradient(problem, out, steps["truth"], identity="gradients accumulate over two backward passes",
+    judge.gradient(problem, out, _truth_after(steps, impl, problem, kept),
+                   identity="gradients accumulate over two backward passes",
                    show=steps.show("x.grad{at}.item()", "truth.grad(2 * grad.double()){at}.item()"))
 
 
@@ -144,6 +159,7 @@ def test_no_grad_and_inference_mode_agree(impl, judge, device, dtype, mode, opti
     grad-enabled one: same shape, same value against the truth."""
     problem = _problem(impl, options, dtype, device, seed, upstream=None)
     steps = Steps(impl, problem)
+    kept = _kept(steps, problem)
     steps(f"with torch.{mode}():\n    loss = {logits_form.call_code(impl, problem)}",
           f"enabled = {logits_form.call_code(impl, problem, x='x.detach().requires_grad_()')}")
     loss, enabled = steps["loss"], steps["enabled"]
@@ -151,7 +167,6 @@ def test_no_grad_and_inference_mode_agree(impl, judge, device, dtype, mode, opti
         judge.fail(f"{mode} gives the grad-enabled shape", problem,
                    f"shape {tuple(loss.shape)} under {mode}, {tuple(enabled.shape)} with autograd",
                    show=steps.show("tuple(loss.shape)", "tuple(enabled.shape)"))
-    pristine, t = steps.fed
-    out = logits_form.Outcome(input=pristine, target=t, loss=loss.clone())
-    judge.value(problem, out, steps["truth"], identity=f"value under torch.{mode}()",
+    out = logits_form.Outcome(input=steps["x0"], target=steps["t"], loss=loss.clone())
+    judge.value(problem, out, _truth_after(steps, impl, problem, kept), identity=f"value under torch.{mode}()",
                 show=steps.show("loss{at}.item()", "truth.loss{at}.item()"))
