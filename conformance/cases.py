@@ -24,6 +24,7 @@ from .reference import Variant
 from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
 __all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "built",
+           "on_device", "in_layout_of",
            "well_conditioned", "document_example", "upstream_recipe", "UPSTREAM_KINDS", "LOGIT_DISTRIBUTIONS",
            "logits_lines", "design_params", "designed"]
 
@@ -176,6 +177,30 @@ def _execute(recipe: str, device: str, names: tuple, optional: tuple) -> dict:
 def built(code: str, name: str, device: str) -> Tensor:
     """The tensor ``name`` that ``code`` (a snippet's line, such as a direction or a tangent) builds, on ``device``."""
     return _execute(code, device, (name,), ())[name]
+
+
+def on_device(t: Tensor, device: str) -> Tensor:
+    """``t`` on ``device`` with the same storage, strides and offset.
+
+    ``Tensor.to`` keeps strides only for dense layouts; a sliced view or a stride-0 tensor
+    arrives contiguous on another device, so the whole storage is moved and viewed again.
+    """
+    if t.device.type == torch.device(device).type:
+        return t
+    size = t.untyped_storage().nbytes() // t.element_size()
+    flat = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage(), 0, (size,))
+    return flat.to(device).as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+def in_layout_of(values: Tensor, layout: Tensor) -> Tensor:
+    """``values`` copied into a fresh storage shaped like ``layout``'s (same strides and offset)."""
+    if values.stride() == layout.stride() and values.storage_offset() == layout.storage_offset():
+        return values
+    storage = torch.zeros(layout.untyped_storage().nbytes() // layout.element_size(), dtype=values.dtype,
+                          device=values.device)
+    view = storage.as_strided(layout.shape, layout.stride(), layout.storage_offset())
+    view.copy_(values)
+    return view
 
 
 def from_recipe(family: str, recipe: str, device: str) -> Case:

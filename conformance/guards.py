@@ -22,13 +22,23 @@ from typing import Callable, Iterator, Optional
 import torch
 
 __all__ = ["ImplementationFault", "CheckTimeout", "GlobalState", "time_limit", "truncate_sections", "calling",
-           "crash_trampoline", "bits", "HangLedger", "Size", "NOT_RUN_PREFIX", "Call"]
+           "crash_trampoline", "bits", "storage_bits", "HangLedger", "Size", "NOT_RUN_PREFIX", "Call"]
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     """A bitwise copy of a caller's tensor (NaN-safe equality), 0-dim tensors included: what a
     check compares after a call to tell whether the implementation wrote into it."""
     return t.detach().clone().contiguous().reshape(-1).view(torch.uint8) if t.numel() else t.detach().clone()
+
+
+def storage_bits(t: torch.Tensor, *, skipped_only: bool = False) -> torch.Tensor:
+    """A bitwise copy of a caller's tensor's whole storage, the elements its view skips included
+    (a kernel that reads a view as if contiguous writes past it); ``skipped_only``: with the
+    view's own elements zeroed (what a loss that declares ``overwrites_logits`` must leave alone)."""
+    copy = torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage().clone())
+    if skipped_only:
+        copy.as_strided(t.shape, t.stride(), t.storage_offset()).zero_()
+    return copy.view(torch.uint8)
 
 
 class ImplementationFault(AssertionError):

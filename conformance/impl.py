@@ -173,8 +173,17 @@ class Implementation:
     def __call__(self, input: Tensor, target: Tensor, options: LossOptions = LossOptions()) -> Tensor:
         """Call the implementation, holding it to its conduct: it returns a tensor on the input's
         device and leaves global torch state as it found it (see ``guards``)."""
-        called = self._describe_call(input, target, options)
+        called = self._describe_call(input, target, options.describe())
         return self._tensor(self._guarded((input, target), self.keywords(options), called), input, called)
+
+    def with_keywords(self, input: Tensor, target: Tensor, keywords: dict) -> Tensor:
+        """The call with its keywords as the implementation names them, held to the same conduct:
+        what a reproduce snippet's ``impl.call(x, t, ...)`` line runs inside a check
+        (``judge.snippet.Steps``)."""
+        described = ", ".join(f"{name}=<{value.numel()} classes>" if isinstance(value, Tensor) else f"{name}={value!r}"
+                              for name, value in keywords.items())
+        called = self._describe_call(input, target, described)
+        return self._tensor(self._guarded((input, target), keywords, called), input, called)
 
     def linear(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Optional[Tensor],
                options: LossOptions = LossOptions()) -> Tensor:
@@ -220,7 +229,7 @@ class Implementation:
     def call_returning(self, auxiliary: str, input: Tensor, target: Tensor,
                        options: LossOptions = LossOptions()) -> tuple[Tensor, Tensor]:
         """Call it asking for ``auxiliary`` as well (its ``returns`` keyword set to True)."""
-        called = self._describe_call(input, target, options) + f", {self.returns[auxiliary]}=True"
+        called = self._describe_call(input, target, options.describe()) + f", {self.returns[auxiliary]}=True"
         result = self._guarded((input, target), {**self.keywords(options), self.returns[auxiliary]: True}, called)
         if isinstance(result, (tuple, list)):
             loss, aux = result[0], result[1]
@@ -240,9 +249,8 @@ class Implementation:
         return replace(options.variant, z_loss_weighting=self.z_loss_weighting)
 
     @staticmethod
-    def _describe_call(input: Tensor, target: Tensor, options: LossOptions) -> str:
-        return (f"on input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} {target.dtype}, "
-                f"{options.describe()}")
+    def _describe_call(input: Tensor, target: Tensor, options: str) -> str:
+        return f"on input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} {target.dtype}, {options}"
 
     def _guarded(self, args: tuple, keywords: dict, called: str) -> Any:
         state = GlobalState()

@@ -353,7 +353,9 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
         target_kind = "probs" if target.is_floating_point() else "index"
     if target_kind not in REFERENCE_TARGET_KINDS:
         raise ValueError(f"target_kind={target_kind!r}; expected one of {REFERENCE_TARGET_KINDS}")
-    x = input.detach().to("cpu", torch.float64)
+    # A copy even of a float64 cpu input: the caller may write into its tensor after (a loss that
+    # overwrites its logits, in a snippet that evaluated the truth before the call).
+    x = input.detach().to("cpu", torch.float64, copy=True)
     t = target.detach().cpu()
     num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
     if target_kind == "probs":

@@ -58,6 +58,16 @@ def test_one_hot_target_equals_index_target_without_weights():
     assert torch.allclose(cross_entropy(z, onehot, label_smoothing=0.1), cross_entropy(z, y, label_smoothing=0.1))
 
 
+def test_an_evaluation_keeps_the_input_as_given_when_the_caller_writes_into_it():
+    """A float64 input is copied too: a snippet evaluates the truth before a loss that may
+    overwrite its logits, and a check's ``Steps`` runs that very line."""
+    x, t = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    ev = evaluate(x, t, reduction="none")
+    kept = ev.inputs.clone()
+    x.fill_(7.0)
+    assert torch.equal(ev.inputs, kept)
+
+
 def test_underflowed_probability_gives_inf_but_logits_stay_finite():
     z = torch.tensor([[0.0, -1000.0]], dtype=torch.float64)
     y = torch.tensor([1])

@@ -18,16 +18,20 @@ FAMILIES = {
     "value": ("small_bias", "test_value_matches_truth and float32"),
     "gradient": ("grad_wrong_sign", "test_gradient_is_softmax_minus_target and float32 and 7x3"),
     "structure": ("wrong_shape_none", "test_output_shape_and_dtype"),
+    "structure inputs modified": ("modifies_target", "test_inputs_never_modified and float32 and none"),
+    "structure outputs reused": ("output_buffer_reused", "test_outputs_are_not_reused_between_calls and float32"),
     "features": ("ignored_rows_nonzero_grad", "test_ignore_index and float32 and sum"),
     "invalid input": ("accepts_out_of_range_target", "test_invalid_input_raises"),
     "extremes": ("neg_inf_nan", "test_leading_blocks_masked"),
     "layouts": ("noncontiguous_wrong", "test_noncontiguous_logits and float32"),
+    "layouts target": ("strided_target_misread", "test_target_layouts and float32 and none"),
     "lifecycle": ("stale_cache", "test_in_place_change_gives_a_new_answer and float32"),
     "lifecycle backward twice": ("backward_rescales_in_place",
                                  "test_backward_twice_gives_the_same_gradient and float32"),
     "lifecycle caller tensors": ("mutates_weight", "test_caller_tensors_unchanged and float32 and none"),
     "transforms": ("double_backward_wrong", "test_hessian_vector_product and float64"),
     "document": ("small_bias", "test_document_example and float64"),
+    "document training": ("small_bias", "test_network_learns_xor"),
     "properties": ("small_bias", "test_implementation_matches_reference and float64"),
     "variants": ("z_loss_uncapped", "test_variant_value_and_gradient and float32 and plain"),
     "returned auxiliaries": ("z_loss_gradient_dropped", "test_returned_auxiliary and float32"),
@@ -128,3 +132,72 @@ def test_the_snippet_is_printed_as_is_to_be_copied(suite):
     with contextlib.redirect_stdout(printed):
         exec(compile(snippet, "<printed snippet>", "exec"), {})
     assert re.search(r"actual (.*) expected (.*)", printed.getvalue()), printed.getvalue()
+
+
+# A lifecycle check per broken fixture, each failing on a comparison: the snippet must print the
+# very actual and expected the check's message names (mutates_weight: the truth of the call after
+# an in-place change is taken on the caller's weights as given, not the ones the first call wrote).
+LIFECYCLE_MISMATCHES = {
+    "stale_cache": "test_in_place_change_gives_a_new_answer and float32",
+    "mutates_weight": "test_in_place_change_gives_a_new_answer and float32 and weighted",
+    "backward_rescales_in_place": "test_backward_twice_gives_the_same_gradient and float32",
+    "no_grad_fast_path": "test_no_grad_and_inference_mode_agree and float32",
+}
+
+
+def _printed(snippet: str, test_id: str) -> tuple[str, str]:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(snippet, f"<snippet of {test_id}>", "exec"), {})
+    match = re.search(r"actual (.*) expected (.*)", printed.getvalue())
+    assert match, (test_id, printed.getvalue(), snippet)
+    return match.group(1).strip(), match.group(2).strip()
+
+
+@pytest.mark.parametrize("fixture", LIFECYCLE_MISMATCHES)
+def test_a_lifecycle_snippet_prints_the_mismatch_its_check_saw(suite, pytester, fixture):
+    report = pytester.path / "run.json"
+    result = suite(f"--impl=fixtures.broken.{fixture}", "-k", LIFECYCLE_MISMATCHES[fixture],
+                   f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    reasons = {check["id"]: check["reason"] for check in json.loads(report.read_text())["checks"]}
+    snippets = _snippets(report)
+    assert snippets
+    for test_id, snippet in snippets:
+        saw = re.search(r"worst (?:element \(.*?\)|value): actual=(\S+) expected=(\S+)", reasons[test_id])
+        assert saw, reasons[test_id]
+        assert _printed(snippet, test_id) == (saw.group(1), saw.group(2)), (test_id, snippet)
+
+
+CALL_LOG = """
+import os
+import torch
+CALLS = []   # (the test running, the call)
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    CALLS.append((os.environ.get("PYTEST_CURRENT_TEST", ""), tuple(input.shape), input.requires_grad,
+                  torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+                  None if weight is None else weight.tolist(), ignore_index, reduction, label_smoothing))
+    return torch.nn.functional.cross_entropy(input, target, weight=weight, ignore_index=ignore_index,
+                                             reduction=reduction, label_smoothing=label_smoothing) * (1 + 1e-2)
+"""
+
+
+@pytest.mark.parametrize("check", ["test_backward_twice_gives_the_same_gradient", "test_gradients_accumulate",
+                                   "test_in_place_change_gives_a_new_answer",
+                                   "test_no_grad_and_inference_mode_agree"])
+def test_a_lifecycle_snippet_makes_the_calls_its_check_made(suite, pytester, check):
+    """A biased loss that logs each call (its input's shape and grad mode, every option): the
+    snippet of a failing check makes exactly the calls the check made, in order."""
+    pytester.makepyfile(call_log=CALL_LOG)
+    pytester.syspathinsert()
+    import call_log  # imported before the run: the run and the snippet log into the same list
+    report = pytester.path / "run.json"
+    result = suite("--impl=call_log", "-k", f"{check} and float32 and weighted", f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    made = list(call_log.CALLS)
+    snippets = _snippets(report)
+    assert snippets
+    for test_id, snippet in snippets:
+        call_log.CALLS.clear()
+        _printed(snippet, test_id)
+        assert [call for _, *call in call_log.CALLS] == [call for test, *call in made if test_id in test], snippet

@@ -21,9 +21,11 @@ from ..impl import Implementation
 from ..reference import Evaluation, evaluate
 from .protocol import Form, Quantity, Show, call_lines
 
-__all__ = ["Outcome", "forward", "forward_backward", "truth", "torch_on", "call_code", "truth_code", "keywords_code",
-           "truth_options_code", "VALUE", "GRADIENT", "LogitsForm"]
+__all__ = ["Outcome", "FEED", "forward", "forward_backward", "truth", "torch_on", "call_code", "truth_code",
+           "keywords_code", "truth_options_code", "VALUE", "GRADIENT", "LogitsForm"]
 
+# The snippet's line that feeds the case to the implementation (as ``Implementation.feed`` does in a check).
+FEED = "x, t = impl.feed(logits, target)"
 VALUE = Show("loss{at}.item()", "truth.loss{at}.item()")
 GRADIENT = Show("x.grad{at}.item()", "truth.grad(grad){at}.item()")
 
@@ -82,16 +84,17 @@ def torch_on(problem: Problem, out: Outcome) -> tuple[Tensor, Optional[Tensor]]:
     return loss.detach(), x.grad
 
 
-def keywords_code(impl: Implementation, problem: Problem) -> str:
-    """The snippet's keywords of a call: the problem's options under the implementation's names."""
+def keywords_code(impl: Implementation, problem: Problem, weight: str = "weight") -> str:
+    """The snippet's keywords of a call: the problem's options under the implementation's names
+    (``weight``: the code of the class weights)."""
     kw = impl.keywords(problem.options)
     kw.pop("weight")
-    return "weight=weight, " + ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    return f"weight={weight}, " + ", ".join(f"{k}={v!r}" for k, v in kw.items())
 
 
-def call_code(impl: Implementation, problem: Problem, x: str = "x") -> str:
+def call_code(impl: Implementation, problem: Problem, x: str = "x", weight: str = "weight") -> str:
     """The snippet's call of the implementation on ``x`` and ``t`` with the problem's options."""
-    return f"impl.call({x}, t, {keywords_code(impl, problem)})"
+    return f"impl.call({x}, t, {keywords_code(impl, problem, weight)})"
 
 
 def truth_options_code(options) -> str:
@@ -99,11 +102,12 @@ def truth_options_code(options) -> str:
             f"label_smoothing={options.label_smoothing!r}")
 
 
-def truth_code(impl: Implementation, problem: Problem, x: str = "x") -> str:
-    """The snippet's float64 truth of the problem on ``x`` and ``t`` as the implementation takes them."""
+def truth_code(impl: Implementation, problem: Problem, x: str = "x", weight: str = "weight") -> str:
+    """The snippet's float64 truth of the problem on ``x`` and ``t`` as the implementation takes them
+    (``weight``: the code of the class weights)."""
     options = problem.options
     variant = f", variant={impl.reference_variant(options)!r}" if options.variant.active else ""
-    return (f"truth = evaluate({x}, t, weight=weight, {truth_options_code(options)}, "
+    return (f"truth = evaluate({x}, t, weight={weight}, {truth_options_code(options)}, "
             f"input_kind={impl.input_kind!r}{variant})")
 
 
@@ -140,7 +144,7 @@ class LogitsForm(Form):
         if case.device != "cpu":
             lines.append(f"logits, target = logits.to({case.device!r}), target.to({case.device!r})")
             lines.append(f"weight = None if weight is None else weight.to({case.device!r})")
-        lines += impl.load_code() + ["x, t = impl.feed(logits, target)"]
+        lines += impl.load_code() + [FEED]
         if show.truth:
             lines.append(truth_code(impl, problem))
         if show.steps is not None:

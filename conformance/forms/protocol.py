@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from torch import Tensor
 
-__all__ = ["Show", "Quantity", "Form", "call_lines"]
+__all__ = ["Show", "Quantity", "Form", "call_lines", "upstream_lines"]
 
 
 @dataclass(frozen=True)
@@ -82,12 +82,14 @@ class Form(ABC):
         (unless ``show.steps`` replaces it) call it as ``call`` does."""
 
 
+def upstream_lines(upstream: str, device: str) -> list[str]:
+    """A snippet's lines that build ``grad``, the upstream gradient its recipe ``upstream`` builds, on ``device``."""
+    return [upstream] + [f"grad = grad.to({device!r})"] * (device != "cpu")
+
+
 def call_lines(call: str, upstream: Optional[str], device: str, result: str) -> list[str]:
     """A snippet's call of a problem on ``x`` as ``Form.call`` makes it: forward alone, or with ``x``
     requiring grad and backward with the upstream gradient ``upstream`` builds, on ``device``."""
     if upstream is None:
         return [f"{result} = {call}"]
-    lines = ["x.requires_grad_()", f"{result} = {call}", upstream]
-    if device != "cpu":
-        lines.append(f"grad = grad.to({device!r})")
-    return lines + [f"{result}.backward(grad)"]
+    return ["x.requires_grad_()", f"{result} = {call}", *upstream_lines(upstream, device), f"{result}.backward(grad)"]

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.document import DOCUMENT_PATHS, document_path, document_path_show
-from conformance.forms import Show
+from conformance.document import DOCUMENT_PATHS, document_path_code
 from conformance.forms import logits as logits_form
 from conformance.guards import calling
+from conformance.judge.snippet import Steps
 from conformance.reference import evaluate
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
@@ -17,11 +17,12 @@ from conformance.vocabulary import REDUCTIONS, dtype_name
 def test_document_paths_agree_with_truth(judge, device, dtype, reduction, path, seed):
     problem = cases.problem(cases.well_conditioned(64, 4, dtype, device, seed=seed), reduction=reduction,
                             upstream=None)
-    case = problem.case
-    ev = evaluate(case.logits, case.target, reduction=reduction)
-    judge.within(f"document path {path}", problem, document_path(path, case.logits, case.target, reduction), ev.loss,
-                 "document path", show=document_path_show(path, problem, f"evaluate(logits, target, "
-                                                                          f"reduction={reduction!r})"),
+    steps = Steps(judge.impl, problem, truth=False)
+    steps("import torch.nn.functional as F", f"reference = evaluate(logits, target, reduction={reduction!r})",
+          f"path = {document_path_code(path, reduction)}")
+    ev = steps["reference"]
+    judge.within(f"document path {path}", problem, steps["path"], ev.loss, "document path",
+                 show=steps.show("path{at}.item()", "reference.loss{at}.item()"),
                  ev=ev, logs_rounded_probability=DOCUMENT_PATHS[path][1])
 
 
@@ -97,21 +98,24 @@ target = torch.tensor({XOR_TARGET})
 SGD lr 0.1, {XOR_STEPS} steps
 """
     problem = cases.problem(cases.from_recipe("xor", recipe, device), upstream=None)
-    call = problem.call_options()
-    predicted, losses, _ = train_xor(lambda z, y: impl(*impl.feed(z, y), call), dtype, device,
-                                     loss_name=f"the implementation's loss ({impl.spec})")
-    step_evaluations: list = []
-    expected_predicted, reference_losses, _ = train_xor(lambda z, y: ReferenceLoss.apply(z, y, step_evaluations),
-                                                        dtype, device, loss_name="the float64 reference loss")
-    # The snippet trains both networks (a second or two) and prints what the check compared.
-    steps = ("from conformance.suite.test_document import ReferenceLoss, train_xor",
-             f"loss_fn = lambda z, y: (lambda x, t: {logits_form.call_code(impl, problem)})(*impl.feed(z, y))",
-             f"predicted, losses, _ = train_xor(loss_fn, torch.{name}, {device!r})",
-             f"reference_predicted, reference_losses, _ = train_xor(ReferenceLoss.apply, torch.{name}, {device!r})")
+    # The snippet trains both networks (a second or two) and prints what the check compared; the
+    # reference run keeps each step's evaluation, from which the trajectory's bound is built.
+    steps = Steps(impl, problem, truth=False)
+    loss_name = f"the implementation's loss ({impl.spec})"
+    steps("from conformance.suite.test_document import ReferenceLoss, train_xor",
+          f"loss_fn = lambda z, y: (lambda x, t: {logits_form.call_code(impl, problem)})(*impl.feed(z, y))",
+          f"predicted, losses, _ = train_xor(loss_fn, torch.{name}, {device!r}, "
+          f"loss_name={loss_name!r})",
+          "step_evaluations = []",
+          f"reference_predicted, reference_losses, _ = train_xor(lambda z, y: ReferenceLoss.apply(z, y, "
+          f"step_evaluations), torch.{name}, {device!r}, loss_name='the float64 reference loss')")
+    predicted, losses = steps["predicted"], steps["losses"]
     if predicted != XOR_TARGET:
         judge.fail("XOR is learnt", problem, f"after {XOR_STEPS} steps the network predicts {predicted}, "
-                                             f"expected {XOR_TARGET} (the reference run predicts {expected_predicted})",
-                   show=Show("predicted", repr(XOR_TARGET), steps))
-    judge.within("XOR loss trajectory tracks the float64 reference run", problem, losses, reference_losses.double(),
-                 "xor trajectory", show=Show("losses{at}.item()", "reference_losses{at}.item()", steps),
-                 step_evaluations=step_evaluations)
+                                             f"expected {XOR_TARGET} (the reference run predicts "
+                                             f"{steps['reference_predicted']})",
+                   show=steps.show("predicted", repr(XOR_TARGET)))
+    judge.within("XOR loss trajectory tracks the float64 reference run", problem, losses,
+                 steps["reference_losses"].double(), "xor trajectory",
+                 show=steps.show("losses{at}.item()", "reference_losses{at}.item()"),
+                 step_evaluations=steps["step_evaluations"])

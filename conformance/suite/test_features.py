@@ -9,6 +9,7 @@ from conformance import cases
 from conformance.forms import Show
 from conformance.forms import logits as logits_form
 from conformance.guards import ImplementationFault
+from conformance.judge.snippet import Steps
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
 WEIGHTED = pytest.mark.feature("weight")
@@ -100,15 +101,15 @@ def test_gradient_with_respect_to_soft_target(impl, judge, device, dtype, seed):
     """d(loss)/d(target) is -log softmax(z) (times the weights and the upstream)."""
     problem = cases.problem(cases.well_conditioned(6, 5, dtype, device, seed=seed, soft_target=True),
                             reduction="sum", upstream=None)
-    logits, target = problem.case.logits.clone(), problem.case.target.clone().requires_grad_()
-    impl(logits, target, problem.call_options()).backward()
+    steps = Steps(impl, problem)
+    steps("t.requires_grad_()", f"{logits_form.call_code(impl, problem)}.backward()")
     row_problem = cases.problem(problem.case, reduction="none", upstream=None)
     row_ev = logits_form.truth(impl, row_problem,
                                logits_form.Outcome(problem.case.logits, problem.case.target, torch.empty(())))
+    target = steps["t"]
     judge.within("d loss / d target = -log softmax", problem, target.grad, -row_ev.log_probs.reshape(target.shape),
                  "soft target gradient", row_ev=row_ev,
-                 show=Show("t.grad{at}", "-truth.log_probs.reshape(t.shape){at}",
-                           steps=("t.requires_grad_()", f"{logits_form.call_code(impl, problem)}.backward()")))
+                 show=steps.show("t.grad{at}", "-truth.log_probs.reshape(t.shape){at}"))
 
 
 @pytest.mark.feature("kdim", "weight", "ignore_index", "custom_ignore_index")

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show
 from conformance.forms import logits as logits_form
+from conformance.guards import storage_bits
+from conformance.judge.snippet import Steps
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
 # Each recipe builds ``logits`` in the layout named, with targets drawn among logits <= 0 as in
@@ -32,40 +33,6 @@ LOGIT_LAYOUTS = {
 WELL_CONDITIONED_TARGET = "target = torch.where(logits <= 0, torch.rand(logits.shape), -1.0).argmax(1)"
 
 
-def _storage_bytes(t: torch.Tensor, *, skipped_only: bool = False) -> torch.Tensor:
-    """A copy of the tensor's whole storage as bytes, the elements its view skips included;
-    ``skipped_only``: with the view's own elements zeroed (what a loss that declares
-    ``overwrites_logits`` must leave alone)."""
-    copy = torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage().clone())
-    if skipped_only:
-        copy.as_strided(t.shape, t.stride(), t.storage_offset()).zero_()
-    return copy.view(torch.uint8)
-
-
-def _on_device(t: torch.Tensor, device: str) -> torch.Tensor:
-    """``t`` on ``device`` with the same storage, strides and offset.
-
-    ``Tensor.to`` keeps strides only for dense layouts; a sliced view or a stride-0 tensor
-    arrives contiguous on another device, so the whole storage is moved and viewed again.
-    """
-    if t.device.type == torch.device(device).type:
-        return t
-    size = t.untyped_storage().nbytes() // t.element_size()
-    flat = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage(), 0, (size,))
-    return flat.to(device).as_strided(t.shape, t.stride(), t.storage_offset())
-
-
-def _like(values: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
-    """``values`` copied into a fresh storage shaped like ``layout``'s (same strides and offset)."""
-    if values.stride() == layout.stride() and values.storage_offset() == layout.storage_offset():
-        return values
-    storage = torch.zeros(layout.untyped_storage().nbytes() // layout.element_size(), dtype=values.dtype,
-                          device=values.device)
-    view = storage.as_strided(layout.shape, layout.stride(), layout.storage_offset())
-    view.copy_(values)
-    return view
-
-
 def _layout_case(family: str, recipe: str, device: str, expected_layout: str) -> cases.Case:
     """The case built on the cpu by its recipe, moved to ``device`` in the same layout.
 
@@ -75,74 +42,74 @@ def _layout_case(family: str, recipe: str, device: str, expected_layout: str) ->
     case = cases.from_recipe(family, recipe, "cpu")
     names = {"torch": torch, "logits": case.logits, "target": case.target}
     assert eval(expected_layout, names), f"recipe does not build the layout {expected_layout!r}:\n{recipe}"
-    return dataclasses.replace(case, device=device, logits=_on_device(case.logits, device),
-                               target=_on_device(case.target, device))
+    return dataclasses.replace(case, device=device, logits=cases.on_device(case.logits, device),
+                               target=cases.on_device(case.target, device))
 
 
-_SNIPPET_NAMES = {"logits": "x", "target": "t", "upstream gradient": "grad"}
+# The snippet's names of the tensors the caller owns.
+OWNED = {"logits": "x", "target": "t", "upstream gradient": "grad"}
+STORAGE_BITS = "from conformance.guards import storage_bits"
 
 
-def _storage_show(impl, problem: cases.Problem, upstream: str, name: str, stage: str) -> Show:
-    """The snippet's lines comparing the whole storage of the tensor ``name`` before and after
-    ``stage`` (forward or backward); ``upstream``: the upstream gradient's recipe."""
-    tensor = _SNIPPET_NAMES[name]
-    steps = [upstream, "storage = lambda v: v.untyped_storage().cpu().tolist()", f"before = storage({tensor})"]
-    if problem.upstream is not None:
-        steps.append("x.requires_grad_()")
-    steps.append(f"loss = {logits_form.call_code(impl, problem)}")
-    if stage == "backward":
-        steps.append("loss.backward(grad)")
-    return Show(f"storage({tensor}) == before", "True", tuple(steps))
+def _other_layout(t: torch.Tensor, layout: torch.Tensor) -> bool:
+    return t.stride() != layout.stride() or t.storage_offset() != layout.storage_offset()
 
 
 def check_in_layout(impl, judge, problem: cases.Problem) -> None:
     """Value and gradient against the float64 truth, and every tensor the caller owns bitwise
     unchanged, in the case's layout.
 
-    The implementation is fed the case's tensors themselves (an input-kind conversion is copied
-    back into the logits' layout), and the upstream gradient keeps its recipe's strides.
+    The implementation is fed the case's tensors in their layouts (``Steps`` copies them whole
+    storage and all; an input-kind conversion is copied back into the logits' layout), and the
+    upstream gradient keeps its recipe's strides.
     """
     __tracebackhide__ = True
     case = problem.case
-    x, t = impl.feed(case.logits, case.target)
-    x = _like(x, case.logits)
-    if t is not case.target and t.shape == case.logits.shape:
-        t = _like(t, case.logits)
     backward = "backward" not in impl.unsupported
-    leaf = x.detach().requires_grad_(backward)
-    pristine_x, pristine_t = x.detach().clone(), t.detach().clone()
-    namespace: dict = {"torch": torch}
     upstream = problem.upstream
-    exec(upstream, namespace)
-    grad = _on_device(namespace["grad"], case.device)
     if not backward:
         problem = dataclasses.replace(problem, upstream=None)
-    owned = {"logits": leaf, "target": t, "upstream gradient": grad}
+    steps = Steps(impl, problem)
+    # An input-kind conversion (contiguous) copied into the logits' layout; the upstream gradient
+    # moved to the device in its recipe's layout.
+    relayout = [v for v, given in (("x", "logits"), ("t", "target")) if steps[v] is not steps[given]
+                and steps[v].shape == case.logits.shape and _other_layout(steps[v], case.logits)]
+    moved = case.device != "cpu"
+    used = ["in_layout_of"] * bool(relayout) + ["on_device"] * moved
+    steps(*[f"from conformance.cases import {', '.join(used)}"] * bool(used),
+          *(f"{v} = in_layout_of({v}, logits)" for v in relayout), upstream,
+          *[f"grad = on_device(grad, {case.device!r})"] * moved)
     # declared: then the logits' elements may change, their storage's others not
     declared = "overwrites_logits" in impl.deviations
-    skipped_only = {name: declared and name == "logits" for name in owned}
-    before = {name: _storage_bytes(tensor, skipped_only=skipped_only[name]) for name, tensor in owned.items()}
+    skipped = {v: ", skipped_only=True" * (declared and v == "x") for v in OWNED.values()}
+    steps(STORAGE_BITS, f"{', '.join(v + '0' for v in OWNED.values())} = "
+                        f"{', '.join(f'storage_bits({v}{skipped[v]})' for v in OWNED.values())}")
 
     def unchanged(stage: str) -> None:
-        for name, tensor in owned.items():
-            if not torch.equal(_storage_bytes(tensor, skipped_only=skipped_only[name]), before[name]):
-                where = "outside the view " * skipped_only[name]
+        for name, v in OWNED.items():
+            tensor = steps[v]
+            if not torch.equal(storage_bits(tensor, skipped_only=bool(skipped[v])), steps[v + "0"]):
+                where = "outside the view " * bool(skipped[v])
                 judge.fail("inputs unmodified", problem, f"the storage of the {name} (shape {tuple(tensor.shape)}, "
                            f"strides {tensor.stride()}, offset {tensor.storage_offset()}) changed {where}during "
-                           f"{stage}", show=_storage_show(impl, problem, upstream, name, stage))
+                           f"{stage}", show=steps.show(f"torch.equal(storage_bits({v}{skipped[v]}), {v}0)", "True"))
 
-    with torch.set_grad_enabled(backward):
-        loss = impl(leaf, t, problem.call_options())
+    call = logits_form.call_code(impl, problem)
+    if backward:
+        steps("x.requires_grad_()", f"loss = {call}")
+    else:
+        steps(f"with torch.no_grad():\n    loss = {call}")
     unchanged("forward")
     if backward:
-        loss.backward(grad)
+        steps("loss.backward(grad)")
         unchanged("backward")
-    out = logits_form.Outcome(input=pristine_x, target=pristine_t, loss=loss.detach(),
-                              grad=leaf.grad if backward else None, upstream=grad if backward else None)
-    ev = logits_form.truth(impl, problem, out)
-    judge.value(problem, out, ev)
+    pristine_x, pristine_t = steps.fed
+    out = logits_form.Outcome(input=pristine_x, target=pristine_t, loss=steps["loss"].detach(),
+                              grad=steps["x"].grad if backward else None, upstream=steps["grad"] if backward else None)
+    judge.value(problem, out, steps["truth"], show=steps.show(logits_form.VALUE.actual, logits_form.VALUE.expected))
     if backward:
-        judge.gradient(problem, out, ev)
+        judge.gradient(problem, out, steps["truth"],
+                       show=steps.show(logits_form.GRADIENT.actual, logits_form.GRADIENT.expected))
 
 
 @pytest.mark.feature("noncontiguous")

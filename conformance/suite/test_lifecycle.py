@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show
 from conformance.forms import logits as logits_form
+from conformance.forms.protocol import upstream_lines
 from conformance.guards import bits
+from conformance.judge.snippet import IMPORT_BITS, Steps
 
 # A call's life does not depend on its options, but a buffer kept between calls may hold them:
 # every check runs plainly (so a loss without class weights or smoothing is judged on all the
@@ -34,9 +35,31 @@ def _problem(impl, options, dtype, device, seed, *, reduction="none", upstream="
     return cases.problem(case, reduction=reduction, label_smoothing=0.1 if weighted else 0.0, upstream=upstream)
 
 
-def _leaf(impl, problem):
-    x, t = impl.feed(problem.case.logits, problem.case.target)
-    return x.detach().clone(), x.detach().clone().requires_grad_(), t
+def _upstream(problem) -> list:
+    return upstream_lines(problem.upstream, problem.device)
+
+
+def _kept_weights(steps: Steps, problem) -> str:
+    """The code of the caller's class weights as given (``weight0``, a copy kept by a step before
+    any call: a loss that writes into them fails ``test_caller_tensors_unchanged``, not every check)."""
+    if problem.case.weight is None:
+        return "weight"
+    steps("weight0 = weight.clone()")
+    return "weight0"
+
+
+def _kept(steps: Steps, problem) -> tuple:
+    """Copies of the logits and the class weights as given, kept by steps before any call: the
+    code of each (``_truth_after``)."""
+    steps("x0 = x.detach().clone()")
+    return "x0", _kept_weights(steps, problem)
+
+
+def _truth_after(steps: Steps, impl, problem, kept: tuple):
+    """The truth evaluated by a step after the calls, on the logits and weights as given and the
+    target as the calls left it (a loss that writes into its target is judged on what it left)."""
+    x, weight = kept
+    return steps(logits_form.truth_code(impl, problem, x, weight=weight))["truth"]
 
 
 @pytest.mark.feature("backward")
@@ -47,47 +70,43 @@ def test_backward_twice_gives_the_same_gradient(impl, judge, device, dtype, opti
     place returns it scaled twice). A loss that refuses the second backward (a compiled graph's
     donated buffers) has a probed gap, ``retain_graph``."""
     problem = _problem(impl, options, dtype, device, seed)
-    pristine, x, t = _leaf(impl, problem)
-    grad = problem.upstream_gradient()
-    loss = impl(x, t, problem.call_options())
-    first, = torch.autograd.grad(loss, x, grad, retain_graph=True)
-    kept = bits(first)
-    second, = judge.probe("retain_graph", problem, lambda: torch.autograd.grad(loss, x, grad),
-                          "a second backward over the graph kept with retain_graph=True")
-    out = logits_form.Outcome(input=pristine, target=t, loss=loss.detach(), grad=second, upstream=grad)
-    ev = logits_form.truth(impl, problem, out)
-    steps = ("x.requires_grad_()", f"loss = {logits_form.call_code(impl, problem)}", problem.upstream,
-             "first, = torch.autograd.grad(loss, x, grad, retain_graph=True)", "kept = first.clone()",
-             "second, = torch.autograd.grad(loss, x, grad)")
-    judge.gradient(problem, out, ev, identity="second backward (retain_graph=True)",
-                   show=Show("second{at}.item()", "truth.grad(grad){at}.item()", steps))
-    if not torch.equal(bits(first), kept):
+    steps = Steps(impl, problem)
+    kept = _kept(steps, problem)
+    steps(IMPORT_BITS, "x.requires_grad_()", *_upstream(problem), f"loss = {logits_form.call_code(impl, problem)}",
+          "first, = torch.autograd.grad(loss, x, grad, retain_graph=True)", "kept = bits(first)")
+    judge.probe("retain_graph", problem, lambda: steps("second, = torch.autograd.grad(loss, x, grad)"),
+                "a second backward over the graph kept with retain_graph=True")
+    out = logits_form.Outcome(input=steps["x0"], target=steps["t"], loss=steps["loss"].detach(),
+                              grad=steps["second"], upstream=steps["grad"])
+    judge.gradient(problem, out, _truth_after(steps, impl, problem, kept),
+                   identity="second backward (retain_graph=True)",
+                   show=steps.show("second{at}.item()", "truth.grad(grad){at}.item()"))
+    if not torch.equal(bits(steps["first"]), steps["kept"]):
         judge.fail("a returned gradient does not change", problem,
                    "the gradient returned by the first backward changed during the second",
-                   show=Show("torch.equal(first, kept)", "True", steps))
+                   show=steps.show("torch.equal(bits(first), kept)", "True"))
 
 
 @pytest.mark.feature("backward")
 @OPTIONS
 def test_gradients_accumulate(impl, judge, device, dtype, options, seed):
-    """Two forward and backward passes into the same leaf: ``.grad`` holds the sum of both."""
+    """Two forward and backward passes into the same leaf: ``.grad`` holds the sum of both. Each
+    call is handed its own copy of the class weights (a loss that writes into them fails
+    ``test_caller_tensors_unchanged``, not this check)."""
     problem = _problem(impl, options, dtype, device, seed)
-    pristine, x, t = _leaf(impl, problem)
-    grad = problem.upstream_gradient()
+    steps = Steps(impl, problem)
     # A loss that declares overwrites_logits gets its logits anew before each call, as from a new forward.
     restore = "overwrites_logits" in impl.deviations
-    for _ in range(2):
-        if restore:
-            with torch.no_grad():
-                x.copy_(pristine)
-        impl(x, t, problem.call_options()).backward(grad)
-    out = logits_form.Outcome(input=pristine, target=t, loss=torch.empty(()), grad=x.grad, upstream=2 * grad.double())
-    call = f"{logits_form.call_code(impl, problem)}.backward(grad)"
-    kept, renew = (("x0 = x.detach().clone()",), ("with torch.no_grad(): x.copy_(x0)",)) if restore else ((), ())
-    steps = ("x.requires_grad_()", problem.upstream, *kept, *renew, call, *renew, call)
-    judge.gradient(problem, out, logits_form.truth(impl, problem, out),
+    weight = "weight" if problem.case.weight is None else "weight.clone()"
+    call = f"{logits_form.call_code(impl, problem, weight=weight)}.backward(grad)"
+    renew = ["with torch.no_grad(): x.copy_(x0)"] * restore
+    kept = _kept(steps, problem)
+    steps("x.requires_grad_()", *_upstream(problem), *renew, call, *renew, call)
+    out = logits_form.Outcome(input=steps["x0"], target=steps["t"], loss=torch.empty(()), grad=steps["x"].grad,
+                              upstream=2 * steps["grad"].double())
+    judge.gradient(problem, out, _truth_after(steps, impl, problem, kept),
                    identity="gradients accumulate over two backward passes",
-                   show=Show("x.grad{at}.item()", "truth.grad(2 * grad.double()){at}.item()", steps))
+                   show=steps.show("x.grad{at}.item()", "truth.grad(2 * grad.double()){at}.item()"))
 
 
 @pytest.mark.feature("backward")
@@ -97,46 +116,40 @@ def test_caller_tensors_unchanged(impl, judge, device, dtype, reduction, options
     """The upstream gradient, the class weights and the target belong to the caller: bitwise
     unchanged after forward and after backward."""
     problem = _problem(impl, options, dtype, device, seed, reduction=reduction)
-    _, x, t = _leaf(impl, problem)
-    grad = problem.upstream_gradient()
-    call = problem.call_options()
-    owned = {"upstream gradient": ("grad", grad), "class weights": ("weight", call.weight), "target": ("t", t)}
-    owned = {name: (variable, tensor) for name, (variable, tensor) in owned.items() if tensor is not None}
-    before = {name: bits(tensor) for name, (_, tensor) in owned.items()}
-    loss = impl(x, t, call)
-    changed = [f"{name} (during forward)" for name, (_, tensor) in owned.items()
-               if not torch.equal(bits(tensor), before[name])]
-    loss.backward(grad)
-    changed += [f"{name} (during backward)" for name, (_, tensor) in owned.items()
-                if not torch.equal(bits(tensor), before[name]) and f"{name} (during forward)" not in changed]
-    if changed:
-        variables = [variable for variable, _ in owned.values()]
-        judge.fail("caller's tensors unchanged", problem, "modified: " + ", ".join(changed),
-                   show=Show(" and ".join(f"torch.equal({v}, {v}0)" for v in variables), "True",
-                             steps=("x.requires_grad_()", problem.upstream,
-                                    f"{', '.join(v + '0' for v in variables)} = "
-                                    f"{', '.join(v + '.clone()' for v in variables)}",
-                                    f"{logits_form.call_code(impl, problem)}.backward(grad)")))
+    steps = Steps(impl, problem)
+    steps(IMPORT_BITS, "x.requires_grad_()", *_upstream(problem))
+    owned = {"upstream gradient": "grad", "class weights": "weight", "target": "t"}
+    owned = {name: variable for name, variable in owned.items() if steps[variable] is not None}
+    steps(f"{', '.join(v + '0' for v in owned.values())}, = {', '.join(f'bits({v})' for v in owned.values())},",
+          f"loss = {logits_form.call_code(impl, problem)}")
+
+    def changed(stage: str) -> list:
+        return [f"{name} ({stage})" for name, v in owned.items() if not torch.equal(bits(steps[v]), steps[v + "0"])]
+
+    during_forward = changed("during forward")
+    steps("loss.backward(grad)")
+    during_backward = [name for name in changed("during backward")
+                       if name.replace("backward", "forward") not in during_forward]
+    if during_forward or during_backward:
+        judge.fail("caller's tensors unchanged", problem, "modified: " + ", ".join(during_forward + during_backward),
+                   show=steps.show(" and ".join(f"torch.equal(bits({v}), {v}0)" for v in owned.values()), "True"))
 
 
 @OPTIONS
 def test_in_place_change_gives_a_new_answer(impl, judge, device, dtype, options, seed):
     """The caller changes its logits in place between two calls: the second call's loss is the
     loss of the new logits (no result cached by the tensor's address: a known exploit of
-    kernel judges)."""
+    kernel judges). The same tensors both times, as a training loop passes them; the second call
+    is judged against the truth of what it was handed (a loss may overwrite it: overwrites_logits)."""
     problem = _problem(impl, options, dtype, device, seed, upstream=None)
-    x, t = impl.feed(problem.case.logits, problem.case.target)
-    x, call = x.clone(), problem.call_options()   # the same tensors both times, as a training loop passes them
-    with torch.no_grad():
-        impl(x, t, call)
-        x.mul_(2)
-        changed = x.clone()   # what the second call is handed (a loss may overwrite it: overwrites_logits)
-        loss = impl(x, t, call)
-    out = logits_form.Outcome(input=changed, target=t, loss=loss)
-    steps = (f"first = {logits_form.call_code(impl, problem)}", "x.mul_(2)", "changed = x.clone()",
-             f"loss = {logits_form.call_code(impl, problem)}", logits_form.truth_code(impl, problem, "changed"))
-    judge.value(problem, out, logits_form.truth(impl, problem, out), identity="a call after an in-place change",
-                show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
+    steps = Steps(impl, problem)
+    call = logits_form.call_code(impl, problem)
+    weight = _kept_weights(steps, problem)
+    steps(f"with torch.no_grad():\n    first = {call}\n    x.mul_(2)\n    changed = x.clone()\n    loss = {call}",
+          logits_form.truth_code(impl, problem, "changed", weight=weight))
+    out = logits_form.Outcome(input=steps["changed"], target=steps["t"], loss=steps["loss"])
+    judge.value(problem, out, steps["truth"], identity="a call after an in-place change",
+                show=steps.show("loss{at}.item()", "truth.loss{at}.item()"))
 
 
 @OPTIONS
@@ -145,15 +158,15 @@ def test_no_grad_and_inference_mode_agree(impl, judge, device, dtype, mode, opti
     """Under ``torch.no_grad()`` and ``torch.inference_mode()`` (evaluation loops) the loss is the
     grad-enabled one: same shape, same value against the truth."""
     problem = _problem(impl, options, dtype, device, seed, upstream=None)
-    x, t = impl.feed(problem.case.logits, problem.case.target)
-    pristine = x.clone()
-    with getattr(torch, mode)():
-        loss = impl(x, t, problem.call_options())
-    enabled = impl(x.detach().requires_grad_(), t, problem.call_options())
+    steps = Steps(impl, problem)
+    kept = _kept(steps, problem)
+    steps(f"with torch.{mode}():\n    loss = {logits_form.call_code(impl, problem)}",
+          f"enabled = {logits_form.call_code(impl, problem, x='x.detach().requires_grad_()')}")
+    loss, enabled = steps["loss"], steps["enabled"]
     if loss.shape != enabled.shape:
         judge.fail(f"{mode} gives the grad-enabled shape", problem,
-                   f"shape {tuple(loss.shape)} under {mode}, {tuple(enabled.shape)} with autograd")
-    out = logits_form.Outcome(input=pristine, target=t, loss=loss.clone())
-    steps = (f"with torch.{mode}():", f"    loss = {logits_form.call_code(impl, problem)}")
-    judge.value(problem, out, logits_form.truth(impl, problem, out), identity=f"value under torch.{mode}()",
-                show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
+                   f"shape {tuple(loss.shape)} under {mode}, {tuple(enabled.shape)} with autograd",
+                   show=steps.show("tuple(loss.shape)", "tuple(enabled.shape)"))
+    out = logits_form.Outcome(input=steps["x0"], target=steps["t"], loss=loss.clone())
+    judge.value(problem, out, _truth_after(steps, impl, problem, kept), identity=f"value under torch.{mode}()",
+                show=steps.show("loss{at}.item()", "truth.loss{at}.item()"))

@@ -7,7 +7,9 @@ import torch
 from conformance import cases, tolerance
 from conformance.forms import Show
 from conformance.forms import logits as logits_form
+from conformance.forms.protocol import upstream_lines
 from conformance.guards import bits
+from conformance.judge.snippet import IMPORT_BITS, Steps
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
 
@@ -53,27 +55,23 @@ def test_inputs_never_modified(impl, judge, device, dtype, reduction, seed):
     problem = cases.problem(cases.well_conditioned(9, 7, dtype, device, seed=seed,
                                                    ignore_index=cases.ignore_index_for(impl)),
                             reduction=reduction, upstream="expanded" if reduction == "none" else "scalar")
-    x, t = impl.feed(problem.case.logits, problem.case.target)
-    before = (bits(x), bits(t))
-    leaf = x.detach().requires_grad_()
-    loss = impl(leaf, t, problem.call_options())
-    after_forward = (bits(leaf), bits(t))
-    loss.backward(problem.upstream_gradient())
-    after_backward = (bits(leaf), bits(t))
+    steps = Steps(impl, problem, truth=False)
+    steps(IMPORT_BITS, "x0, t0 = bits(x), bits(t)", "x.requires_grad_()",
+          f"loss = {logits_form.call_code(impl, problem)}")
+    after_forward = (bits(steps["x"]), bits(steps["t"]))
+    steps(*upstream_lines(problem.upstream, device), "loss.backward(grad)")
+    after_backward = (bits(steps["x"]), bits(steps["t"]))
     declared = "overwrites_logits" in impl.deviations
     overwritten = []
     for stage, (xa, ta) in (("forward", after_forward), ("backward", after_backward)):
-        for name, now, then in (("logits", xa, before[0]), ("target", ta, before[1])):
+        for name, now, then in (("logits", xa, steps["x0"]), ("target", ta, steps["t0"])):
             if torch.equal(now, then):
                 continue
             if name == "logits" and declared:
                 overwritten.append(stage)
                 continue
             judge.fail("input unmodified", problem, f"the {name} were modified during {stage}",
-                       show=Show("torch.equal(x, x0) and torch.equal(t, t0)", "True",
-                                 steps=("x0, t0 = x.clone(), t.clone()", "x.requires_grad_()",
-                                        f"loss = {logits_form.call_code(impl, problem)}", problem.upstream,
-                                        "loss.backward(grad)")))
+                       show=steps.show("torch.equal(bits(x), x0) and torch.equal(bits(t), t0)", "True"))
     if overwritten:
         pytest.xfail(f"declared deviation overwrites_logits: the logits were overwritten during {overwritten[0]}")
 
@@ -151,15 +149,14 @@ def test_argmax_of_logits_is_argmax_of_softmax(impl, judge, device, dtype, seed)
 
 
 def test_outputs_are_not_reused_between_calls(impl, judge, device, dtype, seed):
-    """A second call must not overwrite the first call's result (aliased output buffers, Liger#507)."""
-    first, second = (cases.problem(cases.well_conditioned(8, 5, dtype, device, seed=seed + k), reduction="none",
-                                   upstream=None) for k in (0, 1))
-    first_loss = logits_form.forward(impl, first).loss
-    kept = bits(first_loss)
-    second_loss = logits_form.forward(impl, second).loss
-    if first_loss.data_ptr() == second_loss.data_ptr() or not torch.equal(bits(first_loss), kept):
-        judge.fail("outputs are not reused between calls", second,
+    """A second call (on other logits of the same shape) must not overwrite the first call's result
+    (aliased output buffers, Liger#507)."""
+    problem = cases.problem(cases.well_conditioned(8, 5, dtype, device, seed=seed), reduction="none", upstream=None)
+    steps = Steps(impl, problem, truth=False)
+    steps(IMPORT_BITS, f"first = {logits_form.call_code(impl, problem)}", "kept = bits(first)",
+          f"second = {logits_form.call_code(impl, problem, x='x * 2')}")
+    first, second = steps["first"], steps["second"]
+    if first.data_ptr() == second.data_ptr() or not torch.equal(bits(first), steps["kept"]):
+        judge.fail("outputs are not reused between calls", problem,
                    "the second call's result overwrote the first call's",
-                   show=Show("torch.equal(first, kept) and first.data_ptr() != second.data_ptr()", "True",
-                             steps=(f"first = {logits_form.call_code(impl, second)}", "kept = first.clone()",
-                                    f"second = {logits_form.call_code(impl, second, x='x * 2')}")))
+                   show=steps.show("torch.equal(bits(first), kept) and first.data_ptr() != second.data_ptr()", "True"))

@@ -22,9 +22,10 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show
 from conformance.forms import logits as logits_form
+from conformance.forms.protocol import upstream_lines
 from conformance.judge import compare
+from conformance.judge.snippet import Steps
 from conformance.reference import Variant
 from conformance.vocabulary import REDUCTIONS, WIDE_DTYPES, dtype_name
 
@@ -61,18 +62,10 @@ def _direction_recipe(shape: tuple, dtype: torch.dtype, seed: int) -> str:
             f"generator=torch.Generator().manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
 
 
-def _on_device(names: str, device: str) -> tuple:
-    """The snippet's line moving the tensors its recipes built on the cpu to the case's device."""
-    if device == "cpu":
-        return ()
-    moved = ", ".join(f"{name}.to({device!r})" for name in names.split(", "))
-    return (f"{names} = {moved}",)
-
-
-def _fed(impl, problem: cases.Problem) -> tuple:
-    """What the implementation is fed, and pristine copies of it for the truth (taken before the call)."""
-    x, t = impl.feed(problem.case.logits, problem.case.target)
-    return x, t, x.detach().clone(), t.detach().clone()
+def _direction_lines(problem: cases.Problem, dtype: torch.dtype, seed: int) -> list:
+    """The steps that build the direction ``v`` on the case's device."""
+    return [_direction_recipe(problem.case.logits.shape, dtype, seed)] + \
+        [f"v = v.to({problem.device!r})"] * (problem.device != "cpu")
 
 
 @pytest.mark.feature("backward", "double_backward")
@@ -83,27 +76,20 @@ def _fed(impl, problem: cases.Problem) -> tuple:
 def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, seed):
     """grad of <dL/dz, v> is s A (diag(p) - p p^T) v per position."""
     problem = _variant_problem(variant, 7, 5, dtype, device, seed, reduction, upstream="random")
-    direction = _direction_recipe(problem.case.logits.shape, dtype, seed)
-    grad_output, v = problem.upstream_gradient(), cases.built(direction, "v", device)
-    x, t, pristine_x, pristine_t = _fed(impl, problem)
-    x = x.detach().requires_grad_()
-    call = problem.call_options()
-    g = judge.probe("double_backward", problem,
-                    lambda: torch.autograd.grad(impl(x, t, call), x, grad_output, create_graph=True)[0],
-                    what="torch.autograd.grad(loss, x, grad, create_graph=True)")
-    if not g.requires_grad:
+    steps = Steps(impl, problem)
+    steps("x.requires_grad_()", *upstream_lines(problem.upstream, device), *_direction_lines(problem, dtype, seed))
+    judge.probe("double_backward", problem, lambda: steps(
+        f"g, = torch.autograd.grad({logits_form.call_code(impl, problem)}, x, grad, create_graph=True)"),
+                what="torch.autograd.grad(loss, x, grad, create_graph=True)")
+    if not steps["g"].requires_grad:
         judge.gap("double_backward", problem, "the gradient computed with create_graph=True does not depend on "
                   "the logits (a backward built from detached tensors, or @once_differentiable): its second "
                   "derivative would be silently zero")
-    hv = judge.probe("double_backward", problem, lambda: torch.autograd.grad(g, x, v)[0],
-                     what="torch.autograd.grad(g, x, v) of the gradient computed with create_graph=True")
-    ev = logits_form.truth(impl, problem,
-                           logits_form.Outcome(input=pristine_x, target=pristine_t, loss=torch.empty(())))
-    steps = ("x.requires_grad_()", problem.upstream, direction, *_on_device("grad, v", device),
-             f"g, = torch.autograd.grad({logits_form.call_code(impl, problem)}, x, grad, create_graph=True)",
-             "hv, = torch.autograd.grad(g, x, v)")
+    judge.probe("double_backward", problem, lambda: steps("hv, = torch.autograd.grad(g, x, v)"),
+                what="torch.autograd.grad(g, x, v) of the gradient computed with create_graph=True")
+    hv, ev, grad_output, v = steps["hv"], steps["truth"], steps["grad"], steps["v"]
     judge.within("Hessian-vector product", problem, hv, ev.hessian_vector(grad_output, v), "hessian-vector product",
-                 show=Show("hv{at}.item()", "truth.hessian_vector(grad, v){at}.item()", steps),
+                 show=steps.show("hv{at}.item()", "truth.hessian_vector(grad, v){at}.item()"),
                  ev=ev, grad_output=grad_output, v=v)
 
 
@@ -115,20 +101,16 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
 def test_forward_mode_directional_derivative(impl, judge, device, dtype, reduction, variant, seed):
     """torch.func.jvp of the loss along t is <dL/dz, t> (per position for reduction='none')."""
     problem = _variant_problem(variant, 8, 6, dtype, device, seed, reduction, upstream=None)
-    direction = _direction_recipe(problem.case.logits.shape, dtype, seed)
-    tangent = cases.built(direction, "v", device)
-    x, t, pristine_x, pristine_t = _fed(impl, problem)
-    call = problem.call_options()
-    loss, jvp = judge.probe("forward_ad", problem,
-                            lambda: torch.func.jvp(lambda z: impl(z, t, call), (x,), (tangent,)),
-                            what="torch.func.jvp")
-    ev = logits_form.truth(impl, problem, logits_form.Outcome(input=pristine_x, target=pristine_t, loss=loss))
-    steps = (direction, *_on_device("v", device),
-             f"loss, d = torch.func.jvp(lambda z: {logits_form.call_code(impl, problem, 'z')}, (x,), (v,))")
+    steps = Steps(impl, problem)
+    steps(*_direction_lines(problem, dtype, seed))
+    judge.probe("forward_ad", problem, lambda: steps(
+        f"loss, d = torch.func.jvp(lambda z: {logits_form.call_code(impl, problem, 'z')}, (x,), (v,))"),
+                what="torch.func.jvp")
+    loss, jvp, ev, tangent = steps["loss"], steps["d"], steps["truth"], steps["v"]
     judge.within("value under jvp", problem, loss, ev.loss, "value",
-                 show=Show("loss{at}.item()", "truth.loss{at}.item()", steps), ev=ev)
+                 show=steps.show("loss{at}.item()", "truth.loss{at}.item()"), ev=ev)
     judge.within("directional derivative", problem, jvp, ev.directional(tangent), "directional derivative",
-                 show=Show("d{at}.item()", "truth.directional(v){at}.item()", steps), ev=ev, tangent=tangent)
+                 show=steps.show("d{at}.item()", "truth.directional(v){at}.item()"), ev=ev, tangent=tangent)
 
 
 VMAP_BATCH = 4
