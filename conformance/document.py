@@ -1,13 +1,9 @@
 """The seed document's four ways to write the loss (cross_entropy; nll_loss of log_softmax; nll_loss
-of the log of softmax; the one-hot sum), as code over ``logits`` and ``target`` that a check
-evaluates and its reproduce snippet prints, so the two never differ."""
-import torch
-import torch.nn.functional as F
+of the log of softmax; the one-hot sum), as code over ``logits`` and ``target`` that a check runs
+as a recorded step (``judge.snippet.Steps``) and its reproduce snippet prints, so the two never
+differ."""
 
-from .cases import Problem
-from .forms import Show
-
-__all__ = ["DOCUMENT_PATHS", "document_path_code", "document_path", "document_path_show"]
+__all__ = ["DOCUMENT_PATHS", "document_path_code"]
 
 # The document's four paths, in the case's dtype, as code over ``logits`` and ``target`` (the
 # check evaluates the very code its reproduce snippet prints). The last two take the log of a
@@ -26,15 +22,3 @@ def document_path_code(path: str, reduction: str) -> str:
     """The document's ``path`` as an expression over ``logits`` and ``target`` (``torch``, ``F``)."""
     code = DOCUMENT_PATHS[path][0].format(reduction=reduction, one_hot_rows=_ONE_HOT_ROWS)
     return _REDUCED[reduction].format(code) if path.startswith("-(onehot") else code
-
-
-def document_path(path: str, logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
-    return eval(document_path_code(path, reduction), {"torch": torch, "F": F, "logits": logits, "target": target})
-
-
-def document_path_show(path: str, problem: Problem, truth: str) -> Show:
-    """The snippet's lines for a path against the float64 reference on the case's logits
-    (``truth``: the code of that evaluation)."""
-    return Show("path{at}.item()", "reference.loss{at}.item()",
-                ("import torch.nn.functional as F", f"reference = {truth}",
-                 f"path = {document_path_code(path, problem.options.reduction)}"))
