@@ -48,10 +48,12 @@ Non-finite logits. torch's answer is the arithmetic one: a ``-inf`` non-target l
 log-probabilities are ``inf - inf``. There the mathematical limit is an answer too
 (``Evaluation.loss_limit``): ``+inf`` when the target has mass on a class below the ``+inf``
 logit (its probability tends to 0), 0 when all of it sits on a single ``+inf`` class; NaN in
-the row (a NaN logit, or mass spread over several ``+inf`` classes) has no limit. An ignored
-position is absent from the function (torch: it "does not contribute to the input gradient"),
-so whatever its logits hold, NaN and ``+inf`` included, its loss and gradient are 0: the truth
-evaluates it as a row of zeros, which keeps every quantity and bound derived from it finite.
+the row (a NaN logit, or mass spread over several ``+inf`` classes) has no limit. A position
+without weight in the loss (ignored, or a zero-weight target without smoothing or z-loss) is
+absent from the function (torch: an ignored target "does not contribute to the input
+gradient"), so whatever its logits hold, NaN and ``+inf`` included, its loss and gradient are 0
+(``Evaluation.idle``); its per-position statistics, such as the logsumexp a kernel returns, are
+still those of its logits.
 """
 from __future__ import annotations
 
@@ -209,6 +211,11 @@ class Evaluation:
         return self._reduce(self.row_loss_limit)
 
     @property
+    def idle(self) -> Tensor:
+        """The positions the loss does not depend on, ``(M,)``: no weighted target and no z-loss."""
+        return (self.weighted_target == 0).all(1) & (self.z_coefficient[:, 0] == 0)
+
+    @property
     def num_classes(self) -> int:
         return self.log_probs.shape[1]
 
@@ -243,6 +250,7 @@ class Evaluation:
             rows = s * ((a.sum(1, keepdim=True) + self.z_coefficient) * p - a)
             if self.logit_derivative is not None:
                 rows = rows * self.logit_derivative
+            rows = torch.where(self.idle[:, None], 0.0, rows)   # 0, also where the row's softmax is NaN
         elif self.input_kind == "log_probs":
             rows = -s * a
         else:
@@ -369,10 +377,7 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
             raise ValueError(f"index target shape {tuple(t.shape)} != {tuple(expected_shape)}")
         target_rows = to_rows(t.long(), class_dim=False)
         position_shape = expected_shape
-    rows = to_rows(x, class_dim=True)
-    if target_kind == "index":   # an ignored position is absent: a row of zeros (module docstring)
-        rows = torch.where((target_rows == ignore_index)[:, None], 0.0, rows)
-    rows, logit_derivative, cap_tanh = variant.transform(rows)
+    rows, logit_derivative, cap_tanh = variant.transform(to_rows(x, class_dim=True))
     log_probs, lse, spread = _log_probs(rows, input_kind)
     a, denominator = _weighted_target(target_rows, target_kind, num_classes, weight, ignore_index, label_smoothing)
     row_loss = -_safe_product(a, log_probs).sum(1)

@@ -348,7 +348,7 @@ def _row_value_error(ev: Evaluation, u: float, contract: str, shards: int = 1) -
             error = error + u * (3 * a.sum(1) * _abs_lse(ev) + (n + 1) * _abs_products(a, ev.inputs))
         if ev.variant.active:
             error = error + _variant_value_error(ev, u)
-        return error
+        return torch.where(ev.idle, 0.0, error)   # an idle position's NaN statistics weigh nothing
     if ev.input_kind == "log_probs":
         return (n + 1) * u * terms
     return (n + 2) * u * terms + 2 * u * a.sum(1)
@@ -453,6 +453,7 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract
         if ev.logit_derivative is not None:  # the chain rule through scale and cap
             z_grad = s * ((a.sum(1, keepdim=True) + ev.z_coefficient) * p - a)
             compute = ev.logit_derivative.abs() * compute + z_grad.abs() * _derivative_error(ev, u)
+        compute = torch.where(ev.idle[:, None], 0.0, compute)   # an idle position's gradient is exactly 0
     else:
         compute = 4 * u * g_rows.abs()
     compute = compute + (2 * u + divisor_err) * g_rows.abs()
