@@ -258,10 +258,12 @@ def _collected_files(result) -> set:
 def test_a_run_judges_the_forms_of_its_implementations(pytester):
     """No implementation named: torch's logits loss and its two linear paths; a logits loss named:
     the linear checks are deselected; a linear loss named (through the hook): only test_linear."""
-    default = _run(pytester, "--collect-only", "-k", "test_value_matches_truth or test_linear_loss_and_gradients")
+    # test_linear_loss_and_gradients' cases are the covering design's in the default run: the deep run poses them
+    default = _run(pytester, "--collect-only", "--conformance-deep", "-k",
+                   "test_value_matches_truth or test_linear_loss_and_gradients")
     assert {"test_value.py", "test_linear.py"} <= _collected_files(default)
     assert "chunked_linear_cross_entropy-cpu-float32-odd-mean" in default.stdout.str()
-    named = _run(pytester, "--collect-only", "--impl=torch.nn.functional:cross_entropy", "-k",
+    named = _run(pytester, "--collect-only", "--conformance-deep", "--impl=torch.nn.functional:cross_entropy", "-k",
                  "test_value_matches_truth or test_linear_loss_and_gradients")
     assert _collected_files(named) == {"test_value.py"}
     pytester.makeconftest("""
@@ -271,7 +273,8 @@ def pytest_conformance_impl(config):
         return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, **options)
     return loss
 """)
-    linear = _run(pytester, "-k", "test_value_matches_truth or (test_linear_loss_and_gradients and odd-mean)")
+    linear = _run(pytester, "--conformance-deep", "-k",
+                  "test_value_matches_truth or (test_linear_loss_and_gradients and odd-mean)")
     assert linear.ret == pytest.ExitCode.OK
     linear.assert_outcomes(passed=4, deselected=linear.parseoutcomes()["deselected"])
     linear.stdout.fnmatch_lines(["*implementation: conftest:pytest_conformance_impl.<locals>.loss *",
