@@ -21,12 +21,13 @@ from . import design
 from .design import WIDTHS
 from .impl import LossOptions
 from .reference import Variant
+from .softmax import SoftmaxVariant
 from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
 __all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "built",
            "on_device", "in_layout_of",
            "well_conditioned", "document_example", "upstream_recipe", "UPSTREAM_KINDS", "LOGIT_DISTRIBUTIONS",
-           "logits_lines", "design_params", "designed"]
+           "logits_lines", "design_params", "designed", "softmax_designed", "linear_designed"]
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ LOGIT_DISTRIBUTIONS = {
     "peaked": "a sure head: one logit 15 above standard-normal ones",
     "flat": "an untrained head: logits within about 0.01 of each other",
     "capped": "a soft-capped head (Gemma 2's final cap 30): logits crowding near +-30",
+    "offset": "a large common offset: normal logits times 3, less 1e4 (all negative; float32 and float64)",
 }
 # LLM-shaped rows: the share of the probability the tail holds, and the exponent of its Zipf-like decay
 # (class of rank r: logit -0.6 log r), which keeps its largest probabilities near 1e-3 at 32000 classes
@@ -347,6 +349,8 @@ def logits_lines(distribution: str, n: int, c: int) -> list:
         return [f"z = {normal} * 0.01"]
     if distribution == "capped":
         return [f"z = 30.0 * torch.tanh({normal} * 2.0)"]
+    if distribution == "offset":
+        return [f"z = {normal} * 3.0 - 1e4"]
     if distribution == "llm":
         return [f"rank = torch.stack([torch.randperm({c}, generator=g) for _ in range({n})]).double() + 1  # shuffled",
                 f"z = -{LLM_TAIL_DECAY} * rank.log() + 0.1 * {normal}",
@@ -367,22 +371,38 @@ _FEATURES = {"plain": (), "weighted": ("weight",), "ignored": ("ignore_index",),
              "all": ("weight", "ignore_index", "label_smoothing")}
 
 
-def design_params(family: str, *, deep: bool, seed: int) -> list:
-    """Parameters ``(dtype, reduction, (index, row))`` of a design-driven check: the rows of the
-    family's covering design (strength 3 in the deep run, 2 otherwise), each marked with the
-    features it needs."""
+def _needs(family: str, row: dict) -> list:
+    """The features a row of ``family``'s design needs (``feature`` marks): its loss options and
+    variants, a softmax's dim other than the last and strided view (a reduction's is the
+    check's ``reduction`` parameter's, ``session.item_features``)."""
+    needs = list(_FEATURES.get(row.get("features"), ()))
+    needs += [name for name in design.VARIANT_FACTORS.get(family, ()) if row.get(name, "off") != "off"]
+    return needs + ["any_dim"] * (row.get("dim") == "not_last") + ["noncontiguous"] * (family == "softmax"
+                                                                                        and row["layout"] == "strided")
+
+
+def design_params(family: str, *, deep: bool, seed: int) -> tuple:
+    """Names and parameters of a design-driven check: ``dtype``, ``reduction`` where the family
+    has one, and ``row`` (``(index, levels)``), the rows of the family's covering design (strength 3
+    in the deep run, 2 otherwise), each marked with the features it needs."""
     rows = design.design(family, design.strength(deep), seed).rows
+    reduced = "reduction" in design.FACTORS[family]
     params = []
     for index, row in enumerate(rows):
-        needs = [*_FEATURES[row["features"]], *(name for name in ("logit_scale", "softcap", "z_loss")
-                                                 if row.get(name, "off") != "off")]
+        needs = _needs(family, row)
         label = "-".join(level if name in ("width", "distribution", "features") else f"{name}={level}"
                          for name, level in row.items() if name not in ("dtype", "reduction")
                          and level not in ("off", "contiguous"))
-        params.append(pytest.param(getattr(torch, row["dtype"]), row["reduction"], (index, row),
-                                   id=f"{index}-{row['dtype']}-{row['reduction']}-{label}",
+        reduction = (row["reduction"],) if reduced else ()
+        params.append(pytest.param(getattr(torch, row["dtype"]), *reduction, (index, row),
+                                   id="-".join([str(index), row["dtype"], *reduction, label]),
                                    marks=[pytest.mark.feature(*needs)] if needs else []))
-    return params
+    return "dtype,reduction,row" if reduced else "dtype,row", params
+
+
+def _described(row: dict) -> str:
+    return "design: " + ", ".join(f"{name}={level}" for name, level in row.items() if name not in ("dtype",
+                                                                                                  "reduction"))
 
 
 def designed(row: dict, index: int, device: str, seed: int) -> Problem:
@@ -402,8 +422,37 @@ def designed(row: dict, index: int, device: str, seed: int) -> Problem:
     variant = Variant(logit_scale=float(row.get("logit_scale", "off").replace("off", "1.0")),
                       softcap=None if row.get("softcap", "off") == "off" else float(row["softcap"]),
                       z_loss=float(row.get("z_loss", "off").replace("off", "0.0")))
-    family = "design: " + ", ".join(f"{name}={level}" for name, level in row.items() if name not in ("dtype",
-                                                                                                      "reduction"))
-    case = from_recipe(family, "\n".join(lines), device)
+    case = from_recipe(_described(row), "\n".join(lines), device)
     return problem(case, reduction=row["reduction"], label_smoothing=0.1 * ("label_smoothing" in features),
                    variant=variant)
+
+
+def softmax_designed(row: dict, index: int, seed: int) -> dict:
+    """The arguments of ``forms.softmax.softmax_problem`` for one row of a softmax design: rows of
+    its width class drawn from its distribution, along the last dim or (``not_last``) the first
+    of their transpose, fed contiguous or as every second element of a wider tensor, with the
+    row's upstream gradient kind and variants (a random mask drops about 30 % of the entries)."""
+    n, c = design.SOFTMAX_WIDTHS[row["width"]]
+    lines = [f"g = torch.Generator().manual_seed({seed * 1000 + index})", *logits_lines(row["distribution"], n, c),
+             f"x = z{'.t().contiguous()' * (row.get('dim') == 'not_last')}.to(torch.{row['dtype']})"]
+    if row.get("layout") == "strided":
+        lines.append("x = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)[..., ::2].copy_(x)  # every 2nd")
+    if row.get("mask", "off") != "off":
+        lines.append("mask = torch.rand(x.shape, generator=g) > 0.3")
+    variant = SoftmaxVariant(scale=float(row.get("scale", "off").replace("off", "1.0")),
+                             softcap=None if row.get("softcap", "off") == "off" else float(row["softcap"]))
+    return dict(family=_described(row), recipe="\n".join(lines), dim=0 if row.get("dim") == "not_last" else -1,
+                upstream=row.get("upstream", "random"), variant=variant)
+
+
+def linear_designed(row: dict, index: int, device: str, seed: int, *, bias: bool) -> Problem:
+    """The problem of one row of the linear design: its sizes, dtype, hidden-state distribution,
+    loss features and reduction, biased where the row and the implementation (``bias``) take one."""
+    features = _FEATURES[row["features"]]
+    n, h, v = (design.LINEAR_SIZES[name][row[name]] for name in ("rows", "hidden", "vocab"))
+    case = linear_problem_case(n, h, v, getattr(torch, row["dtype"]), device, seed=seed * 1000 + index,
+                               family=_described(row), bias=bias and row["bias"] == "on",
+                               positive=row["distribution"] == "positive",
+                               confident=row["distribution"] == "confident", weight="weight" in features,
+                               ignored="ignore_index" in features)
+    return problem(case, reduction=row["reduction"], label_smoothing=0.1 * ("label_smoothing" in features))

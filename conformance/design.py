@@ -22,16 +22,31 @@ from dataclasses import dataclass
 
 from covertable import make, sorters
 
-__all__ = ["FACTORS", "WIDTHS", "LLM_WIDTHS", "Design", "design", "feasible", "strength"]
+from .vocabulary import SOFTMAX_UPSTREAM_KINDS
+
+__all__ = ["FACTORS", "WIDTHS", "SOFTMAX_WIDTHS", "LINEAR_SIZES", "LLM_WIDTHS", "VARIANT_FACTORS", "Design",
+           "design", "feasible", "strength"]
 
 # (rows, classes) of each width class: a small problem, one class past a block of 1024, one past
 # the 4096 block, and the vocabularies of Llama 2 (32000) and Qwen 2 (151936, past nine blocks of
 # 16384 and not a multiple of it), kept to two rows.
 WIDTHS = {"small": (12, 37), "block": (3, 1025), "wide": (2, 4097), "vocab": (2, 32000), "huge": (2, 151936)}
 LLM_WIDTHS = ("vocab", "huge")   # LLM-shaped logits (cases.LOGIT_DISTRIBUTIONS) need a real vocabulary
+# (rows, width) of the softmax forms' width classes: one below, at and past the 1024 block, past
+# the 4096 block, and Llama 2's vocabulary, few rows at the large widths.
+SOFTMAX_WIDTHS = {"small": (9, 37), "1023": (3, 1023), "1024": (3, 1024), "1025": (3, 1025), "4097": (2, 4097),
+                  "vocab": (1, 32000)}
+# The linear family's sizes: hidden sizes (small, odd, wider), vocabularies (small and odd, one past a
+# block of 1024, Llama 2's) and row counts (few, one past a chunk of 64, two chunks and a ragged three),
+# kept small: each case's float64 truth forms its N x V logits and (V, H) products.
+LINEAR_SIZES = {"hidden": {"8": 8, "31": 31, "64": 64},
+                "vocab": {"small": 123, "block": 1025, "vocab": 32000},
+                "rows": {"few": 5, "chunk": 65, "ragged": 131}}
+_WIDE = ("float64", "float32")   # a large offset stays a distribution only where its spacing is below 1e-2
 
+_DTYPES = ("float64", "float32", "float16", "bfloat16")
 _COMMON = {
-    "dtype": ("float64", "float32", "float16", "bfloat16"),
+    "dtype": _DTYPES,
     "reduction": ("none", "mean", "sum"),
     # class weights, every third position ignored, label smoothing 0.1, and all three at once
     "features": ("plain", "weighted", "ignored", "smoothed", "all"),
@@ -39,6 +54,8 @@ _COMMON = {
     "placement": ("small", "max", "far"),
     "distribution": ("normal", "llm", "peaked", "flat", "capped"),
 }
+# the softmax forms' logits: cases.LOGIT_DISTRIBUTIONS and a large common offset
+_SOFTMAX_DISTRIBUTIONS = ("normal", "llm", "peaked", "flat", "offset")
 
 FACTORS = {
     # the value and gradient of torch's loss (test_value.py)
@@ -49,19 +66,49 @@ FACTORS = {
                  "logit_scale": ("off", "0.0625", "-1.0", "16.0"),
                  "softcap": ("off", "2.5", "30.0", "1000.0"),
                  "z_loss": ("off", "0.0001", "0.001", "0.1")},
+    # the softmax forms' output and gradient (test_softmax.py, test_log_softmax.py): along the last
+    # dim or another (any_dim), fed each upstream gradient kind, contiguous or a strided view
+    "softmax": {"dtype": _DTYPES, "width": tuple(SOFTMAX_WIDTHS), "dim": ("last", "not_last"),
+                "upstream": SOFTMAX_UPSTREAM_KINDS, "distribution": _SOFTMAX_DISTRIBUTIONS,
+                "layout": ("contiguous", "strided")},
+    # the softmax variants: a scale small, negative or large, a cap small or large, a random mask, on
+    # attention scores (rows of keys, not a vocabulary: no LLM-shaped logits)
+    "softmax_variants": {"dtype": _DTYPES, "width": ("small", "1025", "4097"),
+                         "distribution": tuple(d for d in _SOFTMAX_DISTRIBUTIONS if d != "llm"),
+                         "scale": ("off", "0.0625", "-2.0", "8.0"),
+                         "softcap": ("off", "2.0", "50.0"), "mask": ("off", "random")},
+    # the linear losses (test_linear.py): sizes around chunks and blocks, hidden states standard
+    # normal, of one sign (a ReLU's), or aligned with their target's weight (confident rows)
+    "linear": {"dtype": _DTYPES, "reduction": _COMMON["reduction"], "features": _COMMON["features"],
+               **{name: tuple(sizes) for name, sizes in LINEAR_SIZES.items()},
+               "distribution": ("normal", "positive", "confident"), "bias": ("on", "off")},
 }
-_VARIANTS = ("logit_scale", "softcap", "z_loss")
-_CONSTRAINED = (("distribution", "width"), _VARIANTS)   # the factors each rule of ``feasible`` reads
+VARIANT_FACTORS = {"variants": ("logit_scale", "softcap", "z_loss"), "softmax_variants": ("scale", "softcap", "mask")}
+# the factors each rule of ``feasible`` reads
+_CONSTRAINED = (("distribution", "width"), ("distribution", "dtype"), ("vocab", "rows"), ("vocab", "hidden"),
+                ("distribution", "vocab", "rows"), *VARIANT_FACTORS.values())
 
 
 def feasible(family: str, levels: dict) -> bool:
     """Whether a (partial) assignment of levels can be part of a case of ``family``: LLM-shaped
-    logits need a vocabulary, and a variant case has at least one variant on (without one it is the
-    value family's case)."""
-    if levels.get("distribution") == "llm" and levels.get("width", "vocab") not in LLM_WIDTHS:
+    logits need a vocabulary; a large offset (1e4) needs float32 or float64 (float16's spacing
+    there is 8, bfloat16's 64: the row is a few steps, not a distribution); a variant case has at
+    least one variant on (without one it is the plain family's case); a linear case with
+    confident rows has a distinct target per row (rows <= vocabulary), and a real vocabulary is
+    met with few rows and the small hidden size (5 x 8 x 32000, near test_linear_at_scale's: the
+    float64 truth's (V, H) products cost 0.1 s a case there, 1 s at H = 128)."""
+    distribution, vocab, rows = levels.get("distribution"), levels.get("vocab"), levels.get("rows")
+    if distribution == "llm" and levels.get("width", "vocab") not in LLM_WIDTHS:
         return False
-    if family == "variants" and all(name in levels for name in _VARIANTS):
-        return any(levels[name] != "off" for name in _VARIANTS)
+    if distribution == "offset" and levels.get("dtype", "float64") not in _WIDE:
+        return False
+    if vocab == "vocab" and (rows not in (None, "few") or levels.get("hidden", "8") != "8"):
+        return False
+    if distribution == "confident" and vocab and rows and LINEAR_SIZES["rows"][rows] > LINEAR_SIZES["vocab"][vocab]:
+        return False
+    variants = VARIANT_FACTORS.get(family, ())
+    if variants and all(name in levels for name in variants):
+        return any(levels[name] != "off" for name in variants)
     return True
 
 
@@ -80,10 +127,6 @@ class Design:
     rows: tuple
     covered: int
     required: int
-
-    def describe(self) -> str:
-        return (f"{self.family}: {len(self.rows)} cases cover {self.covered} of {self.required} "
-                f"{'pairs' if self.strength == 2 else f'{self.strength}-tuples'} of levels")
 
 
 def _combinations(factors: dict, t: int):

@@ -160,8 +160,10 @@ class ConformanceSession:
         impl = _params(item).get("impl") or self.judged_by(item)
         kinds = item.get_closest_marker("input_kind")
         expected = self.expectations.of(item.nodeid, features, impl, kinds.args if kinds else None)
+        designed = item.get_closest_marker("design")
         records.attach(item.user_properties, "item", {
-            "feature": _family(item.module.__name__), "dtype": item_dtype(item) or "-",
+            "feature": _family(item.module.__name__), "design": designed.args[0] if designed else None,
+            "dtype": item_dtype(item) or "-",
             "device": _params(item).get("device", "-"), "features": features, "implementation": impl.spec,
             "gap": expected.gap.to_json() if expected is not None and expected.gap else None})
         if expected is not None:
@@ -260,8 +262,10 @@ class ConformanceSession:
 
     def designs(self) -> dict:
         """The covering designs the run's checks drew from (``design``): their strength and, per
-        family, the cases and how many combinations of levels they cover."""
-        ran = {record["feature"] for nodeid, record in self.by_nodeid.items() if "_over_the_design[" in nodeid}
+        family judged (not every row unsupported), the cases and how many combinations of levels
+        they cover."""
+        ran = {record["design"] for record in self.by_nodeid.values()
+               if record.get("design") and record["status"] != Status.UNSUPPORTED}
         built = [design.design(family, design.strength(self.deep), self.seed) for family in design.FACTORS
                  if family in ran]
         return {"strength": design.strength(self.deep), "seed": self.seed,

@@ -8,7 +8,8 @@ import torch
 
 __all__ = ["DTYPES", "WIDE_DTYPES", "HALF_DTYPES", "DTYPE_NAMES", "dtype_name", "REDUCTIONS", "DEVICES",
            "INPUT_KINDS", "REFERENCE_TARGET_KINDS", "DECLARED_TARGET_KINDS", "FLEXIBLE_TARGET_KINDS",
-           "Z_LOSS_WEIGHTINGS", "VARIANTS", "SOFTMAX_VARIANTS", "SOFTMAX_CONVENTIONS", "AUXILIARIES",
+           "Z_LOSS_WEIGHTINGS", "VARIANTS", "SOFTMAX_VARIANTS", "SOFTMAX_CONVENTIONS",
+           "SOFTMAX_UPSTREAM_KINDS", "AUXILIARIES",
            "VARIANT_FEATURES", "FORMS", "FEATURES", "PROBED_FEATURES",
            "DEVIATIONS", "APPROXIMATIONS", "MEMORY"]
 
@@ -49,6 +50,10 @@ SOFTMAX_VARIANTS = {  # the softmax forms' options, applied in this order (``sof
     "causal": "then masked causally over the last two dims (Sq, Sk), dim=-1 only (causal_alignment)",
 }
 # The softmax forms' conventions, declared on the implementation: each name's values, the default first.
+# The upstream gradients a softmax form's backward is fed (``forms.softmax.upstream_recipe``): random,
+# a fresh normal gradient; scalar, one value broadcast (stride 0, what ``y.sum().backward()`` feeds);
+# transposed, a normal gradient made as the transpose of a contiguous one.
+SOFTMAX_UPSTREAM_KINDS = ("random", "scalar", "transposed")
 SOFTMAX_CONVENTIONS = {
     "mask_convention": ("keep", "drop"),              # True takes part (torch SDPA's), or is masked out (Megatron's)
     "causal_alignment": ("top_left", "bottom_right"),  # SDPA's is_causal, or flash-attention's

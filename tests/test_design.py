@@ -1,7 +1,8 @@
 """The covering design (conformance.design): every combination of levels of any t factors meets in
-some case, for every family, at strength 2 (the default run) and 3 (the deep run), counted here
-by brute force apart from the design's own count; the same rows for the same seed; and the
-LLM-shaped logits every family draws hold their long tail in every dtype."""
+some case, for every family (the logits loss's value and variants, the softmax forms and their
+variants, the linear losses), at strength 2 (the default run) and 3 (the deep run), counted here
+by brute force apart from the design's own count, and only what cannot be left out; the same rows
+for the same seed; and the LLM-shaped logits every family draws hold their long tail in every dtype."""
 import itertools
 import json
 
@@ -10,6 +11,25 @@ import torch
 
 from conformance import cases, design
 from conformance.vocabulary import DTYPES
+
+# Per family, combinations that cannot be (design.feasible): the rows never hold them, and only
+# they (and what holds them) are left out of the count of what the rows must cover.
+INFEASIBLE = {
+    "value": [{"distribution": "llm", "width": "small"}],
+    "variants": [{"distribution": "llm", "width": "block"},
+                 {"logit_scale": "off", "softcap": "off", "z_loss": "off"}],
+    "softmax": [{"distribution": "llm", "width": "1025"}, {"distribution": "offset", "dtype": "bfloat16"}],
+    "softmax_variants": [{"distribution": "offset", "dtype": "float16"},
+                         {"scale": "off", "softcap": "off", "mask": "off"}],
+    "linear": [{"vocab": "vocab", "rows": "chunk"}, {"vocab": "vocab", "hidden": "64"},
+               {"distribution": "confident", "vocab": "small", "rows": "ragged"}],
+}
+
+
+def test_every_family_states_what_it_cannot_be():
+    assert set(INFEASIBLE) == set(design.FACTORS)
+    for family, combinations in INFEASIBLE.items():
+        assert all(not design.feasible(family, combination) for combination in combinations), family
 
 
 @pytest.mark.parametrize("strength", [2, 3])
@@ -27,9 +47,8 @@ def test_every_combination_of_levels_meets_in_a_case(family, strength):
     assert not missing, missing[:5]
     assert built.covered == built.required > 0
     assert all(design.feasible(family, row) for row in built.rows)
-    # a constraint leaves out only what cannot be: LLM-shaped logits at a small width
-    infeasible = {"distribution": "llm", "width": "small"}
-    assert not any(all(row[k] == v for k, v in infeasible.items()) for row in built.rows)
+    for infeasible in INFEASIBLE[family]:
+        assert not any(all(row[k] == v for k, v in infeasible.items()) for row in built.rows), infeasible
 
 
 def test_the_design_is_the_same_for_a_seed_and_another_for_another():
@@ -59,9 +78,11 @@ def test_the_run_says_the_design_strength_and_the_pairs_it_covers(suite, pyteste
     report = pytester.path / "run.json"
     result = suite("-k", "over_the_design and float64", f"--conformance-report={report}")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
-    built = design.design("value", 2, 0)
-    result.stdout.fnmatch_lines(["Covering design: strength 2, seed 0*",
-                                 f"*value*{len(built.rows)}*{built.covered} of {built.required} pairs*"])
+    built = {family: design.design(family, 2, 0) for family in ("value", "softmax", "linear")}
+    result.stdout.fnmatch_lines(["Covering design: strength 2, seed 0*"] + [
+        f"*{family} *{len(d.rows)}*{d.covered} of {d.required} pairs*" for family, d in built.items()])
     recorded = json.loads(report.read_text())["environment"]["design"]
     assert recorded["strength"] == 2
-    assert recorded["families"]["value"]["covered"] == built.covered
+    # the families whose rows torch's losses and softmax forms judge; the variants' rows are all unsupported
+    assert {family: d["covered"] for family, d in recorded["families"].items()} == {
+        family: d.covered for family, d in built.items()}

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..impl import Implementation
 from ..softmax import TORCH_SOFTMAX, SoftmaxEvaluation, SoftmaxVariant, evaluate_softmax
+from ..vocabulary import SOFTMAX_UPSTREAM_KINDS as UPSTREAM_KINDS
 from ..vocabulary import dtype_name
 from .protocol import Form, Quantity, Show, call_lines
 
@@ -32,9 +33,6 @@ __all__ = ["SoftmaxProblem", "SoftmaxOutcome", "softmax_problem", "upstream_reci
 
 VALUE = Show("y{at}.item()", "truth.output{at}.item()")
 GRADIENT = Show("x.grad{at}.item()", "truth.grad(grad){at}.item()")
-# random: a fresh normal gradient; scalar: one value broadcast (stride 0, what ``y.sum().backward()``
-# feeds); transposed: a normal gradient made as the transpose of a contiguous one.
-UPSTREAM_KINDS = ("random", "scalar", "transposed")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ SCALE_CASES = {
     "ragged_chunks_ignored-mean": (515, 8, 512, dict(ignored=True), dict(reduction="mean", ignore_index=-100)),
 }
 SCALE_DTYPES = [torch.float32, torch.bfloat16]
+# The cases the linear design (test_linear_over_the_design) covers run in the deep run only: the
+# features, reductions, odd sizes, an unbiased loss and confident rows are its levels, each met with
+# every dtype, Llama 2's vocabulary its real one and a ragged last chunk with ignored rows its rows.
+DESIGNED = {"odd-mean", "odd_unbiased-none", "weighted_ignored_smoothed-sum", "confident-mean", "vocab_32000-sum",
+            "ragged_chunks_ignored-mean"}
 _FEATURES = {"weight": "weight", "ignore_index": "ignore_index", "label_smoothing": "label_smoothing"}
 
 
@@ -49,7 +54,8 @@ def _features(case_options: dict, loss_options: dict) -> list:
 def _params(table: dict) -> list:
     """Each case with its features and its size: the N x V logits it forms or avoids."""
     return [pytest.param(name, marks=[pytest.mark.feature(*_features(*spec[3:])), pytest.mark.size(spec[0] * spec[2],
-                                                                                                     "name")])
+                                                                                                     "name")]
+                         + [pytest.mark.deep] * (name in DESIGNED))
             for name, spec in table.items()]
 
 
@@ -67,11 +73,29 @@ def test_linear_loss_and_gradients(judge, device, dtype, name, seed):
     judge.conforms(linear_problem(name, judge.impl, dtype, device, seed))
 
 
-@pytest.mark.parametrize("dtype", SCALE_DTYPES, ids=dtype_name)
-@pytest.mark.parametrize("name", _params(SCALE_CASES))
+def _scale_params() -> list:
+    """Each scale case in each of SCALE_DTYPES; float32 in the deep run only (float32 is the design's
+    at a real vocabulary and at rows of many chunks, with every dtype; bfloat16 is where the
+    accumulators of these sizes show)."""
+    return [pytest.param(case.values[0], dtype, id=f"{case.values[0]}-{dtype_name(dtype)}",
+                         marks=[*case.marks, *[pytest.mark.deep] * (dtype == torch.float32)])
+            for case in _params(SCALE_CASES) for dtype in SCALE_DTYPES]
+
+
+@pytest.mark.parametrize("name,dtype", _scale_params())
 def test_linear_at_scale(judge, device, dtype, name, seed):
     """The same at the sizes where chunks and vocabulary blocks break."""
     judge.conforms(linear_problem(name, judge.impl, dtype, device, seed))
+
+
+@pytest.mark.design("linear")
+def test_linear_over_the_design(judge, device, dtype, reduction, row, seed):
+    """One row of the linear family's covering design: hidden sizes, vocabularies (one past a
+    block, a real one), row counts around chunks, features, reductions and hidden states of one
+    sign or confident, every pair met in some row (a loss wrong only in float32 with ignored rows
+    at a real vocabulary shows here)."""
+    index, levels = row
+    judge.conforms(cases.linear_designed(levels, index, device, seed, bias="linear_bias" not in judge.impl.unsupported))
 
 
 LIFECYCLE_DTYPES = SCALE_DTYPES

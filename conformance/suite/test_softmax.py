@@ -50,9 +50,11 @@ SHAPES = {"rows": ((9, 100), -1), "single_column": ((7, 1), -1), "first_dim": ((
           "middle_dim": ((3, 41, 5), 1), "attention_last": ((2, 3, 5, 33), -1), "attention_heads": ((2, 17, 4, 3), 1)}
 
 
-# The default run takes every shape with a random upstream gradient and two with the others;
-# --conformance-deep every pair.
-_DEFAULT_PAIRS = [(shape, "random") for shape in SHAPES] + [("rows", "scalar"), ("attention_last", "transposed")]
+# The default run takes the shapes the covering design (test_output_and_gradient_over_the_design)
+# does not pose, with a random upstream gradient; --conformance-deep every pair. The design's rows
+# are 2-D along the last dim or the first (the outermost, as first_dim's), with each upstream
+# gradient, in every dtype.
+_DEFAULT_PAIRS = [(shape, "random") for shape in ("single_column", "middle_dim", "attention_last", "attention_heads")]
 ANY_DIM = pytest.mark.feature("any_dim")
 
 
@@ -78,16 +80,28 @@ def test_value_and_gradient(judge, device, dtype, shape, upstream, seed):
     _checked(judge, softmax_problem(shape, _randn(size, dtype, seed), device, dim, upstream=upstream))
 
 
+@pytest.mark.design("softmax")
+def test_output_and_gradient_over_the_design(judge, device, dtype, row, seed):
+    """One row of the softmax forms' covering design: widths at block boundaries and a
+    vocabulary's, the dim, the upstream gradient, the distribution (an LLM's long tail, a large
+    offset) and the layout, every pair met in some row (a path wrong only past a block in float32
+    along another dim shows here)."""
+    index, levels = row
+    _checked(judge, softmax_problem(device=device, **cases.softmax_designed(levels, index, seed)))
+
+
 # Widths around the block sizes kernels tile by (2^k - 1, 2^k, 2^k + 1) and odd widths between 512
-# and 1024 (pytorch#147284); the default run takes a few, --conformance-deep all of them.
+# and 1024 (pytorch#147284); the default run takes 15 to 17, --conformance-deep all of them. The
+# design's widths 1023 to 1025 and 4097 meet every dtype and its all-negative rows (offset) there.
 DEFAULT_WIDTHS = [15, 16, 17, 1023, 1024, 1025, 4097]
+DESIGNED_WIDTHS = {1023, 1024, 1025, 4097}
 DEEP_WIDTHS = sorted(({2 ** k + d for k in range(4, 18) for d in (-1, 0, 1)} | set(range(513, 1024, 34)))
                      - set(DEFAULT_WIDTHS))
 
 
 def _widths():
-    return [pytest.param(w, d, id=f"{w}-{dtype_name(d)}") for i, w in enumerate(DEFAULT_WIDTHS)
-            for d in (DTYPES[i % len(DTYPES)],)] + \
+    return [pytest.param(w, d, id=f"{w}-{dtype_name(d)}", marks=[pytest.mark.deep] * (w in DESIGNED_WIDTHS))
+            for i, w in enumerate(DEFAULT_WIDTHS) for d in (DTYPES[i % len(DTYPES)],)] + \
            [pytest.param(w, d, id=f"{w}-{dtype_name(d)}", marks=pytest.mark.deep) for w in DEEP_WIDTHS for d in DTYPES]
 
 
@@ -150,13 +164,15 @@ def test_nonfinite_row_stays_in_its_row(judge, device, dtype, row, seed):
                                     upstream=None))
 
 
-# name -> how the fed view is made from a contiguous tensor x0.
+# name -> how the fed view is made from a contiguous tensor x0. A slice's strides are the design's
+# strided layout (every second element, each width and dtype): it runs in the deep run only.
 LAYOUTS = {"transposed": "x = x0.t()", "sliced": "x = x0[::2, 1:-1]", "expanded": "x = x0[:1].expand(6, -1)"}
 
 
 @pytest.mark.feature("noncontiguous")
 @pytest.mark.default_dtypes(torch.float32, torch.float16)
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", [pytest.param(name, marks=[pytest.mark.deep] * (name == "sliced"))
+                                    for name in LAYOUTS])
 def test_strided_input(judge, device, dtype, layout, seed):
     """A transposed, sliced or expanded (stride 0) view, read through its strides (FlagGems PR #5723)."""
     recipe = _randn((37, 12), dtype, seed).replace("x =", "x0 =").replace("x.to(", "x0.to(") + "\n" + LAYOUTS[layout]
@@ -244,6 +260,15 @@ def test_variant_value_and_gradient(judge, device, dtype, setting, seed):
     sign, a cap in the wrong place, a mask misread show here."""
     shape, body, options, _ = VARIANT_SETTINGS[setting]
     _checked(judge, _variant_problem(setting, shape, body, dtype, device, seed, options))
+
+
+@pytest.mark.design("softmax_variants")
+def test_variant_output_and_gradient_over_the_design(judge, device, dtype, row, seed):
+    """One row of the softmax variants' covering design: a scale small, negative or large, a cap
+    small or large and a random mask, met with the widths, dtypes and distributions (a cap mistake
+    negligible at 50 and large at 2 shows here)."""
+    index, levels = row
+    _checked(judge, softmax_problem(device=device, **cases.softmax_designed(levels, index, seed)))
 
 
 # name -> (B, H, Sq, Sk): square, fewer and more queries than keys (where top-left and bottom-right
@@ -413,7 +438,9 @@ def test_vmap(judge, impl, device, dtype, shape, seed):
                            (f"y = torch.func.vmap(lambda z: impl.along(z, {inner}))(x)",)), sev=sev)
 
 
-__all__ = ["test_value_and_gradient", "test_block_widths", "test_extremes", "test_nonfinite_row_stays_in_its_row",
+__all__ = ["test_value_and_gradient", "test_output_and_gradient_over_the_design",
+           "test_variant_output_and_gradient_over_the_design", "test_block_widths", "test_extremes",
+           "test_nonfinite_row_stays_in_its_row",
            "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation",
            "test_dtype_argument", "test_variant_value_and_gradient", "test_causal_mask",
            "test_masked_entries_take_no_part", "test_fully_masked_rows_follow_the_declaration", "test_forward_mode",
