@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import cases, forms, records, tolerance
 from ..cases import Problem
+from ..document import DOCUMENT_PATHS, document_path_code
 from ..forms import Quantity, Show
 from ..forms.logits import GRADIENT, VALUE
 from ..guards import ImplementationFault
@@ -21,7 +22,7 @@ from ..impl import Implementation
 from ..records import Gap, Measured
 from ..reference import to_rows
 from .compare import Comparison, compare, or_torch_nonfinite
-from .snippet import indent, repro_snippet
+from .snippet import Steps, indent, repro_snippet
 
 __all__ = ["Judge", "FIRST_FAILURE", "REPRODUCE", "PINNED", "PROBED_PREFIX"]
 
@@ -171,6 +172,18 @@ class Judge:
         __tracebackhide__ = True
         return self._judge(identity, problem, actual, expected, self.bound(kind, problem.dtype, **terms),
                            tolerance.bound(kind, tolerance.EXACT, problem.dtype, **terms), show, also)
+
+    def document_path(self, problem: Problem, path: str, reference: str, *, identity: str) -> Comparison:
+        """The seed document's ``path`` on the case's logits against the float64 reference
+        (``reference``: the code that evaluates it), both run as recorded steps."""
+        __tracebackhide__ = True
+        steps = Steps(self.impl, problem, truth=False)
+        steps("import torch.nn.functional as F", f"reference = {reference}",
+              f"path = {document_path_code(path, problem.options.reduction)}")
+        ev = steps["reference"]
+        return self.within(identity, problem, steps["path"], ev.loss, "document path",
+                           show=steps.show("path{at}.item()", "reference.loss{at}.item()"),
+                           ev=ev, logs_rounded_probability=DOCUMENT_PATHS[path][1])
 
     def value(self, problem: Problem, out, ev, *, identity: str = "value", expected: Optional[Tensor] = None,
               also: Optional[Tensor] = None, show: Show = VALUE) -> Comparison:

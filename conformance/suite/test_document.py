@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.document import DOCUMENT_PATHS, document_path_code
+from conformance.document import DOCUMENT_PATHS
 from conformance.forms import logits as logits_form
 from conformance.guards import calling
 from conformance.judge.snippet import Steps
@@ -17,13 +17,8 @@ from conformance.vocabulary import REDUCTIONS, dtype_name
 def test_document_paths_agree_with_truth(judge, device, dtype, reduction, path, seed):
     problem = cases.problem(cases.well_conditioned(64, 4, dtype, device, seed=seed), reduction=reduction,
                             upstream=None)
-    steps = Steps(judge.impl, problem, truth=False)
-    steps("import torch.nn.functional as F", f"reference = evaluate(logits, target, reduction={reduction!r})",
-          f"path = {document_path_code(path, reduction)}")
-    ev = steps["reference"]
-    judge.within(f"document path {path}", problem, steps["path"], ev.loss, "document path",
-                 show=steps.show("path{at}.item()", "reference.loss{at}.item()"),
-                 ev=ev, logs_rounded_probability=DOCUMENT_PATHS[path][1])
+    judge.document_path(problem, path, f"evaluate(logits, target, reduction={reduction!r})",
+                        identity=f"document path {path}")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conformance import cases, strategies
-from conformance.document import DOCUMENT_PATHS, document_path_code
+from conformance.document import DOCUMENT_PATHS
 from conformance.forms import Show
-from conformance.judge.snippet import Steps
 from conformance.reference import Evaluation, evaluate
 from conformance.vocabulary import HALF_DTYPES
 
@@ -128,14 +127,8 @@ def test_document_paths_agree_in_float64(judge, problem):
     """The seed document's four ways to write the loss agree with the reference on (N, C) logits
     whose target probabilities do not underflow (the log(softmax) paths give -inf where one does)."""
     problem = _self_check(problem)
-    for path, (_, logs_rounded_probability) in DOCUMENT_PATHS.items():
-        steps = Steps(judge.impl, problem, truth=False)
-        steps("import torch.nn.functional as F", f"reference = {_evaluate_code(problem)}",
-              f"path = {document_path_code(path, problem.options.reduction)}")
-        ev = steps["reference"]
-        judge.within(f"document path {path} (float64)", problem, steps["path"], ev.loss, "document path",
-                     show=steps.show("path{at}.item()", "reference.loss{at}.item()"),
-                     ev=ev, logs_rounded_probability=logs_rounded_probability)
+    for path in DOCUMENT_PATHS:
+        judge.document_path(problem, path, _evaluate_code(problem), identity=f"document path {path} (float64)")
 
 
 @pytest.mark.deep
