@@ -399,7 +399,7 @@ DESELECTED = {"mlx_log_softmax": ("-k", "not single_column")}
 
 @pytest.mark.parametrize("fixture, passed", [("keras_sparse_ce", 600), ("keras_sparse_probs", 400), ("mlx_ce", 500),
                                              ("keras_softmax", 60), ("keras_log_softmax", 50), ("mlx_softmax", 25),
-                                             ("mlx_log_softmax", 25)])
+                                             ("mlx_log_softmax", 25), ("jax_softmax", 30), ("jax_log_softmax", 30)])
 def test_keras_and_mlx_pass_with_their_findings_tracked(suite, fixture, passed):
     pytest.importorskip(fixture.split("_")[0])
     xfail_file = ROOT / "fixtures" / "frameworks" / f"{fixture}.xfail"

@@ -28,14 +28,14 @@ from typing import Any
 
 from ..impl import ImplementationError
 from .crossing import CrossingLoss, CrossingSoftmax, FrameworkFunction, FrameworkLoss, takes_torch_keywords
-from .from_jax import JaxLoss, jax_loss
+from .from_jax import JaxLoss, JaxSoftmax, jax_loss, jax_softmax
 from .from_keras import KERAS_BACKEND, KerasLoss, keras_loss
 from .from_mlx import MlxLoss, MlxSoftmax, mlx_loss, mlx_softmax
 from .from_numpy import NumpyLoss, numpy_loss
 
 __all__ = ["FRAMEWORKS", "FrameworkFunction", "FrameworkLoss", "CrossingLoss", "CrossingSoftmax", "NumpyLoss",
-           "JaxLoss", "KerasLoss", "MlxLoss", "MlxSoftmax", "numpy_loss", "jax_loss", "keras_loss", "mlx_loss",
-           "mlx_softmax", "wrap", "prepare", "takes_torch_keywords"]
+           "JaxLoss", "JaxSoftmax", "KerasLoss", "MlxLoss", "MlxSoftmax", "numpy_loss", "jax_loss", "keras_loss",
+           "mlx_loss", "jax_softmax", "mlx_softmax", "wrap", "prepare", "takes_torch_keywords"]
 
 # --conformance-impl-framework: each name and how a plain object of it is adapted.
 ADAPTERS = {
