@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from covertable import make, sorters
 
-from .vocabulary import SOFTMAX_UPSTREAM_KINDS
+from .vocabulary import DTYPE_NAMES, REDUCTIONS, SOFTMAX_UPSTREAM_KINDS, WIDE_DTYPES, dtype_name
 
 __all__ = ["FACTORS", "WIDTHS", "SOFTMAX_WIDTHS", "LINEAR_SIZES", "LLM_WIDTHS", "VARIANT_FACTORS", "Design",
            "design", "feasible", "strength"]
@@ -42,12 +42,11 @@ SOFTMAX_WIDTHS = {"small": (9, 37), "1023": (3, 1023), "1024": (3, 1024), "1025"
 LINEAR_SIZES = {"hidden": {"8": 8, "31": 31, "64": 64},
                 "vocab": {"small": 123, "block": 1025, "vocab": 32000},
                 "rows": {"few": 5, "chunk": 65, "ragged": 131}}
-_WIDE = ("float64", "float32")   # a large offset stays a distribution only where its spacing is below 1e-2
+_WIDE = tuple(map(dtype_name, WIDE_DTYPES))   # a large offset stays a distribution only where its spacing is below 1e-2
 
-_DTYPES = ("float64", "float32", "float16", "bfloat16")
 _COMMON = {
-    "dtype": _DTYPES,
-    "reduction": ("none", "mean", "sum"),
+    "dtype": DTYPE_NAMES,
+    "reduction": REDUCTIONS,
     # class weights, every third position ignored, label smoothing 0.1, and all three at once
     "features": ("plain", "weighted", "ignored", "smoothed", "all"),
     # the target among the small logits (below its row's median), at the row's maximum, or at its minimum
@@ -68,18 +67,18 @@ FACTORS = {
                  "z_loss": ("off", "0.0001", "0.001", "0.1")},
     # the softmax forms' output and gradient (test_softmax.py, test_log_softmax.py): along the last
     # dim or another (any_dim), fed each upstream gradient kind, contiguous or a strided view
-    "softmax": {"dtype": _DTYPES, "width": tuple(SOFTMAX_WIDTHS), "dim": ("last", "not_last"),
+    "softmax": {"dtype": DTYPE_NAMES, "width": tuple(SOFTMAX_WIDTHS), "dim": ("last", "not_last"),
                 "upstream": SOFTMAX_UPSTREAM_KINDS, "distribution": _SOFTMAX_DISTRIBUTIONS,
                 "layout": ("contiguous", "strided")},
     # the softmax variants: a scale small, negative or large, a cap small or large, a random mask, on
     # attention scores (rows of keys, not a vocabulary: no LLM-shaped logits)
-    "softmax_variants": {"dtype": _DTYPES, "width": ("small", "1025", "4097"),
+    "softmax_variants": {"dtype": DTYPE_NAMES, "width": ("small", "1025", "4097"),
                          "distribution": tuple(d for d in _SOFTMAX_DISTRIBUTIONS if d != "llm"),
                          "scale": ("off", "0.0625", "-2.0", "8.0"),
                          "softcap": ("off", "2.0", "50.0"), "mask": ("off", "random")},
     # the linear losses (test_linear.py): sizes around chunks and blocks, hidden states standard
     # normal, of one sign (a ReLU's), or aligned with their target's weight (confident rows)
-    "linear": {"dtype": _DTYPES, "reduction": _COMMON["reduction"], "features": _COMMON["features"],
+    "linear": {"dtype": DTYPE_NAMES, "reduction": REDUCTIONS, "features": _COMMON["features"],
                **{name: tuple(sizes) for name, sizes in LINEAR_SIZES.items()},
                "distribution": ("normal", "positive", "confident"), "bias": ("on", "off")},
 }
