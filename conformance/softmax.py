@@ -219,9 +219,10 @@ def evaluate_softmax(input: Tensor, dim: int, form: str,
     masked = None if kept is None else ~rows_of(kept.expand(input.shape))
     fully_masked = (rows == -torch.inf).all(1) if n else torch.zeros(rows.shape[0], dtype=torch.bool)
     fill = torch.zeros_like(rows)   # where a row that keeps nothing puts its weight: everywhere
-    if variant.fully_masked_rows == "uniform":   # a finite fill: on the masked entries only
-        fully_masked = fully_masked & (masked.any(1) if masked is not None else False)
-        fill = fill if masked is None else torch.where(masked, 0.0, -torch.inf)
+    if variant.fully_masked_rows == "uniform" and masked is None:   # a finite fill reaches masked entries only
+        fully_masked = torch.zeros_like(fully_masked)
+    elif variant.fully_masked_rows == "uniform":
+        fully_masked, fill = fully_masked & masked.any(1), torch.where(masked, 0.0, -torch.inf)
     filled = fully_masked & (variant.fully_masked_rows != "nan")
     row_max = rows.amax(1, keepdim=True) if n else rows.sum(1, keepdim=True)
     shifted = torch.where(filled[:, None], fill, rows - row_max)
