@@ -366,6 +366,7 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
     x = input.detach().to("cpu", torch.float64, copy=True)
     t = target.detach().cpu()
     num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
+    rows, logit_derivative, cap_tanh = variant.transform(to_rows(x, class_dim=True))
     if target_kind == "probs":
         if t.shape != x.shape:
             raise ValueError(f"probability target shape {tuple(t.shape)} != input shape {tuple(x.shape)}")
@@ -377,7 +378,6 @@ def evaluate(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None, 
             raise ValueError(f"index target shape {tuple(t.shape)} != {tuple(expected_shape)}")
         target_rows = to_rows(t.long(), class_dim=False)
         position_shape = expected_shape
-    rows, logit_derivative, cap_tanh = variant.transform(to_rows(x, class_dim=True))
     log_probs, lse, spread = _log_probs(rows, input_kind)
     a, denominator = _weighted_target(target_rows, target_kind, num_classes, weight, ignore_index, label_smoothing)
     row_loss = -_safe_product(a, log_probs).sum(1)
