@@ -8,9 +8,12 @@ profiler with ``profile_memory=True``, which records each allocation and free of
 allocator with its size, in the calling thread and in the threads torch hands its work to;
 summed in time order they give the bytes allocated at every moment. The profiler does not know
 the size of a block allocated before it started, so freeing one counts 0 (and torch warns): the
-measured function frees only what it allocated, as a loss call does. Unlike the process's
-resident set, this counts what torch allocated, not what the C allocator kept or the kernel
-mapped. Other devices: ``None``.
+measured function frees only what it allocated, as a loss call does, or what an earlier
+measurement saw allocated (``growth``). Its state is per thread: a free on a thread torch did not
+start (another framework's runtime, a Python thread) is not recorded, and reads as kept (torch
+2.13's ``profile_all_threads`` records no memory events at all); the adapters hand other
+frameworks copies, not torch's memory, for this. Unlike the process's resident set, this counts
+what torch allocated, not what the C allocator kept or the kernel mapped. Other devices: ``None``.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["Footprint", "footprint"]
+__all__ = ["Footprint", "footprint", "growth"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,21 @@ def footprint(fn: Callable[[], object], device: str) -> Optional[Footprint]:
         now += event.nbytes()
         peak = max(peak, now)
     return Footprint(peak, now)
+
+
+def growth(fn: Callable[[], object], calls: int, device: str) -> Optional[Footprint]:
+    """What ``calls`` calls of ``fn`` leave allocated, measured (``footprint``) after as many calls
+    measured the same way. Those first calls fill any cache of at most ``calls`` entries; and
+    what a call frees late (the previous call's tensors, dropped by the next call) is freed within
+    the measured calls as much as it is left after them, counted with its size because the
+    profiler saw it allocated. A call that keeps anything keeps it in the measured calls too.
+    ``None`` where the device keeps no account."""
+    def repeated():
+        for _ in range(calls):
+            fn()
+
+    footprint(repeated, device)
+    return footprint(repeated, device)
 
 
 def _frozen(fn: Callable[[], object]) -> None:

@@ -1009,10 +1009,13 @@ def chunked_peak_limit(n: int, v: int, dtype: torch.dtype) -> int:
 
 
 def growth_limit(calls: int) -> int:
-    """Bytes that ``calls`` identical calls after a warm-up call may leave allocated: fewer than one
-    byte a call. A call that keeps nothing leaves the allocated bytes as it found them, whatever
-    its sizes (its output, its graph and its saved tensors are freed with it; a cache it builds
-    once is built by the warm-up, and reference cycles are collected before the end is read);
-    one that keeps anything of each call (its output, its graph, a saved tensor of one element)
-    keeps at least one byte a call, ``calls`` bytes in all (cuda rounds each block up to 512)."""
+    """Bytes that ``calls`` identical calls, after ``calls`` others measured the same way
+    (``memory.growth``), may leave allocated: fewer than one byte a call. A call that keeps nothing
+    leaves the allocated bytes as it found them, whatever its sizes (its output, its graph and its
+    saved tensors are freed with it; a cache of at most ``calls`` entries is full after the first
+    calls; what a call frees late, such as the previous call's tensors dropped by the next call,
+    is freed within the measured calls as much as it is left after them; reference cycles are
+    collected before the end is read); one that keeps anything of each call (its output, its
+    graph, a saved tensor of one element) keeps at least one byte a call, ``calls`` bytes in all
+    (cuda rounds each block up to 512)."""
     return calls

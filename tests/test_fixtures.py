@@ -186,6 +186,7 @@ OWN_TESTS = {
     "fixtures.broken.ignored_neg_inf_nan":
         "test_a_property_failure_found_before_a_slow_shrink_is_reported_with_its_example",
     "fixtures.correct.variants_without_cap": "test_a_partial_variant_declaration_runs_only_its_variants",
+    "fixtures.correct.keeps_last_loss": "test_a_loss_freed_one_call_late_keeps_nothing",
 }
 
 
@@ -383,3 +384,12 @@ def test_torchs_half_nll_sum_is_pinned_by_its_mechanism(suite):
     result.stdout.fnmatch_lines(["XFAIL*test_row_count_boundaries[[]cross_entropy-cpu-65535-float16-mean[]]*",
                                  "XFAIL*test_row_count_boundaries[[]nll_loss-cpu-65535-float16-mean[]]*"
                                  "float16 nll sum*"])
+
+
+def test_a_loss_freed_one_call_late_keeps_nothing(suite):
+    """A loss kept until the next call replaces it is left at the end of any run of calls, one call's
+    worth whatever their number: no growth (memory.growth), where keeps_every_loss, which keeps every
+    call's, is caught by the same check (CAUGHT_BY)."""
+    result = suite("--impl=fixtures.correct.keeps_last_loss", "-k", "test_logits_loss_keeps_nothing_between_calls")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    assert result.parseoutcomes()["passed"] == 1

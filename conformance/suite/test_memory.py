@@ -15,7 +15,7 @@ from conformance.forms import Show
 from conformance.forms.softmax import softmax_problem
 from conformance.vocabulary import dtype_name
 
-# The calls whose growth is measured, after a warm-up call.
+# The calls whose growth is measured, after as many calls measured the same way (memory.growth).
 CALLS = 100
 # The chunked check's case: 1024 x 64 x 4096, where the logits (16 MiB in float32) are 12.8 times
 # the hidden states and the weight together (tolerance.chunked_peak_limit), at about a tenth of a
@@ -30,10 +30,10 @@ def _call_steps(judge, problem) -> list:
     return everything[len(form.snippet(judge.impl, problem, Show("0", "0", steps=()))):]
 
 
-def _measured_steps(judge, problem, measured: str) -> tuple:
-    """A snippet's steps that measure ``measured`` (code of ``found = footprint(...)``) of the call."""
-    return ("from conformance.memory import footprint", "def call():",
-            *(f"    {line}" for line in _call_steps(judge, problem)), measured)
+def _measured_steps(judge, problem, measure: str, arguments: str) -> tuple:
+    """A snippet's steps that measure the call by ``conformance.memory.{measure}({arguments})``."""
+    return (f"from conformance.memory import {measure}", "def call():",
+            *(f"    {line}" for line in _call_steps(judge, problem)), f"found = {measure}({arguments})")
 
 
 def _record(judge, measure: str, found: memory.Footprint, limit, logits_bytes=None) -> None:
@@ -43,27 +43,22 @@ def _record(judge, measure: str, found: memory.Footprint, limit, logits_bytes=No
 
 
 def _keeps_nothing(judge, problem, device) -> None:
-    """``CALLS`` identical calls after a warm-up leave the allocated bytes where they were."""
+    """``CALLS`` identical calls after as many others leave the allocated bytes where they were
+    (``memory.growth``: a cache of at most ``CALLS`` entries, or a constant-size free one call
+    late, is no growth)."""
     if "backward" in judge.impl.unsupported:
         problem = replace(problem, upstream=None)
-
-    def calls():
-        for _ in range(CALLS):
-            judge.call(problem)
-
-    judge.call(problem)
-    found = memory.footprint(calls, device)
+    found = memory.growth(lambda: judge.call(problem), CALLS, device)
     if found is None:
         pytest.skip(f"{device} keeps no account of its allocations")
     limit = tolerance.growth_limit(CALLS)
     _record(judge, "growth", found, limit)
     if found.retained >= limit:
-        judge.fail("memory growth", problem, f"{CALLS} identical calls after a warm-up left {found.retained} bytes "
-                   f"allocated ({found.retained / CALLS:.6g} a call; allowed: fewer than {limit} in all, "
+        judge.fail("memory growth", problem, f"{CALLS} identical calls after {CALLS} others left {found.retained} "
+                   f"bytes allocated ({found.retained / CALLS:.6g} a call; allowed: fewer than {limit} in all, "
                    "tolerance.growth_limit): it keeps something of every call (its graph, its output, a list it "
                    "appends to)", show=Show("found.retained", f"'fewer than {limit}'", steps=_measured_steps(
-                       judge, problem, f"call()\nfound = footprint(lambda: [call() for _ in range({CALLS})] and None, "
-                                       f"{device!r})")))
+                       judge, problem, "growth", f"call, {CALLS}, {device!r}")))
 
 
 @pytest.mark.default_dtypes(torch.float32)
@@ -131,4 +126,4 @@ def test_chunked_linear_loss_never_holds_the_logits(judge, device, dtype, seed):
                    f"beyond their inputs, at or above the {limit / 2**20:.0f} MiB of the {n} x {v} {dtype_name(dtype)} "
                    "logits (tolerance.chunked_peak_limit): it holds the logits at once",
                    show=Show("found.peak", f"'below {limit}'",
-                             steps=_measured_steps(judge, problem, f"found = footprint(call, {device!r})")))
+                             steps=_measured_steps(judge, problem, "footprint", f"call, {device!r}")))
