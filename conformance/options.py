@@ -175,7 +175,8 @@ OPTIONS = (
            repeatable=True, alias="--impl"),
     Option("impl-framework", "the framework the implementation is written in: torch (default), numpy, jax, "
            "keras or mlx (conformance.adapters: torch's keywords, a per-example loss like optax's, Keras' "
-           "losses, MLX's cross_entropy)",
+           "losses, MLX's cross_entropy; from jax and mlx, a softmax form too: a function named softmax or "
+           "log_softmax, or declaring form)",
            _one_of(adapters.FRAMEWORKS), default="torch", metavar="FRAMEWORK", alias="--impl-framework"),
     Option("device", "device to test on (repeatable); default: every available device", _one_of(DEVICES),
            metavar="DEVICE", repeatable=True, alias="--device"),

@@ -303,6 +303,37 @@ def test_optax_ce_passes_with_its_findings_tracked(suite):
     assert result.parseoutcomes()["passed"] > 300
 
 
+@pytest.mark.parametrize("framework", ["mlx", "jax"])
+@pytest.mark.parametrize("form", ["softmax", "log_softmax"])
+def test_wrap_adapts_a_softmax_form_by_its_name(framework, form):
+    """``--conformance-impl-framework`` adapts ``mlx.nn.softmax`` or ``jax.nn.log_softmax`` as the form it
+    is named (a framework's function declares nothing; an MLX one takes no attribute), its values
+    torch's."""
+    namespace = {"mlx": mx and mlx.nn, "jax": jax and jax.nn}[framework]
+    if namespace is None:
+        pytest.skip(f"{framework} is not installed")
+    fn = getattr(namespace, form)
+    wrapped = adapters.wrap(fn, framework)
+    assert isinstance(wrapped, adapters.CrossingSoftmax) and wrapped.form == form
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(wrapped(x, 0), getattr(torch, form)(x, 0))
+
+
+def test_wrap_refuses_a_softmax_form_it_has_no_adapter_for():
+    def log_softmax(x, axis):
+        return x - np.log(np.exp(x).sum(axis, keepdims=True))
+    with pytest.raises(ImplementationError, match="log_softmax forms are adapted from jax and mlx only"):
+        adapters.wrap(log_softmax, "numpy")
+
+
+def test_impl_framework_judges_a_plain_mlx_softmax(suite):
+    """The README's command: a plain ``mx.softmax`` named with its framework is judged as a softmax."""
+    pytest.importorskip("mlx")
+    result = suite("--impl=mlx.core:softmax", "--impl-framework=mlx", "-k", "test_rows_sum_to_one and float32")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    assert result.parseoutcomes()["passed"] == 2
+
+
 # -- Keras and MLX (the extras ce-conformance[keras], [mlx]) --------------------------------------
 
 def test_keras_declares_what_keras_loss_is():
