@@ -61,6 +61,25 @@ def test_peak_memory_counts_what_a_call_allocates_and_what_it_keeps():
     assert size // 2 + 2 * size < found.peak <= size // 2 + 2 * size + 64 and found.retained == size // 2, found
 
 
+def test_growth_counts_what_every_call_keeps_not_what_one_frees_late():
+    """A list of every call's tensor grows with the calls; the previous call's tensors dropped by the
+    next call, or a cache of ten, leave one call's (or ten) at the end of any run of calls: no growth."""
+    every, last, cache = [], [], []
+
+    def leaks():
+        every.append(torch.empty(3))
+
+    def frees_late():
+        last[:] = [torch.empty(1000)]
+
+    def caches():
+        cache[:] = [*cache[-9:], torch.empty(50)]
+
+    assert memory.growth(leaks, 50, "cpu").retained == 50 * 12
+    assert memory.growth(frees_late, 50, "cpu").retained == 0
+    assert memory.growth(caches, 50, "cpu").retained == 0
+
+
 def test_copy_bandwidth_is_measured():
     assert bench.copy_bandwidth("cpu", nbytes=8 * 2**20, repeats=2) > 1e8
 
