@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from suite_run import ROOT, SUITE
+from suite_run import ROOT, SUITE, suite_of
 
 
 def _load_lazy_torch_modules() -> None:
@@ -31,9 +31,10 @@ _load_lazy_torch_modules()
 
 @pytest.fixture
 def suite(pytester):
-    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args."""
+    """Run the suite in-process with the repository (its fixtures) importable; extra pytest args;
+    ``checks=`` collects only the modules that define those checks (``suite_run.suite_of``)."""
     pytester.syspathinsert(ROOT)
-    return lambda *args: pytester.runpytest_inprocess(*SUITE, *args)
+    return lambda *args, checks=(): pytester.runpytest_inprocess(*(suite_of(*checks) if checks else SUITE), *args)
 
 
 @pytest.fixture(autouse=True)
