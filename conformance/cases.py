@@ -26,7 +26,8 @@ from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
 __all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "built",
            "on_device", "in_layout_of",
-           "well_conditioned", "document_example", "upstream_recipe", "UPSTREAM_KINDS", "LOGIT_DISTRIBUTIONS",
+           "well_conditioned", "IDLE_FILLS", "idle_fill",
+           "document_example", "upstream_recipe", "UPSTREAM_KINDS", "LOGIT_DISTRIBUTIONS",
            "logits_lines", "design_params", "designed", "softmax_designed", "linear_designed"]
 
 
@@ -286,6 +287,17 @@ def ignore_index_for(impl) -> Optional[int]:
     (a buffer, a caller's tensor) feed ignored positions only to a loss that can take them, not
     to one without ignore_index (a one-hot target has none)."""
     return None if "ignore_index" in impl.unsupported else -100
+
+
+# What a row that counts for nothing holds (test_idle_rows, test_vocab_parallel): masked classes, the
+# dtype's largest finite magnitude and, in an ignored row, +inf and NaN.
+IDLE_FILLS = ("-inf", "huge", "+inf", "nan")
+
+
+def idle_fill(fill: str, dtype: torch.dtype) -> str:
+    """The code of ``fill`` (``IDLE_FILLS``) in ``dtype``: ``huge`` is 1e30 where the dtype holds it."""
+    named = {"-inf": "float('-inf')", "+inf": "float('inf')", "nan": "float('nan')"}
+    return named[fill] if fill in named else repr(min(1e30, torch.finfo(dtype).max))
 
 
 def document_example(dtype: torch.dtype, device: str) -> Case:
