@@ -26,7 +26,8 @@ from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
 __all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "built",
            "on_device", "in_layout_of",
-           "well_conditioned", "document_example", "upstream_recipe", "UPSTREAM_KINDS", "LOGIT_DISTRIBUTIONS",
+           "well_conditioned", "IDLE_FILLS", "idle_fill",
+           "document_example", "upstream_recipe", "UPSTREAM_KINDS", "LOGIT_DISTRIBUTIONS",
            "logits_lines", "design_params", "designed", "softmax_designed", "linear_designed"]
 
 
@@ -219,7 +220,7 @@ def linear_case(family: str, recipe: str, device: str) -> LinearCase:
 
 def linear_problem_case(n: int, hidden_size: int, vocab: int, dtype: torch.dtype, device: str, *, seed: int = 0,
                         family: str, bias: bool = True, positive: bool = False, confident: bool = False,
-                        weight: bool = False, ignored: bool = False) -> LinearCase:
+                        weight: bool = False, ignored: bool = False, huge_ignored: bool = False) -> LinearCase:
     """Hidden states ``(n, hidden_size)`` and a classifier of ``vocab`` classes, standard-normal
     (the weight scaled by ``1/sqrt(H)``, so logits are about unit-sized; the bias by 1/4).
 
@@ -228,7 +229,10 @@ def linear_problem_case(n: int, hidden_size: int, vocab: int, dtype: torch.dtype
     ``confident``: each row's weight is aligned with its hidden state (cut-cross-entropy's tests
     plant them so), its target logit about 12 above the rest; ``ignored``: a masked prompt (the
     first 30 % of the rows) and every 7th row after the middle, so chunks of rows keep different
-    numbers of positions; ``weight``: class weights in [0.25, 1.25).
+    numbers of positions; ``weight``: class weights in [0.25, 1.25); ``huge_ignored``: the ignored
+    rows' hidden states scaled to a norm of a quarter of the dtype's largest magnitude (1e30 at
+    most), so their logits are huge but finite (a padded position's activations blown up; NaN ones
+    are left out: ``dW = dlogits^T h`` is NaN through any matmul).
     """
     lines = [f"g = torch.Generator().manual_seed({seed})",
              f"hidden = torch.randn({n}, {hidden_size}, dtype=torch.float64, generator=g)" + ".abs()" * positive,
@@ -243,6 +247,9 @@ def linear_problem_case(n: int, hidden_size: int, vocab: int, dtype: torch.dtype
         lines.append(f"linear_bias = torch.randn({vocab}, dtype=torch.float64, generator=g) / 4")
     if ignored:
         lines += [f"target[:{n * 3 // 10}] = -100", f"target[{n // 2}::7] = -100"]
+    if huge_ignored:
+        lines += ["ignored = target == -100", "hidden[ignored] *= "
+                  f"{min(1e30, torch.finfo(dtype).max / 4)!r} / hidden[ignored].norm(dim=1, keepdim=True)"]
     if weight:
         lines.append(f"weight = torch.rand({vocab}, dtype=torch.float64, generator=g) + 0.25")
     lines.append("hidden, linear_weight, linear_bias, weight = (None if t is None else "
@@ -286,6 +293,17 @@ def ignore_index_for(impl) -> Optional[int]:
     (a buffer, a caller's tensor) feed ignored positions only to a loss that can take them, not
     to one without ignore_index (a one-hot target has none)."""
     return None if "ignore_index" in impl.unsupported else -100
+
+
+# What a row that counts for nothing holds (test_idle_rows, test_vocab_parallel): masked classes, the
+# dtype's largest finite magnitude and, in an ignored row, +inf and NaN.
+IDLE_FILLS = ("-inf", "huge", "+inf", "nan")
+
+
+def idle_fill(fill: str, dtype: torch.dtype) -> str:
+    """The code of ``fill`` (``IDLE_FILLS``) in ``dtype``: ``huge`` is 1e30 where the dtype holds it."""
+    named = {"-inf": "float('-inf')", "+inf": "float('inf')", "nan": "float('nan')"}
+    return named[fill] if fill in named else repr(min(1e30, torch.finfo(dtype).max))
 
 
 def document_example(dtype: torch.dtype, device: str) -> Case:

@@ -143,7 +143,9 @@ float64's ``u`` is added. ``standard`` also lets a half kernel store each logit 
 perturbation ``delta`` of the logits moves the logsumexp by at most ``sum_c p_c delta_c
 e^{delta_c}`` (convexity), hence a position's loss by ``sum_c (A p_c e^{delta_c} + |a_c|)
 delta_c`` and each probability relatively by ``expm1(delta_j + that)``: added to the loss's and
-the logit gradient's bounds above. The logit gradient ``G``, off by ``E`` elementwise, then
+the logit gradient's bounds above. An idle row's logits (ignored, or a zero-weight target) move
+neither, whatever their size: its ``delta`` is 0 (hidden states of norm 1e30 there would make
+``A p e^{delta}`` a ``0 * inf``). The logit gradient ``G``, off by ``E`` elementwise, then
 enters three products summed at the compute precision (float32 accumulation for half inputs:
 a weight or bias gradient accumulated in the half dtype over chunks fails):
 ``d/dh = G W`` within ``E |W| + gamma_V |G| |W|``, ``d/dW = G^T h`` within
@@ -630,7 +632,7 @@ def _linear_logit_error(lev, dtype: torch.dtype, contract: str) -> Tensor:
     delta = _sums(size, dtype) * lev.logit_magnitudes
     if contract != EXACT and _is_half(dtype):
         delta = delta + unit_roundoff(dtype) * (lev.logits.inputs.abs() + delta)
-    return delta
+    return torch.where(lev.logits.idle[:, None], 0.0, delta)   # an idle row's logits move nothing, huge or not
 
 
 def _with_half_rounding(compute: Tensor, result: Tensor, dtype: torch.dtype) -> Tensor:

@@ -156,6 +156,7 @@ CAUGHT_BY = {
     "vp_backward_all_reduce": "test_vocab_parallel_value_and_gradient",
     "vp_target_gather_plain_all_reduce": "test_vocab_parallel_value_and_gradient",
     "vp_shifts_shard_in_place": "test_vocab_parallel_leaves_its_arguments_unchanged",
+    "vp_loss_mask_product": "test_vocab_parallel_rows_that_count_for_nothing",
     "overwrite_ignores_strides": "test_noncontiguous_logits",
     "linear_none_first_upstream": "test_linear_over_the_design",   # test_linear_loss_and_gradients' cases are its
     "linear_upstream_ignored": "test_linear_over_the_design",
@@ -187,6 +188,7 @@ OWN_TESTS = {
         "test_a_property_failure_found_before_a_slow_shrink_is_reported_with_its_example",
     "fixtures.correct.variants_without_cap": "test_a_partial_variant_declaration_runs_only_its_variants",
     "fixtures.correct.keeps_last_loss": "test_a_loss_freed_one_call_late_keeps_nothing",
+    "fixtures.correct.vp_masks_ignored_rows": "test_the_vocab_parallel_family_has_the_same_gap_over_its_ranks",
 }
 
 
@@ -199,7 +201,7 @@ def test_every_fixture_is_proven():
 
 
 # The fewest checks a correct fixture of each form passes (a run judges the checks of its form).
-# vocab parallel: 154 checks, 100 for loss_parallel
+# vocab parallel: 162 checks pass, 108 for loss_parallel (16 more are probed gaps: ignored rows holding +inf or NaN)
 MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80, "softmax": 40, "log_softmax": 40}
 
 
@@ -273,6 +275,24 @@ def test_a_nan_gradient_of_an_ignored_row_holding_nan_is_a_probed_gap(suite):
     required.stdout.fnmatch_lines(["*required feature 'nonfinite_ignored_rows' is not supported*"])
     masked = suite("--impl=fixtures.correct.fused_lse", *selection)
     assert masked.parseoutcomes()["passed"] == 6, masked.stdout.str()[-3000:]
+
+
+def test_the_vocab_parallel_family_has_the_same_gap_over_its_ranks(suite):
+    """The vocab-parallel family's rows that count for nothing, judged by the same judge: the
+    reference's NaN gradient where an ignored row holds +inf or NaN in a shard (torch's arithmetic)
+    is the probed gap, everything else judged; ``--conformance-require`` fails it; a loss that masks
+    its ignored rows passes the same checks."""
+    selection = ("-k", "test_vocab_parallel_rows_that_count_for_nothing and ws2 and float32", "-rs")
+    result = suite("--impl=fixtures.correct.vocab_parallel_reference", *selection)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*unsupported (probed): nonfinite_ignored_rows: an ignored row holding +inf logits "
+                                 "gets a gradient of nan, not 0*"])
+    assert result.parseoutcomes() == {"passed": 1, "skipped": 2, "deselected": result.parseoutcomes()["deselected"]}
+    required = suite("--impl=fixtures.correct.vocab_parallel_reference", *selection,
+                     "--conformance-require=nonfinite_ignored_rows")
+    assert required.parseoutcomes()["failed"] == 2, required.stdout.str()[-3000:]
+    masked = suite("--impl=fixtures.correct.vp_masks_ignored_rows", *selection)
+    assert masked.parseoutcomes()["passed"] == 3, masked.stdout.str()[-3000:]
 
 
 def test_a_loss_that_overwrites_its_logits_fails_only_the_mutation_checks(suite):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conformance import tolerance
+from conformance.linear import evaluate_linear
 from conformance.reference import Variant, evaluate
 
 
@@ -214,3 +215,22 @@ def test_two_orders_of_the_loss_sum_differ_within_the_run_to_run_bound(dtype):
     assert bool((differences <= bound).all()) and bool(differences.max() > 0) == (dtype == torch.float32)
     assert bool(bound < 2.5 * tolerance.value_bound(ev, dtype))
     assert dtype != torch.float32 or bool(bound < 1e-3 * sums[0].abs())
+
+
+
+def test_ignored_rows_with_huge_linear_logits_leave_every_linear_bound_finite():
+    """An ignored row's logits move nothing: hidden states of norm about 1e30 there must not turn
+    the bounds of the loss and of the gradients (the weight's sums over every row) into NaN
+    (``0 * exp(huge)``)."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 5, dtype=torch.float64, generator=g)
+    classifier, bias = torch.randn(9, 5, dtype=torch.float64, generator=g), torch.randn(9, dtype=torch.float64) / 4
+    target = torch.tensor([1, -100, 3, 4, -100, 8])
+    hidden[target == -100] *= 1e30
+    lev = evaluate_linear(hidden, classifier, target, bias)
+    upstream = torch.tensor(1.0, dtype=torch.float64)
+    for dtype in (torch.float32, torch.bfloat16):
+        bounds = {"value": tolerance.linear_value_bound(lev, dtype),
+                  **{name: getattr(tolerance, f"linear_{name}_grad_bound")(lev, upstream, dtype)
+                     for name in ("input", "weight", "bias")}}
+        assert all(bool(b.isfinite().all()) for b in bounds.values()), {n: b for n, b in bounds.items()}

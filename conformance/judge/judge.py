@@ -229,6 +229,37 @@ class Judge:
             self.fail("masked classes have zero gradient", problem,
                       f"gradient {rows[where].abs().max().item()!r} on a -inf logit", show=show)
 
+    def idle_rows(self, problem: Problem, out, *, conform: Optional[Callable[[object], object]] = None) -> None:
+        """Rows that count for nothing (the truth's ``idle`` rows of an ``(N, C)`` call: ignored, or
+        a zero-weight target), whatever their logits hold: ``conform(out)`` (``conforms`` unless
+        given) judges the call against the truth, in which they are absent, then their loss ('none')
+        and gradient must be exactly 0. A gradient that is not finite in an idle row holding +inf or
+        NaN (torch's own: 0 times a NaN softmax, the row multiplied by 0, not masked) is the probed
+        gap ``nonfinite_ignored_rows``, reported once the rest of the call is judged with those rows'
+        gradient taken as 0."""
+        __tracebackhide__ = True
+        ev = self.truth(problem, out)
+        quantities = self.form.quantities(self.impl, problem, out, ev)   # their snippets name the loss and gradient
+        rows = ev.idle.nonzero()[:, 0].tolist()
+        logits = out.input.detach().cpu()
+        holds_nonfinite = ev.idle & (logits.isnan() | logits.isposinf()).any(1)
+        grad = None if out.grad is None else out.grad.detach().cpu()
+        leaking = holds_nonfinite & (False if grad is None else ~grad.isfinite().all(1))
+        if bool(leaking.any()):
+            row = int(leaking.nonzero()[0, 0])
+            held, first = "nan" if bool(logits[row].isnan().any()) else "+inf", grad[row][~grad[row].isfinite()][0]
+            out = replace(out, grad=out.grad.masked_fill(holds_nonfinite[:, None].to(out.grad.device), 0))
+        (conform or (lambda judged: self.conforms(problem, judged)))(out)
+        for q, name, result in zip(quantities, ("loss", "gradient"),
+                                   (out.loss if problem.options.reduction == "none" else None, out.grad)):
+            if result is not None:
+                self.exactly(f"rows that count for nothing: {name}", problem, result[rows],
+                             torch.zeros(result[rows].shape),
+                             show=Show(f"{q.show.actual.partition('{at}')[0]}[{rows}]", "0.0", q.show.steps))
+        if bool(leaking.any()):
+            self.gap("nonfinite_ignored_rows", problem, f"an ignored row holding {held} logits gets a gradient of "
+                     f"{first.item()}, not 0 (0 times a NaN softmax: the row is multiplied by 0, not masked)")
+
     def fail(self, identity: str, problem: Problem, message: str, *,
              show: Show = SEE_MESSAGE) -> None:
         """A failure that is not a numeric comparison (shape, dtype, modified input...)."""

@@ -15,26 +15,19 @@ is judged as usual. A zero class weight is a weight, not a mask: ``w * (-log p)`
 undefined ``log p`` has no value the semantics fixes, so its row holds finite and ``-inf`` logits
 only, away from its target.
 """
-from dataclasses import replace
-
 import pytest
 import torch
 
 from conformance import cases
-from conformance.forms import Show
+from conformance.cases import IDLE_FILLS, idle_fill
 from conformance.vocabulary import dtype_name
 
 IDLE = (1, 4)   # the rows that count for nothing, among 6 rows of 7 classes
-FILLS = {"-inf": "float('-inf')", "+inf": "float('inf')", "nan": "float('nan')"}
 # (kind, fill) of the idle rows: a mask (ignore_index) holds any logits, a zero weight finite and -inf
 IDLE_ROWS = [pytest.param(kind, fill, marks=pytest.mark.feature(feature), id=f"{kind}-{fill}")
-             for kind, feature, fills in (("ignored", "ignore_index", ("-inf", "huge", "+inf", "nan")),
-                                          ("zero weight", "weight", ("-inf", "huge")))
+             for kind, feature, fills in (("ignored", "ignore_index", IDLE_FILLS),
+                                          ("zero weight", "weight", IDLE_FILLS[:2]))
              for fill in fills]
-
-
-def _fill(fill: str, dtype: torch.dtype) -> str:
-    return FILLS[fill] if fill in FILLS else repr(min(1e30, torch.finfo(dtype).max))
 
 
 def _case(kind: str, fill: str, dtype: torch.dtype, device: str, seed: int) -> cases.Case:
@@ -48,7 +41,7 @@ def _case(kind: str, fill: str, dtype: torch.dtype, device: str, seed: int) -> c
         "logits = torch.randn(6, 7, dtype=torch.float64, generator=g)",
         "target = torch.randint(1, 7, (6,), generator=g)",
         f"target[{list(IDLE)}] = {idle_target}",
-        f"logits[{list(IDLE)}, 2] = logits[{list(IDLE)}, 5] = {_fill(fill, dtype)}",
+        f"logits[{list(IDLE)}, 2] = logits[{list(IDLE)}, 5] = {idle_fill(fill, dtype)}",
         weight,
         f"logits = logits.to(torch.{dtype_name(dtype)})"]))
     return cases.from_recipe(f"rows that count for nothing ({kind}, {fill})", recipe, device)
@@ -60,20 +53,4 @@ def test_rows_that_count_for_nothing(judge, device, dtype, reduction, kind, fill
     """The idle rows' loss ('none') and gradient are exactly 0, and every other row and the
     reduction are judged against the truth, in which the idle rows are absent."""
     problem = cases.problem(_case(kind, fill, dtype, device, seed), reduction=reduction)
-    rows = list(IDLE)
-    out = judge.call(problem)
-    idle_grad = None if out.grad is None else out.grad[rows]
-    leaked = fill in ("+inf", "nan") and idle_grad is not None and not bool(idle_grad.isfinite().all())
-    if leaked:   # the rest of the call is judged; the idle rows' gradient is a gap
-        first = idle_grad[~idle_grad.isfinite()][0].item()
-        out = replace(out, grad=out.grad.index_fill(0, torch.tensor(rows, device=out.grad.device), 0))
-    judge.conforms(problem, out)
-    if reduction == "none":
-        judge.exactly("rows that count for nothing: loss", problem, out.loss[rows], torch.zeros(len(rows)),
-                      show=Show(f"loss[{rows}]", "0.0"))
-    if leaked:
-        judge.gap("nonfinite_ignored_rows", problem, f"an ignored row holding {fill} logits gets a gradient of "
-                  f"{first}, not 0 (0 times a NaN softmax: the row is multiplied by 0, not masked)")
-    if out.grad is not None:
-        judge.exactly("rows that count for nothing: gradient", problem, out.grad[rows],
-                      torch.zeros(out.grad[rows].shape), show=Show(f"x.grad[{rows}]", "0.0"))
+    judge.idle_rows(problem, judge.call(problem))

@@ -5,7 +5,9 @@ states, the weight and the bias are judged against the float64 composition (``li
 the matmul-error bounds of ``tolerance``. The cases are cut where chunked kernels break: sizes
 that leave remainders in every dimension, batches of many chunks with a ragged last one, rows
 ignored unevenly over the chunks, vocabularies of 32k to 256k, confident rows, and hidden states
-of one sign, under which an accumulator kept in the half dtype cannot hide behind cancellation.
+of one sign, under which an accumulator kept in the half dtype cannot hide behind cancellation;
+and ignored rows whose hidden states make their logits huge, which count for nothing
+(test_idle_rows' finite fill; NaN ones are left out: ``dW = dlogits^T h`` is NaN through any matmul).
 """
 from dataclasses import replace
 
@@ -26,6 +28,9 @@ CASES = {
     "weighted_ignored_smoothed-sum": (61, 24, 257, dict(weight=True, ignored=True),
                                       dict(reduction="sum", ignore_index=-100, label_smoothing=0.1)),
     "confident-mean": (40, 32, 97, dict(confident=True), dict(reduction="mean")),
+    # ignored rows whose huge logits must count for nothing (test_idle_rows' finite fill)
+    "ignored_huge-mean": (47, 31, 123, dict(ignored=True, huge_ignored=True), dict(reduction="mean",
+                                                                                     ignore_index=-100)),
 }
 # Where chunking and vocabulary blocks matter, in the dtypes of training (each is 10-50x the
 # cost of a case above): vocabularies of 32k and 256k at small N and H; 256 x 8 x 1024 is 128

@@ -5,8 +5,9 @@ equal the float64 truth of the full problem, and be the same on every rank, and 
 gradient must be its slice of the full gradient: for torch.chunk's split and an uneven one (a
 rank with a single class), targets in and out of each shard, ignored rows, smoothing over the
 global vocabulary, class weights, every reduction and upstream gradient, a shard masked with
--inf, a shard whose logits lie far below the others', and half precision; and every rank's
-arguments are unchanged by the call."""
+-inf, a shard whose logits lie far below the others', and half precision; rows that count for
+nothing (ignored or weighing 0) holding -inf, huge, +inf or NaN logits in one shard or in every
+one, judged as test_idle_rows judges them; and every rank's arguments are unchanged by the call."""
 
 import pytest
 import torch
@@ -71,9 +72,13 @@ def _problem(case, world_size, shards, *, upstream="random", **loss_options):
 
 
 def _conforms(impl, judge, rank_groups, problem, world_size, shards):
-    """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
-    slices joined against the full gradient (the form's quantities); the results and the
-    snippet's steps, for checks that look further."""
+    """The call on every rank, judged (``_judged``): the results and the snippet's steps, for checks
+    that look further."""
+    return _judged(judge, problem, _ran(impl, judge, rank_groups, problem, world_size, shards))
+
+
+def _ran(impl, judge, rank_groups, problem, world_size, shards) -> vocab_parallel.RanksOutcome:
+    """The implementation called on every rank; a rank that fails fails the check."""
     if problem.device == "cuda" and distributed.launched_world_size() is None \
             and torch.cuda.device_count() < world_size:
         pytest.skip(f"world size {world_size} on cuda needs a device per rank (nccl); {torch.cuda.device_count()} here")
@@ -82,11 +87,17 @@ def _conforms(impl, judge, rank_groups, problem, world_size, shards):
         out = judge.call(problem, groups=rank_groups(impl), world_size=world_size, shards=shards)
     except RankFailure as exc:
         judge.fail("every rank answers", problem, str(exc), show=Show("results", "'(the result of every rank)'", steps))
-    results = out.results
     records.attach(judge.item.user_properties, "collectives", {
-        "world_size": world_size, "forward": list(distributed.collective_ops(results[0].forward)),
-        "backward": list(distributed.collective_ops(results[0].backward))})
-    value, *gradients = judge.form.quantities(impl, problem, out, judge.truth(problem, out))
+        "world_size": world_size, "forward": list(distributed.collective_ops(out.results[0].forward)),
+        "backward": list(distributed.collective_ops(out.results[0].backward))})
+    return out
+
+
+def _judged(judge, problem, out):
+    """The loss on every rank against the truth and rank 0's (exactly), the ranks' gradient
+    slices joined against the full gradient (the form's quantities)."""
+    results, steps = out.results, vocab_parallel.steps(problem, out.world_size, out.shards)
+    value, *gradients = judge.form.quantities(judge.impl, problem, out, judge.truth(problem, out))
     judge.quantity(problem, value)
     for result in results[1:]:
         judge.exactly(f"the loss is the same on every rank (rank {result.rank} against rank 0)", problem,
@@ -180,6 +191,45 @@ def test_vocab_parallel_masked_shard(impl, judge, rank_groups, device, dtype, re
                  body=f"z[:, {start}:{stop}] = -float('inf')\ntarget[(target >= {start}) & (target < {stop})] = 0")
     problem = _problem(case, world_size, shards, reduction=reduction)
     _conforms(impl, judge, rank_groups, problem, world_size, shards)
+
+
+def _idle_case(kind, dtype, device, seed, shards):
+    """``_case``'s 24 rows with rows 0, 3, 6, ... idle: ignored, each holding one of
+    ``cases.IDLE_FILLS`` in turn, or targeting class 0, weighted 0, and holding -inf or the dtype's
+    largest magnitude; each fill in two classes of the last shard (rows 0, 6, ...) or of every shard
+    (rows 3, 9, ...)."""
+    every = [c for start, stop in shards if stop - start > 2 for c in (start + 1, stop - 1)]
+    fills = cases.IDLE_FILLS if kind == "ignored" else cases.IDLE_FILLS[:2]
+    lines = [f"one, every = {every[-2:]}, {every}"]
+    if kind == "zero weight":
+        lines += [f"target[:{6 * len(fills)}:3] = 0", "weight[0] = 0"]
+    lines += [f"z[{row}, {where}] = {cases.idle_fill(fill, dtype)}" for i, fill in enumerate(fills)
+              for row, where in ((6 * i, "one"), (6 * i + 3, "every"))]
+    return _case(dtype, device, seed, shards, family=f"vocab_parallel_idle_rows ({kind})", n=24,
+                 body="\n".join(lines), weight=kind == "zero weight",
+                 ignore_index=-100 if kind == "ignored" else None)
+
+
+# An ignored row holds any logits, a zero weight finite and -inf ones (test_idle_rows); ignored rows
+# and zero weights apart: torch 2.13's loss_parallel raises in backward where both meet.
+IDLE_ROWS = [pytest.param("ignored", "none", marks=pytest.mark.feature("ignore_index"), id="ignored-none"),
+             pytest.param("ignored", "mean", marks=pytest.mark.feature("ignore_index"), id="ignored-mean"),
+             pytest.param("zero weight", "none", marks=pytest.mark.feature("weight"), id="zero_weight-none")]
+
+
+@pytest.mark.parametrize(("kind", "reduction"), IDLE_ROWS)
+def test_vocab_parallel_rows_that_count_for_nothing(impl, judge, rank_groups, device, dtype, kind, reduction,
+                                                    world_size, seed):
+    """test_idle_rows over the ranks, every fill in one call: ignored rows holding -inf, the dtype's
+    largest magnitude, +inf and NaN, and rows whose target weighs 0 holding -inf or the largest
+    magnitude, in one shard or in every shard. Their loss and gradient are exactly 0 on every rank,
+    and nothing of them reaches the other rows' all-reduced statistics or the reduction; a NaN
+    gradient where an ignored row holds +inf or NaN is the probed gap ``nonfinite_ignored_rows``
+    (``Judge.idle_rows``, the logits family's judge)."""
+    shards = _shards("even", world_size)
+    problem = _problem(_idle_case(kind, dtype, device, seed, shards), world_size, shards, reduction=reduction)
+    judge.idle_rows(problem, _ran(impl, judge, rank_groups, problem, world_size, shards),
+                    conform=lambda out: _judged(judge, problem, out))
 
 
 @pytest.mark.parametrize("shift", [-200.0, 200.0], ids=["below", "above"])
