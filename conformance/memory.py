@@ -78,9 +78,13 @@ def growth(fn: Callable[[], object], calls: int, device: str) -> Optional[Footpr
 
 
 def _frozen(fn: Callable[[], object]) -> None:
+    """``fn()`` and a collection with what exists frozen; unfrozen after unless something froze
+    objects before (the run's own freeze, ``plugin.pytest_configure``), which ends with the run."""
+    frozen_before = gc.get_freeze_count() > 0
     gc.freeze()
     try:
         fn()
         gc.collect()
     finally:
-        gc.unfreeze()
+        if not frozen_before:
+            gc.unfreeze()

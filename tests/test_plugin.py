@@ -1,4 +1,6 @@
 """The plugin machinery: --impl resolution, usage errors, the hook, unsupported features."""
+import gc
+
 import pytest
 
 SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q")
@@ -409,3 +411,30 @@ def softmax(input, dim, dtype=None):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*two implementations of the form 'softmax': torch.nn.functional:softmax and "
                                  "twin:softmax; a run judges one of each form*"])
+
+
+class _FrozenObjectsSeen:
+    """Records how many objects are frozen in a check and in a cleanup registered at configure
+    time, where pytest's unraisable-exception plugin registers its five collections."""
+
+    def __init__(self):
+        self.in_checks, self.in_cleanup = [], []
+
+    def pytest_configure(self, config):
+        config.add_cleanup(lambda: self.in_cleanup.append(gc.get_freeze_count()))
+
+    def pytest_runtest_call(self, item):
+        self.in_checks.append(gc.get_freeze_count())
+
+
+def test_the_run_freezes_the_heap_it_starts_with_until_after_its_last_collection(pytester):
+    """torch's, hypothesis' and the kit's objects are frozen from the start of a run until after
+    pytest's collections at its end, so a full collection does not look through them; nothing
+    stays frozen after the run."""
+    seen = _FrozenObjectsSeen()
+    result = pytester.runpytest_inprocess(*SUITE, "-k", "test_value_matches_truth and float64 and none and 7x3",
+                                          plugins=[seen])
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    assert seen.in_checks and min(seen.in_checks) > 100_000, seen.in_checks
+    assert seen.in_cleanup[0] > 100_000, seen.in_cleanup
+    assert gc.get_freeze_count() == 0
