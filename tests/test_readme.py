@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+import fixtures
 from suite_run import ROOT
 
 
@@ -37,3 +38,13 @@ def test_first_run_page_quotes_a_failure_as_the_kit_prints_it(suite):
         [line for line in quoted if line not in printed]
     start = printed.index(next(line for line in printed if "reproduce (copy and run as is)" in line)) + 1
     assert copyable[1:] == printed[start:start + len(copyable) - 1]
+
+
+def test_the_fixture_corpus_is_counted_as_it_is():
+    """The proof section's counts are the corpus' own: a fixture added or removed updates them."""
+    section = (ROOT / "README.md").read_text().split("\n## Proof: the fixture corpus\n")[1].split("\n## ")[0]
+    counts = re.search(r"\*\*(\d+) correct\*\*, \*\*(\d+) with one planted bug each\*\*, (\d+) hostile programs "
+                       r"and (\d+) written in other\s+frameworks", section)
+    assert counts, section[:400]
+    assert tuple(map(int, counts.groups())) == tuple(map(len, (fixtures.CORRECT, fixtures.BROKEN, fixtures.HOSTILE,
+                                                                 fixtures.FRAMEWORKS)))
