@@ -406,6 +406,29 @@ def test_torchs_half_nll_sum_is_pinned_by_its_mechanism(suite):
                                  "float16 nll sum*"])
 
 
+def test_torchs_loss_parallel_raising_where_weights_meet_ignored_rows_is_pinned(suite, monkeypatch):
+    """torch 2.13's loss_parallel gathers the class weights with the raw -100 target in backward: a
+    raise on the ranks where weights meet ignored rows is its pinned failure (strict, torch's line
+    as the evidence), at every reduction and world size, run as a single module; a loss that passes
+    there (the reference, pinned as torch) fails it: the defect no longer shows."""
+    check = "test_vocab_parallel_class_weights_with_ignored_rows"
+    selection = ("--conformance-world-size=3", "-k", check, "-rx")
+    result = suite("--impl=fixtures.correct.vocab_parallel_loss_parallel", *selection, checks=(check,))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    assert result.parseoutcomes()["xfailed"] == 3, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines([f"XFAIL*{check}[[]loss_parallel-cpu-ws3-mean[]]*known failure, weights at ignored "
+                                 "rows*torch 2.13's loss_parallel raises in backward*loss.py, line 509*"])
+    reference = suite("--impl=fixtures.correct.vocab_parallel_reference", *selection, checks=(check,))
+    assert reference.ret == pytest.ExitCode.OK and reference.parseoutcomes()["passed"] == 3, \
+        reference.stdout.str()[-3000:]
+    from conformance import expectations, known_failures
+    monkeypatch.setattr(expectations, "pins", lambda call, contract: known_failures.TORCH_LOSS_PARALLEL_PINS)
+    fixed = suite("--impl=fixtures.correct.vocab_parallel_reference", "--conformance-world-size=2", "-k",
+                  f"{check} and mean", checks=(check,))
+    assert fixed.parseoutcomes()["failed"] == 1 and "passed" not in fixed.parseoutcomes(), fixed.stdout.str()[-3000:]
+    fixed.stdout.fnmatch_lines(["*XPASS(strict)] the known failure weights at ignored rows*did not show*"])
+
+
 def test_a_loss_freed_one_call_late_keeps_nothing(suite):
     """A loss kept until the next call replaces it is left at the end of any run of calls, one call's
     worth whatever their number: no growth (memory.growth), where keeps_every_loss, which keeps every
