@@ -157,6 +157,7 @@ CAUGHT_BY = {
     "vp_target_gather_plain_all_reduce": "test_vocab_parallel_value_and_gradient",
     "vp_shifts_shard_in_place": "test_vocab_parallel_leaves_its_arguments_unchanged",
     "vp_loss_mask_product": "test_vocab_parallel_rows_that_count_for_nothing",
+    "vp_weight_index_wraps": "test_vocab_parallel_class_weights_with_ignored_rows",
     "overwrite_ignores_strides": "test_noncontiguous_logits",
     "linear_none_first_upstream": "test_linear_over_the_design",   # test_linear_loss_and_gradients' cases are its
     "linear_upstream_ignored": "test_linear_over_the_design",
@@ -201,7 +202,8 @@ def test_every_fixture_is_proven():
 
 
 # The fewest checks a correct fixture of each form passes (a run judges the checks of its form).
-# vocab parallel: 162 checks pass, 108 for loss_parallel (16 more are probed gaps: ignored rows holding +inf or NaN)
+# vocab parallel: 168 checks pass, 108 for loss_parallel and 6 xfailed (torch's pinned raise where weights meet ignored
+# rows); 16 more are probed gaps (ignored rows holding +inf or NaN)
 MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80, "softmax": 40, "log_softmax": 40}
 
 
