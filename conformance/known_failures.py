@@ -3,9 +3,10 @@ failures: the default run stays green, and a torch upgrade that fixes or changes
 unexpected pass into a failure, so it is noticed and the pin is revisited. The logits loss's
 and the linear losses' float16 smoothing sum are pinned by their mechanism (``Pin``: where the
 defect shows), so every case a run generates there is covered; a defect that shows on some seeds'
-data only is pinned at those seeds (``--conformance-seed``). The linear paths' accumulators, the
-half log_softmax's rounded logsumexp (both shown by the data, not by a size or an option), and an
-error torch raises (nll_loss on a channels_last input), are by test id."""
+data only is pinned at those seeds (``--conformance-seed``). So is torch's loss_parallel where class
+weights meet an ignored target: a raise on the ranks (``Judge.raised``), at any world size. The linear
+paths' accumulators, the half log_softmax's rounded logsumexp (both shown by the data, not by a size
+or an option), and an error torch raises outside the ranks (nll_loss on a channels_last input), are by test id."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,12 +18,13 @@ from torch import Tensor
 from . import defaults, tolerance
 from .cases import Case, LinearCase, Problem
 from .forms.softmax import SoftmaxProblem
-from .vocabulary import dtype_name
+from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
 __all__ = ["Pin", "TORCH_CPU_PINS", "TORCH_NLL_PINS", "TORCH_LINEAR_PINS", "TORCH_NLL_FAILURES",
            "TORCH_LOG_SOFTMAX_HALF", "TORCH_LOG_SOFTMAX_PINS", "TORCH_CHUNKED_LINEAR_FAILURES",
            "TORCH_CHUNKED_LINEAR_DESIGN", "TORCH_CHUNKED_LINEAR_PINS",
-           "TORCH_LINEAR_EXACT_PINS", "TORCH_LINEAR_EXACT_FAILURES", "pinned_failures", "pins"]
+           "TORCH_LINEAR_EXACT_PINS", "TORCH_LINEAR_EXACT_FAILURES", "TORCH_LOSS_PARALLEL_PINS",
+           "pinned_failures", "pins"]
 
 FLOAT16_MAX = torch.finfo(torch.float16).max   # 65504: a float16 running sum past it is inf
 
@@ -33,7 +35,8 @@ class Pin:
     reductions, the sizes and features (``shows``, a predicate on the ``Problem``, said in words in
     ``where``) and, for a defect that shows on some seeds' data only, those seeds. It covers every
     problem any check (the default run's, the deep run's, a changed design's) judges there: a
-    comparison on it that fails is an expected failure; a check that judges it and passes fails
+    comparison on it that fails, or a call of the ranks that raises on it (``Judge.raised``), is an
+    expected failure; a check that judges it and passes fails
     (the defect no longer shows: revisit the pin). ``found_by``: the id of the check that found it;
     a run where that check runs and the pin covers nothing warns (the pin no longer says where
     its evidence is). A pin whose defect shows on some of the problems it covers only, as the data
@@ -124,6 +127,13 @@ def _exponential_sum_overflows(problem: Problem) -> bool:
     largest, 65504, is passed first there on torch's CPU: measured with zero logits)."""
     rows, _, _ = _kept_rows(problem)
     return bool(rows.numel()) and bool(((rows - rows.amax(1, keepdim=True)).exp().sum(1) > 66000).any())
+
+
+def _weights_meet_ignored_rows(problem: Problem) -> bool:
+    """Class weights, and a target equal to an ``ignore_index`` outside the classes (-100)."""
+    target, classes, ignore_index = problem.case.target, problem.case.logits.shape[1], problem.options.ignore_index
+    return (problem.case.weight is not None and not 0 <= ignore_index < classes
+            and not target.is_floating_point() and bool((target == ignore_index).any()))
 
 
 HALF = frozenset({torch.float16, torch.bfloat16})
@@ -225,6 +235,23 @@ TORCH_NLL_FAILURES = {
     f"test_layouts.py::test_kdim_layouts[cpu-{dtype}-channels_last-{case}]": _NLL_CHANNELS_LAST
     for dtype in ("float64", "float32", "float16", "bfloat16")
     for case in ("none-random", "mean-random", "sum-random", "none-expanded")}
+
+
+# torch 2.13's loss_parallel (conformance.defaults.loss_parallel), under every contract.
+TORCH_LOSS_PARALLEL_PINS = (
+    Pin("weights at ignored rows",
+        "torch 2.13's loss_parallel raises in backward where class weights meet an ignored target outside the "
+        "classes (-100), every reduction, on every rank: _nll_loss_and_log_softmax_backward (torch/distributed/tensor/"
+        "parallel/loss.py, line 509) gathers the weights with the raw target, torch.gather(w, channel_dim, target), "
+        "where its forward gathers with the masked one (safe_target): 'RuntimeError: index -100 is out of bounds for "
+        "dimension 1 with size V', V the global classes (confirmed by hand on 2 gloo ranks, 6 rows of 8 classes, "
+        "against F.cross_entropy with the same weight and ignore_index: the forward's loss agrees, backward raises; "
+        "without weights, or with ignore_index=2 inside the classes, value and gradient agree). Both are documented "
+        "as supported: a valid call that raises is a failure (pytorch#69339's mechanism, in the DTensor path)",
+        "class weights and a target equal to an ignore_index outside the classes", _weights_meet_ignored_rows,
+        frozenset(DTYPES), frozenset(REDUCTIONS),
+        "test_vocab_parallel.py::test_vocab_parallel_class_weights_with_ignored_rows[cpu-ws2-mean]"),
+)
 
 
 _CHUNKED_HALF_ACCUMULATORS = (
@@ -355,6 +382,8 @@ def pins(call, contract: str) -> tuple:
         return TORCH_LINEAR_PINS + TORCH_CHUNKED_LINEAR_PINS + (TORCH_LINEAR_EXACT_PINS if contract == "exact" else ())
     if call is torch.nn.functional.log_softmax and contract != "parity":
         return TORCH_LOG_SOFTMAX_PINS
+    if call is defaults.loss_parallel:   # a raise: under parity too
+        return TORCH_LOSS_PARALLEL_PINS
     return ()
 
 

@@ -157,6 +157,7 @@ CAUGHT_BY = {
     "vp_target_gather_plain_all_reduce": "test_vocab_parallel_value_and_gradient",
     "vp_shifts_shard_in_place": "test_vocab_parallel_leaves_its_arguments_unchanged",
     "vp_loss_mask_product": "test_vocab_parallel_rows_that_count_for_nothing",
+    "vp_weight_index_wraps": "test_vocab_parallel_class_weights_with_ignored_rows",
     "overwrite_ignores_strides": "test_noncontiguous_logits",
     "linear_none_first_upstream": "test_linear_over_the_design",   # test_linear_loss_and_gradients' cases are its
     "linear_upstream_ignored": "test_linear_over_the_design",
@@ -201,7 +202,8 @@ def test_every_fixture_is_proven():
 
 
 # The fewest checks a correct fixture of each form passes (a run judges the checks of its form).
-# vocab parallel: 162 checks pass, 108 for loss_parallel (16 more are probed gaps: ignored rows holding +inf or NaN)
+# vocab parallel: 168 checks pass, 108 for loss_parallel and 6 xfailed (torch's pinned raise where weights meet ignored
+# rows); 16 more are probed gaps (ignored rows holding +inf or NaN)
 MIN_PASSED = {"logits": 500, "linear": 30, "vocab_parallel": 80, "softmax": 40, "log_softmax": 40}
 
 
@@ -404,6 +406,29 @@ def test_torchs_half_nll_sum_is_pinned_by_its_mechanism(suite):
     result.stdout.fnmatch_lines(["XFAIL*test_row_count_boundaries[[]cross_entropy-cpu-65535-float16-mean[]]*",
                                  "XFAIL*test_row_count_boundaries[[]nll_loss-cpu-65535-float16-mean[]]*"
                                  "float16 nll sum*"])
+
+
+def test_torchs_loss_parallel_raising_where_weights_meet_ignored_rows_is_pinned(suite, monkeypatch):
+    """torch 2.13's loss_parallel gathers the class weights with the raw -100 target in backward: a
+    raise on the ranks where weights meet ignored rows is its pinned failure (strict, torch's line
+    as the evidence), at every reduction and world size, run as a single module; a loss that passes
+    there (the reference, pinned as torch) fails it: the defect no longer shows."""
+    check = "test_vocab_parallel_class_weights_with_ignored_rows"
+    selection = ("--conformance-world-size=3", "-k", check, "-rx")
+    result = suite("--impl=fixtures.correct.vocab_parallel_loss_parallel", *selection, checks=(check,))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    assert result.parseoutcomes()["xfailed"] == 3, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines([f"XFAIL*{check}[[]loss_parallel-cpu-ws3-mean[]]*known failure, weights at ignored "
+                                 "rows*torch 2.13's loss_parallel raises in backward*loss.py, line 509*"])
+    reference = suite("--impl=fixtures.correct.vocab_parallel_reference", *selection, checks=(check,))
+    assert reference.ret == pytest.ExitCode.OK and reference.parseoutcomes()["passed"] == 3, \
+        reference.stdout.str()[-3000:]
+    from conformance import expectations, known_failures
+    monkeypatch.setattr(expectations, "pins", lambda call, contract: known_failures.TORCH_LOSS_PARALLEL_PINS)
+    fixed = suite("--impl=fixtures.correct.vocab_parallel_reference", "--conformance-world-size=2", "-k",
+                  f"{check} and mean", checks=(check,))
+    assert fixed.parseoutcomes()["failed"] == 1 and "passed" not in fixed.parseoutcomes(), fixed.stdout.str()[-3000:]
+    fixed.stdout.fnmatch_lines(["*XPASS(strict)] the known failure weights at ignored rows*did not show*"])
 
 
 def test_a_loss_freed_one_call_late_keeps_nothing(suite):

@@ -96,16 +96,22 @@ class Judge:
         __tracebackhide__ = True
         comparison = compare(identity, actual, expected, bound, also=also)
         self._record(comparison, compare(identity, actual, expected, exact_bound, also=also))
-        pin = next((pin for pin in self.pins if pin.covers(problem, self.seed)), None)
-        if pin is not None:
-            self.item.stash[PINNED] = pin
-            records.attach(self.item.user_properties, "pinned", pin.name)
-            if not comparison.passed:
-                pytest.xfail(f"known failure, {pin.describe()}: {pin.reason}")
+        self._known_failure(problem, failed=not comparison.passed)
         if not comparison.passed:
             self._raise(f"{identity}] {self.impl.spec} differs from the float64 reference beyond the "
                         f"{self.contract} bound", problem, f"  {comparison.describe()}\n", show, comparison.index)
         return comparison
+
+    def _known_failure(self, problem: Problem, *, failed: bool) -> None:
+        """The known failure that covers ``problem`` (``known_failures.Pin``), if any: recorded on
+        the item (a check that judged it and passed fails, plugin), and the check's expected failure
+        where it ``failed``."""
+        pin = next((pin for pin in self.pins if pin.covers(problem, self.seed)), None)
+        if pin is not None:
+            self.item.stash[PINNED] = pin
+            records.attach(self.item.user_properties, "pinned", pin.name)
+            if failed:
+                pytest.xfail(f"known failure, {pin.describe()}: {pin.reason}")
 
     def quantity(self, problem: Problem, q: Quantity, *, also: Optional[Tensor] = None) -> Comparison:
         """One quantity of a call against its truth, under the run's contract: under ``parity`` a
@@ -259,6 +265,13 @@ class Judge:
         if bool(leaking.any()):
             self.gap("nonfinite_ignored_rows", problem, f"an ignored row holding {held} logits gets a gradient of "
                      f"{first.item()}, not 0 (0 times a NaN softmax: the row is multiplied by 0, not masked)")
+
+    def raised(self, identity: str, problem: Problem, message: str, *, show: Show = SEE_MESSAGE) -> None:
+        """A call that raised on a valid problem (a rank of the vocab-parallel group): a failure, a
+        valid call must not raise, unless it is torch's known failure where it shows."""
+        __tracebackhide__ = True
+        self._known_failure(problem, failed=True)
+        self.fail(identity, problem, message, show=show)
 
     def fail(self, identity: str, problem: Problem, message: str, *,
              show: Show = SEE_MESSAGE) -> None:
