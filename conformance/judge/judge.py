@@ -245,20 +245,21 @@ class Judge:
         it changes (the table's ``allows``: ``deviations``)."""
         return name in self.deviations
 
-    def deviation(self, name: str, problem: Problem, observed) -> None:
+    def deviation(self, name: str, problem: Problem, observed, *, identity: str = "") -> None:
         """An expected failure, with the table's reason, where the declared deviation ``name``
         explains what the check ``observed`` (``deviations``); otherwise it returns, and the check
-        judges as usual. A strict one that the implementation declares and does not show where it
-        concerns the problem fails: what it allows there is the value the loss must give."""
+        judges as usual. One that states the value a loss gives instead of torch's holds the
+        ``observed`` result to it exactly (under the check's ``identity``): a loss that declares
+        it and gives another fails."""
         __tracebackhide__ = True
         entry = self.deviations.get(name)
         if entry is None or not entry.concerns(problem):
             return
-        if entry.explains(observed):
-            pytest.xfail(entry.reason_for(problem, observed))
-        if entry.strict:
-            self.fail(f"declared deviation {name}", problem,
-                      f"declares {name} ({entry.allows}), yet gave {observed!r}")
+        if entry.expected is not None:
+            self.exactly(identity or f"declared deviation {name}", problem, observed, torch.tensor(entry.expected))
+        elif not entry.explains(observed):
+            return
+        pytest.xfail(entry.reason_for(problem, observed))
 
     # -- capabilities ---------------------------------------------------------------------------
 

@@ -151,7 +151,7 @@ target = torch.empty(0, dtype=torch.long)
 """
     problem = cases.problem(cases.from_recipe("empty", recipe, device), reduction=reduction, upstream=None)
     out = logits_form.forward(impl, problem)
-    judge.deviation("all_ignored_mean_zero", problem, out.loss)
+    judge.deviation("all_ignored_mean_zero", problem, out.loss, identity="empty batch")
     expected = {"none": torch.empty(0), "mean": torch.tensor(math.nan), "sum": torch.tensor(0.0)}[reduction]
     judge.exactly("empty batch", problem, out.loss, expected)
 
@@ -172,7 +172,7 @@ target = torch.full((4,), -100)
     if backward:
         judge.exactly("all targets ignored: gradient", problem, out.grad, torch.zeros(out.grad.shape),
                       show=Show("x.grad{at}", "0.0"))
-    judge.deviation("all_ignored_mean_zero", problem, out.loss)
+    judge.deviation("all_ignored_mean_zero", problem, out.loss, identity="all targets ignored")
     judge.exactly("all targets ignored", problem, out.loss, logits_form.truth(impl, problem, out).loss)
 
 
