@@ -6,8 +6,8 @@ never run), torch's own failures pinned in
 ``--conformance-xfail`` file (strict xfails; ``~``: not strict).
 
 Outcomes found while a check runs are the judge's (``judge.Judge.gap``: a capability probed and
-missing); a declared deviation (``vocabulary.DEVIATIONS``) is judged against its declared result by the
-two checks it concerns (test_features: an empty batch, every target ignored) and reported xfailed.
+missing); what a declared deviation (``vocabulary.DEVIATIONS``) changes is its entry in ``deviations``,
+which the judge applies where a check asks (``Judge.deviation``).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 
 import pytest
 
+from .deviations import TABLE
 from .impl import Implementation
 from .known_failures import pinned_failures, pins
 from .records import Gap, unparametrized
@@ -99,6 +100,10 @@ class Expectations:
         """torch's defects pinned by mechanism for ``impl`` under the run's contract (the judge
         applies them to the problems it judges, ``known_failures.Pin``)."""
         return pins(impl.call, self.contract)
+
+    def deviations(self, impl: Implementation) -> dict:
+        """The table's entries of the deviations ``impl`` declares (the judge applies them, ``deviations``)."""
+        return {name: TABLE[name] for name in impl.deviations}
 
     def unmatched(self) -> list[str]:
         """Ids of the xfail file that matched no collected check (the user is warned)."""

@@ -176,14 +176,15 @@ class Implementation:
         called = self._describe_call(input, target, options.describe())
         return self._tensor(self._guarded((input, target), self.keywords(options), called), input, called)
 
-    def with_keywords(self, input: Tensor, target: Tensor, keywords: dict) -> Tensor:
+    def with_keywords(self, args: tuple, keywords: dict) -> Tensor:
         """The call with its keywords as the implementation names them, held to the same conduct:
-        what a reproduce snippet's ``impl.call(x, t, ...)`` line runs inside a check
-        (``judge.snippet.Steps``)."""
-        described = ", ".join(f"{name}=<{value.numel()} classes>" if isinstance(value, Tensor) else f"{name}={value!r}"
-                              for name, value in keywords.items())
-        called = self._describe_call(input, target, described)
-        return self._tensor(self._guarded((input, target), keywords, called), input, called)
+        what a reproduce snippet's ``impl.call(x, t, ...)`` line (of any form: a linear loss's
+        ``impl.call(hidden, linear_weight, target, ...)``) runs inside a check (``judge.snippet.Steps``)."""
+        described = ", ".join([*(f"{tuple(a.shape)} {a.dtype}" if isinstance(a, Tensor) else repr(a) for a in args),
+                               *(f"{name}=<{tuple(value.shape)}>" if isinstance(value, Tensor) else f"{name}={value!r}"
+                                 for name, value in keywords.items())])
+        called = f"on {described}"
+        return self._tensor(self._guarded(args, keywords, called), args[0], called)
 
     def linear(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Optional[Tensor],
                options: LossOptions = LossOptions()) -> Tensor:

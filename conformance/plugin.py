@@ -386,7 +386,8 @@ def judge(request, impl) -> Judge:
     session = request.config.stash[SESSION_KEY]
     return Judge(request.node, impl, contract=request.config.getoption("conformance_contract"),
                  required=frozenset(request.config.getoption("conformance_require") or ()),
-                 pins=session.expectations.pins(impl), seed=session.seed)
+                 pins=session.expectations.pins(impl), deviations=session.expectations.deviations(impl),
+                 seed=session.seed)
 
 
 @pytest.fixture

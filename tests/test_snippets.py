@@ -169,6 +169,80 @@ def test_a_lifecycle_snippet_prints_the_mismatch_its_check_saw(suite, pytester, 
         assert _printed(snippet, test_id) == (saw.group(1), saw.group(2)), (test_id, snippet)
 
 
+# Families whose checks run the form's own call as recorded steps (``Form.call_steps``): the
+# snippet of a failure makes that call again and reproduces what the check saw.
+VOCAB_PARALLEL_MISMATCHES = {
+    "vp_target_gather_plain_all_reduce": "test_vocab_parallel_value_and_gradient and ws2 and float32 and mean-even",
+    "vp_local_smoothing": "test_vocab_parallel_label_smoothing and ws2 and mean-even-unweighted",
+}
+
+
+@pytest.mark.parametrize("fixture", VOCAB_PARALLEL_MISMATCHES)
+def test_a_vocab_parallel_snippet_prints_the_mismatch_its_check_saw(suite, pytester, fixture):
+    report = pytester.path / "run.json"
+    result = suite(f"--impl=fixtures.broken.{fixture}", "-k", VOCAB_PARALLEL_MISMATCHES[fixture],
+                   f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    reasons = {check["id"]: check["reason"] for check in json.loads(report.read_text())["checks"]}
+    snippets = _snippets(report)
+    assert snippets
+    for test_id, snippet in snippets:
+        assert "results = groups.run(2, 'cpu', task)" in snippet.splitlines(), snippet
+        saw = re.search(r"worst (?:element \(.*?\)|value): actual=(\S+) expected=(\S+)", reasons[test_id])
+        assert saw, reasons[test_id]
+        assert _printed(snippet, test_id) == (saw.group(1), saw.group(2)), (test_id, snippet)
+
+
+MEMORY_FAILURES = {   # fixture -> the check, and what its snippet prints as expected
+    "keeps_every_loss": ("test_logits_loss_keeps_nothing_between_calls", r"fewer than (\d+)"),
+    "linear_materialises_logits": ("test_chunked_linear_loss_never_holds_the_logits", r"below (\d+)"),
+}
+
+
+@pytest.mark.parametrize("fixture", MEMORY_FAILURES)
+def test_a_memory_snippet_measures_what_its_check_measured(suite, pytester, fixture):
+    """The snippet measures the very call the check measured (its lines ran in the check) and
+    finds the same breach of the limit."""
+    check, limit = MEMORY_FAILURES[fixture]
+    report = pytester.path / "run.json"
+    result = suite(f"--impl=fixtures.broken.{fixture}", "-k", check, f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    (test_id, snippet), = _snippets(report)
+    assert "def call():" in snippet.splitlines(), snippet
+    actual, expected = _printed(snippet, test_id)
+    assert int(actual) >= int(re.fullmatch(limit, expected).group(1)), (actual, expected, snippet)
+
+
+LEAKY_CALL_LOG = """
+import torch
+CALLS, KEPT = [], []   # what each call was handed (its input's grad mode and gradient so far); every loss
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    CALLS.append((tuple(input.shape), input.requires_grad, input.grad is None, torch.is_grad_enabled(), reduction))
+    KEPT.append(torch.nn.functional.cross_entropy(input, target, weight=weight, ignore_index=ignore_index,
+                                                  reduction=reduction, label_smoothing=label_smoothing))
+    return KEPT[-1]
+"""
+
+
+def test_a_memory_snippet_makes_the_calls_its_check_made(suite, pytester):
+    """A loss that keeps every result and logs what each call was handed: the snippet of its
+    memory-growth failure makes exactly the calls the check measured (the same leaf, its gradient
+    accumulating from the second call on), in order."""
+    pytester.makepyfile(leaky_call_log=LEAKY_CALL_LOG)
+    pytester.syspathinsert()
+    import leaky_call_log  # imported before the run: the run and the snippet log into the same list
+    report = pytester.path / "run.json"
+    result = suite("--impl=leaky_call_log", "-k", "test_logits_loss_keeps_nothing_between_calls",
+                   f"--conformance-report={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    made = list(leaky_call_log.CALLS)
+    (test_id, snippet), = _snippets(report)
+    leaky_call_log.CALLS.clear()
+    _printed(snippet, test_id)
+    # memory.growth: 100 calls, then 100 measured
+    assert len(made) == 200 and leaky_call_log.CALLS == made, (made[:3], leaky_call_log.CALLS[:3], snippet)
+
+
 CALL_LOG = """
 import os
 import torch

@@ -16,7 +16,7 @@ from ..cases import Problem
 from ..impl import Implementation
 from ..linear import LinearEvaluation, evaluate_linear
 from .logits import keywords_code, truth_options_code
-from .protocol import Form, Quantity, Show
+from .protocol import Form, Quantity, Show, upstream_lines
 
 __all__ = ["LinearOutcome", "GRADIENTS", "call", "call_code", "LinearForm"]
 
@@ -159,8 +159,7 @@ class LinearForm(Form):
         return found
 
     def snippet(self, impl: Implementation, problem: Problem, show: Show) -> list[str]:
-        """The recipe, the float64 truth, the call and its backward, the case's trainable tensors
-        requiring grad."""
+        """The recipe, the float64 truth (unless ``show.truth`` is false) and the call (``call_steps``)."""
         case, options = problem.case, problem.options
         names = ("hidden", "linear_weight", "linear_bias", "target", "weight")
         lines = ["import torch", "from conformance.impl import load_implementation",
@@ -169,18 +168,19 @@ class LinearForm(Form):
             lines.append(f"{', '.join(names)} = (None if t is None else t.to({case.device!r}) for t in "
                          f"({', '.join(names)}))")
         lines += impl.load_code()
-        lines.append(f"truth = evaluate_linear(hidden, linear_weight, target, linear_bias, weight=weight, "
-                     f"{truth_options_code(options)})")
-        if show.steps is not None:
-            return lines + list(show.steps)
+        lines += [f"truth = evaluate_linear(hidden, linear_weight, target, linear_bias, weight=weight, "
+                  f"{truth_options_code(options)})"] * show.truth
+        return lines + list(self.call_steps(impl, problem) if show.steps is None else show.steps)
+
+    def call_steps(self, impl: Implementation, problem: Problem, **context) -> list[str]:
+        """The call and its backward, the case's trainable tensors requiring grad."""
+        case = problem.case
         if problem.upstream is None:
-            return lines + [f"loss = {call_code(impl, problem)}"]
+            return [f"loss = {call_code(impl, problem)}"]
         trainable = ", ".join(GRADIENTS[name][1] for name in case.requires_grad)
-        lines += [f"for t in ({trainable},):", "    if t is not None:", "        t.requires_grad_()",
-                  f"loss = {call_code(impl, problem)}", problem.upstream]
-        if case.device != "cpu":
-            lines.append(f"grad = grad.to({case.device!r})")
-        return lines + ["loss.backward(grad)", "grad = grad.double().cpu()"]
+        return [f"for t in ({trainable},):", "    if t is not None:", "        t.requires_grad_()",
+                f"loss = {call_code(impl, problem)}", *upstream_lines(problem.upstream, case.device),
+                "loss.backward(grad)", "grad = grad.double().cpu()"]
 
 
 def _gradient_show(variable: str, truth: str) -> Show:

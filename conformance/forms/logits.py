@@ -147,9 +147,10 @@ class LogitsForm(Form):
         lines += impl.load_code() + [FEED]
         if show.truth:
             lines.append(truth_code(impl, problem))
-        if show.steps is not None:
-            return lines + list(show.steps)
-        return lines + call_lines(call_code(impl, problem), problem.upstream, case.device, "loss")
+        return lines + list(self.call_steps(impl, problem) if show.steps is None else show.steps)
+
+    def call_steps(self, impl: Implementation, problem: Problem, **context) -> list[str]:
+        return call_lines(call_code(impl, problem), problem.upstream, problem.case.device, "loss")
 
 
 def _along_simplex(outcome: Outcome, ev: Evaluation, terms: dict) -> Quantity:

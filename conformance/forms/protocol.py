@@ -81,6 +81,12 @@ class Form(ABC):
         """The lines that rebuild the problem, load the implementation, evaluate the truth and
         (unless ``show.steps`` replaces it) call it as ``call`` does."""
 
+    @abstractmethod
+    def call_steps(self, impl, problem, **context) -> list[str]:
+        """The snippet's lines of the call as ``call`` makes it (``context``: what the form needs
+        besides), run after those that build, feed and evaluate: a check that records the call as
+        steps (``judge.snippet.Steps``) runs exactly what its snippet prints."""
+
 
 def upstream_lines(upstream: str, device: str) -> list[str]:
     """A snippet's lines that build ``grad``, the upstream gradient its recipe ``upstream`` builds, on ``device``."""

@@ -174,9 +174,10 @@ class SoftmaxForm(Form):
             x = "x" if problem.cast is None else f"x.to(torch.{dtype_name(problem.cast)})"
             lines.append(f"truth = evaluate_softmax({x}, {problem.dim}, {self.name!r}"
                          + ", variant)" * shows_variant + ")" * (not shows_variant))
-        if show.steps is not None:
-            return lines + list(show.steps)
-        return lines + call_lines(problem.call_code(), self.upstream_code(problem), problem.device, "y")
+        return lines + list(self.call_steps(impl, problem) if show.steps is None else show.steps)
+
+    def call_steps(self, impl: Implementation, problem: SoftmaxProblem, **context) -> list[str]:
+        return call_lines(problem.call_code(), self.upstream_code(problem), problem.device, "y")
 
 
 def _anything_in_nan_rows(sev: SoftmaxEvaluation, grad: Optional[Tensor]) -> Optional[Tensor]:

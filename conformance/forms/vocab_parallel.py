@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -16,32 +16,24 @@ from ..distributed import Groups, Task
 from ..impl import Implementation
 from ..reference import Evaluation
 from .logits import LogitsForm, Outcome, truth
-from .protocol import Form, Quantity, Show
+from .protocol import Form, Quantity, Show, upstream_lines
 
-__all__ = ["RanksOutcome", "steps", "VocabParallelForm"]
+__all__ = ["RanksOutcome", "VocabParallelForm"]
 
+# The snippet's lines that start the rank group its call steps run on (a check runs them on the session's).
+_GROUP = ("from conformance.distributed import Groups, Task",
+          "groups = Groups(impl.vocab_parallel, collective_timeout=30.0, deadline=60.0)")
 
 _LOGITS = LogitsForm()   # the gathered problem is a logits problem
+
 
 @dataclass(frozen=True)
 class RanksOutcome(Outcome):
     """A logits outcome of the full problem as fed (rank 0's loss, the ranks' gradient slices
-    joined), with every rank's result and the split it ran on."""
+    joined), with every rank's result and the lines of the call that gave them (``call_steps``)."""
 
     results: tuple = ()
-    world_size: int = 1
-    shards: tuple = ()
-
-
-def steps(problem: Problem, world_size: int, shards: tuple) -> tuple:
-    """The snippet's lines that run the problem on ``world_size`` ranks."""
-    options = problem.options
-    return ("from conformance.distributed import Groups, Task", problem.upstream or "grad = None",
-            f"task = Task(x, t, {tuple(shards)!r}, weight=weight, ignore_index={options.ignore_index!r}, "
-            f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, upstream=grad)",
-            "groups = Groups(impl.vocab_parallel, collective_timeout=30.0, deadline=60.0)",
-            f"results = groups.run({world_size}, {problem.device!r}, task)", "groups.close()",
-            "x_grad = None if grad is None else torch.cat([r.grad for r in results], 1)")
+    steps: tuple = ()
 
 
 class VocabParallelForm(Form):
@@ -50,17 +42,30 @@ class VocabParallelForm(Form):
     def call(self, impl: Implementation, problem: Problem, *, groups: Groups, world_size: int,
              shards: tuple, **context) -> RanksOutcome:
         """Every rank calls the implementation on its shard of the fed logits (``distributed.Task``),
-        then backward with the problem's upstream gradient; raises ``distributed.RankFailure``."""
+        then backward with the problem's upstream gradient, as ``call_steps`` says, run on ``groups``;
+        raises ``distributed.RankFailure``."""
         x, t = impl.feed(problem.case.logits, problem.case.target)
-        options = problem.call_options()
-        grad = None if problem.upstream is None else problem.upstream_gradient()
-        task = Task(x.detach().clone(), t.clone(), tuple(shards), weight=options.weight,
-                    ignore_index=options.ignore_index, reduction=options.reduction,
-                    label_smoothing=options.label_smoothing, upstream=grad)
-        results = tuple(groups.run(world_size, problem.device, task))
-        joined = None if grad is None else torch.cat([result.grad for result in results], 1)
-        return RanksOutcome(input=x.detach(), target=t, loss=results[0].loss, grad=joined, upstream=grad,
-                            results=results, world_size=world_size, shards=tuple(shards))
+        names = {"torch": torch, "Task": Task, "groups": groups, "x": x.detach().clone(), "t": t.clone(),
+                 "weight": problem.call_options().weight}
+        steps = tuple(self.call_steps(impl, problem, world_size=world_size, shards=shards))
+        for step in steps:
+            exec(compile(step, "<vocab-parallel step>", "exec"), names)
+        grad = names["grad"]
+        return RanksOutcome(input=x.detach(), target=t, loss=names["results"][0].loss, grad=names["x_grad"],
+                            upstream=None if grad is None else grad.detach().clone(),
+                            results=tuple(names["results"]), steps=steps)
+
+    def call_steps(self, impl: Implementation, problem: Problem, *, world_size: int, shards: tuple,
+                   **context) -> list[str]:
+        """The problem on ``world_size`` ranks split as ``shards``: the task, its run on the rank
+        group, the ranks' gradient slices joined."""
+        options = problem.options
+        upstream = ["grad = None"] if problem.upstream is None else upstream_lines(problem.upstream, problem.device)
+        return [*upstream,
+                f"task = Task(x, t, {tuple(shards)!r}, weight=weight, ignore_index={options.ignore_index!r}, "
+                f"reduction={options.reduction!r}, label_smoothing={options.label_smoothing!r}, upstream=grad)",
+                f"results = groups.run({world_size}, {problem.device!r}, task)",
+                "x_grad = None if grad is None else torch.cat([r.grad for r in results], 1)"]
 
     def truth(self, impl: Implementation, problem: Problem, outcome: RanksOutcome) -> Evaluation:
         return truth(impl, problem, outcome)
@@ -68,15 +73,17 @@ class VocabParallelForm(Form):
     def quantities(self, impl: Implementation, problem: Problem, outcome: RanksOutcome,
                    ev: Evaluation) -> list[Quantity]:
         """The logits form's quantities of the gathered problem, bounded for a logsumexp combined
-        from ``world_size`` shards: rank 0's loss, and every rank's gradient slice."""
-        ran = steps(problem, outcome.world_size, outcome.shards)
+        from as many shards as ranks: rank 0's loss, and every rank's gradient slice."""
+        ran = outcome.steps
         shows = {"value": ("value on rank 0", Show("results[0].loss{at}.item()", "truth.loss{at}.item()", ran)),
                  "gradient": ("gradient (every rank's slice)",
                               Show("x_grad{at}.item()", "truth.grad(grad){at}.item()", ran))}
         return [Quantity(shows[q.identity][0], q.actual, q.expected, q.kind, q.terms, shows[q.identity][1],
                          counterpart=q.counterpart)
-                for q in _LOGITS.quantities(impl, problem, outcome, ev, shards=outcome.world_size)]
+                for q in _LOGITS.quantities(impl, problem, outcome, ev, shards=len(outcome.results))]
 
     def snippet(self, impl: Implementation, problem: Problem, show: Show) -> list[str]:
-        return _LOGITS.snippet(impl, problem, show)
-
+        """The logits form's lines up to its call, the rank group started, the steps that ran
+        (``call_steps``), the group closed."""
+        return [*_LOGITS.snippet(impl, problem, replace(show, steps=())), *_GROUP, *(show.steps or ()),
+                "groups.close()"]

@@ -45,9 +45,11 @@ class Judge:
     ``exact``; it records both on the test item and fails with a full message."""
 
     def __init__(self, item, impl: Implementation, *, contract: str = tolerance.DEFAULT_CONTRACT,
-                 required: frozenset = frozenset(), pins: tuple = (), seed: int = 0) -> None:
+                 required: frozenset = frozenset(), pins: tuple = (), deviations: Optional[dict] = None,
+                 seed: int = 0) -> None:
         self.item = item
         self.pins = pins   # torch's defects pinned by mechanism (``Expectations.pins``), at the run's seed
+        self.deviations = deviations or {}   # the table's entry of each declared one (``Expectations.deviations``)
         self.seed = seed
         self.impl = impl
         self.contract = contract
@@ -151,7 +153,7 @@ class Judge:
         is held instead to the bound of a reordered sum (``tolerance``, run to run) of its value and
         logits' gradient."""
         __tracebackhide__ = True
-        declared = "nondeterministic" in self.impl.deviations
+        declared = self.declares("nondeterministic")
         fresh = cases.from_recipe(problem.case.family, problem.case.recipe, problem.device)  # the first may overwrite
         again = self.form.quantities(self.impl, problem, self.call(replace(problem, case=fresh)), ev)
         for q, second in zip(self.form.quantities(self.impl, problem, first, ev), again):
@@ -223,7 +225,7 @@ class Judge:
         if grad is None or not bool(masked.any()):
             return
         rows, where = to_rows(grad.detach().double().cpu(), class_dim=True), to_rows(masked.cpu(), class_dim=True)
-        if "simplex_gradient" in self.impl.deviations:
+        if self.declares("simplex_gradient"):
             one = rows.masked_fill(~where, -torch.inf).amax(1, keepdim=True).expand_as(rows)
             wrong = where & (rows != one)
             if bool(wrong.any()):
@@ -279,6 +281,29 @@ class Judge:
         __tracebackhide__ = True
         records.attach(self.item.user_properties, "measured", Measured(identity, float("inf")).to_json())
         self._raise(f"{identity}] {self.impl.spec}: {message}", problem, "", show)
+
+    # -- declared deviations ----------------------------------------------------------------------
+
+    def declares(self, name: str) -> bool:
+        """Whether the implementation declares the deviation ``name``, for a check whose way of judging
+        it changes (the table's ``allows``: ``deviations``)."""
+        return name in self.deviations
+
+    def deviation(self, name: str, problem: Problem, observed, *, identity: str = "") -> None:
+        """An expected failure, with the table's reason, where the declared deviation ``name``
+        explains what the check ``observed`` (``deviations``); otherwise it returns, and the check
+        judges as usual. One that states the value a loss gives instead of torch's holds the
+        ``observed`` result to it exactly (under the check's ``identity``): a loss that declares
+        it and gives another fails."""
+        __tracebackhide__ = True
+        entry = self.deviations.get(name)
+        if entry is None or not entry.concerns(problem):
+            return
+        if entry.expected is not None:
+            self.exactly(identity or f"declared deviation {name}", problem, observed, torch.tensor(entry.expected))
+        elif not entry.explains(observed):
+            return
+        pytest.xfail(entry.reason_for(problem, observed))
 
     # -- capabilities ---------------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ class Steps:
     lines the form prints (``logits.FEED``, ``logits.truth_code``). ``impl.call(...)``, the
     snippet's plain call, runs in the check through the guards of every call
     (``Implementation.with_keywords``). ``fed``: pristine copies of ``x`` and ``t``, for an
-    outcome's truth and torch's counterpart.
+    outcome's truth and torch's counterpart. ``Steps.replaying``: steps on a problem of any form,
+    after its snippet's own lines.
 
         steps = Steps(impl, problem)
         loss = steps(f"loss = {logits_form.call_code(impl, problem)}")["loss"]
@@ -60,6 +61,19 @@ class Steps:
         self.truth = truth
         if truth:
             exec(logits_form.truth_code(impl, problem), self.names)
+
+    @classmethod
+    def replaying(cls, impl: Implementation, problem) -> Steps:
+        """Steps of a problem of any form, in the namespace its form's own snippet builds before
+        the call (the recipe run again, the implementation the one loaded, guarded), with no truth:
+        a check that records the form's call (``Form.call_steps``) runs what its snippet prints."""
+        steps = cls.__new__(cls)
+        steps.names, steps.lines, steps.truth, steps.fed = {"impl": _Guarded(impl)}, [], False, None
+        load = impl.load_code()
+        for line in forms.of(impl).snippet(impl, problem, Show("", "", steps=(), truth=False)):
+            if line not in load:
+                exec(compile(line, "<snippet line>", "exec"), steps.names)
+        return steps
 
     def __call__(self, *steps: str) -> Steps:
         """Run each step in turn, remembered before it runs (a step that raises is the last one a
@@ -89,8 +103,8 @@ class _Guarded:
     def __init__(self, impl: Implementation) -> None:
         self._impl = impl
 
-    def call(self, input, target, **keywords):
-        return self._impl.with_keywords(input, target, keywords)
+    def call(self, *args, **keywords):
+        return self._impl.with_keywords(args, keywords)
 
     def __getattr__(self, name: str):
         return getattr(self._impl, name)

@@ -141,11 +141,6 @@ target = torch.where(logits <= 0, torch.rand(7), -1.0).argmax()
     judge.conforms(cases.problem(cases.from_recipe("unbatched", recipe, device), reduction=reduction))
 
 
-def _declared_mean_zero(judge, reduction: str) -> bool:
-    """Whether the implementation declares that 'mean' over no kept position is 0 (Liger#153)."""
-    return reduction == "mean" and "all_ignored_mean_zero" in judge.impl.deviations
-
-
 @pytest.mark.feature("empty_batch")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_empty_batch(impl, judge, device, dtype, reduction):
@@ -156,12 +151,9 @@ target = torch.empty(0, dtype=torch.long)
 """
     problem = cases.problem(cases.from_recipe("empty", recipe, device), reduction=reduction, upstream=None)
     out = logits_form.forward(impl, problem)
-    declared = _declared_mean_zero(judge, reduction)
-    expected = {"none": torch.empty(0), "mean": torch.tensor(0.0 if declared else math.nan),
-                "sum": torch.tensor(0.0)}[reduction]
+    judge.deviation("all_ignored_mean_zero", problem, out.loss, identity="empty batch")
+    expected = {"none": torch.empty(0), "mean": torch.tensor(math.nan), "sum": torch.tensor(0.0)}[reduction]
     judge.exactly("empty batch", problem, out.loss, expected)
-    if declared:
-        pytest.xfail("declared deviation all_ignored_mean_zero: mean over no position is 0, torch gives NaN")
 
 
 @pytest.mark.feature("ignore_index")
@@ -177,14 +169,11 @@ target = torch.full((4,), -100)
     problem = cases.problem(cases.from_recipe("all_ignored", recipe, device), reduction=reduction,
                             upstream="scalar" if backward else None)
     out = logits_form.forward_backward(impl, problem) if backward else logits_form.forward(impl, problem)
-    declared = _declared_mean_zero(judge, reduction)
-    expected = torch.zeros(()) if declared else logits_form.truth(impl, problem, out).loss
-    judge.exactly("all targets ignored", problem, out.loss, expected)
     if backward:
         judge.exactly("all targets ignored: gradient", problem, out.grad, torch.zeros(out.grad.shape),
                       show=Show("x.grad{at}", "0.0"))
-    if declared:
-        pytest.xfail("declared deviation all_ignored_mean_zero: mean over no kept position is 0, torch gives NaN")
+    judge.deviation("all_ignored_mean_zero", problem, out.loss, identity="all targets ignored")
+    judge.exactly("all targets ignored", problem, out.loss, logits_form.truth(impl, problem, out).loss)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

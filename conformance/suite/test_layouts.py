@@ -80,7 +80,7 @@ def check_in_layout(impl, judge, problem: cases.Problem) -> None:
           *(f"{v} = in_layout_of({v}, logits)" for v in relayout), upstream,
           *[f"grad = on_device(grad, {case.device!r})"] * moved)
     # declared: then the logits' elements may change, their storage's others not
-    declared = "overwrites_logits" in impl.deviations
+    declared = judge.declares("overwrites_logits")
     skipped = {v: ", skipped_only=True" * (declared and v == "x") for v in OWNED.values()}
     steps(STORAGE_BITS, f"{', '.join(v + '0' for v in OWNED.values())} = "
                         f"{', '.join(f'storage_bits({v}{skipped[v]})' for v in OWNED.values())}")

@@ -96,7 +96,7 @@ def test_gradients_accumulate(impl, judge, device, dtype, options, seed):
     problem = _problem(impl, options, dtype, device, seed)
     steps = Steps(impl, problem)
     # A loss that declares overwrites_logits gets its logits anew before each call, as from a new forward.
-    restore = "overwrites_logits" in impl.deviations
+    restore = judge.declares("overwrites_logits")
     weight = "weight" if problem.case.weight is None else "weight.clone()"
     call = f"{logits_form.call_code(impl, problem, weight=weight)}.backward(grad)"
     renew = ["with torch.no_grad(): x.copy_(x0)"] * restore

@@ -5,14 +5,15 @@ next (a leak: its graph, its output, a list it appends to on every call). Measur
 every allocation), bounded by ``tolerance`` (Memory), and recorded for the report. Vocab-parallel
 losses are not measured here: their calls run in the rank processes.
 """
+import textwrap
 from dataclasses import replace
 
 import pytest
 import torch
 
-from conformance import cases, forms, memory, records, tolerance
-from conformance.forms import Show
+from conformance import cases, memory, records, tolerance
 from conformance.forms.softmax import softmax_problem
+from conformance.judge.snippet import Steps
 from conformance.vocabulary import dtype_name
 
 # The calls whose growth is measured, after as many calls measured the same way (memory.growth).
@@ -23,17 +24,12 @@ CALLS = 100
 CHUNKED_CASE = (1024, 64, 4096)
 
 
-def _call_steps(judge, problem) -> list:
-    """The snippet's lines of the form's own call of ``problem`` (forward, backward)."""
-    form = forms.of(judge.impl)
-    everything = form.snippet(judge.impl, problem, Show("0", "0"))
-    return everything[len(form.snippet(judge.impl, problem, Show("0", "0", steps=()))):]
-
-
-def _measured_steps(judge, problem, measure: str, arguments: str) -> tuple:
-    """A snippet's steps that measure the call by ``conformance.memory.{measure}({arguments})``."""
-    return (f"from conformance.memory import {measure}", "def call():",
-            *(f"    {line}" for line in _call_steps(judge, problem)), f"found = {measure}({arguments})")
+def _recorded_call(judge, problem, measure: str, arguments: str) -> Steps:
+    """The form's own call of ``problem`` (forward, backward) as a recorded step, ``call()``,
+    then measured by ``found = conformance.memory.{measure}({arguments})``."""
+    steps = Steps.replaying(judge.impl, problem)
+    body = textwrap.indent("\n".join(judge.form.call_steps(judge.impl, problem)), "    ")
+    return steps(f"from conformance.memory import {measure}", f"def call():\n{body}", f"found = {measure}({arguments})")
 
 
 def _record(judge, measure: str, found: memory.Footprint, limit, logits_bytes=None) -> None:
@@ -48,7 +44,8 @@ def _keeps_nothing(judge, problem, device) -> None:
     late, is no growth)."""
     if "backward" in judge.impl.unsupported:
         problem = replace(problem, upstream=None)
-    found = memory.growth(lambda: judge.call(problem), CALLS, device)
+    steps = _recorded_call(judge, problem, "growth", f"call, {CALLS}, {device!r}")
+    found = steps["found"]
     if found is None:
         pytest.skip(f"{device} keeps no account of its allocations")
     limit = tolerance.growth_limit(CALLS)
@@ -57,8 +54,7 @@ def _keeps_nothing(judge, problem, device) -> None:
         judge.fail("memory growth", problem, f"{CALLS} identical calls after {CALLS} others left {found.retained} "
                    f"bytes allocated ({found.retained / CALLS:.6g} a call; allowed: fewer than {limit} in all, "
                    "tolerance.growth_limit): it keeps something of every call (its graph, its output, a list it "
-                   "appends to)", show=Show("found.retained", f"'fewer than {limit}'", steps=_measured_steps(
-                       judge, problem, "growth", f"call, {CALLS}, {device!r}")))
+                   "appends to)", show=steps.show("found.retained", f"'fewer than {limit}'"))
 
 
 @pytest.mark.default_dtypes(torch.float32)
@@ -102,16 +98,8 @@ def test_chunked_linear_loss_never_holds_the_logits(judge, device, dtype, seed):
     case = cases.linear_problem_case(n, h, v, dtype, device, seed=seed, family="linear_chunked_memory",
                                      bias="linear_bias" not in judge.impl.unsupported)
     problem = cases.problem(case, upstream=None if "backward" in judge.impl.unsupported else "random")
-    leaves = [None if t is None else t.detach().clone().requires_grad_()
-              for t in (case.hidden, case.linear_weight, case.linear_bias)]
-    upstream = None if problem.upstream is None else problem.upstream_gradient()
-
-    def call():
-        loss = judge.impl.linear(leaves[0], leaves[1], case.target, leaves[2], problem.call_options())
-        if upstream is not None:
-            loss.backward(upstream)
-
-    found = memory.footprint(call, device)
+    steps = _recorded_call(judge, problem, "footprint", f"call, {device!r}")
+    found = steps["found"]
     if found is None:
         pytest.skip(f"{device} keeps no account of its allocations")
     chunked = judge.impl.memory == "chunked"
@@ -125,5 +113,4 @@ def test_chunked_linear_loss_never_holds_the_logits(judge, device, dtype, seed):
         judge.fail("peak memory", problem, f"declares memory = 'chunked', yet forward and backward peaked at {mib} "
                    f"beyond their inputs, at or above the {limit / 2**20:.0f} MiB of the {n} x {v} {dtype_name(dtype)} "
                    "logits (tolerance.chunked_peak_limit): it holds the logits at once",
-                   show=Show("found.peak", f"'below {limit}'",
-                             steps=_measured_steps(judge, problem, "footprint", f"call, {device!r}")))
+                   show=steps.show("found.peak", f"'below {limit}'"))
