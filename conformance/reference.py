@@ -57,6 +57,7 @@ still those of its logits.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -210,10 +211,16 @@ class Evaluation:
         """The reduced loss with the limit in rows holding ``+inf``: also accepted (see above)."""
         return self._reduce(self.row_loss_limit)
 
-    @property
+    @functools.cached_property
     def idle(self) -> Tensor:
         """The positions the loss does not depend on, ``(M,)``: no weighted target and no z-loss."""
         return (self.weighted_target == 0).all(1) & (self.z_coefficient[:, 0] == 0)
+
+    @functools.cached_property
+    def probabilities(self) -> Tensor:
+        """``p = exp(log p)``, rows ``(M, C)``: the gradient and most bounds read it, each comparison
+        builds two bounds (the contract's and the exact grade's) on one evaluation."""
+        return self.log_probs.exp()
 
     @property
     def num_classes(self) -> int:
@@ -246,7 +253,7 @@ class Evaluation:
         s = self.upstream_rows(grad_output)[:, None]
         a = self.weighted_target
         if self.input_kind == "logits":
-            p = self.log_probs.exp()
+            p = self.probabilities
             rows = s * ((a.sum(1, keepdim=True) + self.z_coefficient) * p - a)
             if self.logit_derivative is not None:
                 rows = rows * self.logit_derivative
@@ -277,7 +284,7 @@ class Evaluation:
         if self.variant.active:
             raise NotImplementedError("the Hessian-vector product is stated for the plain loss")
         s = (self.upstream_rows(grad_output) * self.weighted_target.sum(1))[:, None]
-        p, vr = self.log_probs.exp(), to_rows(v.detach().to("cpu", torch.float64), class_dim=True)
+        p, vr = self.probabilities, to_rows(v.detach().to("cpu", torch.float64), class_dim=True)
         return _rows_like(s * (p * vr - p * (p * vr).sum(1, keepdim=True)), self.input_shape)
 
     def directional(self, tangent: Tensor) -> Tensor:

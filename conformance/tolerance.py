@@ -311,10 +311,6 @@ def _logit_error(ev: Evaluation, u: float) -> Tensor:
     return _transform_error(ev.inputs, ev.variant.logit_scale != 1.0, ev.variant.softcap is not None, u)
 
 
-def _probabilities(ev: Evaluation) -> Tensor:
-    return ev.log_probs.exp()
-
-
 def _logsumexp_error(ev: Evaluation, u: float) -> Tensor:
     """``e``: the error of the logsumexp itself, its last rounding ``u |lse|`` included (Variants)."""
     return _lse_error(ev, u) + u * _abs_lse(ev)
@@ -335,7 +331,7 @@ def _z_loss_error(ev: Evaluation, u: float) -> Tensor:
 
 def _variant_value_error(ev: Evaluation, u: float) -> Tensor:
     """What the variants add to a position's forward error (see Variants)."""
-    p, a = _probabilities(ev), ev.weighted_target
+    p, a = ev.probabilities, ev.weighted_target
     sensitivity = ((a.sum(1, keepdim=True) + ev.z_coefficient).abs() * p + a.abs())
     return torch.where(sensitivity == 0, 0.0, sensitivity * _logit_error(ev, u)).sum(1) + _z_loss_error(ev, u)
 
@@ -385,7 +381,7 @@ def z_loss_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CON
     """A returned z-loss (reduced as the loss): its positions' errors (Variants), reduced."""
     _check_contract(contract)
     u = unit_roundoff(compute_dtype(dtype))
-    p = _probabilities(ev)
+    p = ev.probabilities
     through_logits = torch.where(p == 0, 0.0, ev.z_coefficient.abs() * p * _logit_error(ev, u)).sum(1)
     return _reduced_bound(ev, _z_loss_error(ev, u) + through_logits, ev.row_z_loss, ev.z_loss_value, dtype)
 
@@ -395,7 +391,7 @@ def lse_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRA
     its rounding to a half dtype."""
     _check_contract(contract)
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
-    p = _probabilities(ev)
+    p = ev.probabilities
     rows = _logsumexp_error(ev, u) + torch.where(p == 0, 0.0, p * _logit_error(ev, u)).sum(1)
     if _is_half(dtype):
         rows = rows + HALF_PRECISION_ROUNDINGS * u_o * _abs_lse(ev)
@@ -434,7 +430,7 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract
     divisor_err = (ev.row_loss.shape[0] + 1) * u if ev.reduction == "mean" else 0.0
     if ev.input_kind == "logits":
         A = (a.sum(1, keepdim=True) + ev.z_coefficient).abs()  # the z-loss adds to the softmax term
-        p = _probabilities(ev)
+        p = ev.probabilities
         z_minus_m = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs().nan_to_num(0.0, 0.0, 0.0)
         rel_p = _lse_error(ev, u, shards)[:, None] + u * (z_minus_m + ev.log_probs.abs().nan_to_num(0.0, 0.0, 0.0)) \
             + _EXP_LOG_ULPS * u
@@ -569,7 +565,7 @@ def hessian_vector_bound(ev: Evaluation, grad_output: Tensor, v: Tensor, dtype: 
     u = unit_roundoff(dtype)
     E = to_rows(grad_bound(ev, grad_output, dtype, contract), class_dim=True)
     v = to_rows(v.detach().to("cpu", torch.float64), class_dim=True)
-    p = ev.log_probs.exp()
+    p = ev.probabilities
     q = (ev.upstream_rows(grad_output) * ev.weighted_target.sum(1)).abs()[:, None] * p
     pv = (p * v).sum(1, keepdim=True).abs()
     p_abs_v = (p * v.abs()).sum(1, keepdim=True)
@@ -599,7 +595,7 @@ def directional_bound(ev: Evaluation, tangent: Tensor, dtype: torch.dtype, contr
     t = to_rows(tangent.detach().to("cpu", torch.float64), class_dim=True)
     a = ev.weighted_target
     s = ev.upstream_rows(ones).abs()[:, None]
-    sizes = s * ((a.sum(1, keepdim=True) + ev.z_coefficient).abs() * ev.log_probs.exp() + a)
+    sizes = s * ((a.sum(1, keepdim=True) + ev.z_coefficient).abs() * ev.probabilities + a)
     if ev.logit_derivative is not None:
         sizes = sizes * ev.logit_derivative.abs()
     per_position = (E * t.abs()).sum(1) + (2 * ev.num_classes + 2) * u * (sizes * t.abs()).sum(1)
@@ -645,7 +641,7 @@ def linear_value_bound(lev, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT
     """The loss of the logits within ``value_bound``, plus what the logits' own error moves it."""
     _check_contract(contract)
     ev, delta = lev.logits, _linear_logit_error(lev, dtype, contract)
-    p, a = _probabilities(ev), ev.weighted_target
+    p, a = ev.probabilities, ev.weighted_target
     sensitivity = a.sum(1, keepdim=True) * p * torch.exp(delta) + a.abs()
     through_logits = torch.where(sensitivity == 0, 0.0, sensitivity * delta).sum(1)
     row_err = _row_value_error(ev, unit_roundoff(compute_dtype(dtype)), contract) + through_logits
@@ -665,7 +661,7 @@ def _linear_logit_grad_error(lev, grad_output: Tensor, dtype: torch.dtype, contr
 
 def _compute_linear_logit_grad_error(lev, grad_output: Tensor, dtype: torch.dtype, contract: str) -> Tensor:
     ev, delta = lev.logits, _linear_logit_error(lev, dtype, contract)
-    p = _probabilities(ev)
+    p = ev.probabilities
     lse_shift = torch.where(p == 0, 0.0, p * delta * torch.exp(delta)).sum(1, keepdim=True)
     s_a = (ev.upstream_rows(grad_output).abs() * ev.weighted_target.sum(1))[:, None]
     shift = torch.where(p == 0, 0.0, s_a * p * torch.expm1(delta + lse_shift))
