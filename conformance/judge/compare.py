@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..reference import position
 
-__all__ = ["Comparison", "compare", "as_float64", "or_torch_nonfinite"]
+__all__ = ["Comparison", "compare", "compare_each", "as_float64", "or_torch_nonfinite"]
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,22 @@ def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor, *,
             also: Optional[Tensor] = None) -> Comparison:
     """Elementwise ``|actual - expected| <= bound`` in float64; non-finite expectations must match
     exactly. ``also``: an alternative accepted per element (the limit where torch's answer is NaN)."""
+    return compare_each(identity, actual, expected, (bound,), also=also)[0]
+
+
+def compare_each(identity: str, actual: Tensor, expected: Tensor, bounds: tuple, *,
+                 also: Optional[Tensor] = None) -> tuple:
+    """``compare`` against each of ``bounds`` (the judge's contract and its exact grade), the
+    errors formed once."""
     a, e = as_float64(actual), as_float64(expected)
     if actual.is_floating_point():
         # A true value beyond the dtype's range rounds to an infinity: that is the right answer.
         rounded = e.to(actual.dtype).to(torch.float64)
         e = torch.where(torch.isinf(rounded) & torch.isfinite(e), rounded, e)
-    b = as_float64(bound).expand(e.shape)
     if a.shape != e.shape:
         raise AssertionError(f"[{identity}] shape {tuple(a.shape)} != expected {tuple(e.shape)}")
     if e.numel() == 0:
-        return Comparison(identity, 0.0, (), float("nan"), float("nan"), 0.0, 0.0)
+        return tuple(Comparison(identity, 0.0, (), float("nan"), float("nan"), 0.0, 0.0) for _ in bounds)
 
     def errors(target: Tensor) -> Tensor:
         finite = torch.isfinite(target)
@@ -64,6 +70,10 @@ def compare(identity: str, actual: Tensor, expected: Tensor, bound: Tensor, *,
     if also is not None:
         alternative = as_float64(also).expand(e.shape)
         error = torch.minimum(error, torch.where(torch.isnan(alternative), torch.inf, errors(alternative)))
+    return tuple(_worst(identity, a, e, error, as_float64(bound).expand(e.shape)) for bound in bounds)
+
+
+def _worst(identity: str, a: Tensor, e: Tensor, error: Tensor, b: Tensor) -> Comparison:
     # inf / inf is NaN: an infinite error beyond an infinite bound is still a failure (the answer
     # accepted there is the alternative's, such as torch's own non-finite answer under parity).
     ratio = torch.where(error == 0, 0.0, torch.where(torch.isinf(error), torch.inf, error / b))

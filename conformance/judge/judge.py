@@ -21,7 +21,7 @@ from ..guards import ImplementationFault
 from ..impl import Implementation
 from ..records import Gap, Measured
 from ..reference import to_rows
-from .compare import Comparison, compare, or_torch_nonfinite
+from .compare import Comparison, compare_each, or_torch_nonfinite
 from .snippet import Steps, indent, repro_snippet
 
 __all__ = ["Judge", "FIRST_FAILURE", "REPRODUCE", "PINNED", "PROBED_PREFIX"]
@@ -96,8 +96,8 @@ class Judge:
     def _judge(self, identity: str, problem: Problem, actual: Tensor, expected: Tensor, bound: Tensor,
                exact_bound: Tensor, show: Show, also: Optional[Tensor]) -> Comparison:
         __tracebackhide__ = True
-        comparison = compare(identity, actual, expected, bound, also=also)
-        self._record(comparison, compare(identity, actual, expected, exact_bound, also=also))
+        comparison, graded = compare_each(identity, actual, expected, (bound, exact_bound), also=also)
+        self._record(comparison, graded)
         self._known_failure(problem, failed=not comparison.passed)
         if not comparison.passed:
             self._raise(f"{identity}] {self.impl.spec} differs from the float64 reference beyond the "
