@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import seed as hypothesis_seed
 
-from . import adapters, bench, cases, hookspecs, options, records, report
+from . import adapters, bench, cases, designed, hookspecs, options, records, report
 from .expectations import Expectations
 from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
@@ -124,7 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "stops only those at least as large (guards.HangLedger)")
     config.addinivalue_line("markers", "design(family): the check runs the rows of the family's covering design, "
                                        "parametrized by the kit over (dtype, reduction where the family has one, row): "
-                                       "see cases.design_params")
+                                       "see designed.design_params")
     config.addinivalue_line("markers", "default_dtypes(*dtypes): the dtypes of a check in the default run; every "
                                        "dtype under --conformance-deep or --conformance-dtype")
     try:
@@ -213,7 +213,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     elif metafunc.definition.get_closest_marker("design") is not None:
         family, = metafunc.definition.get_closest_marker("design").args
         config = metafunc.config
-        metafunc.parametrize(*cases.design_params(family, deep=config.getoption("conformance_deep"),
+        metafunc.parametrize(*designed.design_params(family, deep=config.getoption("conformance_deep"),
                                                   seed=config.getoption("conformance_seed")))
     elif "dtype" in metafunc.fixturenames and not _parametrized(metafunc, "dtype"):
         metafunc.parametrize("dtype", _dtypes(metafunc), ids=lambda d: str(d).removeprefix("torch."))

@@ -35,7 +35,7 @@ __all__ = ["FrameworkFunction", "FrameworkLoss", "ArrayCrossing", "CrossingLoss"
 OUTSIDE_AUTOGRAD = frozenset({"double_backward", "forward_ad", "vmap"})
 # What a per-example loss fn(logits, labels) has no parameter for.
 PER_EXAMPLE_UNSUPPORTED = frozenset({"weight", "ignore_index", "label_smoothing", "probability_target"})
-# Declarations of the wrapped function that conformance.impl reads, carried over as they are.
+# Declarations of the wrapped function that conformance.declarations reads, carried over as they are.
 DECLARATIONS = ("input_kind", "target_kind", "deviations")
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conformance import cases
+from conformance import cases, designed
 from conformance.forms import Show, linear
 from conformance.vocabulary import dtype_name
 
@@ -100,7 +100,8 @@ def test_linear_over_the_design(judge, device, dtype, reduction, row, seed):
     sign or confident, every pair met in some row (a loss wrong only in float32 with ignored rows
     at a real vocabulary shows here)."""
     index, levels = row
-    judge.conforms(cases.linear_designed(levels, index, device, seed, bias="linear_bias" not in judge.impl.unsupported))
+    judge.conforms(designed.linear_problem(levels, index, device, seed,
+                                           bias="linear_bias" not in judge.impl.unsupported))
 
 
 LIFECYCLE_DTYPES = SCALE_DTYPES

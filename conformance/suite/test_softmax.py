@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conformance import cases
+from conformance import cases, designed
 from conformance.forms import Show
 from conformance.forms.softmax import UPSTREAM_KINDS, softmax_problem
 from conformance.reference import evaluate
@@ -87,7 +87,7 @@ def test_output_and_gradient_over_the_design(judge, device, dtype, row, seed):
     offset) and the layout, every pair met in some row (a path wrong only past a block in float32
     along another dim shows here)."""
     index, levels = row
-    _checked(judge, softmax_problem(device=device, **cases.softmax_designed(levels, index, seed)))
+    _checked(judge, softmax_problem(device=device, **designed.softmax_arguments(levels, index, seed)))
 
 
 # Widths around the block sizes kernels tile by (2^k - 1, 2^k, 2^k + 1) and odd widths between 512
@@ -268,7 +268,7 @@ def test_variant_output_and_gradient_over_the_design(judge, device, dtype, row, 
     small or large and a random mask, met with the widths, dtypes and distributions (a cap mistake
     negligible at 50 and large at 2 shows here)."""
     index, levels = row
-    _checked(judge, softmax_problem(device=device, **cases.softmax_designed(levels, index, seed)))
+    _checked(judge, softmax_problem(device=device, **designed.softmax_arguments(levels, index, seed)))
 
 
 # name -> (B, H, Sq, Sk): square, fewer and more queries than keys (where top-left and bottom-right

@@ -4,7 +4,7 @@ second call on identical inputs (run to run); and the value and gradient over th
 pair of their levels met in some case."""
 import pytest
 
-from conformance import cases
+from conformance import cases, designed
 from conformance.forms import logits as logits_form
 from conformance.vocabulary import REDUCTIONS
 
@@ -28,4 +28,4 @@ def test_value_and_gradient_over_the_design(judge, device, dtype, reduction, row
     float32, a target at its row's maximum in a wide row, an LLM's long tail in half precision)
     meets them here."""
     index, levels = row
-    judge.conforms(cases.designed(levels, index, device, seed))
+    judge.conforms(designed.logits_problem(levels, index, device, seed))

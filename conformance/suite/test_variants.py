@@ -6,7 +6,7 @@ does not declare one (``variants``, README) has those checks reported as unsuppo
 import pytest
 import torch
 
-from conformance import cases
+from conformance import cases, designed
 from conformance.forms import Show
 from conformance.forms import logits as logits_form
 from conformance.reference import Variant
@@ -152,4 +152,4 @@ def test_variants_over_the_design(judge, device, dtype, reduction, row, seed):
     large (and a negative scale), every pair of levels met with the widths, distributions,
     placements and features (a mistake negligible at a cap of 30 and large at 2.5 shows here)."""
     index, levels = row
-    judge.conforms(cases.designed(levels, index, device, seed))
+    judge.conforms(designed.logits_problem(levels, index, device, seed))
