@@ -4,8 +4,12 @@ import ast
 import json
 
 import pytest
+import torch
 
+from conformance import cases
 from conformance.deviations import TABLE
+from conformance.impl import load_implementation
+from conformance.judge import Judge
 from conformance.vocabulary import DEVIATIONS
 from suite_run import ROOT
 
@@ -81,3 +85,14 @@ def test_a_deviation_declared_but_not_shown(suite, pytester):
     assert outcomes["failed"] == 2 and "xfailed" not in outcomes, outcomes
     result.stdout.fnmatch_lines(["FAILED *test_empty_batch*mean*[[]empty batch[]]*",
                                  "FAILED *test_all_targets_ignored*mean*[[]all targets ignored[]]*"])
+
+
+@pytest.mark.parametrize("name", [name for name, entry in TABLE.items() if entry.explains is None and
+                                  entry.expected is None])
+def test_a_deviation_that_changes_how_a_check_judges_is_never_an_expected_failure(request, name):
+    """Asked about ``simplex_gradient`` or ``nondeterministic`` (their own bounds, no failure they
+    explain), the judge returns and the check judges as usual."""
+    impl = load_implementation("fixtures.correct.torch_default")
+    judge = Judge(request.node, impl, deviations={name: TABLE[name]})
+    problem = cases.problem(cases.well_conditioned(3, 5, torch.float32, "cpu"))
+    assert judge.deviation(name, problem, "anything observed") is None
