@@ -64,6 +64,11 @@ class Judge:
         besides, such as a vocab-parallel loss's rank group)."""
         return self.form.call(self.impl, problem, **context)
 
+    def as_supported(self, problem: Problem) -> Problem:
+        """``problem`` as the implementation can be called on it: forward only where it declares
+        backward unsupported."""
+        return replace(problem, upstream=None) if "backward" in self.impl.unsupported else problem
+
     def truth(self, problem: Problem, outcome):
         """The float64 truth on exactly what the implementation was fed."""
         return self.form.truth(self.impl, problem, outcome)
@@ -140,8 +145,7 @@ class Judge:
         check has already made, ``steps``: how its snippet makes that call. Returns the outcome."""
         __tracebackhide__ = True
         if outcome is None:
-            if "backward" in self.impl.unsupported:
-                problem = replace(problem, upstream=None)
+            problem = self.as_supported(problem)
             outcome = self.call(problem, **context)
         for q in self.form.quantities(self.impl, problem, outcome, self.truth(problem, outcome)):
             self.quantity(problem, q if steps is None else replace(q, show=replace(q.show, steps=steps)))

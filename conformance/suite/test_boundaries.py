@@ -131,8 +131,8 @@ def test_values_and_gradients_with_threads(judge, device, shape, dtype, reductio
     odd row counts. The truth and the judging stay on one thread: on two busy cores every op
     split over two threads waits for the slower one, tenfold at times (tests/conftest.py)."""
     case = _wide(*shape, dtype, device, seed, "two threads")
-    problem = cases.problem(case, reduction=reduction, upstream=None if "backward" in judge.impl.unsupported
-                            else "random", note=", 2 threads (torch.set_num_threads(2))")
+    problem = judge.as_supported(cases.problem(case, reduction=reduction,
+                                               note=", 2 threads (torch.set_num_threads(2))"))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -6,7 +6,6 @@ every allocation), bounded by ``tolerance`` (Memory), and recorded for the repor
 losses are not measured here: their calls run in the rank processes.
 """
 import textwrap
-from dataclasses import replace
 
 import pytest
 import torch
@@ -42,8 +41,7 @@ def _keeps_nothing(judge, problem, device) -> None:
     """``CALLS`` identical calls after as many others leave the allocated bytes where they were
     (``memory.growth``: a cache of at most ``CALLS`` entries, or a constant-size free one call
     late, is no growth)."""
-    if "backward" in judge.impl.unsupported:
-        problem = replace(problem, upstream=None)
+    problem = judge.as_supported(problem)
     steps = _recorded_call(judge, problem, "growth", f"call, {CALLS}, {device!r}")
     found = steps["found"]
     if found is None:
@@ -97,7 +95,7 @@ def test_chunked_linear_loss_never_holds_the_logits(judge, device, dtype, seed):
     n, h, v = CHUNKED_CASE
     case = cases.linear_problem_case(n, h, v, dtype, device, seed=seed, family="linear_chunked_memory",
                                      bias="linear_bias" not in judge.impl.unsupported)
-    problem = cases.problem(case, upstream=None if "backward" in judge.impl.unsupported else "random")
+    problem = judge.as_supported(cases.problem(case))
     steps = _recorded_call(judge, problem, "footprint", f"call, {device!r}")
     found = steps["found"]
     if found is None:
