@@ -22,7 +22,7 @@ from .vocabulary import DTYPES, REDUCTIONS, dtype_name
 
 __all__ = ["Case", "LinearCase", "Problem", "linear_case", "linear_problem_case", "problem", "from_recipe", "built",
            "on_device", "in_layout_of",
-           "well_conditioned", "IDLE_FILLS", "idle_fill",
+           "well_conditioned", "IDLE_FILLS", "ZERO_WEIGHT_FILLS", "idle_fill",
            "document_example", "upstream_recipe", "UPSTREAM_KINDS", "LOGIT_DISTRIBUTIONS",
            "logits_lines"]
 
@@ -294,6 +294,9 @@ def ignore_index_for(impl) -> Optional[int]:
 # What a row that counts for nothing holds (test_idle_rows, test_vocab_parallel): masked classes, the
 # dtype's largest finite magnitude and, in an ignored row, +inf and NaN.
 IDLE_FILLS = ("-inf", "huge", "+inf", "nan")
+# A zero class weight is a weight, not a mask: ``0 * (-log p)`` has a value only where ``log p`` is
+# defined, so a zero-weight row holds finite and -inf logits only (an ignored row holds any).
+ZERO_WEIGHT_FILLS = IDLE_FILLS[:2]
 
 
 def idle_fill(fill: str, dtype: torch.dtype) -> str:

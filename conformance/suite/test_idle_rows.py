@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.cases import IDLE_FILLS, idle_fill
+from conformance.cases import IDLE_FILLS, ZERO_WEIGHT_FILLS, idle_fill
 from conformance.vocabulary import dtype_name
 
 IDLE = (1, 4)   # the rows that count for nothing, among 6 rows of 7 classes
 # (kind, fill) of the idle rows: a mask (ignore_index) holds any logits, a zero weight finite and -inf
 IDLE_ROWS = [pytest.param(kind, fill, marks=pytest.mark.feature(feature), id=f"{kind}-{fill}")
              for kind, feature, fills in (("ignored", "ignore_index", IDLE_FILLS),
-                                          ("zero weight", "weight", IDLE_FILLS[:2]))
+                                          ("zero weight", "weight", ZERO_WEIGHT_FILLS))
              for fill in fills]
 
 

@@ -215,7 +215,7 @@ def _idle_case(kind, dtype, device, seed, shards):
     largest magnitude; each fill in two classes of the last shard (rows 0, 6, ...) or of every shard
     (rows 3, 9, ...)."""
     every = [c for start, stop in shards if stop - start > 2 for c in (start + 1, stop - 1)]
-    fills = cases.IDLE_FILLS if kind == "ignored" else cases.IDLE_FILLS[:2]
+    fills = cases.IDLE_FILLS if kind == "ignored" else cases.ZERO_WEIGHT_FILLS
     lines = [f"one, every = {every[-2:]}, {every}"]
     if kind == "zero weight":
         lines += [f"target[:{6 * len(fills)}:3] = 0", "weight[0] = 0"]
