@@ -494,7 +494,8 @@ def simplex_grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype,
     simplex), shaped like the input."""
     _check_contract(contract)
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
-    g = to_rows(ev.grad(grad_output), class_dim=True).abs()
+    grad = ev.grad(grad_output)
+    g = to_rows(grad, class_dim=True).abs()
     full = to_rows(grad_bound(ev, grad_output, dtype, contract), class_dim=True)
     n = g.shape[1]
     p = ev.inputs.abs()
@@ -510,7 +511,7 @@ def simplex_grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype,
     shift = torch.where(overflows, 0.0, element).sum(1, keepdim=True) / kept
     magnitude = torch.where(overflows, 0.0, g + c)
     projection = 2 * (n + 2) * _TRUTH_U * (magnitude + magnitude.sum(1, keepdim=True) / kept)
-    return _rows_shaped_like(element + shift + projection, ev.grad(grad_output))
+    return _rows_shaped_like(element + shift + projection, grad)
 
 
 def row_sum_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract: str) -> Tensor:
