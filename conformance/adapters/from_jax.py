@@ -45,7 +45,6 @@ class JaxArrays(ArrayCrossing):
 
 def _jax():
     import jax  # optional: only a JAX function needs it (ImportError otherwise)
-    import jax.dlpack
     return jax
 
 
