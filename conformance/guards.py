@@ -206,6 +206,18 @@ def time_limit(seconds: float, stack_dump_fd: Optional[int]) -> Iterator[None]:
             signal.signal(signal.SIGALRM, previous)
 
 
+def timeout_behind(error: BaseException) -> Optional[CheckTimeout]:
+    """The ``CheckTimeout`` that ``error`` is, or that it was raised from: hypothesis turns a
+    timeout during its data generation into ``FlakyStrategyDefinition``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, CheckTimeout):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 NOT_RUN_PREFIX = "not run: "
 
 

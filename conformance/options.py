@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import pytest
+import torch
 from hypothesis import HealthCheck, Phase
 from hypothesis import settings as hypothesis_settings
 
@@ -16,8 +17,8 @@ from .vocabulary import DEVICES, DTYPE_NAMES, PROBED_FEATURES
 
 __all__ = ["OPTIONS", "Option", "DEFAULT_TIMEOUT", "DEFAULT_WORLD_SIZES",
            "DEFAULT_BENCH_ROUNDS", "DEFAULT_BENCH_PRECISION", "DEFAULT_BENCH_TIME", "HYPOTHESIS_CI_PROFILE",
-           "add_options", "add_aliases", "resolve", "world_sizes", "round_plan", "property_seed",
-           "load_hypothesis_profile"]
+           "MARKERS", "add_options", "add_aliases", "resolve", "register_markers", "devices", "world_sizes",
+           "round_plan", "property_seed", "load_hypothesis_profile"]
 
 # A check takes well under a second; 30 s is 10x the slowest (XOR training) on a loaded 2-core
 # machine (see plugin: after a few timeouts the remaining checks fail at once).
@@ -252,6 +253,52 @@ def resolve(config: pytest.Config) -> None:
     """Give every option its value by precedence (``Option.resolve``), once, where every reader finds it."""
     for option in OPTIONS:
         setattr(config.option, option.dest, option.resolve(config))
+
+
+# The markers the suite's checks carry, each with what it tells the kit.
+MARKERS = {
+    "feature(name)": "the checks need this feature of the implementation",
+    "sweep(name, values, features={})": "a boundary sweep, parametrized by the kit over (value, dtype, reduction): "
+                                        "see cases.sweep",
+    "input_kind(*kinds)": "the input kinds the check's identity is stated for; an implementation taking another is "
+                          "reported unsupported",
+    "form(name)": "the form of implementation the check judges (vocabulary.FORMS; default: its module's FORM, else "
+                  "logits)",
+    "conformance_bench": "a benchmark beside torch; runs only with --benchmark-only or --conformance-bench",
+    "deep": "a check of the deep run only (--conformance-deep)",
+    "size(elements, parameter)": "how large a run is, where its parameter (a case's name) does not show it: its "
+                                 "sized runs go from small to large, and a timeout stops only those at least as "
+                                 "large (guards.HangLedger)",
+    "design(family)": "the check runs the rows of the family's covering design, parametrized by the kit over (dtype, "
+                      "reduction where the family has one, row): see designed.design_params",
+    "default_dtypes(*dtypes)": "the dtypes of a check in the default run; every dtype under --conformance-deep or "
+                               "--conformance-dtype",
+}
+
+
+def register_markers(config: pytest.Config) -> None:
+    for signature, meaning in MARKERS.items():
+        config.addinivalue_line("markers", f"{signature}: {meaning}")
+
+
+def _available_devices() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def devices(config: pytest.Config) -> list[str]:
+    """``--conformance-device``, each available here, else every device available here."""
+    available = _available_devices()
+    chosen = config.getoption("conformance_device") or available
+    missing = [d for d in chosen if d not in available]
+    if missing:
+        raise pytest.UsageError(f"--conformance-device {', '.join(missing)}: not available here (available: "
+                                f"{', '.join(available)})")
+    return chosen
 
 
 def world_sizes(config: pytest.Config) -> tuple:

@@ -16,12 +16,11 @@ from hypothesis import seed as hypothesis_seed
 
 from . import adapters, bench, cases, designed, hookspecs, options, records, report
 from .expectations import Expectations
-from .guards import CheckTimeout, GlobalState, HangLedger, crash_trampoline, time_limit, truncate_sections
+from .guards import GlobalState, HangLedger, crash_trampoline, time_limit, timeout_behind, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
 from .judge import FIRST_FAILURE, PINNED, REPRODUCE, Judge
 from .session import SESSION_KEY, ConformanceSession, is_check, item_dtype, item_form, item_size, small_to_large
-from .softmax import SOFTMAX_FORMS
-from .vocabulary import DTYPES, FORMS
+from .vocabulary import DTYPES
 
 VERDICT_KEY = pytest.StashKey[tuple]()   # ConformanceSession.judged(), taken once at the session's end
 HANGS_KEY = pytest.StashKey[HangLedger]()
@@ -34,15 +33,6 @@ STACK_DUMP_FD_KEY = pytest.StashKey[Optional[int]]()
 # guards.HangLedger).
 MAX_TIMEOUTS_PER_CHECK = 2
 MAX_TIMEOUTS = 10
-
-
-def available_devices() -> list[str]:
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -109,33 +99,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(gc.unfreeze)
     options.resolve(config)
     options.load_hypothesis_profile(config)
-    config.addinivalue_line("markers", "feature(name): the checks need this feature of the implementation")
-    config.addinivalue_line("markers", "sweep(name, values, features={}): a boundary sweep, parametrized by the "
-                                       "kit over (value, dtype, reduction): see cases.sweep")
-    config.addinivalue_line("markers", "input_kind(*kinds): the input kinds the check's identity is stated for; "
-                                       "an implementation taking another is reported unsupported")
-    config.addinivalue_line("markers", "form(name): the form of implementation the check judges (vocabulary.FORMS; "
-                                       "default: its module's FORM, else logits)")
-    config.addinivalue_line("markers", "conformance_bench: a benchmark beside torch; runs only with "
-                                       "--benchmark-only or --conformance-bench")
-    config.addinivalue_line("markers", "deep: a check of the deep run only (--conformance-deep)")
-    config.addinivalue_line("markers", "size(elements, parameter): how large a run is, where its parameter (a case's "
-                                       "name) does not show it: its sized runs go from small to large, and a timeout "
-                                       "stops only those at least as large (guards.HangLedger)")
-    config.addinivalue_line("markers", "design(family): the check runs the rows of the family's covering design, "
-                                       "parametrized by the kit over (dtype, reduction where the family has one, row): "
-                                       "see designed.design_params")
-    config.addinivalue_line("markers", "default_dtypes(*dtypes): the dtypes of a check in the default run; every "
-                                       "dtype under --conformance-deep or --conformance-dtype")
+    options.register_markers(config)
     try:
         (impl, *also), named = _resolve(config)
     except ImplementationError as exc:
         raise pytest.UsageError(str(exc)) from None
-    devices = config.getoption("conformance_device") or available_devices()
-    missing = [d for d in devices if d not in available_devices()]
-    if missing:
-        raise pytest.UsageError(f"--conformance-device {', '.join(missing)}: not available here (available: "
-                                f"{', '.join(available_devices())})")
+    devices = options.devices(config)
     contract = config.getoption("conformance_contract")
     session = ConformanceSession(impl=impl, devices=devices, contract=contract,
                                  expectations=Expectations(contract, config.getoption("conformance_xfail"),
@@ -313,7 +282,7 @@ def pytest_runtest_call(item: pytest.Item):
                                  f"a problem it covers and passed; revisit the pin ({pin.reason})")
         return result
     except BaseException as error:
-        timeout = _timeout_behind(error)
+        timeout = timeout_behind(error)
         if timeout is None:
             raise
         found = item.stash.get(FIRST_FAILURE, None)
@@ -333,18 +302,6 @@ def pytest_runtest_call(item: pytest.Item):
         hangs.record(function, params, item.nodeid, timed_out=timed_out, size=size, slow=slow)
         state.restore_changes()
         torch.set_num_threads(threads)
-
-
-def _timeout_behind(error: BaseException) -> Optional[CheckTimeout]:
-    """The ``CheckTimeout`` that ``error`` is, or that it was raised from: hypothesis turns a
-    timeout during its data generation into ``FlakyStrategyDefinition``."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, CheckTimeout):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -396,14 +353,6 @@ def seed(request) -> int:
     return request.config.getoption("conformance_seed")
 
 
-def _described(impl: Implementation) -> str:
-    """What the verdict's header says an implementation takes: a loss's input and target kinds, a
-    softmax form's name."""
-    if impl.form in SOFTMAX_FORMS:
-        return f"form {impl.form}"
-    return f"input {impl.input_kind}, target {impl.target_kind}"
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     judged = config.stash.get(VERDICT_KEY, None)
@@ -412,20 +361,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     run, found, timings = judged
     tr = terminalreporter
     tr.section("conformance verdict")
-    lines = []
-    for impl in session.chosen:
-        lines.append(f"implementation: {impl.spec} ({_described(impl)}); contract: {session.contract}; "
-                     f"devices: {', '.join(session.devices)}")
-        if impl.approximations:
-            lines.append("declared approximations, judged by their bounds: " + ", ".join(
-                f"{name} <= {bound:g}" for name, bound in impl.approximations.items()))
-    others = [other.spec for form in FORMS for other in session.implementations(form) if other not in session.chosen]
-    if others:
-        lines.append(f"also judged (torch's own, no implementation named): {', '.join(others)}")
     width = tr._tw.fullwidth
-    for row in [wrapped for line in lines for wrapped in textwrap.wrap(line, width, subsequent_indent="  ",
-                                                                      break_on_hyphens=False)]:
-        tr.write_line(row)
+    for line in session.header_lines():
+        for wrapped in textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False):
+            tr.write_line(wrapped)
     if session.baseline is not None:
         for text, tone in report.baseline_lines(run, session.baseline):
             for wrapped in textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False):

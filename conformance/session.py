@@ -19,7 +19,8 @@ from .guards import Size
 from .impl import DEFAULT_RUN_FAMILIES, DEFAULT_SPECS, Implementation, load_implementation
 from .records import Check, Gap, Measured, Status, unparametrized
 from .report import Benchmark, Run, regressions, timing_comparisons
-from .vocabulary import dtype_name
+from .softmax import SOFTMAX_FORMS
+from .vocabulary import FORMS, dtype_name
 
 __all__ = ["ConformanceSession", "SESSION_KEY", "item_features", "item_form", "item_size", "is_check",
            "small_to_large"]
@@ -287,6 +288,22 @@ class ConformanceSession:
         return [pin for impl in judged.values() for pin in self.expectations.pins(impl)
                 if pin.name not in covered and (pin.seeds is None or self.seed in pin.seeds)
                 and found_by_ran(pin, impl)]
+
+    def header_lines(self) -> list[str]:
+        """What the verdict's header says was judged, how and where."""
+        lines = []
+        for impl in self.chosen:
+            takes = f"form {impl.form}" if impl.form in SOFTMAX_FORMS else \
+                f"input {impl.input_kind}, target {impl.target_kind}"
+            lines.append(f"implementation: {impl.spec} ({takes}); contract: {self.contract}; "
+                         f"devices: {', '.join(self.devices)}")
+            if impl.approximations:
+                lines.append("declared approximations, judged by their bounds: " + ", ".join(
+                    f"{name} <= {bound:g}" for name, bound in impl.approximations.items()))
+        others = [other.spec for form in FORMS for other in self.implementations(form) if other not in self.chosen]
+        if others:
+            lines.append(f"also judged (torch's own, no implementation named): {', '.join(others)}")
+        return lines
 
     def judged(self) -> tuple[Run, list, list]:
         """The run, its regressions against the baseline and its timing comparisons (the rule of
