@@ -80,6 +80,10 @@ def compare(before_path: str, after_path: str, renamed: dict) -> int:
     for spec in sorted(set(before) | set(after)):
         old = {renamed.get(test_id, test_id): v for test_id, v in before.get(spec, {}).items()}
         new = after.get(spec, {})
+        if "error" in old or "error" in new:   # a run that did not finish (MLX's crash on a dim of size 1)
+            if old.get("error") != new.get("error"):
+                changes.append(f"{spec}: {old.get('error', 'finished')} -> {new.get('error', 'finished')}")
+            continue
         for test_id in sorted(set(old) | set(new)):
             if test_id not in new or test_id not in old:
                 changes.append(f"{spec} {test_id}: {'gone' if test_id not in new else 'new'}")

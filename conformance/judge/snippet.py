@@ -63,14 +63,15 @@ class Steps:
             exec(logits_form.truth_code(impl, problem), self.names)
 
     @classmethod
-    def replaying(cls, impl: Implementation, problem) -> Steps:
+    def replaying(cls, impl: Implementation, problem, *, truth: bool = False) -> Steps:
         """Steps of a problem of any form, in the namespace its form's own snippet builds before
-        the call (the recipe run again, the implementation the one loaded, guarded), with no truth:
-        a check that records the form's call (``Form.call_steps``) runs what its snippet prints."""
+        the call (the recipe run again, the implementation the one loaded, guarded), with the
+        form's ``truth`` on the input as built where asked: a check that records the form's call
+        (``Form.call_steps``) or a transform of it runs what its snippet prints."""
         steps = cls.__new__(cls)
-        steps.names, steps.lines, steps.truth, steps.fed = {"impl": _Guarded(impl)}, [], False, None
+        steps.names, steps.lines, steps.truth, steps.fed = {"impl": _Guarded(impl)}, [], truth, None
         load = impl.load_code()
-        for line in forms.of(impl).snippet(impl, problem, Show("", "", steps=(), truth=False)):
+        for line in forms.of(impl).snippet(impl, problem, Show("", "", steps=(), truth=truth)):
             if line not in load:
                 exec(compile(line, "<snippet line>", "exec"), steps.names)
         return steps

@@ -8,12 +8,11 @@ paths built from the implementation's pieces.
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conformance import cases, designed
 from conformance.forms import Show
 from conformance.forms.softmax import UPSTREAM_KINDS, softmax_problem
-from conformance.reference import evaluate
+from conformance.judge.snippet import Steps
 from conformance.softmax import SoftmaxVariant, evaluate_softmax
 from conformance.vocabulary import DTYPES, dtype_name
 
@@ -343,97 +342,12 @@ def test_document_path_with_the_implementation(judge, impl, device, dtype, seed)
     case = cases.well_conditioned(64, 4, dtype, device, seed=seed)
     problem = softmax_problem("document path", case.recipe + "\nx = logits", device, 1, upstream=None)
     code, rounded = _document_path(impl.form)
-    loss = eval(code, {"torch": torch, "F": F, "impl": impl, "x": problem.input, "target": case.target})
-    ev = evaluate(case.logits, case.target)
-    judge.within(f"document path {code}", problem, loss, ev.loss, "document path",
-                 show=Show("loss.item()", "reference.loss.item()",
-                           ("import torch.nn.functional as F", "from conformance.reference import evaluate",
-                            "reference = evaluate(logits, target)", f"loss = {code}")),
-                 ev=ev, logs_rounded_probability=rounded)
-
-
-# Forward mode and vmap: optional capabilities, probed (an error is a gap, a wrong result fails),
-# in float64 and float32 as every tangent (tolerance: Softmax forms, forward mode).
-TRANSFORM_SHAPES = [pytest.param(shape, marks=_dim_marks(shape)) for shape in ("rows", "middle_dim")]
-# torch.func scripts helpers on first use; the warning is torch's own, not the implementation's.
-TORCH_FUNC_WARNING = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-
-
-@pytest.mark.feature("forward_ad")
-@pytest.mark.filterwarnings(TORCH_FUNC_WARNING)
-@pytest.mark.parametrize("dtype", WIDE, ids=dtype_name)
-@pytest.mark.parametrize("shape", TRANSFORM_SHAPES)
-def test_forward_mode(judge, impl, device, dtype, shape, seed):
-    """``torch.func.jvp`` along a tangent ``v``: softmax ``y (v - sum(v y))`` (its Jacobian is
-    symmetric), log-softmax ``v - sum(softmax(z) v)``."""
-    size, dim = SHAPES[shape]
-    problem = softmax_problem(shape, _randn(size, dtype, seed), device, dim, upstream=None)
-    tangent = (f"v = torch.randn({tuple(size)}, dtype=torch.float64, generator=torch.Generator()"
-               f".manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
-    v = cases.built(tangent, "v", device)
-    x = problem.input.detach().clone()
-    y, jvp = judge.probe("forward_ad", problem, lambda: torch.func.jvp(lambda z: impl.along(z, dim), (x,), (v,)),
-                         what="torch.func.jvp")
-    sev = evaluate_softmax(problem.input, dim, impl.form)
-    steps = (tangent, *([f"v = v.to({device!r})"] if device != "cpu" else []),
-             f"y, d = torch.func.jvp(lambda z: impl.along(z, {dim}), (x,), (v,))")
-    judge.within("value under jvp", problem, y, sev.output, "softmax",
-                 show=Show("y{at}.item()", "truth.output{at}.item()", steps), sev=sev)
-    judge.within("directional derivative", problem, jvp, sev.directional(v), "softmax directional derivative",
-                 show=Show("d{at}.item()", "truth.directional(v){at}.item()", steps), sev=sev, tangent=v)
-
-
-@pytest.mark.feature("backward", "double_backward")
-@pytest.mark.filterwarnings(TORCH_FUNC_WARNING)
-@pytest.mark.parametrize("dtype", WIDE, ids=dtype_name)
-@pytest.mark.parametrize("shape", TRANSFORM_SHAPES)
-def test_double_backward(judge, impl, device, dtype, shape, seed):
-    """The derivative of ``<VJP(g), v>`` (softmax ``J(v g) - <v,p> J(g) - <g,p> J(v)``, log-softmax
-    ``-sum(g) J(v)``, ``J(w) = p (w - <w, p>)``): a backward built from detached tensors, or
-    marked once_differentiable, is a probed gap; a wrong second derivative fails."""
-    size, dim = SHAPES[shape]
-    problem = softmax_problem(shape, _randn(size, dtype, seed), device, dim)
-    direction = (f"v = torch.randn({tuple(size)}, dtype=torch.float64, generator=torch.Generator()"
-                 f".manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
-    grad, v = problem.upstream_gradient(), cases.built(direction, "v", device)
-    x = problem.input.detach().clone().requires_grad_()
-    gx = judge.probe("double_backward", problem,
-                     lambda: torch.autograd.grad(impl.along(x, dim), x, grad, create_graph=True)[0],
-                     what="torch.autograd.grad(y, x, grad, create_graph=True)")
-    if not gx.requires_grad:
-        judge.gap("double_backward", problem, "the gradient computed with create_graph=True does not depend on the "
-                  "input (a backward built from detached tensors, or @once_differentiable)")
-    hv = judge.probe("double_backward", problem, lambda: torch.autograd.grad(gx, x, v)[0],
-                     what="torch.autograd.grad(g, x, v) of the gradient computed with create_graph=True")
-    sev = evaluate_softmax(problem.input, dim, impl.form)
-    steps = (problem.upstream, direction, *([f"grad, v = grad.to({device!r}), v.to({device!r})"] if device != "cpu"
-                                            else []), "x.requires_grad_()",
-             f"g, = torch.autograd.grad(impl.along(x, {dim}), x, grad, create_graph=True)",
-             "hv, = torch.autograd.grad(g, x, v)")
-    judge.within("Hessian-vector product", problem, hv, sev.hessian_vector(grad, v), "softmax hessian-vector product",
-                 show=Show("hv{at}.item()", "truth.hessian_vector(grad, v){at}.item()", steps), sev=sev,
-                 grad_output=grad, v=v)
-
-
-VMAP_BATCH = 3
-
-
-@pytest.mark.feature("vmap")
-@pytest.mark.filterwarnings(TORCH_FUNC_WARNING)
-@pytest.mark.parametrize("dtype", WIDE, ids=dtype_name)
-@pytest.mark.parametrize("shape", TRANSFORM_SHAPES)
-def test_vmap(judge, impl, device, dtype, shape, seed):
-    """``torch.func.vmap`` over a leading batch of inputs: each the form of its own input along
-    ``dim``, as one call on the stacked input gives."""
-    size, dim = SHAPES[shape]
-    problem = softmax_problem(f"vmap {shape}", _randn((VMAP_BATCH, *size), dtype, seed), device, upstream=None)
-    inner = dim % len(size)
-    y = judge.probe("vmap", problem, lambda: torch.func.vmap(lambda z: impl.along(z, inner))(problem.input),
-                    what="torch.func.vmap")
-    sev = evaluate_softmax(problem.input, inner + 1, impl.form)
-    judge.within("value under vmap", problem, y, sev.output, "softmax",
-                 show=Show("y{at}.item()", "truth.output{at}.item()",
-                           (f"y = torch.func.vmap(lambda z: impl.along(z, {inner}))(x)",)), sev=sev)
+    steps = Steps.replaying(impl, problem)
+    steps(*[f"target = target.to({device!r})"] * (device != "cpu"), "import torch.nn.functional as F",
+          "from conformance.reference import evaluate", "reference = evaluate(x, target)", f"loss = {code}")
+    judge.within(f"document path {code}", problem, steps["loss"], steps["reference"].loss, "document path",
+                 show=steps.show("loss.item()", "reference.loss.item()"), ev=steps["reference"],
+                 logs_rounded_probability=rounded)
 
 
 __all__ = ["test_value_and_gradient", "test_output_and_gradient_over_the_design",
@@ -441,5 +355,5 @@ __all__ = ["test_value_and_gradient", "test_output_and_gradient_over_the_design"
            "test_nonfinite_row_stays_in_its_row",
            "test_strided_input", "test_empty_batch", "test_document_path_with_the_implementation",
            "test_dtype_argument", "test_variant_value_and_gradient", "test_causal_mask",
-           "test_masked_entries_take_no_part", "test_fully_masked_rows_follow_the_declaration", "test_forward_mode",
-           "test_vmap", "test_rows_past_the_grid_limit", "test_double_backward"]
+           "test_masked_entries_take_no_part", "test_fully_masked_rows_follow_the_declaration",
+           "test_rows_past_the_grid_limit"]
