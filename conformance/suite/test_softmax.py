@@ -1,6 +1,6 @@
 """Softmax kernels (``FORM = "softmax"``; ``test_log_softmax`` runs the same checks on the
 log-softmax form): the output and its vector-Jacobian product against the float64 truth under the
-bounds of ``tolerance`` (Softmax forms), on the cases where softmax kernels break: widths around
+bounds of ``tolerance.softmax``, on the cases where softmax kernels break: widths around
 block sizes, a dim other than the last, strided views, offsets, underflow, and non-finite rows
 that must stay in their row; rows that sum to 1, the inputs left as they were, and the document's
 paths built from the implementation's pieces.
@@ -353,7 +353,7 @@ def test_document_path_with_the_implementation(judge, impl, device, dtype, seed)
 
 
 # Forward mode and vmap: optional capabilities, probed (an error is a gap, a wrong result fails),
-# in float64 and float32 as every tangent (tolerance: Softmax forms, forward mode).
+# in float64 and float32 as every tangent (tolerance.softmax, Forward mode).
 TRANSFORM_SHAPES = [pytest.param(shape, marks=_dim_marks(shape)) for shape in ("rows", "middle_dim")]
 # torch.func scripts helpers on first use; the warning is torch's own, not the implementation's.
 TORCH_FUNC_WARNING = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
