@@ -17,7 +17,7 @@ in, plus the float64 truth's own where it matters. The judge asks for one by kin
 
 Where each derivation lives, imports pointing down:
   * ``ground``: the notation, the three contracts, unit roundoff and compute precision, the half
-    roundings, the underflow floor, the transformed inputs of the variants, parity;
+    roundings, the underflow floor, the transformed inputs of the variants, reductions, parity;
   * ``logits``: cross entropy on logits (value, gradient, logsumexp, z-loss, variants, the
     classes sharded over ranks);
   * ``identities``: the derived identities (pairs, the gradient along the simplex, row sums, the

@@ -1,6 +1,6 @@
 """The ground every bound builds on: the contracts, the unit roundoff and the precision an
-implementation computes in, the roundings a half result may take, the underflow floor, and the
-error of a variant's transformed inputs.
+implementation computes in, the roundings a half result may take, the underflow floor, the
+error of a variant's transformed inputs, and the reduction of a loss's per-position errors.
 
 Notation: ``u`` is the unit roundoff of the precision an implementation computes in, ``u_o`` that
 of the dtype it returns, ``n`` the number of classes, ``N`` the number of positions reduced. The
@@ -62,6 +62,10 @@ forms with ``t`` off by ``3 u |t| + u/2`` (``x sech^2 x <= 0.45``), ``1 - t^2`` 
 times that plus two roundings: near saturation ``1 - t^2`` cancels, so that error is absolute,
 ``|s| u``-sized, not relative.
 
+Reductions (of a loss on logits or a linear loss, ``_reduced_bound``): a sum of ``N`` terms adds
+``(N + 1) u sum_i |loss_i|``; the mean's divisor is itself a sum (relative error ``(N + 1) u``) and
+the division rounds once more.
+
 Sums and inner products of ``n`` terms err by Higham's ``gamma_n`` (``_gamma``); the float64
 truth's own roundings are counted at ``_TRUTH_U`` where a bound adds them.
 """
@@ -70,6 +74,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..reference import Evaluation
 from ..vocabulary import HALF_DTYPES
 
 CONTRACTS = ("standard", "exact", "parity")
@@ -126,6 +131,23 @@ def _gamma(n: int, u: float) -> float:
     """Higham's ``gamma_n = n u / (1 - n u)``: the relative error of a sum or inner product of ``n``
     terms (Accuracy and Stability of Numerical Algorithms, 3.1)."""
     return n * u / (1 - n * u)
+
+
+def _reduced_bound(ev: Evaluation, row_err: Tensor, row_values: Tensor, expected: Tensor,
+                   dtype: torch.dtype) -> Tensor:
+    """A bound on a reduced per-position quantity from its positions' errors: a sum of ``N``
+    terms adds ``(N + 1) u sum_i |v_i|``; the mean's divisor and division, and the half rounding."""
+    u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
+    expected = expected.abs()
+    if ev.reduction == "none":
+        compute = row_err.reshape(expected.shape)
+    else:
+        n_rows = row_values.shape[0]
+        compute = row_err.sum() + (n_rows + 1) * u * row_values.abs().sum()
+        if ev.reduction == "mean":
+            compute = compute / ev.denominator.abs() + (n_rows + 2) * u * expected
+    rounding = HALF_PRECISION_ROUNDINGS * u_o * expected if _is_half(dtype) else torch.zeros_like(expected)
+    return compute + rounding + underflow_floor(dtype)
 
 
 def _rows_shaped_like(bound_rows: Tensor, g: Tensor) -> Tensor:

@@ -37,11 +37,12 @@ from .ground import (
     _check_contract,
     _gamma,
     _is_half,
+    _reduced_bound,
     compute_dtype,
     underflow_floor,
     unit_roundoff,
 )
-from .logits import _reduced_bound, _row_value_error, grad_bound
+from .logits import _row_value_error, grad_bound
 
 
 def _sums(n: int, dtype: torch.dtype) -> float:

@@ -13,9 +13,6 @@ Forward error of one position, logits input (loss = sum_c a_c (lse - z_c)), ``ex
   log-probability input: ``(n + 1) u sum_c |a_c log p_c|``; probability input: the log adds
   ``u`` absolute per unit weight, ``(n + 2) u sum_c |a_c log p_c| + 2 u A``.
 
-Reductions: a sum of ``N`` terms adds ``(N + 1) u sum_i |loss_i|``; the mean's divisor is itself
-a sum (relative error ``(N + 1) u``) and the division rounds once more.
-
 Gradient, logits input (g_j = s (A p_j - a_j), ``s`` the upstream gradient over the divisor):
   ``p_j = exp((z_j - m) - log s)`` is relatively accurate to
   ``d + u(|z_j - m| + |log p_j|) + 4u``; forming ``A p_j - a_j`` and scaling rounds three
@@ -74,6 +71,7 @@ from .ground import (
     _chain_factor_error,
     _check_contract,
     _is_half,
+    _reduced_bound,
     _rows_shaped_like,
     _transform_error,
     compute_dtype,
@@ -150,23 +148,6 @@ def _row_value_error(ev: Evaluation, u: float, contract: str, shards: int = 1) -
     if ev.input_kind == "log_probs":
         return (n + 1) * u * terms
     return (n + 2) * u * terms + 2 * u * a.sum(1)
-
-
-def _reduced_bound(ev: Evaluation, row_err: Tensor, row_values: Tensor, expected: Tensor,
-                   dtype: torch.dtype) -> Tensor:
-    """A bound on a reduced per-position quantity from its positions' errors: a sum of ``N``
-    terms adds ``(N + 1) u sum_i |v_i|``; the mean's divisor and division, and the half rounding."""
-    u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
-    expected = expected.abs()
-    if ev.reduction == "none":
-        compute = row_err.reshape(expected.shape)
-    else:
-        n_rows = row_values.shape[0]
-        compute = row_err.sum() + (n_rows + 1) * u * row_values.abs().sum()
-        if ev.reduction == "mean":
-            compute = compute / ev.denominator.abs() + (n_rows + 2) * u * expected
-    rounding = HALF_PRECISION_ROUNDINGS * u_o * expected if _is_half(dtype) else torch.zeros_like(expected)
-    return compute + rounding + underflow_floor(dtype)
 
 
 def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT, shards: int = 1) -> Tensor:
