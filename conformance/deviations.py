@@ -64,8 +64,9 @@ TABLE = {entry.name: entry for entry in (
     Deviation("simplex_gradient", ("test_gradient_is_softmax_minus_target", "test_masked_vocabulary",
                                    "test_wide_masked_prefix"),
               "every gradient of the logits form judged after projecting each position onto its sum-zero "
-              "subspace (tolerance, Gradient along the simplex); masked classes hold one value per position, not 0"),
+              "subspace (tolerance.identities, Gradient along the simplex); masked classes hold one value per "
+              "position, not 0"),
     Deviation("nondeterministic", ("test_value_matches_truth", "test_gradient_is_softmax_minus_target"),
-              "a second call on identical inputs within the bound of a reordered sum (tolerance, run to run) "
+              "a second call on identical inputs within the bound of a reordered sum (tolerance.limits, run to run) "
               "instead of bitwise equal"),
 )}

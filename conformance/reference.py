@@ -270,7 +270,7 @@ class Evaluation:
         is held to: ``grad`` plus, per position, the multiple of the all-ones vector nearest
         ``actual`` (the mean of their difference over the classes where it is finite), so that
         ``actual`` less it is the difference of their projections onto the sum-zero subspace
-        (tolerance, Gradient along the simplex); a class whose gradient overflowed the dtype is
+        (tolerance.identities, Gradient along the simplex); a class whose gradient overflowed the dtype is
         judged as every overflow is, not spread over its position."""
         truth = to_rows(self.grad(grad_output), class_dim=True)
         difference = to_rows(actual.detach().to("cpu", torch.float64), class_dim=True) - truth

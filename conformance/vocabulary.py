@@ -117,18 +117,18 @@ DEVIATIONS = {
     "simplex_gradient": "input_kind='probs': the gradient is defined along the probability simplex only (the loss "
                         "normalises p by its sum first, Keras'), so it may differ from the kit's by a multiple of "
                         "the all-ones vector per position; judged after projecting each position onto its sum-zero "
-                        "subspace (tolerance, Gradient along the simplex)",
+                        "subspace (tolerance.identities, Gradient along the simplex)",
     "nondeterministic": "two calls on identical inputs may differ in their last bits (atomic adds take their terms "
                         "in the order the scheduler picks, torch PR #193477); held to the difference of two orders "
-                        "of its sums (tolerance, run to run) instead of bitwise equality",
+                        "of its sums (tolerance.limits, run to run) instead of bitwise equality",
 }
 
-APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance, Linear)
+APPROXIMATIONS = {  # name -> what the declared number bounds (tolerance.linear)
     "gradient_filter": "linear losses: logit-gradient elements below eps (before the upstream gradient and the "
                        "divisor) are dropped, as cut-cross-entropy's filter_eps drops them",
 }
 
-MEMORY = {  # what a linear loss declares of its memory (``memory``; tolerance, Memory)
+MEMORY = {  # what a linear loss declares of its memory (``memory``; tolerance.limits)
     "chunked": "linear losses: forward and backward never hold the N x V logits at once (row or vocabulary "
                "chunks, as Liger-Kernel's fused linear loss, cut-cross-entropy and torch's chunked path)",
 }

@@ -154,7 +154,7 @@ class Judge:
     def repeats(self, problem: Problem, first, ev) -> None:
         """The call made again on identical inputs (the case built again from its recipe) gives the
         same bits as ``first`` (tt-metal runs every op twice); a loss that declares ``nondeterministic``
-        is held instead to the bound of a reordered sum (``tolerance``, run to run) of its value and
+        is held instead to the bound of a reordered sum (``tolerance.limits``, run to run) of its value and
         logits' gradient."""
         __tracebackhide__ = True
         declared = self.declares("nondeterministic")

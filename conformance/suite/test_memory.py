@@ -2,7 +2,7 @@
 (what a fused linear loss exists for), and no loss of any form keeps memory from one call to the
 next (a leak: its graph, its output, a list it appends to on every call). Measured by
 ``conformance.memory`` (cuda: the allocator's counters; cpu: the autograd profiler's record of
-every allocation), bounded by ``tolerance`` (Memory), and recorded for the report. Vocab-parallel
+every allocation), bounded by ``tolerance.limits``, and recorded for the report. Vocab-parallel
 losses are not measured here: their calls run in the rank processes.
 """
 import textwrap

@@ -1,6 +1,6 @@
 """Softmax kernels (``FORM = "softmax"``; ``test_log_softmax`` runs the same checks on the
 log-softmax form): the output and its vector-Jacobian product against the float64 truth under the
-bounds of ``tolerance`` (Softmax forms), on the cases where softmax kernels break: widths around
+bounds of ``tolerance.softmax``, on the cases where softmax kernels break: widths around
 block sizes, a dim other than the last, strided views, offsets, underflow, and non-finite rows
 that must stay in their row; rows that sum to 1, the inputs left as they were, and the document's
 paths built from the implementation's pieces.

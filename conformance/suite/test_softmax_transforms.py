@@ -1,6 +1,6 @@
 """Softmax kernels under transforms (``FORM = "softmax"``; ``test_log_softmax_transforms`` runs the
 same checks on the log-softmax form): forward-mode AD, double backward and vmap, in float64 and
-float32 as every tangent (``tolerance``, Softmax forms: forward mode). Each is an optional
+float32 as every tangent (``tolerance.softmax``, Forward mode). Each is an optional
 capability: where a transform raises, whatever its words, the check reports it unsupported
 (probed); every wrong result fails. Each check's steps run as its snippet prints them (``Steps``).
 """
