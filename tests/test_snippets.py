@@ -42,6 +42,7 @@ FAMILIES = {
     "linear frozen head": ("linear_needs_grad_misindexed", "test_linear_gradients_of_some_inputs and float32"),
     "softmax gradient": ("softmax_backward_drops_sum", "test_value_and_gradient and float32"),
     "softmax layouts": ("softmax_stride_blind", "test_strided_input and float32"),
+    "softmax transforms": ("softmax_double_backward_detached_sum", "test_double_backward and float32 and rows"),
     "log_softmax non-finite rows": ("log_softmax_nan_dropped", "test_nonfinite_row_stays_in_its_row and float32"),
     "log_softmax document path": ("log_softmax_bf16_storage", "test_document_path_with_the_implementation and float32"),
     "softmax variants": ("softmax_mask_fill_finite", "test_masked_entries_take_no_part and float32"),

@@ -4,11 +4,9 @@ import pytest
 import torch
 
 from conformance import cases
-from conformance.document import DOCUMENT_PATHS
+from conformance.document import DOCUMENT_PATHS, XOR_SEED, XOR_STEPS, XOR_TARGET
 from conformance.forms import logits as logits_form
-from conformance.guards import calling
 from conformance.judge.snippet import Steps
-from conformance.reference import evaluate
 from conformance.vocabulary import REDUCTIONS, dtype_name
 
 
@@ -29,58 +27,9 @@ def test_document_example(impl, judge, device, dtype, reduction):
     judge.value(problem, out, logits_form.truth(impl, problem, out), identity="document example")
 
 
-class ReferenceLoss(torch.autograd.Function):
-    """The float64 reference as a loss: its value and closed-form gradient, rounded to the dtype;
-    each step's evaluation is appended to ``record`` (the trajectory's bounds are built from them)."""
-
-    @staticmethod
-    def forward(ctx, logits, target, record=None):
-        ctx.evaluation, ctx.dtype = evaluate(logits, target), logits.dtype
-        if record is not None:
-            record.append(ctx.evaluation)
-        return ctx.evaluation.loss.to(logits.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return ctx.evaluation.grad(grad_output).to(ctx.dtype), None, None
-
-
-XOR_SEED = 1           # a seed whose 2-5-2 network learns XOR with the reference loss in every dtype
-XOR_STEPS = 1000
-# The document's optimizer, torch.optim.SGD(lr=0.1), is this update: plain SGD steps
-# ``p.add_(p.grad, alpha=-lr)``, the same operation. Written out, because importing torch.optim
-# imports dynamo, 2.4 s of a default run that lasts about 20.
-XOR_LEARNING_RATE = 0.1
-XOR_TARGET = [0, 1, 1, 0]
-
-
-def train_xor(loss_fn, dtype: torch.dtype, device: str, *, loss_name: str = "the given loss") -> tuple:
-    """The document's network trained on XOR with ``loss_fn(logits, target)``: the predictions
-    after ``XOR_STEPS`` SGD steps, every step's loss and every step's logits. The two runs the
-    check compares share every operation but the loss (``tolerance.xor_trajectory_bound``).
-    A timeout names the training run and the steps it had done (``loss_name``: whose loss)."""
-    x = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=dtype, device=device)
-    y = torch.tensor(XOR_TARGET, device=device)
-    torch.manual_seed(XOR_SEED)
-    model = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)).to(device, dtype)
-    losses, logits = [], []
-    with calling(f"the {XOR_STEPS}-step XOR training run with {loss_name}", steps=XOR_STEPS) as training:
-        for step in range(XOR_STEPS):
-            training.done = step
-            z = model(x)
-            loss = loss_fn(z, y)
-            model.zero_grad()
-            loss.backward()
-            with torch.no_grad():
-                for parameter in model.parameters():
-                    parameter.add_(parameter.grad, alpha=-XOR_LEARNING_RATE)
-            losses.append(loss.detach())
-            logits.append(z.detach())
-    return model(x).argmax(1).tolist(), torch.stack(losses), torch.stack(logits)
-
-
-# 0.7 s a dtype (two 1000-step trainings): the document's float32 by default, every dtype when
-# deep (a half dtype's value and gradient are judged by the value and gradient checks).
+# 0.2 s a dtype (the implementation's 1000-step training; the reference's, 0.7 s, once a process):
+# the document's float32 by default, every dtype when deep (a half dtype's value and gradient are
+# judged by the value and gradient checks).
 @pytest.mark.default_dtypes(torch.float32)
 @pytest.mark.feature("backward")
 @pytest.mark.input_kind("logits")   # the document's network outputs logits
@@ -97,13 +46,11 @@ SGD lr 0.1, {XOR_STEPS} steps
     # reference run keeps each step's evaluation, from which the trajectory's bound is built.
     steps = Steps(impl, problem, truth=False)
     loss_name = f"the implementation's loss ({impl.spec})"
-    steps("from conformance.suite.test_document import ReferenceLoss, train_xor",
+    steps("from conformance.document import reference_xor, train_xor",
           f"loss_fn = lambda z, y: (lambda x, t: {logits_form.call_code(impl, problem)})(*impl.feed(z, y))",
           f"predicted, losses, _ = train_xor(loss_fn, torch.{name}, {device!r}, "
           f"loss_name={loss_name!r})",
-          "step_evaluations = []",
-          f"reference_predicted, reference_losses, _ = train_xor(lambda z, y: ReferenceLoss.apply(z, y, "
-          f"step_evaluations), torch.{name}, {device!r}, loss_name='the float64 reference loss')")
+          f"reference_predicted, reference_losses, step_evaluations = reference_xor(torch.{name}, {device!r})")
     predicted, losses = steps["predicted"], steps["losses"]
     if predicted != XOR_TARGET:
         judge.fail("XOR is learnt", problem, f"after {XOR_STEPS} steps the network predicts {predicted}, "
