@@ -58,6 +58,8 @@ arithmetic on the same values; a rank whose loss differs used something only it 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -136,18 +138,36 @@ def _variant_value_error(ev: Evaluation, u: float) -> Tensor:
 
 def _row_value_error(ev: Evaluation, u: float, contract: str, shards: int = 1) -> Tensor:
     """Forward error of each position's loss when computed at unit roundoff ``u``."""
+    return _row_value_errors(ev, u, shards)[contract == EXACT]
+
+
+def _row_value_errors(ev: Evaluation, u: float, shards: int = 1) -> tuple[Tensor, Tensor]:
+    """``_row_value_error`` under ``standard`` and under ``exact`` (which leaves out the ``|lse|`` terms)."""
     a, n = ev.weighted_target, ev.num_classes
     terms = _abs_products(a, ev.log_probs)
     if ev.input_kind == "logits":
-        error = a.sum(1) * _lse_error(ev, u, shards) + (n + 2) * u * terms
-        if contract != EXACT:
-            error = error + u * (3 * a.sum(1) * _abs_lse(ev) + (n + 1) * _abs_products(a, ev.inputs))
+        exact = a.sum(1) * _lse_error(ev, u, shards) + (n + 2) * u * terms
+        standard = exact + u * (3 * a.sum(1) * _abs_lse(ev) + (n + 1) * _abs_products(a, ev.inputs))
         if ev.variant.active:
-            error = error + _variant_value_error(ev, u)
-        return torch.where(ev.idle, 0.0, error)   # an idle position's NaN statistics weigh nothing
+            variants = _variant_value_error(ev, u)
+            standard, exact = standard + variants, exact + variants
+        # an idle position's NaN statistics weigh nothing
+        return torch.where(ev.idle, 0.0, standard), torch.where(ev.idle, 0.0, exact)
     if ev.input_kind == "log_probs":
-        return (n + 1) * u * terms
-    return (n + 2) * u * terms + 2 * u * a.sum(1)
+        return ((n + 1) * u * terms,) * 2
+    return ((n + 2) * u * terms + 2 * u * a.sum(1),) * 2
+
+
+def _kept(ev: Evaluation, key: tuple, compute, upstream: Optional[Tensor] = None):
+    """``compute()`` once for ``ev`` and ``key`` (and the same unchanged ``upstream`` gradient): a
+    bound forms both contracts' values at once, and the judge asks for its contract's and for
+    ``exact``'s (the accuracy grade)."""
+    kept = ev.__dict__.setdefault("_bounds_kept", {})
+    found = kept.get(key)
+    version = None if upstream is None else upstream._version
+    if found is None or found[0] is not upstream or found[1] != version:
+        found = kept[key] = (upstream, version, compute())
+    return found[2]
 
 
 def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT, shards: int = 1) -> Tensor:
@@ -155,7 +175,9 @@ def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONT
     ``shards`` ranks: Vocab parallel)."""
     _check_contract(contract)
     u = unit_roundoff(compute_dtype(dtype))
-    return _reduced_bound(ev, _row_value_error(ev, u, contract, shards), ev.row_loss, ev.loss, dtype)
+    return _kept(ev, ("value bounds", dtype, shards), lambda: tuple(
+        _reduced_bound(ev, rows, ev.row_loss, ev.loss, dtype) for rows in _row_value_errors(ev, u, shards)
+    ))[contract == EXACT]
 
 
 def z_loss_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
@@ -188,6 +210,12 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract
     """Largest acceptable ``|grad - reference grad|`` per input element, shaped like the input
     (the classes over ``shards`` ranks: Vocab parallel)."""
     _check_contract(contract)
+    return _kept(ev, ("gradient bounds", dtype, shards), lambda: _grad_bounds(ev, grad_output, dtype, shards),
+                 grad_output)[contract == EXACT]
+
+
+def _grad_bounds(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, shards: int) -> tuple[Tensor, Tensor]:
+    """``grad_bound`` under ``standard`` and under ``exact``."""
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
     s = ev.upstream_rows(grad_output).abs()[:, None]
     a = ev.weighted_target
@@ -195,37 +223,59 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract
     g_rows = to_rows(g, class_dim=True)
     divisor_err = (ev.row_loss.shape[0] + 1) * u if ev.reduction == "mean" else 0.0
     if ev.input_kind == "logits":
-        A = (a.sum(1, keepdim=True) + ev.z_coefficient).abs()  # the z-loss adds to the softmax term
-        p = ev.probabilities
-        z_minus_m = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs().nan_to_num(0.0, 0.0, 0.0)
-        rel_p = _lse_error(ev, u, shards)[:, None] + u * (z_minus_m + ev.log_probs.abs().nan_to_num(0.0, 0.0, 0.0)) \
-            + _EXP_LOG_ULPS * u
-        if contract != EXACT:
-            rel_p = rel_p + torch.expm1(u * _abs_lse(ev))[:, None]
-        if ev.variant.active:
-            delta = _logit_error(ev, u)
-            rel_p = rel_p + delta + torch.where(p == 0, 0.0, p * delta).sum(1, keepdim=True)
-        p_err = torch.where(p == 0, torch.zeros_like(p), p * rel_p)
-        if contract != EXACT:
-            p_err = p_err.clamp(max=1.0)
-        compute = s * (A * p_err + 3 * u * (A * p + a.abs()))
-        if ev.z_weight is not None:  # the z-loss's coefficient 2 lam k lse, off by 2 lam k e
-            compute = compute + s * p * (2 * _z_loss_scale(ev) * _logsumexp_error(ev, u))[:, None]
-        if _is_half(dtype):
-            saved = s * A * p * ev.log_probs.abs()
-            compute = compute + SAVED_LOG_PROB_ROUNDINGS * u_o * torch.where(p == 0, torch.zeros_like(p), saved)
-        if ev.logit_derivative is not None:  # the chain rule through scale and cap
-            z_grad = s * ((a.sum(1, keepdim=True) + ev.z_coefficient) * p - a)
-            compute = ev.logit_derivative.abs() * compute + z_grad.abs() * _derivative_error(ev, u)
-        compute = torch.where(ev.idle[:, None], 0.0, compute)   # an idle position's gradient is exactly 0
+        computes = _logits_grad_errors(ev, s, a, dtype, shards)
     else:
-        compute = 4 * u * g_rows.abs()
-    compute = compute + (2 * u + divisor_err) * g_rows.abs()
+        computes = (4 * u * g_rows.abs(),) * 2
+    tail = (2 * u + divisor_err) * g_rows.abs()
+    upstream = ev.upstream_rows(grad_output) * (ev.denominator if bool(ev.denominator != 0) else 1.0)
+    floor = underflow_floor(dtype) * upstream.abs().clamp(min=1.0)[:, None]
     if _is_half(dtype):
-        compute = compute + HALF_PRECISION_ROUNDINGS * u_o * g_rows.abs()
         unrepresentable = a.to(dtype).to(torch.float64) != a
         d = ev.logit_derivative.abs() if ev.logit_derivative is not None else 1.0
-        compute = compute + HALF_PRECISION_ROUNDINGS * u_o * s * d * torch.where(unrepresentable, a.abs(), 0.0)
-    upstream = ev.upstream_rows(grad_output) * (ev.denominator if bool(ev.denominator != 0) else 1.0)
-    bound = compute + underflow_floor(dtype) * upstream.abs().clamp(min=1.0)[:, None]
-    return _rows_shaped_like(bound, g)
+        half = (HALF_PRECISION_ROUNDINGS * u_o * g_rows.abs(),
+                HALF_PRECISION_ROUNDINGS * u_o * s * d * torch.where(unrepresentable, a.abs(), 0.0))
+    bounds = []
+    for compute in computes:
+        compute = compute + tail
+        if _is_half(dtype):
+            compute = compute + half[0]
+            compute = compute + half[1]
+        bounds.append(_rows_shaped_like(compute + floor, g))
+    return tuple(bounds)
+
+
+def _logits_grad_errors(ev: Evaluation, s: Tensor, a: Tensor, dtype: torch.dtype, shards: int) -> tuple:
+    """The error of a logits gradient's computation per element, under ``standard`` and ``exact``."""
+    u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
+    A = (a.sum(1, keepdim=True) + ev.z_coefficient).abs()  # the z-loss adds to the softmax term
+    p = ev.probabilities
+    z_minus_m = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs().nan_to_num(0.0, 0.0, 0.0)
+    rel_p_exact = _lse_error(ev, u, shards)[:, None] + u * (z_minus_m + ev.log_probs.abs().nan_to_num(0.0, 0.0, 0.0)) \
+        + _EXP_LOG_ULPS * u
+    rel_p_standard = rel_p_exact + torch.expm1(u * _abs_lse(ev))[:, None]
+    if ev.variant.active:
+        delta = _logit_error(ev, u)
+        moved = torch.where(p == 0, 0.0, p * delta).sum(1, keepdim=True)
+        rel_p_standard, rel_p_exact = (rel_p + delta + moved for rel_p in (rel_p_standard, rel_p_exact))
+    rounded = 3 * u * (A * p + a.abs())
+    added = []   # terms both contracts add, in this order
+    if ev.z_weight is not None:  # the z-loss's coefficient 2 lam k lse, off by 2 lam k e
+        added.append(s * p * (2 * _z_loss_scale(ev) * _logsumexp_error(ev, u))[:, None])
+    if _is_half(dtype):
+        saved = s * A * p * ev.log_probs.abs()
+        added.append(SAVED_LOG_PROB_ROUNDINGS * u_o * torch.where(p == 0, torch.zeros_like(p), saved))
+    if ev.logit_derivative is not None:  # the chain rule through scale and cap
+        z_grad = s * ((a.sum(1, keepdim=True) + ev.z_coefficient) * p - a)
+        chained = z_grad.abs() * _derivative_error(ev, u)
+    computes = []
+    for rel_p, capped in ((rel_p_standard, True), (rel_p_exact, False)):
+        p_err = torch.where(p == 0, torch.zeros_like(p), p * rel_p)
+        if capped:
+            p_err = p_err.clamp(max=1.0)
+        compute = s * (A * p_err + rounded)
+        for term in added:
+            compute = compute + term
+        if ev.logit_derivative is not None:
+            compute = ev.logit_derivative.abs() * compute + chained
+        computes.append(torch.where(ev.idle[:, None], 0.0, compute))   # an idle position's gradient is exactly 0
+    return tuple(computes)
