@@ -277,6 +277,7 @@ MARKERS = {
 
 
 def register_markers(config: pytest.Config) -> None:
+    """Declare ``MARKERS`` to pytest (``--strict-markers`` accepts them, ``pytest --markers`` lists them)."""
     for signature, meaning in MARKERS.items():
         config.addinivalue_line("markers", f"{signature}: {meaning}")
 
