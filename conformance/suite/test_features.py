@@ -206,13 +206,12 @@ logits = torch.randn(4, 5)
 """
     problem = cases.problem(cases.from_recipe("invalid", recipe, device), upstream=None)
     try:
-        x, t = impl.feed(problem.case.logits, problem.case.target)
-        loss = impl(x, t, problem.call_options())
-        if device != "cpu":
-            loss.cpu()  # device-side asserts surface on synchronisation
+        steps = Steps(impl, problem, truth=False)
+        # device-side asserts surface on synchronisation
+        steps(f"loss = {logits_form.call_code(impl, problem)}", *["loss.cpu()"] * (device != "cpu"))
     except ImplementationFault:
         raise
     except Exception:
         return
-    judge.fail("invalid input raises", problem, f"{problem_name}: returned {loss!r} instead of raising",
-               show=Show("loss", "'an exception'", truth=False))
+    judge.fail("invalid input raises", problem, f"{problem_name}: returned {steps['loss']!r} instead of raising",
+               show=steps.show("loss", "'an exception'"))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conformance import cases, designed
-from conformance.forms import Show
 from conformance.forms import logits as logits_form
+from conformance.judge.snippet import Steps
 from conformance.reference import Variant
 from conformance.vocabulary import dtype_name
 
@@ -107,32 +107,27 @@ def test_returned_auxiliary(impl, judge, device, dtype, auxiliary, reduction, se
     carry a wrong one silently (a probed gap)."""
     setting, bound, truth_attribute = AUXILIARIES[auxiliary]
     problem = _problem(setting, dict(reduction=reduction, ignore_index=-100), dtype, device, seed, upstream=None)
-    x, t = impl.feed(problem.case.logits, problem.case.target)
-    pristine = logits_form.Outcome(input=x.detach().clone(), target=t.detach().clone(), loss=torch.empty(0))
-    x = x.detach().requires_grad_()
-    loss, returned = impl.call_returning(auxiliary, x, t, problem.call_options())
-    ev = logits_form.truth(impl, problem, pristine)
-    call = f"loss, aux = impl.call_returning({auxiliary!r}, x, t, problem_options)"
-    steps = ("x.requires_grad_()", "from conformance.impl import LossOptions",
-             f"problem_options = LossOptions(reduction={reduction!r}, variant=truth.variant)", call)
-    judge.value(problem, logits_form.Outcome(input=pristine.input, target=pristine.target, loss=loss.detach()), ev,
-                show=Show("loss{at}.item()", "truth.loss{at}.item()", steps))
+    options = problem.options
+    steps = Steps(impl, problem)
+    steps("x.requires_grad_()", "from conformance.impl import LossOptions",
+          f"problem_options = LossOptions(reduction={options.reduction!r}, ignore_index={options.ignore_index!r}, "
+          f"variant={options.variant!r})", f"loss, aux = impl.call_returning({auxiliary!r}, x, t, problem_options)")
+    ev, returned = steps["truth"], steps["aux"]
+    judge.value(problem, logits_form.Outcome(*steps.fed, loss=steps["loss"].detach()), ev,
+                show=steps.show("loss{at}.item()", "truth.loss{at}.item()"))
     judge.within(f"returned {auxiliary}", problem, returned.detach(), getattr(ev, truth_attribute), bound,
-                 ev=ev, show=Show("aux{at}.item()", f"truth.{truth_attribute}" + "{at}.item()", steps))
+                 ev=ev, show=steps.show("aux{at}.item()", f"truth.{truth_attribute}" + "{at}.item()"))
     differentiable = auxiliary in impl.differentiable_returns
     if differentiable and not returned.requires_grad:
         judge.fail(f"gradient of the returned {auxiliary}", problem, f"the returned {auxiliary} is declared "
                    "differentiable (differentiable_returns) but does not require grad",
-                   show=Show("aux.requires_grad", "True", steps))
+                   show=steps.show("aux.requires_grad", "True"))
     if auxiliary != "z_loss" or not returned.requires_grad:
         return
-    grad = torch.full_like(returned, 1.5)
-    z_only = ev.without_cross_entropy()
-    actual, = torch.autograd.grad(returned, x, grad, allow_unused=True)
-    actual = torch.zeros_like(x) if actual is None else actual
-    grad_steps = steps + ("grad = torch.full_like(aux, 1.5)", "aux.backward(grad)",
-                          "z_only = truth.without_cross_entropy()")
-    show = Show("x.grad{at}.item()", "z_only.grad(grad){at}.item()", grad_steps)
+    steps("grad = torch.full_like(aux, 1.5)", "aux.backward(grad)", "z_only = truth.without_cross_entropy()")
+    grad, z_only, x = steps["grad"], steps["z_only"], steps["x"]
+    actual = torch.zeros_like(x) if x.grad is None else x.grad
+    show = steps.show("x.grad{at}.item()", "z_only.grad(grad){at}.item()")
     if differentiable:
         judge.within("gradient of the returned z_loss", problem, actual, z_only.grad(grad), "gradient",
                      ev=z_only, grad_output=grad, show=show)
