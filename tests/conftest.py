@@ -29,6 +29,15 @@ def _load_lazy_torch_modules() -> None:
 _load_lazy_torch_modules()
 
 
+def pytest_configure(config) -> None:
+    """A pytest-xdist worker (``pytest tests -n 2``) computes on one intra-op thread: two workers
+    on two cores each splitting small ops over two threads wait for a core the other holds (the
+    kit's checks already run on one, plugin; the self-tests' own torch work did not: the flexible
+    loss's gradchecks took 17 s of a run, 2 s on one thread)."""
+    if hasattr(config, "workerinput"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def suite(pytester):
     """Run the suite in-process with the repository (its fixtures) importable; extra pytest args;
