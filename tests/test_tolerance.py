@@ -234,3 +234,26 @@ def test_ignored_rows_with_huge_linear_logits_leave_every_linear_bound_finite():
                   **{name: getattr(tolerance, f"linear_{name}_grad_bound")(lev, upstream, dtype)
                      for name in ("input", "weight", "bias")}}
         assert all(bool(b.isfinite().all()) for b in bounds.values()), {n: b for n, b in bounds.items()}
+
+
+def test_bounds_kept_on_an_evaluation_follow_its_upstream_gradient_and_contract():
+    """The value and gradient bounds are formed once for both contracts and kept on the evaluation:
+    what is kept is the bound a fresh evaluation gives, for each contract, and an upstream gradient
+    changed in place, or another one, gets its own."""
+    torch.manual_seed(0)
+    z, y = torch.randn(6, 9, dtype=torch.float64) * 4, torch.randint(9, (6,))
+    ev, grad = evaluate(z, y, reduction="none"), torch.rand(6, dtype=torch.float64)
+
+    def fresh(contract: str, upstream: torch.Tensor) -> torch.Tensor:
+        return tolerance.grad_bound(evaluate(z, y, reduction="none"), upstream, torch.float32, contract)
+
+    for contract in ("exact", "standard"):
+        assert torch.equal(tolerance.grad_bound(ev, grad, torch.float32, contract), fresh(contract, grad))
+        assert torch.equal(tolerance.value_bound(ev, torch.float32, contract),
+                           tolerance.value_bound(evaluate(z, y, reduction="none"), torch.float32, contract))
+    assert not torch.equal(tolerance.grad_bound(ev, grad, torch.float32, "exact"),
+                           tolerance.grad_bound(ev, grad, torch.float32, "standard"))
+    grad.mul_(3.0)
+    assert torch.equal(tolerance.grad_bound(ev, grad, torch.float32, "standard"), fresh("standard", grad))
+    other = torch.rand(6, dtype=torch.float64)
+    assert torch.equal(tolerance.grad_bound(ev, other, torch.float32, "exact"), fresh("exact", other))
