@@ -137,8 +137,9 @@ def _variant_value_error(ev: Evaluation, u: float) -> Tensor:
 
 
 def _row_value_error(ev: Evaluation, u: float, contract: str, shards: int = 1) -> Tensor:
-    """Forward error of each position's loss when computed at unit roundoff ``u``."""
-    return _row_value_errors(ev, u, shards)[contract == EXACT]
+    """Forward error of each position's loss when computed at unit roundoff ``u`` (both contracts'
+    formed at once and kept on ``ev``: the value bounds of the logits and of the linear form share it)."""
+    return _kept(ev, ("value row errors", u, shards), lambda: _row_value_errors(ev, u, shards))[contract == EXACT]
 
 
 def _row_value_errors(ev: Evaluation, u: float, shards: int = 1) -> tuple[Tensor, Tensor]:
@@ -175,9 +176,7 @@ def value_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONT
     ``shards`` ranks: Vocab parallel)."""
     _check_contract(contract)
     u = unit_roundoff(compute_dtype(dtype))
-    return _kept(ev, ("value bounds", dtype, shards), lambda: tuple(
-        _reduced_bound(ev, rows, ev.row_loss, ev.loss, dtype) for rows in _row_value_errors(ev, u, shards)
-    ))[contract == EXACT]
+    return _reduced_bound(ev, _row_value_error(ev, u, contract, shards), ev.row_loss, ev.loss, dtype)
 
 
 def z_loss_bound(ev: Evaluation, dtype: torch.dtype, contract: str = DEFAULT_CONTRACT) -> Tensor:
