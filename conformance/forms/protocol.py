@@ -13,9 +13,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import torch
 from torch import Tensor
 
-__all__ = ["Show", "Quantity", "Form", "call_lines", "upstream_lines"]
+from ..vocabulary import dtype_name
+
+__all__ = ["Show", "Quantity", "Form", "call_lines", "upstream_lines", "direction_lines"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,13 @@ class Form(ABC):
 def upstream_lines(upstream: str, device: str) -> list[str]:
     """A snippet's lines that build ``grad``, the upstream gradient its recipe ``upstream`` builds, on ``device``."""
     return [upstream] + [f"grad = grad.to({device!r})"] * (device != "cpu")
+
+
+def direction_lines(shape: tuple, dtype: torch.dtype, seed: int, device: str) -> list[str]:
+    """A snippet's lines that build ``v``, a deterministic direction (a tangent, or a Hessian-vector
+    product's vector) shaped ``shape`` in ``dtype``, on ``device``."""
+    return [f"v = torch.randn({tuple(shape)}, dtype=torch.float64, generator=torch.Generator()"
+            f".manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})"] + [f"v = v.to({device!r})"] * (device != "cpu")
 
 
 def call_lines(call: str, upstream: Optional[str], device: str, result: str) -> list[str]:

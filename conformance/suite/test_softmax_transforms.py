@@ -6,8 +6,8 @@ capability: where a transform raises, whatever its words, the check reports it u
 """
 
 import pytest
-import torch
 
+from conformance.forms.protocol import direction_lines, upstream_lines
 from conformance.forms.softmax import softmax_problem
 from conformance.judge.snippet import Steps
 from conformance.suite.test_softmax import SHAPES, WIDE, _dim_marks, _randn
@@ -22,13 +22,6 @@ EACH_WIDE_DTYPE = pytest.mark.parametrize("dtype", WIDE, ids=dtype_name)
 TORCH_FUNC_WARNING = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 
-def _direction(size: tuple, dtype: torch.dtype, seed: int, device: str) -> list:
-    """The steps that build a deterministic direction ``v`` (a tangent, or the Hessian-vector
-    product's vector) shaped like the input, on ``device``."""
-    return [f"v = torch.randn({tuple(size)}, dtype=torch.float64, generator=torch.Generator()"
-            f".manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})"] + [f"v = v.to({device!r})"] * (device != "cpu")
-
-
 @pytest.mark.feature("forward_ad")
 @TORCH_FUNC_WARNING
 @EACH_WIDE_DTYPE
@@ -39,7 +32,7 @@ def test_forward_mode(judge, impl, device, dtype, shape, seed):
     size, dim = SHAPES[shape]
     problem = softmax_problem(shape, _randn(size, dtype, seed), device, dim, upstream=None)
     steps = Steps.replaying(impl, problem, truth=True)
-    steps(*_direction(size, dtype, seed, device))
+    steps(*direction_lines(size, dtype, seed, device))
     judge.probe("forward_ad", problem,
                 lambda: steps(f"y, d = torch.func.jvp(lambda z: impl.along(z, {dim}), (x,), (v,))"),
                 what="torch.func.jvp")
@@ -62,8 +55,8 @@ def test_double_backward(judge, impl, device, dtype, shape, seed):
     size, dim = SHAPES[shape]
     problem = softmax_problem(shape, _randn(size, dtype, seed), device, dim)
     steps = Steps.replaying(impl, problem, truth=True)
-    steps(problem.upstream, *[f"grad = grad.to({device!r})"] * (device != "cpu"),
-          *_direction(size, dtype, seed, device), "x.requires_grad_()")
+    steps(*upstream_lines(problem.upstream, device), *direction_lines(size, dtype, seed, device),
+          "x.requires_grad_()")
     judge.probe("double_backward", problem,
                 lambda: steps(f"g, = torch.autograd.grad(impl.along(x, {dim}), x, grad, create_graph=True)"),
                 what="torch.autograd.grad(y, x, grad, create_graph=True)")

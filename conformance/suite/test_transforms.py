@@ -23,7 +23,7 @@ import torch
 
 from conformance import cases
 from conformance.forms import logits as logits_form
-from conformance.forms.protocol import upstream_lines
+from conformance.forms.protocol import direction_lines, upstream_lines
 from conformance.judge import compare
 from conformance.judge.snippet import Steps
 from conformance.reference import Variant
@@ -56,18 +56,6 @@ def _variant_problem(variant: str, n: int, c: int, dtype: torch.dtype, device: s
                          variant=LOSS_VARIANT if capped else Variant())
 
 
-def _direction_recipe(shape: tuple, dtype: torch.dtype, seed: int) -> str:
-    """A deterministic direction (Hessian-vector product vector or tangent) shaped like the input."""
-    return (f"v = torch.randn({tuple(shape)}, dtype=torch.float64, "
-            f"generator=torch.Generator().manual_seed({seed + 5})).to(torch.{dtype_name(dtype)})")
-
-
-def _direction_lines(problem: cases.Problem, dtype: torch.dtype, seed: int) -> list:
-    """The steps that build the direction ``v`` on the case's device."""
-    return [_direction_recipe(problem.case.logits.shape, dtype, seed)] + \
-        [f"v = v.to({problem.device!r})"] * (problem.device != "cpu")
-
-
 @pytest.mark.feature("backward", "double_backward")
 @pytest.mark.input_kind("logits")
 @EACH_WIDE_DTYPE
@@ -77,7 +65,8 @@ def test_hessian_vector_product(impl, judge, device, dtype, reduction, variant, 
     """grad of <dL/dz, v> is s A (diag(p) - p p^T) v per position."""
     problem = _variant_problem(variant, 7, 5, dtype, device, seed, reduction, upstream="random")
     steps = Steps(impl, problem)
-    steps("x.requires_grad_()", *upstream_lines(problem.upstream, device), *_direction_lines(problem, dtype, seed))
+    steps("x.requires_grad_()", *upstream_lines(problem.upstream, device),
+          *direction_lines(problem.case.logits.shape, dtype, seed, device))
     judge.probe("double_backward", problem, lambda: steps(
         f"g, = torch.autograd.grad({logits_form.call_code(impl, problem)}, x, grad, create_graph=True)"),
                 what="torch.autograd.grad(loss, x, grad, create_graph=True)")
@@ -102,7 +91,7 @@ def test_forward_mode_directional_derivative(impl, judge, device, dtype, reducti
     """torch.func.jvp of the loss along t is <dL/dz, t> (per position for reduction='none')."""
     problem = _variant_problem(variant, 8, 6, dtype, device, seed, reduction, upstream=None)
     steps = Steps(impl, problem)
-    steps(*_direction_lines(problem, dtype, seed))
+    steps(*direction_lines(problem.case.logits.shape, dtype, seed, device))
     judge.probe("forward_ad", problem, lambda: steps(
         f"loss, d = torch.func.jvp(lambda z: {logits_form.call_code(impl, problem, 'z')}, (x,), (v,))"),
                 what="torch.func.jvp")
