@@ -216,7 +216,8 @@ def grad_bound(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, contract
 def _grad_bounds(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, shards: int) -> tuple[Tensor, Tensor]:
     """``grad_bound`` under ``standard`` and under ``exact``."""
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
-    s = ev.upstream_rows(grad_output).abs()[:, None]
+    per_row = ev.upstream_rows(grad_output)
+    s = per_row.abs()[:, None]
     a = ev.weighted_target
     g = ev.grad(grad_output)
     g_rows = to_rows(g, class_dim=True)
@@ -226,7 +227,7 @@ def _grad_bounds(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, shards
     else:
         computes = (4 * u * g_rows.abs(),) * 2
     tail = (2 * u + divisor_err) * g_rows.abs()
-    upstream = ev.upstream_rows(grad_output) * (ev.denominator if bool(ev.denominator != 0) else 1.0)
+    upstream = per_row * (ev.denominator if bool(ev.denominator != 0) else 1.0)
     floor = underflow_floor(dtype) * upstream.abs().clamp(min=1.0)[:, None]
     if _is_half(dtype):
         unrepresentable = a.to(dtype).to(torch.float64) != a
