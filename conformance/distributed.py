@@ -45,8 +45,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .guards import bits
 
-__all__ = ["Task", "RankResult", "RankFailure", "WorkerGroup", "LaunchedGroup", "Groups", "even_shards",
-           "uneven_shards", "launched_world_size", "collective_ops"]
+__all__ = ["Task", "RankResult", "RankFailure", "WorkerGroup", "LaunchedGroup", "Groups", "launched_world_size",
+           "collective_ops"]
 
 # The namespaces of torch's collective operators: c10d's (``dist.all_reduce``), the functional
 # collectives' (``torch.distributed._functional_collectives``, DTensor's redistributions) and
@@ -54,29 +54,6 @@ __all__ = ["Task", "RankResult", "RankFailure", "WorkerGroup", "LaunchedGroup", 
 # ``_wrap_tensor_autograd`` wraps its result: neither is another one.
 _COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional", "_c10d_functional_autograd")
 _NOT_COLLECTIVES = ("wait_tensor", "_wrap_tensor_autograd", "barrier", "monitored_barrier")
-
-
-def even_shards(num_classes: int, world_size: int) -> tuple:
-    """``torch.chunk``'s split (DTensor's ``Shard(1)``): ``ceil(V / W)`` classes per rank, the
-    remainder on the last ranks (which may hold none)."""
-    size = -(-num_classes // world_size)
-    return tuple((min(r * size, num_classes), min((r + 1) * size, num_classes)) for r in range(world_size))
-
-
-def uneven_shards(num_classes: int, world_size: int) -> tuple:
-    """A split no ``rank * V_local`` offset describes: rank 1 holds a single class, the other
-    ranks share the rest in proportion W - 1, ..., 1 (rank 0 the most)."""
-    others = [r for r in range(world_size) if r != 1]
-    weights = {r: world_size - 1 - i for i, r in enumerate(others)}
-    rest, total = num_classes - 1, sum(weights.values())
-    sizes = {r: rest * weights[r] // total for r in others}
-    sizes[others[0]] += rest - sum(sizes.values())
-    sizes[1] = 1
-    bounds, start = [], 0
-    for r in range(world_size):
-        bounds.append((start, start + sizes[r]))
-        start += sizes[r]
-    return tuple(bounds)
 
 
 @dataclass(frozen=True)

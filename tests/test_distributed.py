@@ -10,6 +10,7 @@ import torch
 
 from conformance import distributed
 from conformance.distributed import RankFailure, Task, WorkerGroup
+from conformance.forms import vocab_parallel
 from fixtures.broken import vp_backward_all_reduce
 from fixtures.correct import vocab_parallel_reference
 from fixtures.hostile import vp_rank_dies, vp_rank_hangs
@@ -17,10 +18,10 @@ from fixtures.hostile import vp_rank_dies, vp_rank_hangs
 
 def test_even_shards_are_torch_chunk_and_uneven_ones_are_not_rank_times_size():
     for classes, ranks in [(1003, 4), (1000, 4), (5, 4), (7, 2)]:
-        sizes = [stop - start for start, stop in distributed.even_shards(classes, ranks)]
+        sizes = [stop - start for start, stop in vocab_parallel.even_shards(classes, ranks)]
         chunked = [len(c) for c in torch.arange(classes).chunk(ranks)]
         assert sizes == chunked + [0] * (ranks - len(chunked)), (classes, ranks)
-        uneven = distributed.uneven_shards(classes, ranks)
+        uneven = vocab_parallel.uneven_shards(classes, ranks)
         assert uneven[0][0] == 0 and uneven[-1][1] == classes
         assert all(a[1] == b[0] for a, b in zip(uneven, uneven[1:]))
         assert uneven[1][1] - uneven[1][0] == 1
@@ -29,7 +30,7 @@ def test_even_shards_are_torch_chunk_and_uneven_ones_are_not_rank_times_size():
 
 def _task(world_size, **options):
     torch.manual_seed(0)
-    return Task(torch.randn(6, 1003), torch.randint(1003, (6,)), distributed.even_shards(1003, world_size),
+    return Task(torch.randn(6, 1003), torch.randint(1003, (6,)), vocab_parallel.even_shards(1003, world_size),
                 upstream=torch.tensor(1.5), **options)
 
 

@@ -18,13 +18,36 @@ from ..reference import Evaluation
 from .logits import LogitsForm, Outcome, truth
 from .protocol import Form, Quantity, Show, upstream_lines
 
-__all__ = ["RanksOutcome", "VocabParallelForm"]
+__all__ = ["RanksOutcome", "VocabParallelForm", "even_shards", "uneven_shards"]
 
 # The snippet's lines that start the rank group its call steps run on (a check runs them on the session's).
 _GROUP = ("from conformance.distributed import Groups, Task",
           "groups = Groups(impl.vocab_parallel, collective_timeout=30.0, deadline=60.0)")
 
 _LOGITS = LogitsForm()   # the gathered problem is a logits problem
+
+
+def even_shards(num_classes: int, world_size: int) -> tuple:
+    """``torch.chunk``'s split (DTensor's ``Shard(1)``): ``ceil(V / W)`` classes per rank, the
+    remainder on the last ranks (which may hold none)."""
+    size = -(-num_classes // world_size)
+    return tuple((min(r * size, num_classes), min((r + 1) * size, num_classes)) for r in range(world_size))
+
+
+def uneven_shards(num_classes: int, world_size: int) -> tuple:
+    """A split no ``rank * V_local`` offset describes: rank 1 holds a single class, the other
+    ranks share the rest in proportion W - 1, ..., 1 (rank 0 the most)."""
+    others = [r for r in range(world_size) if r != 1]
+    weights = {r: world_size - 1 - i for i, r in enumerate(others)}
+    rest, total = num_classes - 1, sum(weights.values())
+    sizes = {r: rest * weights[r] // total for r in others}
+    sizes[others[0]] += rest - sum(sizes.values())
+    sizes[1] = 1
+    bounds, start = [], 0
+    for r in range(world_size):
+        bounds.append((start, start + sizes[r]))
+        start += sizes[r]
+    return tuple(bounds)
 
 
 @dataclass(frozen=True)

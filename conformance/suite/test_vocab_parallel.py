@@ -26,10 +26,10 @@ SPLIT_PARAMS = ["even", pytest.param("uneven", marks=pytest.mark.feature("uneven
 def _shards(split: str, world_size: int) -> tuple:
     """``even``: about 1000 classes in equal shards (torch.chunk's split, and the only one of an
     implementation that takes offsets as ``rank * V_local``, as Megatron's does); ``uneven``:
-    1003 classes with a single one on rank 1 (``distributed.uneven_shards``)."""
+    1003 classes with a single one on rank 1 (``vocab_parallel.uneven_shards``)."""
     if split == "even":
-        return distributed.even_shards(world_size * -(-1000 // world_size), world_size)
-    return distributed.uneven_shards(1003, world_size)
+        return vocab_parallel.even_shards(world_size * -(-1000 // world_size), world_size)
+    return vocab_parallel.uneven_shards(1003, world_size)
 
 
 @pytest.fixture(scope="session")
@@ -296,7 +296,7 @@ def test_vocab_parallel_speed_beside_one_process(request, impl, rank_groups, dev
     logits, target = bench.inputs(n, c, torch.float32, device, seed)
     budget = request.config.getoption("conformance_bench_time") / len(options.world_sizes(request.config))
     measured = ranks_beside_one_process(lambda task: rank_groups(impl).run(world_size, device, task), logits, target,
-                                        distributed.even_shards(c, world_size), device,
+                                        vocab_parallel.even_shards(c, world_size), device,
                                         options.round_plan(request.config, budget=budget))
     info = {"implementation": impl.spec, "op": "forward+backward", "dtype": "float32", "device": device,
             "shape": f"{n}x{c}", "world_size": world_size, **measured}
