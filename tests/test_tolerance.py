@@ -173,7 +173,7 @@ def test_parity_reaches_every_form(suite, monkeypatch, form, broken, selection):
     torch's own error: a broken loss of each form fails its half checks, and passes them once
     parity's bound is made boundless, so no form is quietly judged by another contract."""
     impl = f"--impl=fixtures.broken.{broken}"
-    assert suite(impl, "--conformance-contract=parity", "-k", selection).ret == pytest.ExitCode.TESTS_FAILED
+    assert suite(impl, "--conformance-contract=parity", "-k", selection, "-x").ret == pytest.ExitCode.TESTS_FAILED
     monkeypatch.setattr(tolerance, "parity_bound",
                         lambda torch_result, expected, dtype: torch.full_like(expected, torch.inf))
     result = suite(impl, "--conformance-contract=parity", "-k", selection)
