@@ -144,7 +144,7 @@ def _rows_like(grad_rows: Tensor, input_shape: torch.Size) -> Tensor:
 
 def _safe_product(a: Tensor, log_p: Tensor) -> Tensor:
     """``a * log_p`` with ``0 * log 0`` taken as 0."""
-    return torch.where(a == 0, torch.zeros_like(log_p), a * log_p)
+    return (a * log_p).masked_fill_(a == 0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -254,10 +254,10 @@ class Evaluation:
         a = self.weighted_target
         if self.input_kind == "logits":
             p = self.probabilities
-            rows = s * ((a.sum(1, keepdim=True) + self.z_coefficient) * p - a)
+            rows = ((a.sum(1, keepdim=True) + self.z_coefficient) * p).sub_(a).mul_(s)
             if self.logit_derivative is not None:
-                rows = rows * self.logit_derivative
-            rows = torch.where(self.idle[:, None], 0.0, rows)   # 0, also where the row's softmax is NaN
+                rows.mul_(self.logit_derivative)
+            rows.masked_fill_(self.idle[:, None], 0.0)   # 0, also where the row's softmax is NaN
         elif self.input_kind == "log_probs":
             rows = -s * a
         else:
@@ -308,7 +308,7 @@ def _log_probs(rows: Tensor, input_kind: str) -> tuple[Tensor, Optional[Tensor],
     lse_tail = shifted.exp().sum(1, keepdim=True).log()
     log_probs = shifted - lse_tail
     p = log_probs.exp()
-    spread = torch.where(p == 0, torch.zeros_like(p), p * shifted.abs()).sum(1)
+    spread = shifted.abs().mul_(p).masked_fill_(p == 0, 0.0).sum(1)
     return log_probs, (row_max + lse_tail)[:, 0], spread
 
 
@@ -317,6 +317,8 @@ def _limit_of_rows(rows: Tensor, a: Tensor, row_loss: Tensor, input_kind: str) -
     if input_kind != "logits" or rows.numel() == 0:
         return row_loss
     infinite = torch.isposinf(rows)
+    if not bool(infinite.any()):
+        return row_loss.clone()
     mass_below = ((a > 0) & ~infinite).any(1)
     single = infinite.sum(1) == 1
     limit = torch.where(mass_below, torch.inf, torch.where(single, 0.0, torch.nan)).to(row_loss.dtype)
@@ -336,7 +338,7 @@ def _weighted_target(target_rows: Tensor, target_kind: str, num_classes: int, we
     if bool(((safe < 0) | (safe >= num_classes)).any()):
         bad = target_rows[kept & ((safe < 0) | (safe >= num_classes))][0].item()
         raise IndexError(f"target {bad} is out of bounds for {num_classes} classes")
-    onehot = torch.nn.functional.one_hot(safe, num_classes).to(torch.float64)
+    onehot = torch.zeros(safe.shape[0], num_classes, dtype=torch.float64).scatter_(1, safe[:, None], 1.0)
     w_target = w[safe] * kept
     a = (1 - eps) * w_target[:, None] * onehot + (eps / num_classes) * w * kept[:, None]
     return a, w_target.sum()

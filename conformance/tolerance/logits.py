@@ -88,7 +88,7 @@ SAVED_LOG_PROB_ROUNDINGS = 2
 
 def _abs_products(a: Tensor, values: Tensor) -> Tensor:
     """``sum_c |a_c v_c|`` per row, with ``0 * inf`` taken as 0."""
-    return torch.where(a == 0, torch.zeros_like(a), (a * values).abs()).sum(1)
+    return (a * values).abs_().masked_fill_(a == 0, 0.0).sum(1)
 
 
 def _log_sum(ev: Evaluation) -> Tensor:
@@ -222,25 +222,25 @@ def _grad_bounds(ev: Evaluation, grad_output: Tensor, dtype: torch.dtype, shards
     g = ev.grad(grad_output)
     g_rows = to_rows(g, class_dim=True)
     divisor_err = (ev.row_loss.shape[0] + 1) * u if ev.reduction == "mean" else 0.0
+    g_abs = g_rows.abs()
     if ev.input_kind == "logits":
         computes = _logits_grad_errors(ev, s, a, dtype, shards)
     else:
-        computes = (4 * u * g_rows.abs(),) * 2
-    tail = (2 * u + divisor_err) * g_rows.abs()
+        computes = (4 * u * g_abs,) * 2
+    tail = (2 * u + divisor_err) * g_abs
     upstream = per_row * (ev.denominator if bool(ev.denominator != 0) else 1.0)
     floor = underflow_floor(dtype) * upstream.abs().clamp(min=1.0)[:, None]
     if _is_half(dtype):
         unrepresentable = a.to(dtype).to(torch.float64) != a
         d = ev.logit_derivative.abs() if ev.logit_derivative is not None else 1.0
-        half = (HALF_PRECISION_ROUNDINGS * u_o * g_rows.abs(),
-                HALF_PRECISION_ROUNDINGS * u_o * s * d * torch.where(unrepresentable, a.abs(), 0.0))
+        half = (HALF_PRECISION_ROUNDINGS * u_o * g_abs,
+                HALF_PRECISION_ROUNDINGS * u_o * s * d * a.abs().masked_fill_(~unrepresentable, 0.0))
     bounds = []
     for compute in computes:
-        compute = compute + tail
+        compute = compute + tail   # a new tensor (the two of another input kind are one), then in place
         if _is_half(dtype):
-            compute = compute + half[0]
-            compute = compute + half[1]
-        bounds.append(_rows_shaped_like(compute + floor, g))
+            compute.add_(half[0]).add_(half[1])
+        bounds.append(_rows_shaped_like(compute.add_(floor), g))
     return tuple(bounds)
 
 
@@ -248,34 +248,35 @@ def _logits_grad_errors(ev: Evaluation, s: Tensor, a: Tensor, dtype: torch.dtype
     """The error of a logits gradient's computation per element, under ``standard`` and ``exact``."""
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
     A = (a.sum(1, keepdim=True) + ev.z_coefficient).abs()  # the z-loss adds to the softmax term
-    p = ev.probabilities
-    z_minus_m = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs().nan_to_num(0.0, 0.0, 0.0)
-    rel_p_exact = _lse_error(ev, u, shards)[:, None] + u * (z_minus_m + ev.log_probs.abs().nan_to_num(0.0, 0.0, 0.0)) \
-        + _EXP_LOG_ULPS * u
+    p, p_zero = ev.probabilities, ev.probabilities == 0
+    # In place on the tensors formed here: the same values with fewer (M, C) temporaries.
+    rel_p_exact = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs_().nan_to_num_(0.0, 0.0, 0.0)   # |z - m|
+    rel_p_exact.add_(ev.log_probs.abs().nan_to_num_(0.0, 0.0, 0.0)).mul_(u)
+    rel_p_exact.add_(_lse_error(ev, u, shards)[:, None]).add_(_EXP_LOG_ULPS * u)
     rel_p_standard = rel_p_exact + torch.expm1(u * _abs_lse(ev))[:, None]
     if ev.variant.active:
         delta = _logit_error(ev, u)
         moved = torch.where(p == 0, 0.0, p * delta).sum(1, keepdim=True)
         rel_p_standard, rel_p_exact = (rel_p + delta + moved for rel_p in (rel_p_standard, rel_p_exact))
-    rounded = 3 * u * (A * p + a.abs())
+    rounded = (A * p).add_(a.abs()).mul_(3 * u)
     added = []   # terms both contracts add, in this order
     if ev.z_weight is not None:  # the z-loss's coefficient 2 lam k lse, off by 2 lam k e
         added.append(s * p * (2 * _z_loss_scale(ev) * _logsumexp_error(ev, u))[:, None])
     if _is_half(dtype):
-        saved = s * A * p * ev.log_probs.abs()
-        added.append(SAVED_LOG_PROB_ROUNDINGS * u_o * torch.where(p == 0, torch.zeros_like(p), saved))
+        saved = (s * A * p).mul_(ev.log_probs.abs()).masked_fill_(p_zero, 0.0)
+        added.append(saved.mul_(SAVED_LOG_PROB_ROUNDINGS * u_o))
     if ev.logit_derivative is not None:  # the chain rule through scale and cap
         z_grad = s * ((a.sum(1, keepdim=True) + ev.z_coefficient) * p - a)
         chained = z_grad.abs() * _derivative_error(ev, u)
     computes = []
     for rel_p, capped in ((rel_p_standard, True), (rel_p_exact, False)):
-        p_err = torch.where(p == 0, torch.zeros_like(p), p * rel_p)
+        p_err = (p * rel_p).masked_fill_(p_zero, 0.0)
         if capped:
-            p_err = p_err.clamp(max=1.0)
-        compute = s * (A * p_err + rounded)
+            p_err.clamp_(max=1.0)
+        compute = p_err.mul_(A).add_(rounded).mul_(s)
         for term in added:
-            compute = compute + term
+            compute.add_(term)
         if ev.logit_derivative is not None:
-            compute = ev.logit_derivative.abs() * compute + chained
-        computes.append(torch.where(ev.idle[:, None], 0.0, compute))   # an idle position's gradient is exactly 0
+            compute.mul_(ev.logit_derivative.abs()).add_(chained)
+        computes.append(compute.masked_fill_(ev.idle[:, None], 0.0))   # an idle position's gradient is exactly 0
     return tuple(computes)
