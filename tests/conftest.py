@@ -1,8 +1,8 @@
 """The self-tests run the suite in-process with pytester, which restores ``sys.modules`` after
 each run. torch registers its C++ operator libraries once per process when a lazily imported
 module first loads (``torch.func`` and ``torch.optim`` pull in dynamo and sympy); a second load after pytester
-dropped the module fails with "Only a single TORCH_LIBRARY can be used". Loading them here,
-before any snapshot is taken, keeps them loaded for every in-process run."""
+dropped the module fails with "Only a single TORCH_LIBRARY can be used". Loading them when the
+session is configured, before any snapshot is taken, keeps them loaded for every in-process run."""
 import warnings
 
 import pytest
@@ -26,16 +26,17 @@ def _load_lazy_torch_modules() -> None:
     torch.optim.SGD([weight], lr=0.1).step()
 
 
-_load_lazy_torch_modules()
-
-
 def pytest_configure(config) -> None:
     """A pytest-xdist worker (``pytest tests -n 2``) computes on one intra-op thread: two workers
     on two cores each splitting small ops over two threads wait for a core the other holds (the
     kit's checks already run on one, plugin; the self-tests' own torch work did not: the flexible
-    loss's gradchecks took 17 s of a run, 2 s on one thread)."""
-    if hasattr(config, "workerinput"):
+    loss's gradchecks took 17 s of a run, 2 s on one thread). xdist's controller runs no test:
+    it does not load what the runs need (1.4 s before it starts the workers)."""
+    worker = hasattr(config, "workerinput")
+    if worker:
         torch.set_num_threads(1)
+    if worker or getattr(config.option, "dist", "no") == "no":
+        _load_lazy_torch_modules()
 
 
 @pytest.fixture
