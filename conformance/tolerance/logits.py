@@ -248,7 +248,8 @@ def _logits_grad_errors(ev: Evaluation, s: Tensor, a: Tensor, dtype: torch.dtype
     """The error of a logits gradient's computation per element, under ``standard`` and ``exact``."""
     u, u_o = unit_roundoff(compute_dtype(dtype)), unit_roundoff(dtype)
     A = (a.sum(1, keepdim=True) + ev.z_coefficient).abs()  # the z-loss adds to the softmax term
-    p, p_zero = ev.probabilities, ev.probabilities == 0
+    p = ev.probabilities
+    p_zero = p == 0
     # In place on the tensors formed here: the same values with fewer (M, C) temporaries.
     rel_p_exact = (ev.inputs - ev.inputs.amax(1, keepdim=True)).abs_().nan_to_num_(0.0, 0.0, 0.0)   # |z - m|
     rel_p_exact.add_(ev.log_probs.abs().nan_to_num_(0.0, 0.0, 0.0)).mul_(u)
@@ -256,7 +257,7 @@ def _logits_grad_errors(ev: Evaluation, s: Tensor, a: Tensor, dtype: torch.dtype
     rel_p_standard = rel_p_exact + torch.expm1(u * _abs_lse(ev))[:, None]
     if ev.variant.active:
         delta = _logit_error(ev, u)
-        moved = torch.where(p == 0, 0.0, p * delta).sum(1, keepdim=True)
+        moved = (p * delta).masked_fill_(p_zero, 0.0).sum(1, keepdim=True)
         rel_p_standard, rel_p_exact = (rel_p + delta + moved for rel_p in (rel_p_standard, rel_p_exact))
     rounded = (A * p).add_(a.abs()).mul_(3 * u)
     added = []   # terms both contracts add, in this order
