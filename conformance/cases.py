@@ -10,6 +10,7 @@ a pytest stack, 1.5 s of a default run).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -165,10 +166,17 @@ def sweep(values, *, deep: bool = False, features: Optional[dict] = None) -> lis
             for v, d, r in combos]
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(recipe: str):
+    """A recipe's code, compiled once: a check builds its case again from the recipe (a second
+    call on fresh inputs, a snippet's steps), and a hypothesis recipe's literals take long to parse."""
+    return compile(recipe, "<string>", "exec")
+
+
 def _execute(recipe: str, device: str, names: tuple, optional: tuple) -> dict:
     """Run ``recipe`` and move what it defined (``names``; ``optional`` ones default to None) to ``device``."""
     namespace: dict = {"torch": torch, **dict.fromkeys(optional)}
-    exec(recipe, namespace)
+    exec(_compiled(recipe), namespace)
     return {name: None if namespace[name] is None else namespace[name].to(device) for name in names + optional}
 
 

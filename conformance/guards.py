@@ -16,6 +16,7 @@ import gc
 import signal
 import threading
 import time
+import types
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -319,12 +320,15 @@ def truncate_sections(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
                                        "conformance kit]\n") for title, content in sections]
 
 
+def _trampoline(function: Callable, kwargs: dict):
+    return function(**kwargs)
+
+
 def crash_trampoline(function: Callable, nodeid: str) -> Callable:
     """``function`` called through a frame whose file name is the check's id: a crash of the
     process (segfault, abort) prints it in the fatal-error traceback (pytest's faulthandler), so
-    the crashing check is named with its parameters even when no report can be written."""
-    namespace: dict = {}
-    exec(compile("def check(function, kwargs):\n    return function(**kwargs)\n",
-                 f"<conformance check {nodeid}>", "exec"), namespace)
-    trampoline = namespace["check"]
+    the crashing check is named with its parameters even when no report can be written. (The
+    frame's code is ``_trampoline``'s renamed, not compiled again for every check.)"""
+    code = _trampoline.__code__.replace(co_filename=f"<conformance check {nodeid}>", co_name="check")
+    trampoline = types.FunctionType(code, {})
     return lambda **kwargs: trampoline(function, kwargs)

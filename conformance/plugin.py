@@ -3,7 +3,6 @@ expected outcomes in ``expectations``, the judge in ``judge``, the verdict's ren
 ``report`` (the same code renders the terminal verdict and the run report)."""
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import pytest
 import torch
 from hypothesis import seed as hypothesis_seed
 
-from . import adapters, bench, cases, designed, hookspecs, options, records, report
+from . import adapters, bench, cases, designed, hookspecs, memory, options, records, report
 from .expectations import Expectations
 from .guards import GlobalState, HangLedger, crash_trampoline, time_limit, timeout_behind, truncate_sections
 from .impl import Implementation, ImplementationError, implementation_of, load_implementation
@@ -95,8 +94,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # What exists when the run starts (torch's, hypothesis' and the kit's objects) lives as long as
     # the run: frozen, it is not looked through by every full collection, among them pytest's five
     # at the session's end (a seventh of a second each through the unfrozen heap, here).
-    gc.freeze()
-    config.add_cleanup(gc.unfreeze)
+    config.add_cleanup(memory.freeze_for_run())
     options.resolve(config)
     options.load_hypothesis_profile(config)
     options.register_markers(config)
@@ -348,9 +346,10 @@ def judge(request, impl) -> Judge:
 
 
 @pytest.fixture
-def seed(request) -> int:
-    """The case seed: the run's ``--conformance-seed`` offset."""
-    return request.config.getoption("conformance_seed")
+def seed(pytestconfig) -> int:
+    """The case seed: the run's ``--conformance-seed`` offset (read from the session's config:
+    a fixture asking for ``request`` has pytest build a fixture definition for it at every check)."""
+    return pytestconfig.getoption("conformance_seed")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

@@ -55,6 +55,7 @@ class Judge:
         self.contract = contract
         self.required = required
         self.form = forms.of(impl)
+        self._covered: list = []   # (problem, the pin covering it or None), by ``_covering``
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -113,12 +114,25 @@ class Judge:
         """The known failure that covers ``problem`` (``known_failures.Pin``), if any: recorded on
         the item (a check that judged it and passed fails, plugin), and the check's expected failure
         where it ``failed``."""
-        pin = next((pin for pin in self.pins if pin.covers(problem, self.seed)), None)
+        pin = self._covering(problem)
         if pin is not None:
             self.item.stash[PINNED] = pin
             records.attach(self.item.user_properties, "pinned", pin.name)
             if failed:
                 pytest.xfail(f"known failure, {pin.describe()}: {pin.reason}")
+
+    def _covering(self, problem: Problem):
+        """The pin covering ``problem``, looked for once per problem: each quantity of a call is
+        judged on the same problem, and a pin's look at its data (a logsumexp over every row) costs
+        as much as a bound."""
+        if not self.pins:
+            return None
+        for seen, pin in self._covered:
+            if seen is problem:
+                return pin
+        pin = next((pin for pin in self.pins if pin.covers(problem, self.seed)), None)
+        self._covered.append((problem, pin))
+        return pin
 
     def quantity(self, problem: Problem, q: Quantity, *, also: Optional[Tensor] = None) -> Comparison:
         """One quantity of a call against its truth, under the run's contract: under ``parity`` a
