@@ -3,7 +3,8 @@
 unsupported or an input kind a check is not stated for (the check is reported as unsupported,
 never run), torch's own failures pinned in
 ``known_failures`` (by test id; the mechanism pins are the judge's, ``pins``) and the user's
-``--conformance-xfail`` file (strict xfails; ``~``: not strict).
+``--conformance-xfail`` file (strict xfails; ``~``: not strict). A property test expected to
+fail ends at its first failing example (``first_failure_ends``).
 
 Outcomes found while a check runs are the judge's (``judge.Judge.gap``: a capability probed and
 missing); what a declared deviation (``vocabulary.DEVIATIONS``) changes is its entry in ``deviations``,
@@ -11,10 +12,13 @@ which the judge applies where a check asks (``Judge.deviation``).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import pytest
+from hypothesis.errors import HypothesisException
 
 from .deviations import TABLE
 from .impl import Implementation
@@ -22,10 +26,13 @@ from .known_failures import pinned_failures, pins
 from .records import Gap, unparametrized
 from .vocabulary import VARIANT_FEATURES
 
-__all__ = ["Expected", "Expectations", "read_xfail_file", "UNSUPPORTED_PREFIX", "NOT_TAKEN"]
+__all__ = ["Expected", "Expectations", "read_xfail_file", "first_failure_ends", "UNSUPPORTED_PREFIX", "NOT_TAKEN",
+           "EXPECTED_TO_FAIL"]
 
 UNSUPPORTED_PREFIX = "unsupported: "
 NOT_TAKEN = "not taken"   # a variant beyond torch's loss that the implementation does not take
+# Set on a check the table expects to fail (its xfail reason), by ``ConformanceSession.describe``.
+EXPECTED_TO_FAIL = pytest.StashKey[str]()
 
 
 @dataclass(frozen=True)
@@ -108,3 +115,41 @@ class Expectations:
     def unmatched(self) -> list[str]:
         """Ids of the xfail file that matched no collected check (the user is warned)."""
         return sorted(set(self.listed) - self.matched)
+
+
+class _ExpectedFailureShown(BaseException):
+    """A failure of a property test expected to fail, carried past hypothesis (which catches
+    ``Exception`` to shrink it) by ``first_failure_ends``, which raises the failure itself again."""
+
+
+@contextlib.contextmanager
+def first_failure_ends(test: Callable) -> Iterator[None]:
+    """While a hypothesis ``test`` expected to fail runs, its first failing example ends it:
+    hypothesis would shrink that example, and every example after it, to report the smallest,
+    but the check's verdict is its expected failure whatever the example (a tracked finding: the
+    shrink took a third of a Keras loss's run). The failure propagates as raised, so pytest judges
+    it against the expectation as it would the shrunk one. Hypothesis' own exceptions (an unmet
+    ``assume``) pass through. ``test.hypothesis.inner_test`` is hypothesis' documented hook for
+    wrapping the test it runs."""
+    handle = test.hypothesis
+    inner = handle.inner_test
+
+    @functools.wraps(inner)
+    def ending(*args, **kwargs):
+        try:
+            return inner(*args, **kwargs)
+        except HypothesisException:
+            raise
+        except (Exception, pytest.fail.Exception) as failure:   # what hypothesis shrinks
+            raise _ExpectedFailureShown() from failure
+
+    handle.inner_test = ending
+    try:
+        yield
+    except _ExpectedFailureShown as shown:
+        failure = shown.__cause__
+    else:
+        return
+    finally:
+        handle.inner_test = inner
+    raise failure from failure.__cause__   # its own cause, not the carrier, shown with it

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from . import bench, design, records
-from .expectations import Expectations
+from .expectations import EXPECTED_TO_FAIL, Expectations
 from .guards import Size
 from .impl import DEFAULT_RUN_FAMILIES, DEFAULT_SPECS, Implementation, load_implementation
 from .records import Check, Gap, Measured, Status, unparametrized
@@ -169,6 +169,8 @@ class ConformanceSession:
             "gap": expected.gap.to_json() if expected is not None and expected.gap else None})
         if expected is not None:
             item.add_marker(expected.marker())
+            if expected.status == "xfail":
+                item.stash[EXPECTED_TO_FAIL] = expected.reason
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Fold each phase's report into the check's record. The record starts from the setup
