@@ -112,6 +112,35 @@ def cross_entropy(input, target, **options):
     ])
 
 
+BIASED_COUNTING_CALLS = """
+import torch
+def cross_entropy(input, target, **options):
+    with open("calls.txt", "a") as calls:
+        calls.write("call\\n")
+    return torch.nn.functional.cross_entropy(input, target, **options) * (1 + 1e-3)
+"""
+
+
+@pytest.mark.parametrize("runxfail", [False, True])
+def test_a_property_test_expected_to_fail_ends_at_its_first_failing_example(pytester, runxfail):
+    """Listed as a known failure, the property test's first failing example is its expected failure:
+    hypothesis does not shrink it (5 calls of the loss, 63 with the shrink); ``--runxfail``,
+    which shows the failure, gets the shrunk example as ever."""
+    pytester.makepyfile(biased_counting=BIASED_COUNTING_CALLS)
+    pytester.syspathinsert()
+    listed = pytester.path / "known.xfail"
+    listed.write_text("test_properties.py::test_implementation_matches_reference[cpu-float64]  # biased by 1e-3\n")
+    result = _run(pytester, "--impl=biased_counting", f"--conformance-xfail={listed}", *("--runxfail",) * runxfail,
+                  "-k", "test_implementation_matches_reference and float64")
+    calls = (pytester.path / "calls.txt").read_text().splitlines()
+    if runxfail:
+        assert result.parseoutcomes()["failed"] == 1, result.stdout.str()[-2000:]
+        assert len(calls) > 20, len(calls)
+    else:
+        assert result.parseoutcomes()["xfailed"] == 1, result.stdout.str()[-2000:]
+        assert len(calls) <= 10, len(calls)
+
+
 def test_default_run_pins_torch_failures_as_strict_xfail(pytester):
     result = _run(pytester, "-k", "test_confident_rows", "-rx")
     outcomes = result.parseoutcomes()
