@@ -112,33 +112,35 @@ def cross_entropy(input, target, **options):
     ])
 
 
-BIASED_COUNTING_CALLS = """
-import torch
+RAISES_COUNTING_CALLS = """
 def cross_entropy(input, target, **options):
     with open("calls.txt", "a") as calls:
         calls.write("call\\n")
-    return torch.nn.functional.cross_entropy(input, target, **options) * (1 + 1e-3)
+    raise RuntimeError("no kernel for this shape")
 """
 
 
 @pytest.mark.parametrize("runxfail", [False, True])
 def test_a_property_test_expected_to_fail_ends_at_its_first_failing_example(pytester, runxfail):
     """Listed as a known failure, the property test's first failing example is its expected failure:
-    hypothesis does not shrink it (5 calls of the loss, 63 with the shrink); ``--runxfail``,
-    which shows the failure, gets the shrunk example as ever."""
-    pytester.makepyfile(biased_counting=BIASED_COUNTING_CALLS)
+    hypothesis does not shrink it. A loss that raises on every call is called once (the examples
+    before it are drawn and rejected before any call: how many depends on hypothesis' draws, which
+    mix in constants of the loaded modules); ``--runxfail``, which shows the failure, gets the
+    shrunk example as ever, calling the loss again at least to replay the example it reports (11
+    calls here, as on the kit before, without ``--runxfail`` too)."""
+    pytester.makepyfile(raises_counting=RAISES_COUNTING_CALLS)
     pytester.syspathinsert()
     listed = pytester.path / "known.xfail"
-    listed.write_text("test_properties.py::test_implementation_matches_reference[cpu-float64]  # biased by 1e-3\n")
-    result = _run(pytester, "--impl=biased_counting", f"--conformance-xfail={listed}", *("--runxfail",) * runxfail,
+    listed.write_text("test_properties.py::test_implementation_matches_reference[cpu-float64]  # no kernel\n")
+    result = _run(pytester, "--impl=raises_counting", f"--conformance-xfail={listed}", *("--runxfail",) * runxfail,
                   "-k", "test_implementation_matches_reference and float64")
     calls = (pytester.path / "calls.txt").read_text().splitlines()
     if runxfail:
         assert result.parseoutcomes()["failed"] == 1, result.stdout.str()[-2000:]
-        assert len(calls) > 20, len(calls)
+        assert len(calls) > 1, len(calls)
     else:
         assert result.parseoutcomes()["xfailed"] == 1, result.stdout.str()[-2000:]
-        assert len(calls) <= 10, len(calls)
+        assert len(calls) == 1, len(calls)
 
 
 def test_default_run_pins_torch_failures_as_strict_xfail(pytester):
