@@ -118,9 +118,7 @@ class Problem:
 
     def upstream_gradient(self) -> Tensor:
         """The upstream gradient its recipe builds, on the case's device."""
-        namespace: dict = {"torch": torch}
-        exec(self.upstream, namespace)
-        return namespace["grad"].to(self.device)
+        return built(self.upstream, "grad", self.device)
 
     def describe(self) -> str:
         """The params line of a failure: the case and every option of the call, the class weights
