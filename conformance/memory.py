@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["Footprint", "footprint", "growth", "freeze_for_run"]
+__all__ = ["Footprint", "footprint", "growth", "freeze_for_run", "freeze_collected"]
 
 # Whether a run froze what existed at its start (``freeze_for_run``): ``gc.get_freeze_count``
 # would say as much, but it counts the frozen objects one by one (40 ms in a run's heap, 0.4 s of
@@ -89,6 +89,15 @@ def freeze_for_run() -> Callable[[], None]:
     gc.freeze()
     _run_frozen = True
     return _end_run_freeze
+
+
+def freeze_collected() -> None:
+    """Freeze, for the rest of the run, what collection built (``plugin.pytest_collection_finish``):
+    the checks' items live as long as the run, and every full collection while the checks run would
+    look through them again (26 of them, 0.86 s of a default run). Its garbage is collected first."""
+    if _run_frozen:
+        gc.collect()
+        gc.freeze()
 
 
 def _end_run_freeze() -> None:

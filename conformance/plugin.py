@@ -201,6 +201,11 @@ def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
     return any(name in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    memory.freeze_collected()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     """Deselect dtypes not asked for, benchmarks not asked for, deep checks outside a deep run and
     checks of a form no implementation of the run has (``session.implementations``); run each

@@ -445,11 +445,14 @@ def softmax(input, dim, dtype=None):
 
 
 class _FrozenObjectsSeen:
-    """Records how many objects are frozen in a check and in a cleanup registered at configure
-    time, where pytest's unraisable-exception plugin registers its five collections."""
+    """Records how many objects are frozen before collection, in a check and in a cleanup registered
+    at configure time, where pytest's unraisable-exception plugin registers its five collections."""
 
     def __init__(self):
-        self.in_checks, self.in_cleanup = [], []
+        self.before_collection, self.in_checks, self.in_cleanup = [], [], []
+
+    def pytest_sessionstart(self, session):
+        self.before_collection.append(gc.get_freeze_count())
 
     def pytest_configure(self, config):
         config.add_cleanup(lambda: self.in_cleanup.append(gc.get_freeze_count()))
@@ -459,14 +462,16 @@ class _FrozenObjectsSeen:
 
 
 def test_the_run_freezes_the_heap_it_starts_with_until_after_its_last_collection(pytester):
-    """torch's, hypothesis' and the kit's objects are frozen from the start of a run until after
-    pytest's collections at its end, so a full collection does not look through them; nothing
-    stays frozen after the run."""
+    """torch's, hypothesis' and the kit's objects are frozen from the start of a run, and the
+    collected items from the end of collection, until after pytest's collections at its end, so a
+    full collection does not look through them; nothing stays frozen after the run."""
     seen = _FrozenObjectsSeen()
     result = pytester.runpytest_inprocess(*SUITE, "-k", "test_value_matches_truth and float64 and none and 7x3",
                                           plugins=[seen])
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
     assert seen.in_checks and min(seen.in_checks) > 100_000, seen.in_checks
+    # every item collected (one is selected), each a dozen objects or more
+    assert min(seen.in_checks) - seen.before_collection[0] > 20_000, (seen.before_collection, seen.in_checks)
     assert seen.in_cleanup[0] > 100_000, seen.in_cleanup
     assert gc.get_freeze_count() == 0
 
