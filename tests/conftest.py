@@ -53,7 +53,7 @@ def pytest_unconfigure(config) -> None:
     first and the last of them (``_inner_runs_are_let_go``). pytest's unraisable-exception plugin
     ends the session with five full collections through it: frozen now, they are not looked
     through (each inner run collected its own garbage at its end). An xdist worker then ends at
-    once (``_end_worker``). Without the two, six correct-fixture runs under ``-n 2`` took 38 to 39 s
+    once (``_end_worker``). Without the two, seven correct-fixture runs under ``-n 2`` took 38 to 39 s
     of pytest's time, against 33 to 34 s."""
     gc.freeze()
 
