@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..records import Check, Status
 from ..vocabulary import DTYPE_NAMES
@@ -78,6 +78,14 @@ def _absent(row: Row) -> tuple:
     return (row.state, "muted") if row.state == NOT_INSTALLED else (row.state, "fail")
 
 
+def _grid(rows: list, width: int, cells: Callable[[list], list]) -> list:
+    """One line per implementation of each row: its label and ``cells(checks)`` (``width`` cells),
+    or, for a row that did not run, its state in the first cell and the rest empty."""
+    return [[label] + (cells(checks) if checks is not None else
+                       [_absent(row), *[("", "muted")] * (width - 1)][:width])
+            for row in rows for label, checks in _lines(row)]
+
+
 def _family_cell(checks: list) -> tuple:
     """A family's verdict, naming the dtypes of its failures."""
     if not checks:
@@ -102,16 +110,12 @@ def _worst(checks: list) -> Optional[Check]:
 
 def _matrix_table(rows: list) -> Table:
     families = _families(rows)
-    lines = []
-    for row in rows:
-        for label, checks in _lines(row):
-            if checks is None:
-                lines.append([label, _absent(row)] + [("", "muted")] * len(families) + [("", "muted")])
-                continue
-            worst = _worst(checks)
-            lines.append([label, verdict_cell(checks)]
-                         + [_family_cell([c for c in checks if c.feature == f]) for f in families]
-                         + [ratio_cell(worst.ratio if worst else None)])
+
+    def cells(checks: list) -> list:
+        worst = _worst(checks)
+        return ([verdict_cell(checks)] + [_family_cell([c for c in checks if c.feature == f]) for f in families]
+                + [ratio_cell(worst.ratio if worst else None)])
+    lines = _grid(rows, len(families) + 2, cells)
     return Table("Matrix", "Implementations down, families of checks across: each cell counts the checks (pass, "
                  "FAIL failed/run with the dtypes of the failures, declared deviations, unsupported features); "
                  "the last column is the worst error over its bound in the row (above 1: a failure).",
@@ -120,14 +124,8 @@ def _matrix_table(rows: list) -> Table:
 
 def _dtype_table(rows: list) -> Table:
     dtypes = _dtypes(rows)
-    lines = []
-    for row in rows:
-        for label, checks in _lines(row):
-            if checks is None:
-                lines.append([label] + [_absent(row), *[("", "muted")] * (len(dtypes) - 1)][:len(dtypes)])
-                continue
-            lines.append([label] + [verdict_cell(cs) if (cs := [c for c in checks if c.dtype == d]) else ("", "muted")
-                                    for d in dtypes])
+    lines = _grid(rows, len(dtypes), lambda checks: [
+        verdict_cell(cs) if (cs := [c for c in checks if c.dtype == d]) else ("", "muted") for d in dtypes])
     return Table("By dtype", "The same checks per dtype ('any dtype': checks that run no one dtype).",
                  ["implementation"] + ["any dtype" if d == "-" else d for d in dtypes], lines)
 

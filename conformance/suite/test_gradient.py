@@ -8,9 +8,8 @@ from conformance import cases
 from conformance.forms import Show
 from conformance.forms import logits as logits_form
 from conformance.reference import to_rows
+from conformance.suite.test_value import over_shapes, shaped_problem
 from conformance.vocabulary import REDUCTIONS
-
-SHAPES = [(1, 10), (7, 3), (67, 130)]
 
 pytestmark = pytest.mark.feature("backward")
 
@@ -18,11 +17,10 @@ pytestmark = pytest.mark.feature("backward")
 REDUCTION_UPSTREAMS = [(r, u) for r in REDUCTIONS for u in cases.UPSTREAM_KINDS if u != "expanded" or r == "none"]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
+@over_shapes
 @pytest.mark.parametrize("reduction,upstream", REDUCTION_UPSTREAMS, ids=[f"{r}-{u}" for r, u in REDUCTION_UPSTREAMS])
 def test_gradient_is_softmax_minus_target(impl, judge, device, dtype, reduction, upstream, shape, seed):
-    problem = cases.problem(cases.well_conditioned(*shape, dtype, device, seed=seed), reduction=reduction,
-                            upstream=upstream)
+    problem = shaped_problem(shape, dtype, device, seed, reduction=reduction, upstream=upstream)
     out = logits_form.forward_backward(impl, problem)
     ev = logits_form.truth(impl, problem, out)
     judge.gradient(problem, out, ev)

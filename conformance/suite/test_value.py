@@ -8,14 +8,21 @@ from conformance import cases, designed
 from conformance.forms import logits as logits_form
 from conformance.vocabulary import REDUCTIONS
 
+# The shapes the value and the gradient identities (test_gradient.py) are judged on: one row, fewer
+# classes than rows, many rows of many classes.
 SHAPES = [(1, 10), (7, 3), (67, 130)]
+over_shapes = pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
+def shaped_problem(shape: tuple, dtype, device: str, seed: int, **options) -> cases.Problem:
+    """A problem on well-conditioned logits of ``shape`` (``cases.well_conditioned``) under ``options``."""
+    return cases.problem(cases.well_conditioned(*shape, dtype, device, seed=seed), **options)
+
+
+@over_shapes
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_value_matches_truth(impl, judge, device, dtype, reduction, shape, seed):
-    problem = cases.problem(cases.well_conditioned(*shape, dtype, device, seed=seed), reduction=reduction,
-                            upstream=None)
+    problem = shaped_problem(shape, dtype, device, seed, reduction=reduction, upstream=None)
     out = logits_form.forward(impl, problem)
     ev = logits_form.truth(impl, problem, out)
     judge.value(problem, out, ev)
