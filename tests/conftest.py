@@ -16,6 +16,8 @@ from hypothesis.internal import constants_ast
 
 from suite_run import ROOT, SUITE, suite_of
 
+pytest_plugins = ["pytester"]   # allowed here: the conftest of the self-tests' rootdir (tests/pytest.ini)
+
 
 def _load_lazy_torch_modules() -> None:
     """torch's first jvp imports ``torch._decomp.decompositions_for_jvp``, which scripts 18 of its

@@ -1,13 +1,32 @@
 """The plugin machinery: --impl resolution, usage errors, the hook, unsupported features."""
 import gc
+import importlib.metadata
+import re
+import tomllib
 
 import pytest
+
+from suite_run import ROOT
 
 SUITE = ("--pyargs", "conformance.suite", "-p", "no:cacheprovider", "-q")
 
 
 def _run(pytester, *args):
     return pytester.runpytest_inprocess(*SUITE, *args)
+
+
+def test_the_suites_runs_here_load_every_pytest_plugin_the_kit_depends_on():
+    """The suite's runs in this repository load a list of plugins instead of autoloading them
+    (pyproject.toml's addopts): a pytest plugin the kit comes to depend on, left off that list,
+    would be missing from those runs alone."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, addopts = config["project"], config["tool"]["pytest"]["ini_options"]["addopts"]
+    listed = {addopts[i + 1] for i, arg in enumerate(addopts[:-1]) if arg == "-p"}
+    needed = {re.split(r"[<>=!~\[;\s]", requirement, maxsplit=1)[0] for requirement in project["dependencies"]}
+    plugins = {entry.value for name in needed for entry in importlib.metadata.distribution(name).entry_points
+               if entry.group == "pytest11"} | set(project["entry-points"]["pytest11"].values())
+    assert "--disable-plugin-autoload" in addopts and plugins <= listed, sorted(plugins - listed)
+    assert {"_hypothesis_pytestplugin", "pytest_benchmark.plugin", "xdist.plugin"} <= plugins
 
 
 @pytest.mark.parametrize("spec,message", [
